@@ -1,0 +1,101 @@
+//! The client side of the Feishu ACS API: a trait the filesystem core calls,
+//! the real HTTP implementation, an in-memory one for tests, and the retry
+//! wrapper that sits between them and the core.
+
+pub mod codes;
+pub mod http;
+pub mod memory;
+pub mod retry;
+pub mod token;
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::layout::IdKind;
+
+/// One page of `GET /open-apis/acs/v1/users`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserPage {
+    pub users: Vec<ListedUser>,
+    /// The token for the next page; `None` once `has_more` is false.
+    pub next_page_token: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedUser {
+    pub user_id: String,
+    pub face_uploaded: bool,
+}
+
+/// The operations facefs needs from the API. Implementations must be safe to
+/// call from many threads at once.
+pub trait FaceApi: Send + Sync {
+    /// One page of users, ids in `kind`; `page_token` is `None` for the first page.
+    fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError>;
+
+    /// The bytes of one face, exactly as the API sent them.
+    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError>;
+}
+
+/// What the API (or the way to it) answered instead of success.
+///
+/// "Does not exist" has variants of its own: they are the only answers that
+/// may ever become `ENOENT`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    #[error("the user does not exist (code {})", codes::USER_NOT_FOUND)]
+    UserNotFound,
+    #[error("the user has no face (code {})", codes::FACE_NOT_FOUND)]
+    FaceNotFound,
+    #[error("the page token is no longer valid (code {})", codes::INVALID_PAGE_TOKEN)]
+    InvalidPageToken,
+    #[error("permission denied: {0}; grant the app the scope in the developer console")]
+    PermissionDenied(ApiFailure),
+    #[error("the app's credentials were refused: {0}")]
+    BadCredentials(ApiFailure),
+    #[error("throttled by the API{}: {failure}", retry_after.map(|d| format!(" for {d:?}")).unwrap_or_default())]
+    Throttled { retry_after: Option<Duration>, failure: ApiFailure },
+    /// Worth retrying: network errors, timeouts, 5xx, internal error codes, cut bodies.
+    #[error("transient failure: {0}")]
+    Transient(ApiFailure),
+    /// A definite refusal that retrying will not change.
+    #[error("the API refused the request: {0}")]
+    Failed(ApiFailure),
+}
+
+impl ApiError {
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ApiError::Transient(_) | ApiError::Throttled { .. })
+    }
+}
+
+/// The details support asks for: HTTP status, API code and message, log id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApiFailure {
+    pub status: Option<u16>,
+    pub code: Option<i64>,
+    pub msg: String,
+    pub log_id: Option<String>,
+}
+
+impl ApiFailure {
+    pub fn message(msg: impl Into<String>) -> ApiFailure {
+        ApiFailure { msg: msg.into(), ..ApiFailure::default() }
+    }
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.msg.is_empty() { "no message" } else { &self.msg })?;
+        if let Some(code) = self.code {
+            write!(f, " (code {code})")?;
+        }
+        if let Some(status) = self.status {
+            write!(f, " [HTTP {status}]")?;
+        }
+        if let Some(log_id) = &self.log_id {
+            write!(f, " [log id {log_id}]")?;
+        }
+        Ok(())
+    }
+}

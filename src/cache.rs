@@ -1,0 +1,166 @@
+//! The two caches in front of the API: faces bounded by their bytes, and
+//! names the API said do not exist, remembered for a short time.
+
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lru::LruCache;
+
+/// A least-recently-used map whose values are weighed in bytes; inserting
+/// evicts the least recently used values until the total fits the capacity.
+pub struct ByteLru<K: Hash + Eq, V> {
+    inner: Mutex<ByteLruInner<K, V>>,
+    capacity: u64,
+}
+
+struct ByteLruInner<K: Hash + Eq, V> {
+    map: LruCache<K, (Arc<V>, u64)>,
+    bytes: u64,
+    evictions: u64,
+}
+
+impl<K: Hash + Eq, V> ByteLru<K, V> {
+    pub fn new(capacity: u64) -> ByteLru<K, V> {
+        ByteLru { inner: Mutex::new(ByteLruInner { map: LruCache::unbounded(), bytes: 0, evictions: 0 }), capacity }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByteLruInner<K, V>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn get(&self, key: &K) -> Option<Arc<V>> {
+        self.lock().map.get(key).map(|(v, _)| v.clone())
+    }
+
+    /// Stores `value` weighing `weight` bytes. A value larger than the whole
+    /// cache is not stored: the caller still holds it for its one use.
+    pub fn insert(&self, key: K, value: Arc<V>, weight: u64) {
+        let mut inner = self.lock();
+        if let Some((_, old)) = inner.map.pop(&key) {
+            inner.bytes -= old;
+        }
+        if weight > self.capacity {
+            return;
+        }
+        while inner.bytes + weight > self.capacity {
+            let Some((_, (_, w))) = inner.map.pop_lru() else { break };
+            inner.bytes -= w;
+            inner.evictions += 1;
+        }
+        inner.bytes += weight;
+        inner.map.put(key, (value, weight));
+    }
+
+    pub fn remove(&self, key: &K) {
+        let mut inner = self.lock();
+        if let Some((_, w)) = inner.map.pop(key) {
+            inner.bytes -= w;
+        }
+    }
+
+    /// Bytes held, entries held, evictions so far.
+    pub fn usage(&self) -> (u64, usize, u64) {
+        let inner = self.lock();
+        (inner.bytes, inner.map.len(), inner.evictions)
+    }
+}
+
+/// Names the API said do not exist, each until its expiry. Bounded in
+/// entries, so that probing random names cannot grow memory.
+pub struct NegativeCache<K: Hash + Eq> {
+    entries: Mutex<LruCache<K, Instant>>,
+    ttl: Duration,
+}
+
+impl<K: Hash + Eq> NegativeCache<K> {
+    pub fn new(ttl: Duration, max_entries: usize) -> NegativeCache<K> {
+        let cap = NonZeroUsize::new(max_entries.max(1)).unwrap();
+        NegativeCache { entries: Mutex::new(LruCache::new(cap)), ttl }
+    }
+
+    pub fn insert(&self, key: K) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).put(key, Instant::now() + self.ttl);
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.peek(key) {
+            Some(expiry) if Instant::now() < *expiry => true,
+            Some(_) => {
+                entries.pop(key);
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn remove(&self, key: &K) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).pop(key);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_least_recently_used_by_bytes() {
+        let cache = ByteLru::new(100);
+        cache.insert("a", Arc::new(()), 40);
+        cache.insert("b", Arc::new(()), 40);
+        assert!(cache.get(&"a").is_some()); // a is now the most recent
+        cache.insert("c", Arc::new(()), 40);
+        assert!(cache.get(&"b").is_none(), "b was least recently used");
+        assert!(cache.get(&"a").is_some() && cache.get(&"c").is_some());
+        assert_eq!(cache.usage(), (80, 2, 1));
+    }
+
+    #[test]
+    fn never_exceeds_capacity() {
+        let cache = ByteLru::new(1000);
+        for i in 0..500u64 {
+            cache.insert(i, Arc::new(()), 1 + (i * 37) % 300);
+            assert!(cache.usage().0 <= 1000);
+        }
+        cache.insert(9999, Arc::new(()), 1001);
+        assert!(cache.get(&9999).is_none(), "larger than the whole cache");
+        assert!(cache.usage().0 <= 1000);
+    }
+
+    #[test]
+    fn replacing_a_key_recounts_its_bytes() {
+        let cache = ByteLru::new(100);
+        cache.insert("a", Arc::new(1), 60);
+        cache.insert("a", Arc::new(2), 30);
+        assert_eq!(cache.usage().0, 30);
+        assert_eq!(*cache.get(&"a").unwrap(), 2);
+        cache.remove(&"a");
+        assert_eq!(cache.usage(), (0, 0, 0));
+    }
+
+    #[test]
+    fn negative_entries_expire() {
+        let neg = NegativeCache::new(Duration::from_millis(50), 10);
+        neg.insert("gone");
+        assert!(neg.contains(&"gone"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!neg.contains(&"gone"));
+        let off = NegativeCache::new(Duration::ZERO, 10);
+        off.insert("x");
+        assert!(!off.contains(&"x"));
+    }
+
+    #[test]
+    fn negative_cache_is_bounded() {
+        let neg = NegativeCache::new(Duration::from_secs(60), 3);
+        for k in 0..10 {
+            neg.insert(k);
+        }
+        assert_eq!((0..10).filter(|k| neg.contains(k)).count(), 3);
+    }
+}

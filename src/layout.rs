@@ -1,0 +1,153 @@
+//! The name layout of the mounted tree: which directories exist and how a
+//! file name maps to a user id and face variant. Everything that knows the
+//! strings `open_id`, `.jpg` or `.cropped.jpg` lives here.
+
+use std::ffi::OsStr;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+
+/// The three kinds of user id the ACS API accepts as `user_id_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum IdKind {
+    OpenId,
+    UnionId,
+    UserId,
+}
+
+impl IdKind {
+    pub const ALL: [IdKind; 3] = [IdKind::OpenId, IdKind::UnionId, IdKind::UserId];
+
+    /// The API's `user_id_type` value, which is also the directory name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdKind::OpenId => "open_id",
+            IdKind::UnionId => "union_id",
+            IdKind::UserId => "user_id",
+        }
+    }
+
+    pub fn from_dir_name(name: &OsStr) -> Option<IdKind> {
+        IdKind::ALL.into_iter().find(|k| k.as_str().as_bytes() == name.as_bytes())
+    }
+
+    pub fn parse(s: &str) -> Option<IdKind> {
+        IdKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+impl fmt::Display for IdKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One face file: a user id of one kind, full or cropped.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct FaceKey {
+    pub kind: IdKind,
+    pub id: String,
+    pub cropped: bool,
+}
+
+impl FaceKey {
+    pub fn new(kind: IdKind, id: impl Into<String>, cropped: bool) -> FaceKey {
+        FaceKey { kind, id: id.into(), cropped }
+    }
+
+    pub fn file_name(&self) -> String {
+        face_file_name(&self.id, self.cropped)
+    }
+}
+
+const FULL_SUFFIX: &str = ".jpg";
+const CROPPED_SUFFIX: &str = ".cropped.jpg";
+/// Linux's NAME_MAX: a longer name cannot be looked up, so a longer id cannot be shown.
+const NAME_MAX: usize = 255;
+
+pub fn face_file_name(id: &str, cropped: bool) -> String {
+    let suffix = if cropped { CROPPED_SUFFIX } else { FULL_SUFFIX };
+    format!("{id}{suffix}")
+}
+
+/// Parses `<id>.jpg` or `<id>.cropped.jpg` into `(id, cropped)`.
+///
+/// Returns `None` for any name outside the layout; such a name is `ENOENT`
+/// without an API request. The cropped reading wins, so an id that itself ends
+/// in `.cropped` has no reachable full face (see [`representable_id`]).
+pub fn parse_face_name(name: &OsStr) -> Option<(String, bool)> {
+    let name = std::str::from_utf8(name.as_bytes()).ok()?;
+    let (id, cropped) = if let Some(id) = name.strip_suffix(CROPPED_SUFFIX) {
+        (id, true)
+    } else {
+        (name.strip_suffix(FULL_SUFFIX)?, false)
+    };
+    if !representable_id(id) {
+        return None;
+    }
+    Some((id.to_owned(), cropped))
+}
+
+/// Whether both files of this id can appear in a directory: a file name
+/// cannot hold `/` or NUL, nor exceed NAME_MAX; an id ending in `.cropped`
+/// would make `<id>.jpg` read as another user's cropped face; and URL
+/// parsers fold a `.` or `..` path segment, even percent-encoded, so such an
+/// id could never be sent as itself.
+pub fn representable_id(id: &str) -> bool {
+    !id.is_empty()
+        && id != "."
+        && id != ".."
+        && !id.contains(['/', '\0'])
+        && !id.ends_with(".cropped")
+        && id.len() + CROPPED_SUFFIX.len() <= NAME_MAX
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+    use std::os::unix::ffi::OsStringExt;
+
+    fn parse(s: &str) -> Option<(String, bool)> {
+        parse_face_name(OsStr::new(s))
+    }
+
+    #[test]
+    fn parses_full_and_cropped() {
+        assert_eq!(parse("ou_abc.jpg"), Some(("ou_abc".into(), false)));
+        assert_eq!(parse("ou_abc.cropped.jpg"), Some(("ou_abc".into(), true)));
+        assert_eq!(parse("a b+c%?#张.jpg"), Some(("a b+c%?#张".into(), false)));
+        assert_eq!(parse("x.jpg.jpg"), Some(("x.jpg".into(), false)));
+    }
+
+    #[test]
+    fn rejects_names_outside_the_layout() {
+        for name in ["x.png", "abc", ".jpg", ".cropped.jpg", "x.JPG", "x.jpeg", "", "x.cropped.jpg.bak"] {
+            assert_eq!(parse(name), None, "{name:?}");
+        }
+        assert_eq!(parse("y.cropped.cropped.jpg"), None);
+        assert_eq!(parse("...jpg"), None, "the id '..' cannot be sent as a path segment");
+        let long = format!("{}.jpg", "a".repeat(250));
+        assert_eq!(parse(&long), None);
+        let invalid = OsString::from_vec(vec![0xff, 0xfe, b'.', b'j', b'p', b'g']);
+        assert_eq!(parse_face_name(&invalid), None);
+    }
+
+    #[test]
+    fn file_names_round_trip() {
+        for id in ["ou_1", "emp 007", "100%", "q?x#y", "用户"] {
+            for cropped in [false, true] {
+                let key = FaceKey::new(IdKind::UserId, id, cropped);
+                assert_eq!(parse(&key.file_name()), Some((id.to_owned(), cropped)));
+            }
+        }
+    }
+
+    #[test]
+    fn directory_names() {
+        for kind in IdKind::ALL {
+            assert_eq!(IdKind::from_dir_name(OsStr::new(kind.as_str())), Some(kind));
+            assert_eq!(IdKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(IdKind::from_dir_name(OsStr::new("open_ids")), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! facefs: a Feishu tenant's access-control faces as read-only files.
+//!
+//! Layers, bottom up: [`api`] talks to the API (with [`api::memory`] standing
+//! in for it in tests); [`fs`] is the filesystem core over it, with its
+//! [`cache`] and [`layout`]; [`fuse`] adapts the core to the kernel; [`cli`]
+//! and [`daemon`] make the command. [`emulator`] is a local Feishu for tests,
+//! benchmarks and `--demo`.
+
+pub mod api;
+pub mod cache;
+pub mod error;
+pub mod fs;
+pub mod layout;
+pub mod secret;
+pub mod single_flight;
