@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod emulator;
 pub mod error;
 pub mod fs;
 pub mod layout;

@@ -1,0 +1,215 @@
+//! A small HTTP/1.1 server for the emulator. Written here rather than taken
+//! from a crate because the emulator must be able to answer wrongly on
+//! purpose (cut bodies, resets, silence), which servers built to be correct
+//! do not allow.
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+const MAX_BODY_BYTES: usize = 1024 * 1024;
+const MAX_CONNECTIONS: usize = 512;
+/// An idle keep-alive connection is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Request {
+    pub method: String,
+    /// The path as sent, still percent-encoded.
+    pub path: String,
+    /// The query as sent, still percent-encoded.
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Request {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Query parameters, percent-decoded; `None` if one is not UTF-8.
+    pub fn query_pairs(&self) -> Option<Vec<(String, String)>> {
+        self.query
+            .split('&')
+            .filter(|p| !p.is_empty())
+            .map(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                Some((decode(k)?, decode(v)?))
+            })
+            .collect()
+    }
+}
+
+/// Percent-decodes one URL component (`+` is a literal plus, as in paths).
+pub fn decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn new(status: u16, content_type: &str, body: Vec<u8>) -> Response {
+        Response { status, headers: vec![("Content-Type".into(), content_type.into())], body }
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Response {
+        Response::new(status, "application/json; charset=utf-8", value.to_string().into_bytes())
+    }
+
+    pub fn with_header(mut self, name: &str, value: &str) -> Response {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
+
+pub struct Server {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    acceptor: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(addr: &str, handler: Arc<Handler>) -> io::Result<Server> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop_flag = stop.clone();
+        let acceptor = std::thread::Builder::new().name("emulator-accept".into()).spawn(move || {
+            let live = Arc::new(AtomicUsize::new(0));
+            for stream in listener.incoming() {
+                if stop_flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                    continue; // dropped: the client sees a reset and retries
+                }
+                live.fetch_add(1, Ordering::SeqCst);
+                let (handler, live, stop) = (handler.clone(), live.clone(), stop_flag.clone());
+                let spawned = std::thread::Builder::new().name("emulator-conn".into()).spawn(move || {
+                    let _ = serve_connection(stream, &*handler, &stop);
+                    live.fetch_sub(1, Ordering::SeqCst);
+                });
+                if spawned.is_err() {
+                    log::warn!("emulator: cannot start a connection thread");
+                }
+            }
+        })?;
+        Ok(Server { addr, stop, acceptor: Some(acceptor) })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the acceptor so it sees the flag.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        if let Some(acceptor) = self.acceptor.take() {
+            let _ = acceptor.join();
+        }
+    }
+}
+
+fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> io::Result<()> {
+    stream.set_read_timeout(Some(IDLE_TIMEOUT))?;
+    stream.set_nodelay(true)?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    while !stop.load(Ordering::SeqCst) {
+        let Some(request) = read_request(&mut reader)? else { break };
+        let close = request.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let response = handler(&request);
+        write_response(&mut writer, &response, request.method == "HEAD")?;
+        if close {
+            break;
+        }
+    }
+    let _ = writer.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+fn invalid(msg: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg.to_owned())
+}
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>> {
+    let mut head_bytes = 0;
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Ok(None);
+    }
+    head_bytes += line.len();
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(invalid("bad request line"));
+    };
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let mut request =
+        Request { method: method.to_owned(), path: path.to_owned(), query: query.to_owned(), headers: vec![], body: vec![] };
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(invalid("connection closed in the request head"));
+        }
+        head_bytes += line.len();
+        if head_bytes > MAX_HEAD_BYTES {
+            return Err(invalid("request head too large"));
+        }
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = trimmed.split_once(':') {
+            request.headers.push((name.trim().to_owned(), value.trim().to_owned()));
+        }
+    }
+    let length: usize = request.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if length > MAX_BODY_BYTES {
+        return Err(invalid("request body too large"));
+    }
+    request.body.resize(length, 0);
+    reader.read_exact(&mut request.body)?;
+    Ok(Some(request))
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+fn write_response(writer: &mut TcpStream, response: &Response, head_only: bool) -> io::Result<()> {
+    let mut out = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+    for (name, value) in &response.headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", response.body.len()));
+    let mut bytes = out.into_bytes();
+    if !head_only {
+        bytes.extend_from_slice(&response.body);
+    }
+    writer.write_all(&bytes)?;
+    writer.flush()
+}

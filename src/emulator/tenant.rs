@@ -1,0 +1,140 @@
+//! The emulated tenant's users: ids of the three kinds, faces or not, and
+//! `user_id`s that only survive correct URL encoding.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use super::face_image::face_jpeg;
+use crate::layout::IdKind;
+
+/// `user_id`s a tenant's admins could set, each breaking a naive URL or file
+/// name: space, plus, percent, question mark, hash, non-ASCII, an encoded slash.
+pub const ODD_USER_IDS: [&str; 8] = ["emp 001", "plus+sign", "100%", "what?", "hash#tag", "张伟", "a%2Fb", "semi;colon&x=1"];
+
+#[derive(Clone, Debug)]
+pub struct TenantSpec {
+    pub users: usize,
+    pub seed: u64,
+    /// Full faces are this size; cropped ones a smaller square.
+    pub face_width: u16,
+    pub face_height: u16,
+}
+
+impl Default for TenantSpec {
+    fn default() -> TenantSpec {
+        TenantSpec { users: 30, seed: 1, face_width: 120, face_height: 150 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct User {
+    /// In the order of `IdKind::ALL`.
+    pub ids: [String; 3],
+    pub has_face: bool,
+    pub card: u64,
+    seed: u64,
+}
+
+impl User {
+    pub fn id(&self, kind: IdKind) -> &str {
+        &self.ids[kind_slot(kind)]
+    }
+}
+
+fn kind_slot(kind: IdKind) -> usize {
+    IdKind::ALL.iter().position(|k| *k == kind).unwrap()
+}
+
+pub struct Tenant {
+    spec: TenantSpec,
+    users: Vec<User>,
+    index: HashMap<(IdKind, String), usize>,
+    faces: Mutex<HashMap<(usize, bool), Arc<Vec<u8>>>>,
+}
+
+fn mix(seed: u64, i: u64, salt: u64) -> u64 {
+    let mut x = seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 31;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 29)
+}
+
+impl Tenant {
+    pub fn generate(spec: TenantSpec) -> Tenant {
+        let users: Vec<User> = (0..spec.users)
+            .map(|i| {
+                let n = i as u64;
+                let user_id = ODD_USER_IDS.get(i).map_or_else(|| format!("e{i:05}"), |s| (*s).to_owned());
+                User {
+                    ids: [
+                        format!("ou_{:016x}{:016x}", mix(spec.seed, n, 1), mix(spec.seed, n, 2)),
+                        format!("on_{:016x}{:016x}", mix(spec.seed, n, 3), mix(spec.seed, n, 4)),
+                        user_id,
+                    ],
+                    // Every seventh user past the odd ones has no face enrolled.
+                    has_face: i < ODD_USER_IDS.len() || i % 7 != 6,
+                    card: 100_000 + n,
+                    seed: mix(spec.seed, n, 5),
+                }
+            })
+            .collect();
+        let mut index = HashMap::new();
+        for (i, user) in users.iter().enumerate() {
+            for kind in IdKind::ALL {
+                index.insert((kind, user.id(kind).to_owned()), i);
+            }
+        }
+        Tenant { spec, users, index, faces: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn users(&self) -> &[User] {
+        &self.users
+    }
+
+    pub fn find(&self, kind: IdKind, id: &str) -> Option<usize> {
+        self.index.get(&(kind, id.to_owned())).copied()
+    }
+
+    /// The face of user `i`, generated on first use and kept.
+    pub fn face(&self, i: usize, cropped: bool) -> Option<Arc<Vec<u8>>> {
+        let user = self.users.get(i).filter(|u| u.has_face)?;
+        let mut faces = self.faces.lock().unwrap_or_else(|e| e.into_inner());
+        let face = faces.entry((i, cropped)).or_insert_with(|| {
+            let (w, h) = if cropped {
+                let side = self.spec.face_width.min(self.spec.face_height) * 3 / 4;
+                (side, side)
+            } else {
+                (self.spec.face_width, self.spec.face_height)
+            };
+            Arc::new(face_jpeg(user.seed ^ u64::from(cropped), w, h))
+        });
+        Some(face.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_findable() {
+        let tenant = Tenant::generate(TenantSpec::default());
+        for (i, user) in tenant.users().iter().enumerate() {
+            for kind in IdKind::ALL {
+                assert_eq!(tenant.find(kind, user.id(kind)), Some(i));
+            }
+        }
+        assert_eq!(tenant.users()[2].id(IdKind::UserId), "100%");
+        assert!(tenant.users().iter().any(|u| !u.has_face));
+    }
+
+    #[test]
+    fn full_and_cropped_faces_differ() {
+        let tenant = Tenant::generate(TenantSpec::default());
+        let full = tenant.face(0, false).unwrap();
+        let cropped = tenant.face(0, true).unwrap();
+        assert_ne!(full, cropped);
+        let faceless = tenant.users().iter().position(|u| !u.has_face).unwrap();
+        assert!(tenant.face(faceless, false).is_none());
+    }
+}
