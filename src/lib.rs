@@ -8,9 +8,13 @@
 
 pub mod api;
 pub mod cache;
+pub mod cli;
+pub mod daemon;
 pub mod emulator;
 pub mod error;
 pub mod fs;
+pub mod fuse;
 pub mod layout;
 pub mod secret;
 pub mod single_flight;
+pub mod worker_pool;

@@ -1,0 +1,224 @@
+//! The command line: flags, their defaults and environment variables, and
+//! their checking into [`Settings`] before anything is mounted.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::api::http::parse_base_url;
+use crate::secret::Secret;
+
+/// Environment variable holding the app secret, for those who prefer it to a file.
+pub const SECRET_ENV: &str = "FEISHU_APP_SECRET";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "facefs",
+    version,
+    about = "Mount a Feishu tenant's access-control faces as read-only files",
+    after_help = "The app secret is read from --app-secret-file or from $FEISHU_APP_SECRET, never from a flag: \
+                  command lines are visible to every user of the machine.\n\
+                  Logs: set FACEFS_LOG (e.g. FACEFS_LOG=debug); unmount with `umount MOUNTPOINT`."
+)]
+pub struct Cli {
+    /// Where to mount: an existing, empty directory.
+    pub mountpoint: PathBuf,
+
+    /// API origin; plaintext http:// is accepted only for loopback addresses.
+    #[arg(long, env = "FACEFS_BASE_URL", default_value = "https://open.feishu.cn", value_name = "URL")]
+    pub base_url: String,
+
+    /// The app's id (cli_...).
+    #[arg(long, env = "FEISHU_APP_ID", value_name = "ID")]
+    pub app_id: Option<String>,
+
+    /// A file holding the app secret (or set $FEISHU_APP_SECRET).
+    #[arg(long, value_name = "PATH")]
+    pub app_secret_file: Option<PathBuf>,
+
+    /// Stay attached to the terminal; without it, detach once the mount works.
+    #[arg(short, long)]
+    pub foreground: bool,
+
+    /// Memory for cached face images, e.g. 64MiB, 1GiB.
+    #[arg(long, value_name = "SIZE", default_value = "256MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+
+    /// How long a fetched face or listing is trusted, e.g. 30s, 10m.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub ttl: Duration,
+
+    /// How long "does not exist" is remembered.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub negative_ttl: Duration,
+
+    /// Bound on one HTTP exchange with the API, connect to last byte.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    pub request_timeout: Duration,
+
+    /// Threads serving operations that wait for the API.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_parallel: u16,
+
+    /// Serve built-in demo faces from an embedded emulator; needs no credentials.
+    #[arg(long, conflicts_with_all = ["app_id", "app_secret_file"])]
+    pub demo: bool,
+}
+
+/// Parses a size such as `64MiB`, `1G`, `500k` or `1048576`. `k`, `M`, `G`,
+/// `T` and `KiB`..`TiB` are powers of 1024; `KB`..`TB` are powers of 1000.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size; try 64MiB or 1GiB"))?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" | "b" => 1,
+        "k" | "K" | "KiB" | "kiB" => 1 << 10,
+        "M" | "m" | "MiB" => 1 << 20,
+        "G" | "g" | "GiB" => 1 << 30,
+        "T" | "t" | "TiB" => 1 << 40,
+        "KB" | "kB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        "TB" => 1_000_000_000_000,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}; use KiB, MiB, GiB (or k, M, G)")),
+    };
+    let bytes = number * multiplier as f64;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{text:?} is too large"));
+    }
+    Ok(bytes as u64)
+}
+
+/// Parses a duration such as `30s`, `10m`, `1h 30m` or `250ms`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e}); try 30s, 10m or 1h"))
+}
+
+fn parse_positive_duration(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err(format!("{text:?} must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
+/// Where the faces come from.
+pub enum Source {
+    Api { base_url: reqwest::Url, app_id: String, app_secret: Secret },
+    Demo,
+}
+
+/// The command line, checked: everything needed to mount, nothing missing.
+pub struct Settings {
+    pub mountpoint: PathBuf,
+    pub source: Source,
+    pub foreground: bool,
+    pub cache_size: u64,
+    pub ttl: Duration,
+    pub negative_ttl: Duration,
+    pub request_timeout: Duration,
+    pub max_parallel: usize,
+}
+
+impl Cli {
+    /// Checks the flags and reads the secret. Errors name the fix.
+    pub fn into_settings(self) -> Result<Settings, String> {
+        let meta = std::fs::metadata(&self.mountpoint)
+            .map_err(|e| format!("mount point {}: {e}; create it with `mkdir -p {0}`", self.mountpoint.display()))?;
+        if !meta.is_dir() {
+            return Err(format!("mount point {} is not a directory", self.mountpoint.display()));
+        }
+        let mountpoint = std::fs::canonicalize(&self.mountpoint)
+            .map_err(|e| format!("mount point {}: {e}", self.mountpoint.display()))?;
+        let source = if self.demo {
+            Source::Demo
+        } else {
+            let base_url = parse_base_url(&self.base_url)?;
+            let app_id = self
+                .app_id
+                .filter(|id| !id.trim().is_empty())
+                .ok_or("no app id: pass --app-id or set FEISHU_APP_ID (or try --demo)")?;
+            let app_secret = read_secret(self.app_secret_file.as_deref())?;
+            Source::Api { base_url, app_id: app_id.trim().to_owned(), app_secret }
+        };
+        Ok(Settings {
+            mountpoint,
+            source,
+            foreground: self.foreground,
+            cache_size: self.cache_size,
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+            request_timeout: self.request_timeout,
+            max_parallel: usize::from(self.max_parallel),
+        })
+    }
+}
+
+fn read_secret(file: Option<&std::path::Path>) -> Result<Secret, String> {
+    let text = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read the app secret from {}: {e}", path.display()))?;
+            warn_if_shared(path);
+            text
+        }
+        None => std::env::var(SECRET_ENV)
+            .map_err(|_| format!("no app secret: pass --app-secret-file PATH or set {SECRET_ENV} (or try --demo)"))?,
+    };
+    let secret = text.trim();
+    if secret.is_empty() {
+        return Err("the app secret is empty".into());
+    }
+    Ok(Secret::new(secret))
+}
+
+fn warn_if_shared(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().mode() & 0o077 != 0 {
+            log::warn!("{} is readable by other users; `chmod 600 {0}` keeps the app secret private", path.display());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("1G"), Ok(1 << 30));
+        assert_eq!(parse_size("500k"), Ok(500 << 10));
+        assert_eq!(parse_size("1.5MiB"), Ok(3 << 19));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size(" 2 MiB "), Ok(2 << 20));
+        for bad in ["", "MiB", "12 parsecs", "-1MiB", "1e999GiB", "1..2k"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("10").is_err());
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[test]
+    fn the_command_line_contract() {
+        let cli = Cli::try_parse_from(["facefs", "/mnt", "--cache-size", "1GiB", "--ttl", "5m", "-f"]).unwrap();
+        assert_eq!((cli.cache_size, cli.ttl, cli.foreground), (1 << 30, Duration::from_secs(300), true));
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--cache-size", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--demo", "--app-id", "cli_x"]).is_err());
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--app-secret", "x"]).is_err(), "no secret flag exists");
+    }
+}

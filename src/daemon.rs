@@ -1,0 +1,296 @@
+//! The mount's life: detach (unless in the foreground) and report back only
+//! once the mount answers; then serve until `umount` or a signal, and on a
+//! signal unmount cleanly.
+
+use std::ffi::CString;
+use std::io::{Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use crate::api::http::{HttpApi, HttpConfig};
+use crate::api::retry::{RetryPolicy, RetryingApi};
+use crate::api::FaceApi;
+use crate::cli::{Settings, Source};
+use crate::emulator::{Emulator, EmulatorConfig};
+use crate::fs::{FaceFs, FsConfig, ROOT_INO};
+use crate::fuse::FuseAdapter;
+use crate::secret::Secret;
+
+/// How long the new mount has to answer its first `stat`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// After a signal, how long to wait for readers to let go of the mount.
+const UNMOUNT_GRACE: Duration = Duration::from_secs(10);
+
+/// Where the outcome of mounting goes: the terminal, or the waiting parent.
+enum Readiness {
+    Foreground,
+    Parent(std::fs::File),
+}
+
+impl Readiness {
+    fn ready(self) {
+        if let Readiness::Parent(mut pipe) = self {
+            let _ = pipe.write_all(b"ok");
+            detach_stdio();
+        }
+    }
+
+    fn failed(self, message: &str) {
+        match self {
+            Readiness::Foreground => eprintln!("facefs: {message}"),
+            Readiness::Parent(mut pipe) => {
+                let _ = pipe.write_all(format!("error: {message}").as_bytes());
+            }
+        }
+    }
+}
+
+enum Event {
+    Signal(i32),
+    Ended(std::io::Result<()>),
+}
+
+/// Mounts and serves; returns the process's exit code.
+pub fn run(settings: Settings) -> i32 {
+    let readiness = if settings.foreground {
+        Readiness::Foreground
+    } else {
+        // Forking must come before any thread is started.
+        match detach() {
+            Ok(readiness) => readiness,
+            Err(message) => {
+                eprintln!("facefs: {message}");
+                return 1;
+            }
+        }
+    };
+    let signals = match block_signals() {
+        Ok(set) => set,
+        Err(e) => {
+            readiness.failed(&format!("cannot set up signal handling: {e}"));
+            return 1;
+        }
+    };
+    let (events, incoming) = channel();
+    let (mut unmounter, _emulator) = match mount(&settings, events.clone()) {
+        Ok(mounted) => mounted,
+        Err(message) => {
+            readiness.failed(&message);
+            return 1;
+        }
+    };
+    log::info!("mounted at {}", settings.mountpoint.display());
+    readiness.ready();
+    std::thread::spawn(move || wait_for_signals(signals, events));
+
+    match incoming.recv() {
+        Ok(Event::Ended(result)) => ended(result),
+        Ok(Event::Signal(signal)) => {
+            log::info!("signal {signal}: unmounting {}", settings.mountpoint.display());
+            if let Err(e) = unmounter.unmount() {
+                log::warn!("unmount failed ({e}); detaching the mount instead, open files keep working until closed");
+                lazy_unmount(&settings.mountpoint);
+            }
+            loop {
+                match incoming.recv_timeout(UNMOUNT_GRACE) {
+                    Ok(Event::Ended(result)) => return ended(result),
+                    Ok(Event::Signal(_)) => continue,
+                    Err(_) => {
+                        log::warn!("the kernel did not end the session within {UNMOUNT_GRACE:?}; exiting");
+                        return 0;
+                    }
+                }
+            }
+        }
+        Err(_) => 1,
+    }
+}
+
+fn ended(result: std::io::Result<()>) -> i32 {
+    match result {
+        Ok(()) => {
+            log::info!("unmounted");
+            0
+        }
+        Err(e) => {
+            log::error!("the FUSE session failed: {e}");
+            1
+        }
+    }
+}
+
+/// Builds the client, checks the credentials, mounts, and waits until the
+/// mount answers. Returns what unmounts it, and the demo emulator to keep alive.
+fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUnmounter, Option<Emulator>), String> {
+    let (base_url, app_id, app_secret, emulator) = match &settings.source {
+        Source::Api { base_url, app_id, app_secret } => (base_url.clone(), app_id.clone(), app_secret.clone(), None),
+        Source::Demo => {
+            let emulator = Emulator::start(EmulatorConfig::default()).map_err(|e| format!("cannot start the demo emulator: {e}"))?;
+            let config = emulator.config();
+            let url = reqwest::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?;
+            (url, config.app_id.clone(), Secret::new(config.app_secret.clone()), Some(emulator))
+        }
+    };
+    let http = HttpApi::new(HttpConfig { base_url, app_id, app_secret, request_timeout: settings.request_timeout })?;
+    http.check_credentials().map_err(|e| format!("cannot get a tenant access token: {e}"))?;
+    let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, RetryPolicy::default()));
+
+    // SAFETY: getuid and getgid cannot fail.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let core = FaceFs::new(
+        api,
+        FsConfig {
+            cache_bytes: settings.cache_size,
+            ttl: settings.ttl,
+            negative_ttl: settings.negative_ttl,
+            uid,
+            gid,
+            ..FsConfig::default()
+        },
+    );
+    let adapter = FuseAdapter::new(Arc::new(core), settings.max_parallel).map_err(|e| format!("cannot start workers: {e}"))?;
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("facefs".into()),
+        MountOption::Subtype("facefs".into()),
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::NoExec,
+        MountOption::DefaultPermissions,
+    ];
+    // Faces are biometric data: only the mounting user gets in.
+    config.acl = SessionACL::Owner;
+    config.n_threads = Some(2);
+    let mut session = fuser::Session::new(adapter, &settings.mountpoint, &config).map_err(|e| {
+        format!("cannot mount at {}: {e}{}", settings.mountpoint.display(), mount_hint(&e))
+    })?;
+    let mut unmounter = session.unmount_callable();
+    std::thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let _ = events.send(Event::Ended(session.run()));
+        })
+        .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
+    if let Err(message) = wait_until_answering(&settings.mountpoint) {
+        if unmounter.unmount().is_err() {
+            lazy_unmount(&settings.mountpoint);
+        }
+        return Err(message);
+    }
+    Ok((unmounter, emulator))
+}
+
+fn mount_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => " (is the fuse3 package installed? it provides fusermount3)",
+        std::io::ErrorKind::PermissionDenied => " (non-root mounts need fusermount3 from the fuse3 package, and /dev/fuse access)",
+        _ => "",
+    }
+}
+
+/// A `stat` of the mount point must reach our root before we call it mounted.
+fn wait_until_answering(mountpoint: &Path) -> Result<(), String> {
+    let (tx, rx) = channel();
+    let path: PathBuf = mountpoint.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::metadata(&path));
+    });
+    match rx.recv_timeout(READY_TIMEOUT) {
+        Ok(Ok(meta)) if meta.ino() == ROOT_INO => Ok(()),
+        Ok(Ok(_)) => Err(format!("{} does not show the new mount", mountpoint.display())),
+        Ok(Err(e)) => Err(format!("the new mount at {} does not answer: {e}", mountpoint.display())),
+        Err(_) => Err(format!("the new mount at {} did not answer within {READY_TIMEOUT:?}", mountpoint.display())),
+    }
+}
+
+fn lazy_unmount(mountpoint: &Path) {
+    if let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) {
+        // SAFETY: a valid C string; MNT_DETACH only detaches.
+        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Forks. The parent waits for the child's word and exits with it; the
+/// child returns, in a new session, holding the pipe to report on.
+fn detach() -> Result<Readiness, String> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(format!("pipe: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: both descriptors were just created and are owned here alone.
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: no other thread exists yet, so the child inherits a consistent process.
+    match unsafe { libc::fork() } {
+        -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
+        0 => {
+            drop(read_end);
+            // SAFETY: setsid has no preconditions; it detaches from the terminal's session.
+            unsafe { libc::setsid() };
+            Ok(Readiness::Parent(std::fs::File::from(write_end)))
+        }
+        _child => {
+            drop(write_end);
+            let mut answer = String::new();
+            let _ = std::fs::File::from(read_end).read_to_string(&mut answer);
+            let code = match answer.as_str() {
+                "ok" => 0,
+                "" => {
+                    eprintln!("facefs: the background process exited before the mount was ready");
+                    1
+                }
+                message => {
+                    eprintln!("facefs: {}", message.strip_prefix("error: ").unwrap_or(message));
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+/// Points stdin, stdout and stderr at /dev/null once the parent has gone.
+fn detach_stdio() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        use std::os::fd::AsRawFd;
+        for fd in 0..3 {
+            // SAFETY: dup2 onto the standard descriptors, from a valid one.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}
+
+/// Blocks the termination signals in this thread and all it starts, so that
+/// one thread can take them with `sigwait`.
+fn block_signals() -> std::io::Result<libc::sigset_t> {
+    // SAFETY: sigset operations on a local set; pthread_sigmask on this thread.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, signal);
+        }
+        match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
+            0 => Ok(set),
+            err => Err(std::io::Error::from_raw_os_error(err)),
+        }
+    }
+}
+
+fn wait_for_signals(set: libc::sigset_t, events: Sender<Event>) {
+    loop {
+        let mut signal = 0;
+        // SAFETY: set holds signals blocked in every thread; signal is a valid out pointer.
+        if unsafe { libc::sigwait(&set, &mut signal) } == 0 && events.send(Event::Signal(signal)).is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The command's contract: detaching only once mounted, failing cleanly on
+//! bad credentials or flags, `umount` ending the process, and `--demo`.
+
+mod common;
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use facefs::emulator::Endpoint;
+
+/// Pids of running facefs processes whose command line names `mountpoint`.
+fn facefs_pids(mountpoint: &Path) -> Vec<u32> {
+    let needle = mountpoint.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()) && cmdline.starts_with(FACEFS.as_bytes())
+        })
+        .collect()
+}
+
+fn wait_gone(mountpoint: &Path) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if facefs_pids(mountpoint).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Unmounts on drop, for tests that mount in the background.
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        force_unmount(self.0);
+    }
+}
+
+#[test]
+fn detached_mount_is_ready_on_exit_and_umount_ends_it() {
+    let emu = emulator(small_tenant(4));
+    let dir = TempDir::new("detached");
+    let _cleanup = Unmount(dir.path());
+    let out = facefs_command(&emu, dir.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // No waiting: the command returned only once the mount answered.
+    let listing = run("ls", &[&dir.path().join("open_id")]);
+    assert_eq!(stdout(&listing).lines().count(), 8, "{}", stderr(&listing));
+    assert_eq!(facefs_pids(dir.path()).len(), 1, "one background process");
+
+    let umount = run("umount", &[&dir.path()]);
+    assert!(umount.status.success(), "{}", stderr(&umount));
+    assert!(wait_gone(dir.path()), "the background process ends with the mount");
+    assert!(!is_mounted(dir.path()));
+}
+
+#[test]
+fn a_detached_mount_stops_cleanly_on_sigterm() {
+    let emu = emulator(small_tenant(2));
+    let dir = TempDir::new("detached-term");
+    let _cleanup = Unmount(dir.path());
+    let out = facefs_command(&emu, dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let pids = facefs_pids(dir.path());
+    assert_eq!(pids.len(), 1);
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pids[0] as i32, libc::SIGTERM) };
+    assert!(wait_gone(dir.path()));
+    assert!(!is_mounted(dir.path()));
+}
+
+#[test]
+fn a_wrong_secret_fails_with_the_api_code_and_mounts_nothing() {
+    let emu = emulator(small_tenant(1));
+    let dir = TempDir::new("badsecret");
+    let _cleanup = Unmount(dir.path());
+    for foreground in [false, true] {
+        let mut cmd = facefs_command(&emu, dir.path());
+        cmd.env("FEISHU_APP_SECRET", "wrong-secret");
+        if foreground {
+            cmd.arg("-f");
+        }
+        let out = cmd.output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("code 10014"), "{err}");
+        assert!(err.contains("log id 2026emulator"), "{err}");
+        assert!(!err.contains("wrong-secret"), "the secret is never printed: {err}");
+        assert!(!is_mounted(dir.path()));
+        assert!(facefs_pids(dir.path()).is_empty());
+    }
+    assert_eq!(emu.count(Endpoint::Face), 0);
+}
+
+#[test]
+fn bad_flags_are_refused_before_mounting() {
+    let emu = emulator(small_tenant(1));
+    let dir = TempDir::new("badflags");
+    let _cleanup = Unmount(dir.path());
+    let cases: [(&[&str], &str); 5] = [
+        (&["--cache-size", "lots"], "not a size"),
+        (&["--ttl", "forever"], "not a duration"),
+        (&["--negative-ttl", "10"], "not a duration"),
+        (&["--request-timeout", "0s"], "longer than zero"),
+        (&["--max-parallel", "0"], "0"),
+    ];
+    for (args, message) in cases {
+        let out = facefs_command(&emu, dir.path()).args(args).arg("-f").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
+        assert!(!is_mounted(dir.path()));
+    }
+    let plaintext = std::process::Command::new(FACEFS)
+        .args([dir.path().to_str().unwrap(), "--base-url", "http://open.feishu.cn", "--app-id", "cli_x"])
+        .env("FEISHU_APP_SECRET", "s")
+        .output()
+        .unwrap();
+    assert_eq!(plaintext.status.code(), Some(2));
+    assert!(stderr(&plaintext).contains("refusing plaintext http://"), "{}", stderr(&plaintext));
+    let out = facefs_command(&emu, &dir.path().join("missing")).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("mkdir -p"), "{}", stderr(&out));
+    let out = std::process::Command::new(FACEFS).arg(dir.path()).env_remove("FEISHU_APP_ID").env_remove("FEISHU_APP_SECRET").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("--app-id"), "{}", stderr(&out));
+    assert_eq!(emu.count(Endpoint::Token), 0, "nothing reached the API");
+}
+
+#[test]
+fn demo_mounts_without_credentials() {
+    let dir = TempDir::new("demo");
+    let _cleanup = Unmount(dir.path());
+    let out = std::process::Command::new(FACEFS)
+        .arg("--demo")
+        .arg(dir.path())
+        .env_remove("FEISHU_APP_ID")
+        .env_remove("FEISHU_APP_SECRET")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let ident = run("identify", &[&dir.path().join("user_id/emp 001.jpg")]);
+    assert!(stdout(&ident).contains("JPEG"), "{}", stderr(&ident));
+    assert!(run("umount", &[&dir.path()]).status.success());
+    assert!(wait_gone(dir.path()));
+}

@@ -1,0 +1,179 @@
+//! Harness for real-mount tests: an emulator in this process, the facefs
+//! binary mounted over it, and cleanup that runs even when a test fails.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use facefs::emulator::tenant::TenantSpec;
+use facefs::emulator::{Emulator, EmulatorConfig};
+
+pub const FACEFS: &str = env!("CARGO_BIN_EXE_facefs");
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("facefs-test-{}-{n}-{label}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        // Only after any mount inside is gone: remove_dir_all does not cross into it.
+        if !is_mounted(&self.0) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+pub fn is_mounted(path: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let path = path.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*path))
+}
+
+pub fn emulator(config: EmulatorConfig) -> Emulator {
+    Emulator::start(config).expect("start the emulator")
+}
+
+pub fn small_tenant(users: usize) -> EmulatorConfig {
+    EmulatorConfig { tenant: TenantSpec { users, ..TenantSpec::default() }, ..EmulatorConfig::default() }
+}
+
+/// The facefs command for this emulator, credentials in place, secret in the environment.
+pub fn facefs_command(emu: &Emulator, mountpoint: &Path) -> Command {
+    let mut cmd = Command::new(FACEFS);
+    cmd.arg(mountpoint)
+        .arg("--base-url")
+        .arg(emu.base_url())
+        .arg("--app-id")
+        .arg(&emu.config().app_id)
+        .env("FEISHU_APP_SECRET", &emu.config().app_secret)
+        .env("FACEFS_LOG", "debug")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// facefs mounted in the foreground as a child; unmounted and reaped on drop.
+pub struct Mount {
+    pub dir: TempDir,
+    pub child: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl Mount {
+    pub fn start(emu: &Emulator, extra: &[&str]) -> Mount {
+        let dir = TempDir::new("mnt");
+        let log = dir.path().with_extension("log");
+        let mountpoint = dir.path().to_owned();
+        let stderr = std::fs::File::create(&log).unwrap();
+        let child = facefs_command(emu, &mountpoint).arg("-f").args(extra).stderr(stderr).stdout(Stdio::null()).spawn().unwrap();
+        let mut mount = Mount { dir, child: Some(child), log };
+        mount.wait_ready();
+        mount
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if is_mounted(self.path()) {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("facefs exited with {status} before mounting:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("facefs did not mount within 20 s:\n{}", self.log_text());
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path().join(rel)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` and returns how facefs exited.
+    pub fn signal_and_wait(&mut self, signal: i32) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        wait_with_timeout(&mut child, Duration::from_secs(20))
+    }
+}
+
+pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("process {} did not exit within {limit:?}", child.id());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Unmounts whatever is at `path`, lazily if it is busy or dead.
+pub fn force_unmount(path: &Path) {
+    if is_mounted(path) {
+        let ok = Command::new("umount").arg(path).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        if !ok {
+            let _ = Command::new("umount").arg("-l").arg(path).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        force_unmount(self.path());
+        if let Some(mut child) = self.child.take() {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Runs a program and returns its output; panics only if it cannot start.
+pub fn run(program: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(program)
+        .args(args.iter().map(|a| a.as_ref()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (the README's test command installs it)"))
+}
+
+pub fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

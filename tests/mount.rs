@@ -1,0 +1,213 @@
+//! Real mounts over the emulator, exercised with the programs users run:
+//! ls, cat, cmp, stat, identify, rsync, touch, rm, mkdir, mv, ln.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+
+use common::*;
+use facefs::emulator::tenant::ODD_USER_IDS;
+use facefs::emulator::{EmulatorConfig, Endpoint};
+use facefs::layout::{face_file_name, IdKind};
+
+fn expected_names(emu: &facefs::emulator::Emulator, kind: IdKind) -> BTreeSet<String> {
+    emu.ids_with_faces(kind).iter().flat_map(|id| [face_file_name(id, false), face_file_name(id, true)]).collect()
+}
+
+fn ls(path: &std::path::Path) -> BTreeSet<String> {
+    let out = run("ls", &[&"-1A", &path]);
+    assert!(out.status.success(), "ls {}: {}", path.display(), stderr(&out));
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn ls_shows_every_user_with_a_face_and_downloads_none() {
+    // 75 users: two list pages of 50, users without faces among them.
+    let emu = emulator(small_tenant(75));
+    let mnt = Mount::start(&emu, &[]);
+    assert_eq!(ls(mnt.path()), BTreeSet::from(["open_id".into(), "union_id".into(), "user_id".into()]));
+    for kind in IdKind::ALL {
+        let names = ls(&mnt.join(kind.as_str()));
+        assert_eq!(names, expected_names(&emu, kind), "{kind}");
+        assert!(names.len() < 150, "users without faces are not listed");
+    }
+    assert_eq!(emu.count(Endpoint::Face), 0, "listing downloads no face");
+    assert_eq!(emu.count(Endpoint::ListUsers), 3 * 2);
+}
+
+#[test]
+fn cat_gives_the_api_bytes_in_every_directory() {
+    let emu = emulator(small_tenant(12));
+    let mnt = Mount::start(&emu, &[]);
+    let scratch = TempDir::new("expected");
+    let mut checked = 0;
+    for kind in IdKind::ALL {
+        for id in emu.ids_with_faces(kind) {
+            for cropped in [false, true] {
+                let path = mnt.join(kind.as_str()).join(face_file_name(&id, cropped));
+                let out = run("cat", &[&path]);
+                assert!(out.status.success(), "cat {}: {}", path.display(), stderr(&out));
+                let expected = emu.face(kind, &id, cropped).unwrap();
+                assert_eq!(out.stdout, expected, "{}", path.display());
+                // cmp against the bytes written out, as a user would check a copy.
+                let copy = scratch.path().join("face");
+                std::fs::write(&copy, &expected).unwrap();
+                assert!(run("cmp", &[&path, &copy]).status.success());
+                checked += 1;
+            }
+        }
+    }
+    // Every odd user_id went through, and full and cropped faces differ.
+    assert!(ODD_USER_IDS.iter().all(|id| emu.ids_with_faces(IdKind::UserId).contains(&id.to_string())));
+    assert_ne!(emu.face(IdKind::UserId, "100%", false), emu.face(IdKind::UserId, "100%", true));
+    assert_eq!(emu.count(Endpoint::Face), checked, "one download per file; stat and read share it");
+}
+
+#[test]
+fn stat_reports_the_exact_size_before_any_read() {
+    let emu = emulator(small_tenant(10));
+    let mnt = Mount::start(&emu, &[]);
+    for (kind, id) in [(IdKind::UserId, "emp 001"), (IdKind::UserId, "张伟"), (IdKind::OpenId, &*emu.ids_with_faces(IdKind::OpenId)[3])] {
+        for cropped in [false, true] {
+            let path = mnt.join(kind.as_str()).join(face_file_name(id, cropped));
+            let out = run("stat", &[&"-c", &"%s %F %a", &path]);
+            let expected = emu.face(kind, id, cropped).unwrap().len();
+            assert_eq!(stdout(&out).trim(), format!("{expected} regular file 400"), "{}", path.display());
+        }
+    }
+    let out = run("stat", &[&"-c", &"%F %a %U", &mnt.join("open_id")]);
+    assert_eq!(stdout(&out).trim(), "directory 700 root");
+}
+
+#[test]
+fn missing_users_faces_and_foreign_names_are_enoent() {
+    let emu = emulator(small_tenant(20));
+    let mnt = Mount::start(&emu, &[]);
+    let faceless = emu.tenant().users().iter().find(|u| !u.has_face).unwrap().id(IdKind::OpenId).to_owned();
+    for rel in ["open_id/ou_nobody.jpg".to_owned(), format!("open_id/{faceless}.jpg"), format!("open_id/{faceless}.cropped.jpg")] {
+        let out = run("cat", &[&mnt.join(&rel)]);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("No such file or directory"), "{rel}: {}", stderr(&out));
+    }
+    let face_requests = emu.count(Endpoint::Face);
+    assert_eq!(face_requests, 3);
+    for rel in ["open_id/x.png", "open_id/abc", "open_id/.jpg", "faces", "user_id/a.jpeg"] {
+        let out = run("stat", &[&mnt.join(rel)]);
+        assert!(stderr(&out).contains("No such file or directory"), "{rel}: {}", stderr(&out));
+    }
+    assert_eq!(emu.count(Endpoint::Face), face_requests, "names outside the layout cost no request");
+}
+
+#[test]
+fn every_write_is_erofs() {
+    let emu = emulator(small_tenant(3));
+    let mnt = Mount::start(&emu, &[]);
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let face = mnt.join("open_id").join(face_file_name(&id, false));
+    let dir = mnt.join("open_id");
+    let attempts: Vec<(&str, Vec<String>)> = vec![
+        ("touch", vec![dir.join("new.jpg").display().to_string()]),
+        ("sh", vec!["-c".into(), format!("echo x > '{}'", face.display())]),
+        ("sh", vec!["-c".into(), format!("echo x >> '{}'", face.display())]),
+        ("rm", vec!["-f".into(), face.display().to_string()]),
+        ("mkdir", vec![dir.join("sub").display().to_string()]),
+        ("mv", vec![face.display().to_string(), dir.join("moved.jpg").display().to_string()]),
+        ("ln", vec!["-s".into(), "/etc/passwd".into(), dir.join("link.jpg").display().to_string()]),
+        ("chmod", vec!["644".into(), face.display().to_string()]),
+        ("touch", vec![face.display().to_string()]),
+        ("rmdir", vec![dir.display().to_string()]),
+    ];
+    for (program, args) in attempts {
+        let out = std::process::Command::new(program).args(&args).stdin(Stdio::null()).output().unwrap();
+        assert!(!out.status.success(), "{program} {args:?} succeeded");
+        assert!(stderr(&out).contains("Read-only file system"), "{program} {args:?}: {}", stderr(&out));
+    }
+    // The face is still there and whole.
+    assert_eq!(std::fs::read(&face).unwrap(), emu.face(IdKind::OpenId, &id, false).unwrap());
+}
+
+#[test]
+fn identify_decodes_faces() {
+    let emu = emulator(small_tenant(8));
+    let mnt = Mount::start(&emu, &[]);
+    // ImageMagick itself expands `?` and `*` in file names, so plain ids here.
+    let full = run("identify", &[&mnt.join("user_id/emp 001.jpg")]);
+    assert!(stdout(&full).contains("JPEG 120x150"), "{}{}", stdout(&full), stderr(&full));
+    let cropped = run("identify", &[&mnt.join("user_id/张伟.cropped.jpg")]);
+    assert!(stdout(&cropped).contains("JPEG 90x90"), "{}{}", stdout(&cropped), stderr(&cropped));
+}
+
+#[test]
+fn rsync_copies_byte_exact_and_a_second_run_transfers_nothing() {
+    let emu = emulator(small_tenant(40));
+    let mnt = Mount::start(&emu, &[]);
+    let backup = TempDir::new("backup");
+    let src = format!("{}/", mnt.join("user_id").display());
+    let first = run("rsync", &[&"-a", &src, &backup.path()]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let expected = expected_names(&emu, IdKind::UserId);
+    assert_eq!(ls(backup.path()), expected);
+    for id in emu.ids_with_faces(IdKind::UserId) {
+        for cropped in [false, true] {
+            let copy = std::fs::read(backup.path().join(face_file_name(&id, cropped))).unwrap();
+            assert_eq!(Some(copy), emu.face(IdKind::UserId, &id, cropped), "{id}");
+        }
+    }
+    assert_eq!(emu.count(Endpoint::Face), expected.len(), "exactly one download per file");
+
+    let second = run("rsync", &[&"-a", &"--stats", &src, &backup.path()]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    let stats = stdout(&second);
+    assert!(stats.contains("Number of regular files transferred: 0"), "{stats}");
+    assert_eq!(emu.count(Endpoint::Face), expected.len(), "the second run is served from the cache");
+}
+
+#[test]
+fn an_expired_token_mid_session_is_invisible_to_readers() {
+    let emu = emulator(small_tenant(5));
+    let mnt = Mount::start(&emu, &[]);
+    let ids = emu.ids_with_faces(IdKind::UnionId);
+    let read = |id: &str| std::fs::read(mnt.join("union_id").join(face_file_name(id, false)));
+    assert_eq!(read(&ids[0]).unwrap(), emu.face(IdKind::UnionId, &ids[0], false).unwrap());
+    emu.expire_tokens();
+    assert_eq!(read(&ids[1]).unwrap(), emu.face(IdKind::UnionId, &ids[1], false).unwrap());
+    assert_eq!(emu.count(Endpoint::Token), 2, "renewed once");
+}
+
+#[test]
+fn a_missing_scope_is_permission_denied_and_logged() {
+    let emu = emulator(EmulatorConfig { deny_user_id_scope: true, ..small_tenant(4) });
+    let mnt = Mount::start(&emu, &[]);
+    let out = run("ls", &[&mnt.join("user_id")]);
+    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    let out = run("cat", &[&mnt.join("user_id/emp 001.jpg")]);
+    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    assert!(mnt.log_text().contains("contact:user.employee_id:readonly"), "{}", mnt.log_text());
+    assert_eq!(ls(&mnt.join("open_id")).len(), 8, "other directories still work");
+}
+
+#[test]
+fn concurrent_readers_of_one_face_share_one_download() {
+    let emu = emulator(small_tenant(3));
+    let mnt = Mount::start(&emu, &[]);
+    let path = mnt.join("user_id/plus+sign.jpg");
+    let readers: Vec<_> = (0..8).map(|_| std::process::Command::new("cat").arg(&path).stdout(Stdio::piped()).spawn().unwrap()).collect();
+    for reader in readers {
+        let out = reader.wait_with_output().unwrap();
+        assert_eq!(Some(out.stdout), emu.face(IdKind::UserId, "plus+sign", false));
+    }
+    assert_eq!(emu.count(Endpoint::Face), 1);
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_and_exit_zero() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let emu = emulator(small_tenant(2));
+        let mut mnt = Mount::start(&emu, &[]);
+        assert_eq!(ls(mnt.path()).len(), 3);
+        let status = mnt.signal_and_wait(signal);
+        assert_eq!(status.code(), Some(0), "signal {signal}: {}", mnt.log_text());
+        assert!(!is_mounted(mnt.path()));
+    }
+}
