@@ -54,12 +54,26 @@ pub struct Cli {
     pub negative_ttl: Duration,
 
     /// Bound on one HTTP exchange with the API, connect to last byte.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_positive_duration)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub request_timeout: Duration,
+
+    /// No retry of a failed request starts after this long; an operation ends
+    /// with EIO within this plus one request timeout.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub retry_budget: Duration,
+
+    /// Requests per second facefs sends at most, shared by all threads.
+    #[arg(long, value_name = "N", default_value_t = 5.0, value_parser = parse_rate)]
+    pub rate_limit: f64,
 
     /// Threads serving operations that wait for the API.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_parallel: u16,
+
+    /// Append logs to this file (created with mode 0600) instead of stderr;
+    /// without it a detached facefs logs nowhere.
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 
     /// Serve built-in demo faces from an embedded emulator; needs no credentials.
     #[arg(long, conflicts_with_all = ["app_id", "app_secret_file"])]
@@ -97,6 +111,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e}); try 30s, 10m or 1h"))
 }
 
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 10_000.0 => Ok(rate),
+        _ => Err(format!("{text:?} is not a request rate; give requests per second, e.g. 5 or 50")),
+    }
+}
+
 fn parse_positive_duration(text: &str) -> Result<Duration, String> {
     match parse_duration(text)? {
         d if d.is_zero() => Err(format!("{text:?} must be longer than zero")),
@@ -119,6 +140,8 @@ pub struct Settings {
     pub ttl: Duration,
     pub negative_ttl: Duration,
     pub request_timeout: Duration,
+    pub retry_budget: Duration,
+    pub rate_limit: f64,
     pub max_parallel: usize,
 }
 
@@ -151,6 +174,8 @@ impl Cli {
             ttl: self.ttl,
             negative_ttl: self.negative_ttl,
             request_timeout: self.request_timeout,
+            retry_budget: self.retry_budget,
+            rate_limit: self.rate_limit,
             max_parallel: usize::from(self.max_parallel),
         })
     }
@@ -218,6 +243,9 @@ mod tests {
         let cli = Cli::try_parse_from(["facefs", "/mnt", "--cache-size", "1GiB", "--ttl", "5m", "-f"]).unwrap();
         assert_eq!((cli.cache_size, cli.ttl, cli.foreground), (1 << 30, Duration::from_secs(300), true));
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--cache-size", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "0"]).is_err());
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "fast"]).is_err());
+        assert_eq!(Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "2.5"]).unwrap().rate_limit, 2.5);
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--demo", "--app-id", "cli_x"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--app-secret", "x"]).is_err(), "no secret flag exists");
     }

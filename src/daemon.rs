@@ -16,6 +16,7 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::api::http::{HttpApi, HttpConfig};
 use crate::api::retry::{RetryPolicy, RetryingApi};
+use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
 use crate::cli::{Settings, Source};
 use crate::emulator::{Emulator, EmulatorConfig};
@@ -140,7 +141,9 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
     };
     let http = HttpApi::new(HttpConfig { base_url, app_id, app_secret, request_timeout: settings.request_timeout })?;
     http.check_credentials().map_err(|e| format!("cannot get a tenant access token: {e}"))?;
-    let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, RetryPolicy::default()));
+    let policy = RetryPolicy { budget: settings.retry_budget, ..RetryPolicy::default() };
+    let limiter = Arc::new(RateLimiter::new(settings.rate_limit));
+    let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter));
 
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

@@ -1,10 +1,26 @@
+use std::os::unix::fs::OpenOptionsExt;
+
 use clap::Parser;
 
 use facefs::cli::Cli;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::new().filter_or("FACEFS_LOG", "info")).format_timestamp_millis().init();
-    let settings = match Cli::parse().into_settings() {
+    let cli = Cli::parse();
+    let mut logger = env_logger::Builder::from_env(env_logger::Env::new().filter_or("FACEFS_LOG", "info"));
+    logger.format_timestamp_millis();
+    if let Some(path) = &cli.log_file {
+        match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path) {
+            Ok(file) => {
+                logger.target(env_logger::Target::Pipe(Box::new(file)));
+            }
+            Err(e) => {
+                eprintln!("facefs: cannot open the log file {}: {e}", path.display());
+                std::process::exit(2);
+            }
+        }
+    }
+    logger.init();
+    let settings = match cli.into_settings() {
         Ok(settings) => settings,
         Err(message) => {
             eprintln!("facefs: {message}");

@@ -44,12 +44,11 @@ fn work(queue: &Mutex<Receiver<Job>>) {
 }
 
 impl Drop for WorkerPool {
-    /// Lets queued jobs finish, then joins the workers.
+    /// Stops taking jobs; workers finish the ones queued and exit. They are
+    /// not joined: a worker stuck in a download must not hold up unmounting.
     fn drop(&mut self) {
         self.jobs.take();
-        for thread in self.threads.drain(..) {
-            let _ = thread.join();
-        }
+        self.threads.clear();
     }
 }
 

@@ -50,7 +50,8 @@ fn detached_mount_is_ready_on_exit_and_umount_ends_it() {
     let emu = emulator(small_tenant(4));
     let dir = TempDir::new("detached");
     let _cleanup = Unmount(dir.path());
-    let out = facefs_command(&emu, dir.path()).stdout(Stdio::piped()).stderr(Stdio::piped()).output().unwrap();
+    let log = dir.path().with_extension("log");
+    let out = facefs_command(&emu, dir.path()).arg("--log-file").arg(&log).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // No waiting: the command returned only once the mount answered.
     let listing = run("ls", &[&dir.path().join("open_id")]);
@@ -61,6 +62,10 @@ fn detached_mount_is_ready_on_exit_and_umount_ends_it() {
     assert!(umount.status.success(), "{}", stderr(&umount));
     assert!(wait_gone(dir.path()), "the background process ends with the mount");
     assert!(!is_mounted(dir.path()));
+    let logged = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(logged.contains("mounted at") && logged.contains("unmounted"), "{logged}");
+    assert!(!logged.contains(&emu.config().app_secret), "no secret in the log");
 }
 
 #[test]

@@ -60,6 +60,9 @@ pub fn classify(failure: ApiFailure, retry_after: Option<Duration>) -> ApiError 
             ApiError::BadCredentials(failure)
         }
         Some(RATE_LIMITED) => ApiError::Throttled { retry_after, failure },
+        // The client renews a refused token once itself; a refusal that
+        // survives that is worth another try with yet another token.
+        Some(code) if is_token_error(code) => ApiError::Transient(failure),
         _ if status == 429 => ApiError::Throttled { retry_after, failure },
         Some(code) if INTERNAL_ERRORS.contains(&code) => ApiError::Transient(failure),
         _ if status >= 500 || status == 408 => ApiError::Transient(failure),
@@ -98,6 +101,7 @@ mod tests {
         assert!(answer(400, Some(RATE_LIMITED)).is_retryable());
         assert!(!answer(400, Some(SCOPE_MISSING)).is_retryable());
         assert!(!answer(400, Some(QUOTA_EXHAUSTED)).is_retryable());
+        assert!(answer(400, Some(TOKEN_INVALID)).is_retryable());
     }
 
     #[test]

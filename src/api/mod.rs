@@ -6,6 +6,7 @@ pub mod codes;
 pub mod http;
 pub mod memory;
 pub mod retry;
+pub mod throttle;
 pub mod token;
 
 use std::fmt;

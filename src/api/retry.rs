@@ -2,8 +2,10 @@
 //! same policy serves the real API and the test doubles.
 
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::throttle::RateLimiter;
 use super::{ApiError, FaceApi, UserPage};
 use crate::layout::IdKind;
 
@@ -14,7 +16,8 @@ pub struct RetryPolicy {
     /// The first back-off; each next one doubles, up to `max_delay`.
     pub base_delay: Duration,
     pub max_delay: Duration,
-    /// No retry starts after this much time has gone into one call.
+    /// No retry starts after this much time has gone into one call, so a
+    /// call ends within the budget plus one request timeout.
     pub budget: Duration,
 }
 
@@ -26,7 +29,7 @@ impl Default for RetryPolicy {
             max_attempts: 4,
             base_delay: Duration::from_millis(200),
             max_delay: Duration::from_secs(5),
-            budget: Duration::from_secs(60),
+            budget: Duration::from_secs(30),
         }
     }
 }
@@ -60,14 +63,22 @@ fn random_unit() -> f64 {
     })
 }
 
+/// Retries transient failures of any client within a [`RetryPolicy`], and
+/// paces every attempt through a shared [`RateLimiter`] when given one.
 pub struct RetryingApi<A> {
     inner: A,
     policy: RetryPolicy,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 impl<A: FaceApi> RetryingApi<A> {
     pub fn new(inner: A, policy: RetryPolicy) -> RetryingApi<A> {
-        RetryingApi { inner, policy }
+        RetryingApi { inner, policy, limiter: None }
+    }
+
+    pub fn with_rate_limit(mut self, limiter: Arc<RateLimiter>) -> RetryingApi<A> {
+        self.limiter = Some(limiter);
+        self
     }
 
     pub fn inner(&self) -> &A {
@@ -78,6 +89,9 @@ impl<A: FaceApi> RetryingApi<A> {
         let start = Instant::now();
         let mut attempt = 1;
         loop {
+            if let Some(limiter) = &self.limiter {
+                limiter.acquire();
+            }
             let err = match call() {
                 Ok(value) => return Ok(value),
                 Err(err) if !err.is_retryable() => return Err(err),
@@ -92,7 +106,11 @@ impl<A: FaceApi> RetryingApi<A> {
                 return Err(err);
             }
             log::debug!("{} failed (attempt {attempt}): {err}; retrying in {pause:?}", what());
-            std::thread::sleep(pause);
+            match (&err, &self.limiter) {
+                // The API is saying the whole app is too fast: slow every caller.
+                (ApiError::Throttled { .. }, Some(limiter)) => limiter.pause_for(pause),
+                _ => std::thread::sleep(pause),
+            }
             attempt += 1;
         }
     }
@@ -150,6 +168,25 @@ mod tests {
         let start = Instant::now();
         assert!(api.get_face(IdKind::OpenId, "ou_a", true).is_ok());
         assert!(start.elapsed() >= Duration::from_millis(120));
+    }
+
+    #[test]
+    fn throttling_pauses_every_caller_of_the_shared_limiter() {
+        let limiter = Arc::new(RateLimiter::new(1000.0));
+        let api = Arc::new(RetryingApi::new(api(), quick()).with_rate_limit(limiter.clone()));
+        api.inner().push_faults([Fault::Throttled(Duration::from_millis(400))]);
+        let throttled = {
+            let api = api.clone();
+            std::thread::spawn(move || api.get_face(IdKind::OpenId, "ou_a", false))
+        };
+        // The throttled answer comes at once (in memory); a bystander that
+        // starts after it must wait out the same pause.
+        std::thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        limiter.acquire();
+        assert!(start.elapsed() >= Duration::from_millis(250), "waited {:?}", start.elapsed());
+        assert!(throttled.join().unwrap().is_ok());
+        assert_eq!(api.inner().face_requests(), 2);
     }
 
     #[test]

@@ -70,7 +70,21 @@ impl Response {
     }
 }
 
-pub type Handler = dyn Fn(&Request) -> Response + Send + Sync;
+/// How to answer: properly, or in one of the broken ways a real network and
+/// a real service sometimes answer.
+pub enum Reply {
+    Respond(Response),
+    /// Close the connection with a TCP reset before sending anything.
+    Reset,
+    /// Announce the whole body in Content-Length but send only `keep` bytes, then reset.
+    CutShort(Response, usize),
+    /// Send the body chunked, without Content-Length (a valid answer).
+    Chunked(Response),
+    /// Send nothing for this long, holding the connection open, then close it.
+    Silence(Duration),
+}
+
+pub type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
 
 pub struct Server {
     addr: SocketAddr,
@@ -132,8 +146,39 @@ fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> 
     while !stop.load(Ordering::SeqCst) {
         let Some(request) = read_request(&mut reader)? else { break };
         let close = request.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-        let response = handler(&request);
-        write_response(&mut writer, &response, request.method == "HEAD")?;
+        match handler(&request) {
+            Reply::Respond(response) => writer.write_all(&head(&response, Some(response.body.len()), &response.body))?,
+            Reply::Chunked(response) => {
+                let mut body = Vec::new();
+                // Two chunks, so that a reader must join them.
+                let (a, b) = response.body.split_at(response.body.len() / 2);
+                for chunk in [a, b].into_iter().filter(|c| !c.is_empty()) {
+                    body.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+                    body.extend_from_slice(chunk);
+                    body.extend_from_slice(b"\r\n");
+                }
+                body.extend_from_slice(b"0\r\n\r\n");
+                writer.write_all(&head(&response, None, &body))?;
+            }
+            Reply::CutShort(response, keep) => {
+                let keep = keep.min(response.body.len().saturating_sub(1));
+                writer.write_all(&head(&response, Some(response.body.len()), &response.body[..keep]))?;
+                reset(&writer);
+                return Ok(());
+            }
+            Reply::Reset => {
+                reset(&writer);
+                return Ok(());
+            }
+            Reply::Silence(length) => {
+                let until = std::time::Instant::now() + length;
+                while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                break;
+            }
+        }
+        writer.flush()?;
         if close {
             break;
         }
@@ -200,16 +245,35 @@ fn reason(status: u16) -> &'static str {
     }
 }
 
-fn write_response(writer: &mut TcpStream, response: &Response, head_only: bool) -> io::Result<()> {
+/// The status line and headers, with Content-Length when given (else
+/// chunked), followed by `body` as it is to be sent.
+fn head(response: &Response, length: Option<usize>, body: &[u8]) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
     for (name, value) in &response.headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
-    out.push_str(&format!("Content-Length: {}\r\n\r\n", response.body.len()));
-    let mut bytes = out.into_bytes();
-    if !head_only {
-        bytes.extend_from_slice(&response.body);
+    match length {
+        Some(n) => out.push_str(&format!("Content-Length: {n}\r\n\r\n")),
+        None => out.push_str("Transfer-Encoding: chunked\r\n\r\n"),
     }
-    writer.write_all(&bytes)?;
-    writer.flush()
+    let mut bytes = out.into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// Closes with RST rather than FIN: SO_LINGER with a zero timeout.
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: a valid socket and a correctly sized option value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    let _ = stream.shutdown(Shutdown::Read);
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use self::http::{decode, Request, Response, Server};
+use self::http::{decode, Reply, Request, Response, Server};
 use self::tenant::{Tenant, TenantSpec};
 use crate::api::codes;
 use crate::layout::IdKind;
@@ -35,6 +35,8 @@ pub struct EmulatorConfig {
     /// Refuse `user_id_type=user_id` as an app without
     /// `contact:user.employee_id:readonly` is refused.
     pub deny_user_id_scope: bool,
+    /// ACS requests admitted per second; `None` for no limit.
+    pub rate_limit: Option<u32>,
 }
 
 impl Default for EmulatorConfig {
@@ -46,6 +48,7 @@ impl Default for EmulatorConfig {
             app_secret: "emulator-secret".into(),
             token_lifetime: Duration::from_secs(7200),
             deny_user_id_scope: false,
+            rate_limit: None,
         }
     }
 }
@@ -60,6 +63,30 @@ pub enum Endpoint {
     Unknown,
 }
 
+/// A way for the emulator to fail a request on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// HTTP 500 with a JSON error (code 5000).
+    ServerError,
+    /// A TCP reset before any answer.
+    Reset,
+    /// A body cut short of its Content-Length, then a reset.
+    CutShort,
+    /// A correct answer, sent chunked without Content-Length.
+    Chunked,
+    /// HTTP 400 with an empty body.
+    EmptyBadRequest,
+    /// HTTP 429, code 99991400, with `x-ogw-ratelimit-reset`.
+    Throttle,
+    /// No answer at all, for longer than any client waits.
+    Hang,
+    /// Every token expires, and this request is refused with 99991663.
+    ExpiredToken,
+}
+
+/// How long a hung answer holds its connection.
+const HANG: Duration = Duration::from_secs(300);
+
 #[derive(Clone, Debug)]
 pub struct LoggedRequest {
     pub method: String,
@@ -69,6 +96,41 @@ pub struct LoggedRequest {
     pub query: String,
     /// The decoded `{user_id}` of user and face requests.
     pub user_id: Option<String>,
+    /// The fault given instead of an answer, if any.
+    pub fault: Option<Fault>,
+    /// Refused by the emulated rate limit.
+    pub throttled: bool,
+}
+
+/// What tests and benchmarks change while the emulator runs.
+#[derive(Default)]
+struct Behaviour {
+    faults: Vec<(Endpoint, Fault, f64)>,
+    outage: bool,
+    latency: Duration,
+    rate_limit: Option<RateWindow>,
+}
+
+/// Fixed one-second windows, as the gateway's `x-ogw-ratelimit-reset` suggests.
+struct RateWindow {
+    per_second: u32,
+    window_start: Instant,
+    used: u32,
+}
+
+impl RateWindow {
+    /// `None` if admitted, else the seconds until the window resets.
+    fn admit(&mut self, now: Instant) -> Option<f64> {
+        while now.duration_since(self.window_start) >= Duration::from_secs(1) {
+            self.window_start += Duration::from_secs(1);
+            self.used = 0;
+        }
+        if self.used < self.per_second {
+            self.used += 1;
+            return None;
+        }
+        Some((self.window_start + Duration::from_secs(1)).saturating_duration_since(now).as_secs_f64())
+    }
 }
 
 struct State {
@@ -77,6 +139,8 @@ struct State {
     tokens: Mutex<HashMap<String, Instant>>,
     log: Mutex<Vec<LoggedRequest>>,
     serial: AtomicU64,
+    behaviour: Mutex<Behaviour>,
+    rng: Mutex<u64>,
 }
 
 pub struct Emulator {
@@ -92,9 +156,14 @@ impl Emulator {
             tokens: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
             serial: AtomicU64::new(0),
+            behaviour: Mutex::new(Behaviour::default()),
+            rng: Mutex::new(0x2545_f491_4f6c_dd1d),
         });
         let handler_state = state.clone();
         let server = Server::start(&state.config.listen, Arc::new(move |req: &Request| handler_state.handle(req)))?;
+        if let Some(limit) = state.config.rate_limit {
+            state.behave().rate_limit = Some(RateWindow { per_second: limit, window_start: Instant::now(), used: 0 });
+        }
         Ok(Emulator { state, server })
     }
 
@@ -113,6 +182,32 @@ impl Emulator {
     /// Makes every issued token expired, as if hours had passed.
     pub fn expire_tokens(&self) {
         self.state.expire_tokens();
+    }
+
+    /// From now on, fail this share (0.0 to 1.0) of `endpoint`'s requests with `fault`.
+    pub fn inject(&self, endpoint: Endpoint, fault: Fault, rate: f64) {
+        self.state.behave().faults.push((endpoint, fault, rate));
+    }
+
+    pub fn clear_faults(&self) {
+        self.state.behave().faults.clear();
+    }
+
+    /// Every request, the token endpoint's too, answers HTTP 503 while on.
+    pub fn set_outage(&self, on: bool) {
+        self.state.behave().outage = on;
+    }
+
+    /// Delay every ACS answer by this long.
+    pub fn set_latency(&self, latency: Duration) {
+        self.state.behave().latency = latency;
+    }
+
+    /// Admit at most this many ACS requests per one-second window; refuse the
+    /// rest with HTTP 429 and code 99991400.
+    pub fn set_rate_limit(&self, per_second: Option<u32>) {
+        self.state.behave().rate_limit =
+            per_second.map(|per_second| RateWindow { per_second, window_start: Instant::now(), used: 0 });
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
@@ -157,6 +252,30 @@ fn decode_page_token(token: &str) -> Option<usize> {
 }
 
 impl State {
+    fn behave(&self) -> std::sync::MutexGuard<'_, Behaviour> {
+        self.behaviour.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn random(&self) -> f64 {
+        let mut x = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        (*x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// The fault to give this request, if any, and whether the rate limit refused it.
+    fn misbehave(&self, endpoint: Endpoint) -> (Option<Fault>, Option<f64>, bool, Duration) {
+        let acs = matches!(endpoint, Endpoint::ListUsers | Endpoint::GetUser | Endpoint::Face);
+        let mut behaviour = self.behave();
+        let fault = behaviour.faults.iter().filter(|(e, _, _)| *e == endpoint).find(|(_, _, rate)| self.random() < *rate).map(|(_, f, _)| *f);
+        let throttled = match (&mut behaviour.rate_limit, acs && fault.is_none()) {
+            (Some(window), true) => window.admit(Instant::now()),
+            _ => None,
+        };
+        (fault, throttled, behaviour.outage, if acs { behaviour.latency } else { Duration::ZERO })
+    }
+
     fn lock_log(&self) -> std::sync::MutexGuard<'_, Vec<LoggedRequest>> {
         self.log.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -168,7 +287,7 @@ impl State {
         }
     }
 
-    fn handle(&self, req: &Request) -> Response {
+    fn handle(&self, req: &Request) -> Reply {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let segments: Vec<&str> = req.path.split('/').collect();
         let (endpoint, raw_id) = match (req.method.as_str(), segments.as_slice()) {
@@ -180,24 +299,64 @@ impl State {
             _ => (Endpoint::Unknown, None),
         };
         let user_id = raw_id.and_then(decode);
+        let (fault, throttled, outage, latency) =
+            if endpoint == Endpoint::Control { (None, None, false, Duration::ZERO) } else { self.misbehave(endpoint) };
         self.lock_log().push(LoggedRequest {
             method: req.method.clone(),
             endpoint,
             path: req.path.clone(),
             query: req.query.clone(),
             user_id: user_id.clone(),
+            fault,
+            throttled: throttled.is_some(),
         });
-        let response = match endpoint {
+        let logid = format!("2026emulator{serial:08}");
+        if outage {
+            return Reply::Respond(Response::new(503, "text/plain", Vec::new()).with_header("X-Tt-Logid", &logid));
+        }
+        if !latency.is_zero() {
+            std::thread::sleep(latency);
+        }
+        if let Some(reset) = throttled {
+            let refusal = error(429, codes::RATE_LIMITED, "request trigger frequency limit")
+                .with_header("x-ogw-ratelimit-limit", "")
+                .with_header("x-ogw-ratelimit-reset", &format!("{reset:.3}"));
+            return Reply::Respond(refusal.with_header("X-Tt-Logid", &logid));
+        }
+        let answer = |req: &Request| self.answer(endpoint, user_id.as_deref(), req).with_header("X-Tt-Logid", &logid);
+        match fault {
+            None => Reply::Respond(answer(req)),
+            Some(Fault::ServerError) => Reply::Respond(error(500, 5000, "internal error").with_header("X-Tt-Logid", &logid)),
+            Some(Fault::Reset) => Reply::Reset,
+            Some(Fault::CutShort) => {
+                let response = answer(req);
+                let keep = response.body.len() / 2;
+                Reply::CutShort(response, keep)
+            }
+            Some(Fault::Chunked) => Reply::Chunked(answer(req)),
+            Some(Fault::EmptyBadRequest) => Reply::Respond(Response::new(400, "text/plain", Vec::new())),
+            Some(Fault::Throttle) => Reply::Respond(
+                error(429, codes::RATE_LIMITED, "request trigger frequency limit").with_header("x-ogw-ratelimit-reset", "0.2"),
+            ),
+            Some(Fault::Hang) => Reply::Silence(HANG),
+            Some(Fault::ExpiredToken) => {
+                self.expire_tokens();
+                Reply::Respond(error(400, codes::TOKEN_INVALID, "Invalid access token for authorization."))
+            }
+        }
+    }
+
+    fn answer(&self, endpoint: Endpoint, user_id: Option<&str>, req: &Request) -> Response {
+        match endpoint {
             Endpoint::Token => self.token(req),
             Endpoint::Control => self.control(req),
             Endpoint::Unknown => error(404, codes::NO_SUCH_PATH, "404 page not found"),
             _ => match (self.authorize(req), req.query_pairs()) {
                 (Err(refusal), _) => refusal,
                 (Ok(()), None) => invalid_param("query is not UTF-8"),
-                (Ok(()), Some(query)) => self.acs(endpoint, user_id.as_deref(), &query),
+                (Ok(()), Some(query)) => self.acs(endpoint, user_id, &query),
             },
-        };
-        response.with_header("X-Tt-Logid", &format!("2026emulator{serial:08}"))
+        }
     }
 
     fn token(&self, req: &Request) -> Response {

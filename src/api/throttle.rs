@@ -1,0 +1,99 @@
+//! The client's own request rate: one pacer shared by every thread, which a
+//! throttling answer from the API pauses for everyone, not just its caller.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub struct RateLimiter {
+    interval: Duration,
+    state: Mutex<Slots>,
+}
+
+struct Slots {
+    /// The earliest time the next request may go.
+    next_free: Instant,
+    /// No request goes before this (a throttling answer's reset time).
+    paused_until: Instant,
+}
+
+impl RateLimiter {
+    /// Requests go at most `per_second` a second, evenly spaced: a burst
+    /// would overrun a server that counts in fixed one-second windows.
+    pub fn new(per_second: f64) -> RateLimiter {
+        let now = Instant::now();
+        RateLimiter {
+            interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
+            state: Mutex::new(Slots { next_free: now, paused_until: now }),
+        }
+    }
+
+    /// Waits for this caller's turn.
+    pub fn acquire(&self) {
+        loop {
+            let now = Instant::now();
+            let slot = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let slot = now.max(s.next_free).max(s.paused_until);
+                s.next_free = slot + self.interval;
+                slot
+            };
+            if slot <= now {
+                return;
+            }
+            std::thread::sleep(slot - now);
+            // A pause announced while this caller slept applies to it too.
+            let paused_until = self.state.lock().unwrap_or_else(|e| e.into_inner()).paused_until;
+            if paused_until <= Instant::now() {
+                return;
+            }
+        }
+    }
+
+    /// Holds every caller back for `length`, as the API asked.
+    pub fn pause_for(&self, length: Duration) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.paused_until = s.paused_until.max(Instant::now() + length);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// Counts, not durations, are asserted: how many requests fit a window.
+    #[test]
+    fn paces_callers_across_threads() {
+        let limiter = Arc::new(RateLimiter::new(50.0));
+        let start = Instant::now();
+        let times: Vec<Duration> = (0..4)
+            .map(|_| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || {
+                    (0..5)
+                        .map(|_| {
+                            limiter.acquire();
+                            start.elapsed()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        let mut sorted = times.clone();
+        sorted.sort();
+        // 20 requests at 50/s: consecutive ones are at least 20 ms apart.
+        for pair in sorted.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(19), "{:?}", pair);
+        }
+    }
+
+    #[test]
+    fn a_pause_holds_everyone() {
+        let limiter = RateLimiter::new(1000.0);
+        limiter.pause_for(Duration::from_millis(100));
+        let start = Instant::now();
+        limiter.acquire();
+        assert!(start.elapsed() >= Duration::from_millis(95));
+    }
+}
