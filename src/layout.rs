@@ -142,6 +142,29 @@ mod tests {
         }
     }
 
+    /// Random names, invalid UTF-8 and huge ones included: no panic, and
+    /// whatever parses maps back to exactly the same name.
+    #[test]
+    fn random_names_parse_or_are_refused() {
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let alphabet = b"ab./%?# +\xff\x00jpgcroped\xe5\xbc\xa0";
+        for _ in 0..50_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let len = (seed % 300) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|i| alphabet[((seed >> (i % 50)) as usize + i) % alphabet.len()]).collect();
+            if seed % 3 == 0 {
+                bytes.extend_from_slice(if seed % 2 == 0 { b".jpg" } else { b".cropped.jpg" });
+            }
+            let name = OsString::from_vec(bytes);
+            if let Some((id, cropped)) = parse_face_name(&name) {
+                assert!(representable_id(&id));
+                assert_eq!(face_file_name(&id, cropped).as_bytes(), name.as_bytes());
+            }
+        }
+    }
+
     #[test]
     fn directory_names() {
         for kind in IdKind::ALL {

@@ -141,7 +141,7 @@ fn identify_decodes_faces() {
 #[test]
 fn rsync_copies_byte_exact_and_a_second_run_transfers_nothing() {
     let emu = emulator(small_tenant(40));
-    let mnt = Mount::start(&emu, &[]);
+    let mnt = Mount::start(&emu, &["--rate-limit", "200"]);
     let backup = TempDir::new("backup");
     let src = format!("{}/", mnt.join("user_id").display());
     let first = run("rsync", &[&"-a", &src, &backup.path()]);

@@ -240,6 +240,26 @@ impl HttpApi {
     }
 }
 
+/// A transport error in words, without its URL (which holds a user id): what
+/// happened first, then the causes reqwest wraps.
+fn describe(err: &reqwest::Error) -> String {
+    let what = if err.is_timeout() {
+        "timed out (see --request-timeout)"
+    } else if err.is_connect() {
+        "cannot connect"
+    } else {
+        "request failed"
+    };
+    let mut text = what.to_owned();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn encode(component: &str) -> String {
     utf8_percent_encode(component, COMPONENT).to_string()
 }
@@ -247,8 +267,8 @@ fn encode(component: &str) -> String {
 /// Sends a request and reads its whole body, at most `limit` bytes. A body
 /// cut short of its Content-Length, or by a reset, is an error, never data.
 fn send(request: RequestBuilder, limit: u64) -> Result<Answer, ApiError> {
-    let transient = |what: &str, e: reqwest::Error| ApiError::Transient(ApiFailure::message(format!("{what}: {}", e.without_url())));
-    let response: Response = request.send().map_err(|e| transient("request failed", e))?;
+    let response: Response =
+        request.send().map_err(|e| ApiError::Transient(ApiFailure::message(describe(&e))))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     if response.content_length().is_some_and(|n| n > limit) {
@@ -276,46 +296,53 @@ impl FaceApi for HttpApi {
             path.push_str("&page_token=");
             path.push_str(&encode(token));
         }
-        let envelope = self.get(self.url(&path)?, MAX_JSON_BYTES)?.into_success()?;
-        let data: ListData = envelope
-            .data
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| ApiError::Failed(ApiFailure::message(format!("unreadable user list: {e}"))))?
-            .ok_or_else(|| ApiError::Failed(ApiFailure::message("user list without data")))?;
-        let next_page_token = match (data.has_more, data.page_token) {
-            (true, Some(t)) if !t.is_empty() => Some(t),
-            (true, _) => {
-                return Err(ApiError::Failed(ApiFailure::message("user list says has_more but gives no page_token")))
-            }
-            (false, _) => None,
-        };
-        let users = data
-            .items
-            .into_iter()
-            .map(|item| ListedUser { user_id: item.user_id, face_uploaded: item.feature.face_uploaded })
-            .collect();
-        Ok(UserPage { users, next_page_token })
+        page_from_answer(self.get(self.url(&path)?, MAX_JSON_BYTES)?)
     }
 
     fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
         let path = format!("/open-apis/acs/v1/users/{}/face?is_cropped={cropped}&user_id_type={kind}", encode(id));
-        let answer = self.get(self.url(&path)?, MAX_FACE_BYTES)?;
-        // Errors come as JSON, sometimes with HTTP 200; an image never starts with '{'.
-        if let Some(envelope) = answer.envelope().filter(|e| e.code.is_some()) {
-            return Err(match envelope.code {
-                Some(0) => ApiError::Failed(answer.failure(Some(&envelope), "a JSON answer where a face was expected")),
-                _ => answer.error(Some(&envelope), ""),
-            });
-        }
-        if !(200..300).contains(&answer.status) {
-            return Err(answer.error(None, "error answer without a JSON body"));
-        }
-        if answer.body.is_empty() {
-            return Err(ApiError::Transient(answer.failure(None, "empty face body")));
-        }
-        Ok(answer.body)
+        face_from_answer(self.get(self.url(&path)?, MAX_FACE_BYTES)?)
     }
+}
+
+/// Reads a user-list answer. Anything but a well-formed success is an error.
+fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
+    let envelope = answer.into_success()?;
+    let data: ListData = envelope
+        .data
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| ApiError::Failed(ApiFailure::message(format!("unreadable user list: {e}"))))?
+        .ok_or_else(|| ApiError::Failed(ApiFailure::message("user list without data")))?;
+    let next_page_token = match (data.has_more, data.page_token) {
+        (true, Some(t)) if !t.is_empty() => Some(t),
+        (true, _) => return Err(ApiError::Failed(ApiFailure::message("user list says has_more but gives no page_token"))),
+        (false, _) => None,
+    };
+    let users = data
+        .items
+        .into_iter()
+        .map(|item| ListedUser { user_id: item.user_id, face_uploaded: item.feature.face_uploaded })
+        .collect();
+    Ok(UserPage { users, next_page_token })
+}
+
+/// Reads a face download: the body is the image itself on success; errors
+/// come as JSON, sometimes with HTTP 200, and an image never starts with '{'.
+fn face_from_answer(answer: Answer) -> Result<Vec<u8>, ApiError> {
+    if let Some(envelope) = answer.envelope().filter(|e| e.code.is_some()) {
+        return Err(match envelope.code {
+            Some(0) => ApiError::Failed(answer.failure(Some(&envelope), "a JSON answer where a face was expected")),
+            _ => answer.error(Some(&envelope), ""),
+        });
+    }
+    if !(200..300).contains(&answer.status) {
+        return Err(answer.error(None, "error answer without a JSON body"));
+    }
+    if answer.body.is_empty() {
+        return Err(ApiError::Transient(answer.failure(None, "empty face body")));
+    }
+    Ok(answer.body)
 }
 
 #[cfg(test)]
@@ -334,6 +361,56 @@ mod tests {
         assert!(parse_base_url("ftp://x").is_err());
         assert!(parse_base_url("https://x/?a=b").is_err());
         assert!(parse_base_url("open.feishu.cn").is_err());
+    }
+
+    fn answer(status: u16, body: &[u8]) -> Answer {
+        Answer { status, headers: HeaderMap::new(), body: body.to_vec() }
+    }
+
+    /// xorshift: the same random answers on every run.
+    fn random_bytes(seed: &mut u64, max_len: usize) -> Vec<u8> {
+        let mut next = || {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            *seed
+        };
+        let len = (next() as usize) % (max_len + 1);
+        // Half the bodies start like JSON, to reach the envelope parser.
+        let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if next() % 2 == 0 && !body.is_empty() {
+            body[0] = b'{';
+        }
+        body
+    }
+
+    #[test]
+    fn random_answers_never_panic_and_never_mean_absent() {
+        let mut seed = 0x1234_5678_9abc_def1;
+        for i in 0..20_000 {
+            let status = [200, 400, 404, 429, 500, 503][i % 6];
+            let body = random_bytes(&mut seed, 64);
+            for result in [face_from_answer(answer(status, &body)).map(drop), page_from_answer(answer(status, &body)).map(drop)] {
+                assert!(!matches!(result, Err(ApiError::UserNotFound | ApiError::FaceNotFound)), "{status} {body:?}");
+            }
+            if status == 200 && body.first().is_some_and(|b| *b != b'{') {
+                assert_eq!(face_from_answer(answer(200, &body)).unwrap(), body, "any 200 that is not JSON is the image");
+            }
+        }
+    }
+
+    #[test]
+    fn error_bodies_are_read_whatever_the_status() {
+        let not_found = br#"{"code":1490107,"msg":"user face not found"}"#;
+        assert_eq!(face_from_answer(answer(400, not_found)), Err(ApiError::FaceNotFound));
+        assert_eq!(face_from_answer(answer(200, not_found)), Err(ApiError::FaceNotFound));
+        assert!(matches!(face_from_answer(answer(200, br#"{"code":0,"data":{}}"#)), Err(ApiError::Failed(_))));
+        assert!(matches!(face_from_answer(answer(400, b"")), Err(ApiError::Transient(_))));
+        assert!(matches!(face_from_answer(answer(200, b"")), Err(ApiError::Transient(_))));
+        let truncated_list = br#"{"code":0,"msg":"success","data":{"items":[],"has_more":true}}"#;
+        assert!(matches!(page_from_answer(answer(200, truncated_list)), Err(ApiError::Failed(_))));
+        let huge_id = format!(r#"{{"code":0,"data":{{"items":[{{"user_id":"{}","feature":{{"face_uploaded":true}}}}],"has_more":false}}}}"#, "x".repeat(100_000));
+        assert_eq!(page_from_answer(answer(200, huge_id.as_bytes())).unwrap().users[0].user_id.len(), 100_000);
     }
 
     #[test]

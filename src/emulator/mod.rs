@@ -210,6 +210,11 @@ impl Emulator {
             per_second.map(|per_second| RateWindow { per_second, window_start: Instant::now(), used: 0 });
     }
 
+    /// Every token handed out so far, for tests that look for leaks.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.state.tokens.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
     pub fn requests(&self) -> Vec<LoggedRequest> {
         self.state.lock_log().clone()
     }

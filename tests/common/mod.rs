@@ -77,11 +77,17 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(emu: &Emulator, extra: &[&str]) -> Mount {
+        Mount::start_with_env(emu, extra, &[])
+    }
+
+    pub fn start_with_env(emu: &Emulator, extra: &[&str], env: &[(&str, &str)]) -> Mount {
         let dir = TempDir::new("mnt");
         let log = dir.path().with_extension("log");
         let mountpoint = dir.path().to_owned();
         let stderr = std::fs::File::create(&log).unwrap();
-        let child = facefs_command(emu, &mountpoint).arg("-f").args(extra).stderr(stderr).stdout(Stdio::null()).spawn().unwrap();
+        let mut command = facefs_command(emu, &mountpoint);
+        command.arg("-f").args(extra).envs(env.iter().copied()).stderr(stderr).stdout(Stdio::null());
+        let child = command.spawn().unwrap();
         let mut mount = Mount { dir, child: Some(child), log };
         mount.wait_ready();
         mount
