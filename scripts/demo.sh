@@ -5,16 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 mnt="${1:-/tmp/faces}"
 
-need=()
-command -v identify >/dev/null || need+=(imagemagick)
-[ "$(id -u)" -eq 0 ] || command -v fusermount3 >/dev/null || need+=(fuse3)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "==> installing ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+scripts/need.sh identify:imagemagick fusermount3:fuse3
 
 echo "==> building facefs (release)"
 cargo build --release --quiet

@@ -5,17 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v fusermount3 >/dev/null || need+=(fuse3)
-command -v rsync >/dev/null || need+=(rsync)
-command -v identify >/dev/null || need+=(imagemagick)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "==> installing ${need[*]}"
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+scripts/need.sh fusermount3:fuse3 rsync:rsync identify:imagemagick setpriv:util-linux
 [ -e /dev/fuse ] || { echo "no /dev/fuse: the real-mount tests need the fuse kernel module (modprobe fuse)" >&2; exit 1; }
 
 echo "==> cargo test"
