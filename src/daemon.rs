@@ -155,10 +155,12 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
             negative_ttl: settings.negative_ttl,
             uid,
             gid,
+            readahead: settings.max_parallel * 2,
+            prefetch_threads: settings.max_parallel,
             ..FsConfig::default()
         },
     );
-    let adapter = FuseAdapter::new(Arc::new(core), settings.max_parallel).map_err(|e| format!("cannot start workers: {e}"))?;
+    let adapter = FuseAdapter::new(core, settings.max_parallel).map_err(|e| format!("cannot start workers: {e}"))?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("facefs".into()),

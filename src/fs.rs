@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::api::{ApiError, FaceApi};
@@ -13,6 +13,7 @@ use crate::cache::{ByteLru, NegativeCache};
 use crate::error::FsError;
 use crate::layout::{self, FaceKey, IdKind};
 use crate::single_flight::SingleFlight;
+use crate::worker_pool::WorkerPool;
 
 pub const ROOT_INO: u64 = 1;
 const FIRST_FACE_INO: u64 = 16;
@@ -35,6 +36,11 @@ pub struct FsConfig {
     pub gid: u32,
     pub file_mode: u16,
     pub dir_mode: u16,
+    /// Downloads that directory read-ahead may start ahead of a sequential
+    /// walk; 0 turns read-ahead off.
+    pub readahead: usize,
+    /// Threads that run read-ahead downloads.
+    pub prefetch_threads: usize,
 }
 
 impl Default for FsConfig {
@@ -47,6 +53,8 @@ impl Default for FsConfig {
             gid: 0,
             file_mode: 0o400,
             dir_mode: 0o700,
+            readahead: 64,
+            prefetch_threads: 32,
         }
     }
 }
@@ -67,6 +75,8 @@ pub struct Attr {
     pub nlink: u32,
     pub uid: u32,
     pub gid: u32,
+    /// How long this answer stays true: the kernel may cache it that long.
+    pub valid_for: Duration,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -103,6 +113,9 @@ struct FaceMeta {
 struct FaceNode {
     key: FaceKey,
     meta: Option<FaceMeta>,
+    /// The digest of the bytes the last open of this inode served: if the
+    /// next open serves the same, the kernel's page cache is still right.
+    opened_digest: Option<u64>,
 }
 
 /// Face inodes. A face keeps its number for the life of the mount, so the
@@ -122,7 +135,7 @@ impl InodeTable {
         let ino = FIRST_FACE_INO + self.next;
         self.next += 1;
         self.by_key.insert(key.clone(), ino);
-        self.nodes.insert(ino, FaceNode { key: key.clone(), meta: None });
+        self.nodes.insert(ino, FaceNode { key: key.clone(), meta: None, opened_digest: None });
         ino
     }
 }
@@ -130,7 +143,43 @@ impl InodeTable {
 struct Listing {
     /// Ids with a face, in the API's order, without repeats.
     ids: Vec<String>,
+    /// Each id's place in `ids`.
+    positions: HashMap<String, usize>,
     fetched_at: Instant,
+}
+
+impl Listing {
+    /// The file at `place` in directory order: each user's full face, then cropped.
+    fn file_at(&self, kind: IdKind, place: usize) -> Option<FaceKey> {
+        self.ids.get(place / 2).map(|id| FaceKey::new(kind, id.as_str(), place % 2 == 1))
+    }
+
+    fn place_of(&self, key: &FaceKey) -> Option<usize> {
+        self.positions.get(&key.id).map(|i| 2 * i + usize::from(key.cropped))
+    }
+}
+
+/// A directory's read-ahead: programs that stat every entry in listing order
+/// (rsync, ls -l, find, du) get the next faces downloaded in parallel, the
+/// window doubling while the walk stays sequential, as the kernel does for
+/// file reads.
+#[derive(Default)]
+struct ReadAhead {
+    last: Option<usize>,
+    /// Places up to here have been handed to the prefetchers.
+    issued_to: usize,
+    window: usize,
+}
+
+/// The first read-ahead window, once two lookups in a row followed the listing.
+const READAHEAD_START: usize = 4;
+
+/// What `open` gives the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The bytes are those the previous open served: the kernel may keep its page cache.
+    pub keep_cache: bool,
 }
 
 pub struct ReadSlice {
@@ -146,6 +195,7 @@ impl ReadSlice {
 }
 
 pub struct FaceFs {
+    me: Weak<FaceFs>,
     api: Arc<dyn FaceApi>,
     config: FsConfig,
     mounted_at: SystemTime,
@@ -158,6 +208,8 @@ pub struct FaceFs {
     open_files: Mutex<HashMap<u64, Arc<Face>>>,
     open_dirs: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
     next_handle: AtomicU64,
+    readahead: Mutex<HashMap<IdKind, ReadAhead>>,
+    prefetchers: Option<WorkerPool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -188,8 +240,12 @@ fn mtime_of(digest: u64) -> SystemTime {
 }
 
 impl FaceFs {
-    pub fn new(api: Arc<dyn FaceApi>, config: FsConfig) -> FaceFs {
-        FaceFs {
+    pub fn new(api: Arc<dyn FaceApi>, config: FsConfig) -> Arc<FaceFs> {
+        let prefetchers = (config.readahead > 0)
+            .then(|| WorkerPool::new("facefs-prefetch", config.prefetch_threads))
+            .and_then(|pool| pool.map_err(|e| log::warn!("read-ahead is off: cannot start its threads: {e}")).ok());
+        Arc::new_cyclic(|me| FaceFs {
+            me: me.clone(),
             api,
             faces: ByteLru::new(config.cache_bytes),
             absent: NegativeCache::new(config.negative_ttl, NEGATIVE_ENTRIES),
@@ -202,7 +258,9 @@ impl FaceFs {
             open_files: Mutex::new(HashMap::new()),
             open_dirs: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
-        }
+            readahead: Mutex::new(HashMap::new()),
+            prefetchers,
+        })
     }
 
     /// Bytes and faces held by the face cache, and evictions so far.
@@ -212,6 +270,10 @@ impl FaceFs {
 
     fn fresh(&self, at: Instant) -> bool {
         at.elapsed() < self.config.ttl
+    }
+
+    fn remaining(&self, at: Instant) -> Duration {
+        self.config.ttl.saturating_sub(at.elapsed())
     }
 
     fn dir_attr(&self, ino: u64) -> Attr {
@@ -224,6 +286,7 @@ impl FaceFs {
             nlink: if ino == ROOT_INO { 2 + IdKind::ALL.len() as u32 } else { 2 },
             uid: self.config.uid,
             gid: self.config.gid,
+            valid_for: self.config.ttl,
         }
     }
 
@@ -237,6 +300,7 @@ impl FaceFs {
             nlink: 1,
             uid: self.config.uid,
             gid: self.config.gid,
+            valid_for: self.remaining(meta.fetched_at),
         }
     }
 
@@ -252,7 +316,55 @@ impl FaceFs {
         };
         let (id, cropped) = layout::parse_face_name(name).ok_or(FsError::NotFound)?;
         let key = FaceKey::new(kind, id, cropped);
+        self.read_ahead_after(&key);
         self.stat_face(&key, fetch)
+    }
+
+    /// Notes a lookup of `key`; if the lookups are walking the listing in
+    /// order, starts downloading the faces that come next.
+    fn read_ahead_after(&self, key: &FaceKey) {
+        let Some(prefetchers) = &self.prefetchers else { return };
+        let Some(listing) = lock(&self.listings).get(&key.kind).cloned() else { return };
+        let Some(place) = listing.place_of(key) else { return };
+        let (from, to) = {
+            let mut states = lock(&self.readahead);
+            let state = states.entry(key.kind).or_default();
+            match state.last {
+                // The adapter may ask twice for one lookup: count it once.
+                Some(last) if last == place => return,
+                // Sequential: the next file, or the one after (a skipped variant).
+                Some(last) if place > last && place - last <= 2 => {}
+                _ => {
+                    *state = ReadAhead { last: Some(place), issued_to: place, window: 0 };
+                    return;
+                }
+            }
+            state.last = Some(place);
+            // Grow the window when the walk reaches its second half, like the
+            // kernel's file read-ahead; never past what the cache can hold.
+            if state.window == 0 {
+                state.window = READAHEAD_START.min(self.config.readahead);
+            } else if place + state.window / 2 >= state.issued_to {
+                state.window = (state.window * 2).min(self.config.readahead);
+            }
+            let to = (place + state.window).min(listing.ids.len() * 2 - 1);
+            let from = state.issued_to.max(place) + 1;
+            state.issued_to = state.issued_to.max(to);
+            (from, to)
+        };
+        for next in from..=to {
+            let Some(next_key) = listing.file_at(key.kind, next) else { break };
+            if self.absent.contains(&next_key) || self.faces.get(&next_key).is_some_and(|f| self.fresh(f.fetched_at)) {
+                continue;
+            }
+            let me = self.me.clone();
+            prefetchers.spawn(move || {
+                if let Some(fs) = me.upgrade() {
+                    // Failures are the reader's to see when it gets there.
+                    let _ = fs.load_face(&next_key, Fetch::Allowed);
+                }
+            });
+        }
     }
 
     pub fn getattr(&self, ino: u64, fetch: Fetch) -> Result<Attr, FsError> {
@@ -341,7 +453,7 @@ impl FaceFs {
 
     /// Opens a face for reading. The handle holds the bytes, so every read of
     /// one open file sees one version of the face, whatever the cache does.
-    pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Result<u64, FsError> {
+    pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Result<Opened, FsError> {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Err(FsError::IsADirectory);
         }
@@ -350,9 +462,14 @@ impl FaceFs {
             return Err(FsError::ReadOnly);
         }
         let face = self.load_face(&key, fetch)?;
+        let keep_cache = {
+            let mut inodes = lock(&self.inodes);
+            let node = inodes.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+            node.opened_digest.replace(face.digest) == Some(face.digest)
+        };
         let fh = self.handle();
         lock(&self.open_files).insert(fh, face);
-        Ok(fh)
+        Ok(Opened { fh, keep_cache })
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadSlice, FsError> {
@@ -474,7 +591,8 @@ impl FaceFs {
             if skipped > 0 {
                 log::warn!("{skipped} {kind} ids cannot be file names (they hold '/', are '.' or '..', end in '.cropped' or are too long) and are not listed");
             }
-            return Ok(Listing { ids, fetched_at: Instant::now() });
+            let positions = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
+            return Ok(Listing { ids, positions, fetched_at: Instant::now() });
         }
     }
 }
@@ -492,20 +610,26 @@ mod tests {
         Arc::new(api)
     }
 
-    fn fs_with(api: &Arc<MemoryApi>, config: FsConfig) -> FaceFs {
+    fn fs_with(api: &Arc<MemoryApi>, config: FsConfig) -> Arc<FaceFs> {
         FaceFs::new(api.clone(), config)
     }
 
-    fn fs(api: &Arc<MemoryApi>) -> FaceFs {
-        fs_with(api, FsConfig::default())
+    /// Without read-ahead, so request counts are the reader's own.
+    fn fs(api: &Arc<MemoryApi>) -> Arc<FaceFs> {
+        fs_with(api, FsConfig { readahead: 0, ..FsConfig::default() })
     }
 
     fn name(s: &str) -> &OsStr {
         OsStr::new(s)
     }
 
+    /// An answer without its time to live, which moves on its own.
+    fn stable(attr: Attr) -> Attr {
+        Attr { valid_for: Duration::ZERO, ..attr }
+    }
+
     fn read_all(fs: &FaceFs, ino: u64) -> Vec<u8> {
-        let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
+        let fh = fs.open(ino, false, Fetch::Allowed).unwrap().fh;
         let bytes = fs.read(fh, 0, 1 << 20).unwrap().bytes().to_vec();
         fs.release(fh);
         bytes
@@ -554,7 +678,7 @@ mod tests {
         assert_eq!(read_all(&fs, full.ino), vec![1; 100]);
         assert_eq!(read_all(&fs, cropped.ino), vec![2; 40]);
         assert_eq!(api.face_requests(), 2, "stat fetched; reads used the cache");
-        assert_eq!(fs.getattr(full.ino, Fetch::Never).unwrap(), full, "same inode and mtime");
+        assert_eq!(stable(fs.getattr(full.ino, Fetch::Never).unwrap()), stable(full), "same inode and mtime");
     }
 
     #[test]
@@ -562,7 +686,7 @@ mod tests {
         let api = tenant();
         let fs = fs(&api);
         let ino = fs.lookup(dir_ino(IdKind::UnionId), name("on_b.jpg"), Fetch::Allowed).unwrap().ino;
-        let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
+        let fh = fs.open(ino, false, Fetch::Allowed).unwrap().fh;
         assert_eq!(fs.read(fh, 50, 100).unwrap().bytes().len(), 10);
         assert!(fs.read(fh, 60, 10).unwrap().bytes().is_empty());
         assert!(fs.read(fh, u64::MAX, 10).unwrap().bytes().is_empty());
@@ -666,7 +790,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         let same = fs.getattr(before.ino, Fetch::Allowed).unwrap();
         assert_eq!(api.face_requests(), 2);
-        assert_eq!(same, before, "same bytes: same inode, size and mtime");
+        assert_eq!(stable(same), stable(before.clone()), "same bytes: same inode, size and mtime");
         api.set_faces("ou_a", Some(vec![7; 120]), Some(vec![2; 40]));
         std::thread::sleep(Duration::from_millis(40));
         let after = fs.getattr(before.ino, Fetch::Allowed).unwrap();
@@ -705,10 +829,86 @@ mod tests {
         assert_eq!(api.face_requests() + api.list_requests(), 0);
     }
 
+    fn big_tenant(users: usize) -> Arc<MemoryApi> {
+        let api = MemoryApi::with_page_size(50);
+        for i in 0..users {
+            let ids = [format!("ou_{i:03}"), format!("on_{i:03}"), format!("u{i:03}")];
+            api.add_user(&[&ids[0], &ids[1], &ids[2]], Some(vec![i as u8; 10 + i]), Some(vec![i as u8; 5]));
+        }
+        Arc::new(api)
+    }
+
+    /// Waits until the prefetchers have made `n` requests (they run on threads).
+    fn wait_for_requests(api: &MemoryApi, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while api.face_requests() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn a_sequential_walk_is_read_ahead_with_one_request_per_file() {
+        let api = big_tenant(40);
+        let fs = fs_with(&api, FsConfig { readahead: 16, prefetch_threads: 4, ..FsConfig::default() });
+        let dir = dir_ino(IdKind::OpenId);
+        let entries = names(&fs, dir);
+        let files: Vec<&String> = entries.iter().skip(2).collect();
+        assert_eq!(files.len(), 80);
+        fs.lookup(dir, name(files[0]), Fetch::Allowed).unwrap();
+        fs.lookup(dir, name(files[1]), Fetch::Allowed).unwrap();
+        // Two lookups in listing order start read-ahead of the next four.
+        wait_for_requests(&api, 6);
+        assert_eq!(api.face_requests(), 6);
+        for (i, file) in files.iter().enumerate().skip(2) {
+            let attr = fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
+            assert_eq!(attr.size, if i % 2 == 0 { 10 + i as u64 / 2 } else { 5 });
+        }
+        wait_for_requests(&api, 80);
+        assert_eq!(api.face_requests(), 80, "read-ahead and lookups shared every download");
+    }
+
+    #[test]
+    fn read_ahead_needs_lookups_in_listing_order() {
+        let api = big_tenant(40);
+        let fs = fs_with(&api, FsConfig { readahead: 16, prefetch_threads: 4, ..FsConfig::default() });
+        let dir = dir_ino(IdKind::OpenId);
+        names(&fs, dir);
+        assert_eq!(api.face_requests(), 0, "a plain readdir downloads nothing");
+        // Random access: every fourth file, backwards.
+        for i in (0..40).rev().step_by(4) {
+            fs.lookup(dir, name(&format!("ou_{i:03}.jpg")), Fetch::Allowed).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(api.face_requests(), 10, "no read-ahead for a walk that is not sequential");
+    }
+
+    #[test]
+    fn the_kernel_keeps_its_page_cache_only_for_unchanged_bytes() {
+        let api = tenant();
+        let fs = fs_with(&api, FsConfig { ttl: Duration::from_millis(30), readahead: 0, ..FsConfig::default() });
+        let ino = fs.lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed).unwrap().ino;
+        let first = fs.open(ino, false, Fetch::Allowed).unwrap();
+        let second = fs.open(ino, false, Fetch::Allowed).unwrap();
+        assert!(!first.keep_cache && second.keep_cache);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache, "refetched, same bytes");
+        api.set_faces("ou_a", Some(vec![5; 100]), None);
+        std::thread::sleep(Duration::from_millis(40));
+        assert!(!fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache, "new bytes: drop the page cache");
+    }
+
+    #[test]
+    fn answers_carry_how_long_they_stay_true() {
+        let api = tenant();
+        let fs = fs_with(&api, FsConfig { ttl: Duration::from_secs(100), readahead: 0, ..FsConfig::default() });
+        let attr = fs.lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed).unwrap();
+        assert!(attr.valid_for <= Duration::from_secs(100) && attr.valid_for > Duration::from_secs(90));
+    }
+
     #[test]
     fn concurrent_readers_share_one_download() {
         let api = tenant();
-        let fs = Arc::new(fs(&api));
+        let fs = fs(&api);
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let fs = fs.clone();

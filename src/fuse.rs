@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
@@ -17,10 +17,6 @@ use fuser::{
 use crate::error::FsError;
 use crate::fs::{Attr, FaceFs, Fetch, NodeKind};
 use crate::worker_pool::WorkerPool;
-
-/// How long the kernel may trust an answer before asking again. Short: the
-/// core answers repeats from memory anyway, and a changed face shows soon.
-const KERNEL_TTL: Duration = Duration::from_secs(1);
 
 pub struct FuseAdapter {
     core: Arc<FaceFs>,
@@ -95,7 +91,8 @@ impl Filesystem for FuseAdapter {
         self.answer(
             move |core, fetch| core.lookup(parent.0, &name, fetch),
             move |result| match result {
-                Ok(attr) => reply.entry(&KERNEL_TTL, &file_attr(&attr), Generation(0)),
+                // The kernel may keep the answer as long as the core trusts it.
+                Ok(attr) => reply.entry(&attr.valid_for, &file_attr(&attr), Generation(0)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -105,7 +102,7 @@ impl Filesystem for FuseAdapter {
         self.answer(
             move |core, fetch| core.getattr(ino.0, fetch),
             move |result| match result {
-                Ok(attr) => reply.attr(&KERNEL_TTL, &file_attr(&attr)),
+                Ok(attr) => reply.attr(&attr.valid_for, &file_attr(&attr)),
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -116,7 +113,10 @@ impl Filesystem for FuseAdapter {
         self.answer(
             move |core, fetch| core.open(ino.0, write, fetch),
             move |result| match result {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Ok(opened) => {
+                    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    reply.opened(FileHandle(opened.fh), flags);
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -153,8 +153,10 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    /// Nothing to flush on a read-only file; ENOSYS tells the kernel to stop
+    /// sending flush at all, saving a round trip on every close.
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

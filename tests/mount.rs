@@ -39,7 +39,7 @@ fn ls_shows_every_user_with_a_face_and_downloads_none() {
 #[test]
 fn cat_gives_the_api_bytes_in_every_directory() {
     let emu = emulator(small_tenant(12));
-    let mnt = Mount::start(&emu, &[]);
+    let mnt = Mount::start(&emu, &["--rate-limit", "200"]);
     let scratch = TempDir::new("expected");
     let mut checked = 0;
     for kind in IdKind::ALL {

@@ -4,6 +4,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+const PACE: f64 = 0.95;
+
 pub struct RateLimiter {
     interval: Duration,
     state: Mutex<Slots>,
@@ -18,11 +20,13 @@ struct Slots {
 
 impl RateLimiter {
     /// Requests go at most `per_second` a second, evenly spaced: a burst
-    /// would overrun a server that counts in fixed one-second windows.
+    /// would overrun a server that counts in fixed one-second windows. The
+    /// pace is 5% under the limit, so that network jitter never squeezes one
+    /// request too many into a server's window.
     pub fn new(per_second: f64) -> RateLimiter {
         let now = Instant::now();
         RateLimiter {
-            interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
+            interval: Duration::from_secs_f64(1.0 / (per_second.max(0.001) * PACE)),
             state: Mutex::new(Slots { next_free: now, paused_until: now }),
         }
     }

@@ -488,6 +488,12 @@ impl State {
                 let mut counts: HashMap<String, usize> = HashMap::new();
                 for r in self.lock_log().iter() {
                     *counts.entry(format!("{:?}", r.endpoint)).or_default() += 1;
+                    if r.throttled {
+                        *counts.entry("Throttled".into()).or_default() += 1;
+                    }
+                    if r.fault.is_some() {
+                        *counts.entry("Faulted".into()).or_default() += 1;
+                    }
                 }
                 Response::json(200, &json!(counts))
             }
