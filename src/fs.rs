@@ -334,22 +334,27 @@ impl FaceFs {
                 Some(last) if last == place => return,
                 // Sequential: the next file, or the one after (a skipped variant).
                 Some(last) if place > last && place - last <= 2 => {}
-                _ => {
+                other => {
+                    log::trace!("read-ahead of {} restarts at {place} (last lookup at {other:?})", key.kind);
                     *state = ReadAhead { last: Some(place), issued_to: place, window: 0 };
                     return;
                 }
             }
             state.last = Some(place);
-            // Grow the window when the walk reaches its second half, like the
-            // kernel's file read-ahead; never past what the cache can hold.
+            // Like the kernel's file read-ahead: when the walk enters the last
+            // batch issued, issue the next one, twice as large, up to the cap.
+            let end = listing.ids.len() * 2 - 1;
+            state.issued_to = state.issued_to.max(place);
             if state.window == 0 {
                 state.window = READAHEAD_START.min(self.config.readahead);
-            } else if place + state.window / 2 >= state.issued_to {
+            } else if place + state.window > state.issued_to {
                 state.window = (state.window * 2).min(self.config.readahead);
+            } else {
+                return;
             }
-            let to = (place + state.window).min(listing.ids.len() * 2 - 1);
-            let from = state.issued_to.max(place) + 1;
-            state.issued_to = state.issued_to.max(to);
+            let from = state.issued_to + 1;
+            let to = (state.issued_to + state.window).min(end);
+            state.issued_to = to.max(state.issued_to);
             (from, to)
         };
         for next in from..=to {
@@ -416,7 +421,9 @@ impl FaceFs {
 
     fn download(&self, key: &FaceKey) -> Result<Arc<Face>, FsError> {
         match self.api.get_face(key.kind, &key.id, key.cropped) {
-            Ok(bytes) => {
+            Ok(mut bytes) => {
+                // The cache weighs faces by length: hold no more than that.
+                bytes.shrink_to_fit();
                 let face = Arc::new(Face { digest: digest(&bytes), bytes, fetched_at: Instant::now() });
                 let meta = FaceMeta { size: face.bytes.len() as u64, digest: face.digest, fetched_at: face.fetched_at };
                 {

@@ -188,6 +188,27 @@ fn a_missing_scope_is_permission_denied_and_logged() {
 }
 
 #[test]
+fn stat_walks_download_each_face_once_with_read_ahead() {
+    // 150 users: enough for the read-ahead window to grow to its cap.
+    let emu = emulator(small_tenant(150));
+    let mnt = Mount::start(&emu, &["--rate-limit", "1000", "--max-parallel", "8"]);
+    let dir = mnt.join("union_id");
+    let files = expected_names(&emu, IdKind::UnionId).len();
+    let out = run("ls", &[&"-l", &dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().filter(|l| l.starts_with("-r--------")).count(), files);
+    assert_eq!(emu.count(Endpoint::Face), files, "ls -l: one request per file, read-ahead included");
+    for (program, args) in [("find", vec!["-size", "+1k"]), ("du", vec!["-s"])] {
+        let mut cmd = std::process::Command::new(program);
+        cmd.arg(&dir).args(&args);
+        assert!(cmd.output().unwrap().status.success(), "{program}");
+    }
+    let find = run("find", &[&dir, &"-type", &"f", &"-size", &"+1k"]);
+    assert_eq!(stdout(&find).lines().count(), files, "every face is over 1 KiB");
+    assert_eq!(emu.count(Endpoint::Face), files, "find and du were served from the cache");
+}
+
+#[test]
 fn concurrent_readers_of_one_face_share_one_download() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &[]);

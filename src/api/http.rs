@@ -278,7 +278,8 @@ fn send(request: RequestBuilder, limit: u64) -> Result<Answer, ApiError> {
             ..ApiFailure::default()
         }));
     }
-    let mut body = Vec::new();
+    // Sized from Content-Length when announced, so a cached face holds no slack.
+    let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
     response
         .take(limit + 1)
         .read_to_end(&mut body)

@@ -46,6 +46,8 @@ fn main() {
             std::process::exit(1);
         }
     };
+    eprintln!("facefs-emulator: generating {} users' faces", args.users);
+    emulator.tenant().generate_all_faces();
     emulator.set_latency(args.latency);
     println!("base_url={}", emulator.base_url());
     println!("app_id={}", emulator.config().app_id);

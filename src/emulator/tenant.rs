@@ -98,17 +98,35 @@ impl Tenant {
     /// The face of user `i`, generated on first use and kept.
     pub fn face(&self, i: usize, cropped: bool) -> Option<Arc<Vec<u8>>> {
         let user = self.users.get(i).filter(|u| u.has_face)?;
+        if let Some(face) = self.faces.lock().unwrap_or_else(|e| e.into_inner()).get(&(i, cropped)) {
+            return Some(face.clone());
+        }
+        // Encoded outside the lock, so that concurrent requests are not
+        // served one at a time; a rare duplicate encoding gives equal bytes.
+        let (w, h) = if cropped {
+            let side = self.spec.face_width.min(self.spec.face_height) * 3 / 4;
+            (side, side)
+        } else {
+            (self.spec.face_width, self.spec.face_height)
+        };
+        let face = Arc::new(face_jpeg(user.seed ^ u64::from(cropped), w, h));
         let mut faces = self.faces.lock().unwrap_or_else(|e| e.into_inner());
-        let face = faces.entry((i, cropped)).or_insert_with(|| {
-            let (w, h) = if cropped {
-                let side = self.spec.face_width.min(self.spec.face_height) * 3 / 4;
-                (side, side)
-            } else {
-                (self.spec.face_width, self.spec.face_height)
-            };
-            Arc::new(face_jpeg(user.seed ^ u64::from(cropped), w, h))
+        Some(faces.entry((i, cropped)).or_insert(face).clone())
+    }
+
+    /// Generates every face now, on all cores, so that no request pays for it.
+    pub fn generate_all_faces(&self) {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                scope.spawn(move || {
+                    for i in (t..self.users.len()).step_by(threads) {
+                        self.face(i, false);
+                        self.face(i, true);
+                    }
+                });
+            }
         });
-        Some(face.clone())
     }
 }
 

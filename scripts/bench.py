@@ -1,0 +1,244 @@
+#!/usr/bin/env python3
+"""facefs benchmark: facefs against the emulator, next to baselines measured
+in the same run (one-by-one curl downloads, the same files on tmpfs).
+
+Usage: scripts/bench.py [--users 1000] [--latency 50ms] [--limit 50] [--face-width 240]
+
+Prints a Markdown table: scenario, facefs, baseline, ratio, target, API requests,
+peak RSS. Loopback only; takes a few minutes (the curl baseline alone is about
+users x 2 x latency). Needs root (or /dev/fuse access), rsync and curl.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FACEFS = os.path.join(ROOT, "target", "release", "facefs")
+EMULATOR = os.path.join(ROOT, "target", "release", "facefs-emulator")
+
+
+def say(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+class Emulator:
+    def __init__(self, users, latency, limit, face_width):
+        args = [EMULATOR, "--users", str(users), "--latency", latency, "--face-width", str(face_width)]
+        if limit:
+            args += ["--rate-limit", str(limit)]
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        info = {}
+        for _ in range(3):
+            key, _, value = self.proc.stdout.readline().strip().partition("=")
+            info[key] = value
+        self.url, self.app_id, self.secret = info["base_url"], info["app_id"], info["app_secret"]
+
+    def stats(self):
+        with urllib.request.urlopen(f"{self.url}/_emulator/stats") as r:
+            return json.load(r)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class Mount:
+    def __init__(self, emu, path, *flags):
+        self.path = path
+        env = dict(os.environ, FEISHU_APP_SECRET=emu.secret, FACEFS_LOG="warn")
+        args = [FACEFS, path, "-f", "--base-url", emu.url, "--app-id", emu.app_id, *flags]
+        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while not os.path.ismount(path):
+            if self.proc.poll() is not None or time.time() > deadline:
+                raise SystemExit("facefs did not mount")
+            time.sleep(0.02)
+
+    def peak_rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self):
+        subprocess.run(["umount", self.path], check=False)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            subprocess.run(["umount", "-l", self.path], check=False)
+            self.proc.kill()
+
+
+class Skip(Exception):
+    pass
+
+
+def timed(cmd, **kw):
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)
+    return time.perf_counter() - start
+
+
+def median_time(cmd, runs=5, **kw):
+    return statistics.median(timed(cmd, **kw) for _ in range(runs))
+
+
+def shell(script):
+    return ["bash", "-c", script]
+
+
+def curl_one_by_one(emu, ids, dest):
+    """How a user scripts it today: a token, then one curl per file."""
+    body = json.dumps({"app_id": emu.app_id, "app_secret": emu.secret})
+    out = subprocess.run(
+        ["curl", "-sS", "-X", "POST", "-H", "Content-Type: application/json", "--data-binary", "@-",
+         f"{emu.url}/open-apis/auth/v3/tenant_access_token/internal"],
+        input=body, capture_output=True, text=True, check=True)
+    token = json.loads(out.stdout)["tenant_access_token"]
+    start = time.perf_counter()
+    for n, user in enumerate(ids):
+        for cropped in ("false", "true"):
+            name = f"{user}.cropped.jpg" if cropped == "true" else f"{user}.jpg"
+            url = f"{emu.url}/open-apis/acs/v1/users/{user}/face?is_cropped={cropped}&user_id_type=open_id"
+            subprocess.run(["curl", "-sSf", "-H", f"Authorization: Bearer {token}", "-o", os.path.join(dest, name), url],
+                           check=True)
+        if n % 100 == 99:
+            say(f"  curl baseline: {2 * (n + 1)} files")
+    return time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--users", type=int, default=1000, help="users with faces (default 1000, i.e. 2000 files)")
+    ap.add_argument("--latency", default="50ms")
+    ap.add_argument("--limit", type=int, default=50, help="the server's requests per second in the limited run")
+    ap.add_argument("--face-width", type=int, default=240, help="pixels; 240 gives faces of tens of KB")
+    ap.add_argument("--rss-cache-mib", type=int, default=8, help="--cache-size of the memory run, in MiB")
+    ap.add_argument("--only", choices=["rss"], help="run only this scenario")
+    args = ap.parse_args()
+
+    for tool in ("rsync", "curl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: scripts/need.sh {tool}:{tool}")
+    say("building release binaries")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "facefs", "--bin", "facefs-emulator"], cwd=ROOT, check=True)
+    work = tempfile.mkdtemp(prefix="facefs-bench-")
+    shm = tempfile.mkdtemp(prefix="facefs-bench-", dir="/dev/shm")
+    rows = []
+    # The emulator gives every 7th user past the 8th no face; ask for enough
+    # users that `--users` of them have faces.
+    tenant = args.users + args.users // 6 + 8
+    mnt = os.path.join(work, "mnt")
+    os.makedirs(mnt)
+    try:
+        if args.only == "rss":
+            raise Skip()
+        # 1. Cold rsync, no server limit, against one-by-one curl.
+        say(f"cold rsync of {args.users * 2} files at {args.latency} latency, no server limit")
+        emu = Emulator(tenant, args.latency, None, args.face_width)
+        m = Mount(emu, mnt, "--rate-limit", "10000")
+        files = len(os.listdir(os.path.join(mnt, "open_id")))
+        ids = sorted({n[:-len(".cropped.jpg")] if n.endswith(".cropped.jpg") else n[:-4] for n in os.listdir(os.path.join(mnt, "open_id"))})
+        before = emu.stats().get("Face", 0)
+        backup = os.path.join(work, "backup")
+        cold = timed(["rsync", "-a", f"{mnt}/open_id/", backup])
+        face_requests = emu.stats().get("Face", 0) - before
+        rss = m.peak_rss_kib()
+        say(f"  facefs: {cold:.2f} s, {face_requests} face requests; now the curl baseline (about {files * 0.06:.0f} s)")
+        curl_dir = os.path.join(work, "curl")
+        os.makedirs(curl_dir)
+        one_by_one = curl_one_by_one(emu, ids, curl_dir)
+        rows.append(("cold `rsync -a`, %d files, %s latency" % (files, args.latency), cold, one_by_one,
+                     one_by_one / cold, ">= 16x faster than one by one", face_requests, rss))
+        rows.append(("face requests in that cold backup", face_requests, files, face_requests / files,
+                     "exactly 1 per file", face_requests, rss))
+
+        # 2. Warm reads and listings against tmpfs.
+        say("warm cat and ls -l, against the same files on tmpfs")
+        before = emu.stats().get("Face", 0)  # the curl baseline used the same emulator
+        tmpfs = os.path.join(shm, "faces")
+        shutil.copytree(backup, tmpfs)
+        cat_fuse = median_time(shell(f"cat {mnt}/open_id/* > /dev/null"))
+        cat_tmpfs = median_time(shell(f"cat {tmpfs}/* > /dev/null"))
+        rows.append(("`cat` of every cached face, warm", cat_fuse, cat_tmpfs, cat_fuse / cat_tmpfs,
+                     "within 1.3x of tmpfs", emu.stats().get("Face", 0) - before, m.peak_rss_kib()))
+        ls_fuse = median_time(shell(f"ls -l {mnt}/open_id > /dev/null"))
+        ls_tmpfs = median_time(shell(f"ls -l {tmpfs} > /dev/null"))
+        rows.append(("`ls -l` of %d cached faces" % files, ls_fuse, ls_tmpfs, ls_fuse / ls_tmpfs, "within 2x of tmpfs",
+                     emu.stats().get("Face", 0) - before, m.peak_rss_kib()))
+        m.stop()
+        emu.stop()
+
+        # 3. The server limited to --limit requests/s, facefs paced to it.
+        floor = (files + (tenant + 49) // 50) / args.limit
+        say(f"cold rsync with the server limited to {args.limit}/s (floor {floor:.1f} s)")
+        emu = Emulator(tenant, args.latency, args.limit, args.face_width)
+        m = Mount(emu, mnt, "--rate-limit", str(args.limit))
+        limited_backup = os.path.join(work, "backup-limited")
+        limited = timed(["rsync", "-a", f"{mnt}/open_id/", limited_backup])
+        stats = emu.stats()
+        rows.append((f"the same with the server at {args.limit}/s, `--rate-limit {args.limit}`", limited, floor,
+                     limited / floor, "within 1.15x of the floor, no 429", stats.get("Face", 0),
+                     m.peak_rss_kib()))
+        throttled = stats.get("Throttled", 0)
+        m.stop()
+        emu.stop()
+    except Skip:
+        pass
+    try:
+        # 4. Memory: read 10x the cache size.
+        cache = f"{args.rss_cache_mib}MiB"
+        say(f"peak RSS after reading 10x --cache-size {cache}")
+        emu = Emulator(tenant, "0s", None, args.face_width)
+        m = Mount(emu, mnt, "--rate-limit", "10000", "--cache-size", cache)
+        read_bytes = 0
+        cache_bytes = args.rss_cache_mib << 20
+        rounds = 0
+        while read_bytes < 10 * cache_bytes and rounds < 20:
+            # Each round reads every face; between rounds the TTL keeps them, so
+            # read them through different names (all three directories).
+            for kind in ("open_id", "union_id", "user_id"):
+                out = subprocess.run(shell(f"cat {mnt}/{kind}/* | wc -c"), capture_output=True, text=True, check=True)
+                read_bytes += int(out.stdout.strip())
+                if read_bytes >= 10 * cache_bytes:
+                    break
+            rounds += 1
+        peak = m.peak_rss_kib()
+        limit_kib = (cache_bytes >> 10) + 32 * 1024
+        rows.append((f"peak RSS after reading {read_bytes >> 20} MiB with `--cache-size {cache}`",
+                     peak / 1024, limit_kib / 1024, peak / limit_kib, "under cache + 32 MiB",
+                     emu.stats().get("Face", 0), peak))
+        m.stop()
+        emu.stop()
+    finally:
+        for path in (mnt,):
+            if os.path.ismount(path):
+                subprocess.run(["umount", "-l", path], check=False)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(shm, ignore_errors=True)
+
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    print(f"\nMachine: {os.cpu_count()} cores ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') >> 30} GiB; "
+          f"kernel {os.uname().release}; {args.users} users with faces, {args.face_width}px faces, "
+          f"{args.latency} API latency.\n")
+    print("| scenario | facefs | baseline | ratio | target | face requests | peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for name, ours, base, ratio, target, requests, rss in rows:
+        unit = "MiB" if "RSS" in name else ("" if "requests" in name else "s")
+        print(f"| {name} | {ours:.2f} {unit} | {base:.2f} {unit} | {ratio:.2f} | {target} | {requests} | {rss // 1024} MiB |")
+    if args.only is None:
+        print(f"\n429 answers in the limited run: {throttled}")
+
+
+if __name__ == "__main__":
+    main()
