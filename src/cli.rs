@@ -25,6 +25,10 @@ pub struct Cli {
     /// Where to mount: an existing, empty directory.
     pub mountpoint: PathBuf,
 
+    /// mount(8) passes `facefs SOURCE MOUNTPOINT`: with two paths, the second is the mount point.
+    #[arg(hide = true)]
+    pub mountpoint_after_source: Option<PathBuf>,
+
     /// API origin; plaintext http:// is accepted only for loopback addresses.
     #[arg(long, env = "FACEFS_BASE_URL", default_value = "https://open.feishu.cn", value_name = "URL")]
     pub base_url: String,
@@ -67,13 +71,43 @@ pub struct Cli {
     pub rate_limit: f64,
 
     /// Threads serving operations that wait for the API.
-    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_parallel: u16,
 
     /// Append logs to this file (created with mode 0600) instead of stderr;
     /// without it a detached facefs logs nowhere.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
+
+    /// Let every user of the machine enter the mount (file modes still apply).
+    /// Non-root users need `user_allow_other` in /etc/fuse.conf.
+    #[arg(long, conflicts_with = "allow_root")]
+    pub allow_other: bool,
+
+    /// Let root enter the mount besides the mounting user.
+    #[arg(long)]
+    pub allow_root: bool,
+
+    /// Owner of every file and directory [default: the mounting user].
+    #[arg(long, value_name = "UID")]
+    pub uid: Option<u32>,
+
+    /// Group of every file and directory [default: the mounting user's group].
+    #[arg(long, value_name = "GID")]
+    pub gid: Option<u32>,
+
+    /// Mode of the face files, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0400", value_parser = parse_mode)]
+    pub file_mode: u16,
+
+    /// Mode of the directories, in octal.
+    #[arg(long, value_name = "MODE", default_value = "0700", value_parser = parse_mode)]
+    pub dir_mode: u16,
+
+    /// If the mount point is a dead mount left by a process that ended
+    /// ("Transport endpoint is not connected"), detach it and mount afresh.
+    #[arg(long)]
+    pub recover: bool,
 
     /// Serve built-in demo faces from an embedded emulator; needs no credentials.
     #[arg(long, conflicts_with_all = ["app_id", "app_secret_file"])]
@@ -111,6 +145,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e}); try 30s, 10m or 1h"))
 }
 
+fn parse_mode(text: &str) -> Result<u16, String> {
+    match u16::from_str_radix(text.trim().trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!("{text:?} is not a file mode; give octal permission bits such as 0440")),
+    }
+}
+
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 10_000.0 => Ok(rate),
@@ -131,6 +172,14 @@ pub enum Source {
     Demo,
 }
 
+/// Who besides the mounting user may enter the mount.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Owner,
+    OwnerAndRoot,
+    Everyone,
+}
+
 /// The command line, checked: everything needed to mount, nothing missing.
 pub struct Settings {
     pub mountpoint: PathBuf,
@@ -143,18 +192,18 @@ pub struct Settings {
     pub retry_budget: Duration,
     pub rate_limit: f64,
     pub max_parallel: usize,
+    pub access: Access,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub file_mode: u16,
+    pub dir_mode: u16,
 }
 
 impl Cli {
     /// Checks the flags and reads the secret. Errors name the fix.
     pub fn into_settings(self) -> Result<Settings, String> {
-        let meta = std::fs::metadata(&self.mountpoint)
-            .map_err(|e| format!("mount point {}: {e}; create it with `mkdir -p {0}`", self.mountpoint.display()))?;
-        if !meta.is_dir() {
-            return Err(format!("mount point {} is not a directory", self.mountpoint.display()));
-        }
-        let mountpoint = std::fs::canonicalize(&self.mountpoint)
-            .map_err(|e| format!("mount point {}: {e}", self.mountpoint.display()))?;
+        let given = self.mountpoint_after_source.as_ref().unwrap_or(&self.mountpoint);
+        let mountpoint = crate::mountpoint::check(given, self.recover)?;
         let source = if self.demo {
             Source::Demo
         } else {
@@ -176,6 +225,15 @@ impl Cli {
             request_timeout: self.request_timeout,
             retry_budget: self.retry_budget,
             rate_limit: self.rate_limit,
+            access: match (self.allow_other, self.allow_root) {
+                (true, _) => Access::Everyone,
+                (false, true) => Access::OwnerAndRoot,
+                (false, false) => Access::Owner,
+            },
+            uid: self.uid,
+            gid: self.gid,
+            file_mode: self.file_mode,
+            dir_mode: self.dir_mode,
             max_parallel: usize::from(self.max_parallel),
         })
     }
@@ -248,5 +306,11 @@ mod tests {
         assert_eq!(Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "2.5"]).unwrap().rate_limit, 2.5);
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--demo", "--app-id", "cli_x"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--app-secret", "x"]).is_err(), "no secret flag exists");
+        assert_eq!(Cli::try_parse_from(["facefs", "/mnt", "--file-mode", "0440"]).unwrap().file_mode, 0o440);
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--file-mode", "0999"]).is_err());
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--dir-mode", "4755"]).is_err());
+        assert!(Cli::try_parse_from(["facefs", "/mnt", "--allow-other", "--allow-root"]).is_err());
+        let fstab = Cli::try_parse_from(["facefs", "facefs", "/mnt/faces"]).unwrap();
+        assert_eq!(fstab.mountpoint_after_source.as_deref(), Some(std::path::Path::new("/mnt/faces")));
     }
 }

@@ -2,10 +2,8 @@
 //! once the mount answers; then serve until `umount` or a signal, and on a
 //! signal unmount cleanly.
 
-use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{channel, Sender};
@@ -18,7 +16,9 @@ use crate::api::http::{HttpApi, HttpConfig};
 use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
-use crate::cli::{Settings, Source};
+use crate::cli::{Access, Settings, Source};
+use crate::mountpoint;
+use crate::notify::notify;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::fs::{FaceFs, FsConfig, ROOT_INO};
 use crate::fuse::FuseAdapter;
@@ -37,6 +37,7 @@ enum Readiness {
 
 impl Readiness {
     fn ready(self) {
+        notify("READY=1");
         if let Readiness::Parent(mut pipe) = self {
             let _ = pipe.write_all(b"ok");
             detach_stdio();
@@ -95,9 +96,12 @@ pub fn run(settings: Settings) -> i32 {
         Ok(Event::Ended(result)) => ended(result),
         Ok(Event::Signal(signal)) => {
             log::info!("signal {signal}: unmounting {}", settings.mountpoint.display());
+            notify("STOPPING=1");
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount failed ({e}); detaching the mount instead, open files keep working until closed");
-                lazy_unmount(&settings.mountpoint);
+                if let Err(e) = mountpoint::detach(&settings.mountpoint) {
+                    log::error!("cannot detach {}: {e}", settings.mountpoint.display());
+                }
             }
             loop {
                 match incoming.recv_timeout(UNMOUNT_GRACE) {
@@ -146,7 +150,7 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
     let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter));
 
     // SAFETY: getuid and getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let (uid, gid) = unsafe { (settings.uid.unwrap_or(libc::getuid()), settings.gid.unwrap_or(libc::getgid())) };
     let core = FaceFs::new(
         api,
         FsConfig {
@@ -155,6 +159,8 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
             negative_ttl: settings.negative_ttl,
             uid,
             gid,
+            file_mode: settings.file_mode,
+            dir_mode: settings.dir_mode,
             readahead: settings.max_parallel * 2,
             prefetch_threads: settings.max_parallel,
             ..FsConfig::default()
@@ -171,8 +177,12 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
         MountOption::NoExec,
         MountOption::DefaultPermissions,
     ];
-    // Faces are biometric data: only the mounting user gets in.
-    config.acl = SessionACL::Owner;
+    // Faces are biometric data: only the mounting user gets in unless asked.
+    config.acl = match settings.access {
+        Access::Owner => SessionACL::Owner,
+        Access::OwnerAndRoot => SessionACL::RootAndOwner,
+        Access::Everyone => SessionACL::All,
+    };
     config.n_threads = Some(2);
     let mut session = fuser::Session::new(adapter, &settings.mountpoint, &config).map_err(|e| {
         format!("cannot mount at {}: {e}{}", settings.mountpoint.display(), mount_hint(&e))
@@ -186,7 +196,7 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
     if let Err(message) = wait_until_answering(&settings.mountpoint) {
         if unmounter.unmount().is_err() {
-            lazy_unmount(&settings.mountpoint);
+            let _ = mountpoint::detach(&settings.mountpoint);
         }
         return Err(message);
     }
@@ -196,7 +206,10 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
 fn mount_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
         std::io::ErrorKind::NotFound => " (is the fuse3 package installed? it provides fusermount3)",
-        std::io::ErrorKind::PermissionDenied => " (non-root mounts need fusermount3 from the fuse3 package, and /dev/fuse access)",
+        std::io::ErrorKind::PermissionDenied => {
+            " (non-root mounts need fusermount3 from the fuse3 package and /dev/fuse access; \
+             non-root --allow-other/--allow-root need `user_allow_other` in /etc/fuse.conf)"
+        }
         _ => "",
     }
 }
@@ -213,13 +226,6 @@ fn wait_until_answering(mountpoint: &Path) -> Result<(), String> {
         Ok(Ok(_)) => Err(format!("{} does not show the new mount", mountpoint.display())),
         Ok(Err(e)) => Err(format!("the new mount at {} does not answer: {e}", mountpoint.display())),
         Err(_) => Err(format!("the new mount at {} did not answer within {READY_TIMEOUT:?}", mountpoint.display())),
-    }
-}
-
-fn lazy_unmount(mountpoint: &Path) {
-    if let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) {
-        // SAFETY: a valid C string; MNT_DETACH only detaches.
-        unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
     }
 }
 

@@ -1,0 +1,187 @@
+//! facefs on a server: mount(8) with -o options and an fstab line, shared
+//! access for a group, systemd's readiness protocol, dead mount points.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use facefs::emulator::Endpoint;
+use facefs::layout::{face_file_name, IdKind};
+
+/// A directory holding the secret file and an fstab.
+fn helper_dir(emu: &facefs::emulator::Emulator) -> (TempDir, PathBuf) {
+    let dir = TempDir::new("helper");
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, &emu.config().app_secret).unwrap();
+    std::fs::set_permissions(&secret, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    (dir, secret)
+}
+
+/// mount(8) runs helpers with a fixed PATH, so `facefs` must be in a system
+/// directory, as the package installs it: link the test build there for the
+/// test's duration (unless a facefs is installed already).
+struct InstalledLink(Option<PathBuf>);
+
+impl InstalledLink {
+    fn new() -> InstalledLink {
+        let link = PathBuf::from("/usr/local/bin/facefs");
+        if link.exists() {
+            return InstalledLink(None);
+        }
+        std::os::unix::fs::symlink(FACEFS, &link).unwrap();
+        InstalledLink(Some(link))
+    }
+}
+
+impl Drop for InstalledLink {
+    fn drop(&mut self) {
+        if let Some(link) = &self.0 {
+            let _ = std::fs::remove_file(link);
+        }
+    }
+}
+
+struct Unmount<'a>(&'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        force_unmount(self.0);
+    }
+}
+
+/// One test for both, since both need the link in /usr/local/bin.
+#[test]
+fn mount_8_with_an_fstab_line_and_with_bad_options() {
+    let _link = InstalledLink::new();
+    an_fstab_line_mounts_with_mount_and_unmounts_with_umount();
+    mount_t_fuse_facefs_rejects_unknown_and_unsafe_options();
+}
+
+fn an_fstab_line_mounts_with_mount_and_unmounts_with_umount() {
+    let emu = emulator(small_tenant(6));
+    let (helper, secret) = helper_dir(&emu);
+    let mnt = TempDir::new("fstab-mnt");
+    let _cleanup = Unmount(mnt.path());
+    let fstab = helper.path().join("fstab");
+    let options = format!(
+        "_netdev,noauto,ro,nodev,nosuid,allow_other,app_id={},app_secret_file={},base_url={},rate_limit=100",
+        emu.config().app_id,
+        secret.display(),
+        emu.base_url()
+    );
+    std::fs::write(&fstab, format!("facefs {} fuse.facefs {options} 0 0\n", mnt.path().display())).unwrap();
+
+    // `mount MOUNTPOINT` with this fstab, as `mount /mnt/faces` reads /etc/fstab.
+    let out = Command::new("mount").arg("--fstab").arg(&fstab).arg(mnt.path()).output().unwrap();
+    assert!(out.status.success(), "mount: {}", stderr(&out));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(&*mnt.path().to_string_lossy())).unwrap();
+    assert!(line.contains(" fuse") && line.contains("ro,") && line.contains("allow_other"), "{line}");
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    assert_eq!(std::fs::read(mnt.path().join("open_id").join(face_file_name(&id, false))).unwrap(), emu.face(IdKind::OpenId, &id, false).unwrap());
+
+    let out = run("umount", &[&mnt.path()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!is_mounted(mnt.path()));
+}
+
+fn mount_t_fuse_facefs_rejects_unknown_and_unsafe_options() {
+    let emu = emulator(small_tenant(1));
+    let (_helper, secret) = helper_dir(&emu);
+    let mnt = TempDir::new("bad-options");
+    let _cleanup = Unmount(mnt.path());
+    for (options, message) in [("app_secret=s", "app_secret_file"), ("colour=blue", "unknown mount option"), ("ttl", "needs a value")] {
+        let all = format!("{options},app_id=x,app_secret_file={}", secret.display());
+        let out = Command::new("mount").args(["-t", "fuse.facefs", "facefs"]).arg(mnt.path()).args(["-o", &all]).output().unwrap();
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains(message), "{options}: {}", stderr(&out));
+        assert!(!is_mounted(mnt.path()));
+    }
+    assert_eq!(emu.count(Endpoint::Token), 0);
+}
+
+#[test]
+fn a_group_can_be_given_read_access() {
+    let emu = emulator(small_tenant(3));
+    let mnt = Mount::start(&emu, &["--allow-other", "--gid", "65534", "--file-mode", "0440", "--dir-mode", "0550"]);
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let face = mnt.join("open_id").join(face_file_name(&id, true));
+    let as_nobody = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--reuid=65534", &"--regid=65534", &"--clear-groups"];
+        all.extend_from_slice(args);
+        run("setpriv", &all)
+    };
+    let out = as_nobody(&[&"cat", &face]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(Some(out.stdout), emu.face(IdKind::OpenId, &id, true));
+    let out = run("stat", &[&"-c", &"%a %g", &face]);
+    assert_eq!(stdout(&out).trim(), "440 65534");
+    // A user outside the group gets nothing.
+    let out = run("setpriv", &[&"--reuid=65533", &"--regid=65533", &"--clear-groups", &"cat", &face]);
+    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+}
+
+#[test]
+fn systemd_hears_ready_once_the_mount_answers_and_stopping_on_sigterm() {
+    let emu = emulator(small_tenant(2));
+    let sockdir = TempDir::new("notify");
+    let socket_path = sockdir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mnt_dir = TempDir::new("notify-mnt");
+    let _cleanup = Unmount(mnt_dir.path());
+    let mut child = facefs_command(&emu, mnt_dir.path())
+        .arg("-f")
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means answering, at that very moment.
+    assert_eq!(std::fs::read_dir(mnt_dir.path()).unwrap().count(), 3);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let n = socket.recv(&mut buf).expect("STOPPING=1");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(20)).code(), Some(0));
+    assert!(!is_mounted(mnt_dir.path()));
+}
+
+#[test]
+fn a_dead_mount_point_is_named_and_recovered_only_when_asked() {
+    let emu = emulator(small_tenant(2));
+    let mut dead = Mount::start(&emu, &[]);
+    let path = dead.path().to_owned();
+    let mut child = dead.child.take().unwrap();
+    child.kill().unwrap(); // SIGKILL: no chance to unmount
+    child.wait().unwrap();
+    let probe = std::fs::read_dir(&path).unwrap_err();
+    assert_eq!(probe.raw_os_error(), Some(libc::ENOTCONN), "the test made a dead mount");
+
+    let out = facefs_command(&emu, &path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("Transport endpoint is not connected") && err.contains("umount -l") && err.contains("--recover"), "{err}");
+
+    let out = facefs_command(&emu, &path).arg("--recover").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(std::fs::read_dir(&path).unwrap().count(), 3);
+    // `dead`'s drop unmounts the recovered mount, which ends its process.
+}
+
+#[test]
+fn a_live_mount_point_is_never_stacked_over() {
+    let emu = emulator(small_tenant(2));
+    let first = Mount::start(&emu, &[]);
+    let out = facefs_command(&emu, first.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already a mount point"), "{}", stderr(&out));
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(1) == Some(&*first.path().to_string_lossy())).count(), 1);
+}
