@@ -163,7 +163,6 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
             dir_mode: settings.dir_mode,
             readahead: settings.max_parallel * 2,
             prefetch_threads: settings.max_parallel,
-            ..FsConfig::default()
         },
     );
     let adapter = FuseAdapter::new(core, settings.max_parallel).map_err(|e| format!("cannot start workers: {e}"))?;

@@ -154,8 +154,8 @@ mod tests {
             seed ^= seed << 17;
             let len = (seed % 300) as usize;
             let mut bytes: Vec<u8> = (0..len).map(|i| alphabet[((seed >> (i % 50)) as usize + i) % alphabet.len()]).collect();
-            if seed % 3 == 0 {
-                bytes.extend_from_slice(if seed % 2 == 0 { b".jpg" } else { b".cropped.jpg" });
+            if seed.is_multiple_of(3) {
+                bytes.extend_from_slice(if seed.is_multiple_of(2) { b".jpg" } else { b".cropped.jpg" });
             }
             let name = OsString::from_vec(bytes);
             if let Some((id, cropped)) = parse_face_name(&name) {

@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Stdio;
+
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -34,15 +34,6 @@ fn wait_gone(mountpoint: &Path) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
-}
-
-/// Unmounts on drop, for tests that mount in the background.
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        force_unmount(self.0);
-    }
 }
 
 #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use std::os::unix::net::UnixDatagram;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -42,14 +42,6 @@ impl Drop for InstalledLink {
         if let Some(link) = &self.0 {
             let _ = std::fs::remove_file(link);
         }
-    }
-}
-
-struct Unmount<'a>(&'a Path);
-
-impl Drop for Unmount<'_> {
-    fn drop(&mut self) {
-        force_unmount(self.0);
     }
 }
 

@@ -49,8 +49,11 @@ pub struct Tenant {
     spec: TenantSpec,
     users: Vec<User>,
     index: HashMap<(IdKind, String), usize>,
-    faces: Mutex<HashMap<(usize, bool), Arc<Vec<u8>>>>,
+    /// Generated faces by (user, cropped).
+    faces: Mutex<FaceStore>,
 }
+
+type FaceStore = HashMap<(usize, bool), Arc<Vec<u8>>>;
 
 fn mix(seed: u64, i: u64, salt: u64) -> u64 {
     let mut x = seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);

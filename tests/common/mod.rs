@@ -152,6 +152,15 @@ pub fn force_unmount(path: &Path) {
     }
 }
 
+/// Unmounts `path` on drop, for tests that mount other than through [`Mount`].
+pub struct Unmount<'a>(pub &'a Path);
+
+impl Drop for Unmount<'_> {
+    fn drop(&mut self) {
+        force_unmount(self.0);
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         force_unmount(self.path());
