@@ -79,6 +79,10 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics; a bare port listens on 127.0.0.1.
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen)]
+    pub metrics_listen: Option<String>,
+
     /// Let every user of the machine enter the mount (file modes still apply).
     /// Non-root users need `user_allow_other` in /etc/fuse.conf.
     #[arg(long, conflicts_with = "allow_root")]
@@ -145,6 +149,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e}); try 30s, 10m or 1h"))
 }
 
+fn parse_listen(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    let addr = if text.parse::<u16>().is_ok() { format!("127.0.0.1:{text}") } else { text.to_owned() };
+    addr.parse::<std::net::SocketAddr>()
+        .map(|a| a.to_string())
+        .map_err(|_| format!("{text:?} is not a listen address; give a port (9464) or ADDR:PORT (127.0.0.1:9464)"))
+}
+
 fn parse_mode(text: &str) -> Result<u16, String> {
     match u16::from_str_radix(text.trim().trim_start_matches("0o"), 8) {
         Ok(mode) if mode <= 0o777 => Ok(mode),
@@ -193,6 +205,7 @@ pub struct Settings {
     pub rate_limit: f64,
     pub max_parallel: usize,
     pub access: Access,
+    pub metrics_listen: Option<String>,
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub file_mode: u16,
@@ -230,6 +243,7 @@ impl Cli {
                 (false, true) => Access::OwnerAndRoot,
                 (false, false) => Access::Owner,
             },
+            metrics_listen: self.metrics_listen,
             uid: self.uid,
             gid: self.gid,
             file_mode: self.file_mode,

@@ -81,7 +81,7 @@ pub fn run(settings: Settings) -> i32 {
         }
     };
     let (events, incoming) = channel();
-    let (mut unmounter, _emulator) = match mount(&settings, events.clone()) {
+    let (mut unmounter, _servers) = match mount(&settings, events.clone()) {
         Ok(mounted) => mounted,
         Err(message) => {
             readiness.failed(&message);
@@ -132,8 +132,8 @@ fn ended(result: std::io::Result<()>) -> i32 {
 }
 
 /// Builds the client, checks the credentials, mounts, and waits until the
-/// mount answers. Returns what unmounts it, and the demo emulator to keep alive.
-fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUnmounter, Option<Emulator>), String> {
+/// mount answers. Returns what unmounts it, and the servers to keep alive.
+fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUnmounter, Servers), String> {
     let (base_url, app_id, app_secret, emulator) = match &settings.source {
         Source::Api { base_url, app_id, app_secret } => (base_url.clone(), app_id.clone(), app_secret.clone(), None),
         Source::Demo => {
@@ -165,6 +165,16 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
             prefetch_threads: settings.max_parallel,
         },
     );
+    let metrics = match &settings.metrics_listen {
+        Some(addr) => {
+            let core = core.clone();
+            let server = crate::metrics::serve(addr, Arc::new(move || core.cache_usage()))
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            log::info!("metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
+        None => None,
+    };
     let adapter = FuseAdapter::new(core, settings.max_parallel).map_err(|e| format!("cannot start workers: {e}"))?;
     let mut config = Config::default();
     config.mount_options = vec![
@@ -199,7 +209,13 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
         }
         return Err(message);
     }
-    Ok((unmounter, emulator))
+    Ok((unmounter, Servers { _emulator: emulator, _metrics: metrics }))
+}
+
+/// Servers that live as long as the mount.
+struct Servers {
+    _emulator: Option<Emulator>,
+    _metrics: Option<crate::http_server::Server>,
 }
 
 fn mount_hint(e: &std::io::Error) -> &'static str {

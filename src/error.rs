@@ -41,8 +41,9 @@ impl FsError {
         }
     }
 
-    /// Maps an API error for an operation on `kind` ids, logging what an
-    /// operator needs to act on it.
+    /// Maps an API error for an operation on `kind` ids. The failure itself
+    /// was logged where it happened (the retry layer); a missing scope is
+    /// logged here, where the directory that needs it is known.
     pub fn from_api(err: &ApiError, kind: IdKind) -> FsError {
         match err {
             ApiError::UserNotFound | ApiError::FaceNotFound => FsError::NotFound,
@@ -53,10 +54,7 @@ impl FsError {
                 );
                 FsError::PermissionDenied
             }
-            other => {
-                log::warn!("{kind} request failed: {other}");
-                FsError::Io
-            }
+            _ => FsError::Io,
         }
     }
 }

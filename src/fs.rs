@@ -12,6 +12,7 @@ use crate::api::{ApiError, FaceApi};
 use crate::cache::{ByteLru, NegativeCache};
 use crate::error::FsError;
 use crate::layout::{self, FaceKey, IdKind};
+use crate::metrics::METRICS;
 use crate::single_flight::SingleFlight;
 use crate::worker_pool::WorkerPool;
 
@@ -406,6 +407,7 @@ impl FaceFs {
         }
         let cached = || self.faces.get(key).filter(|f| self.fresh(f.fetched_at));
         if let Some(face) = cached() {
+            METRICS.cache(true);
             return Ok(face);
         }
         if fetch == Fetch::Never {
@@ -420,6 +422,8 @@ impl FaceFs {
     }
 
     fn download(&self, key: &FaceKey) -> Result<Arc<Face>, FsError> {
+        METRICS.cache(false);
+        let _in_flight = METRICS.download();
         match self.api.get_face(key.kind, &key.id, key.cropped) {
             Ok(mut bytes) => {
                 // The cache weighs faces by length: hold no more than that.

@@ -5,7 +5,7 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
@@ -16,6 +16,7 @@ use fuser::{
 
 use crate::error::FsError;
 use crate::fs::{Attr, FaceFs, Fetch, NodeKind};
+use crate::metrics::METRICS;
 use crate::worker_pool::WorkerPool;
 
 pub struct FuseAdapter {
@@ -29,12 +30,18 @@ impl FuseAdapter {
     }
 
     /// Runs `op` without waiting for the API; if it must wait, runs it again
-    /// on a worker thread and replies from there.
+    /// on a worker thread and replies from there. Counts it as `name`.
     fn answer<T: 'static>(
         &self,
+        name: &'static str,
         op: impl Fn(&FaceFs, Fetch) -> Result<T, FsError> + Send + 'static,
         reply: impl FnOnce(Result<T, FsError>) + Send + 'static,
     ) {
+        let start = Instant::now();
+        let reply = move |result: Result<T, FsError>| {
+            record(name, start, &result);
+            reply(result);
+        };
         match op(&self.core, Fetch::Never) {
             Err(FsError::WouldBlock) => {
                 let core = self.core.clone();
@@ -43,6 +50,10 @@ impl FuseAdapter {
             result => reply(result),
         }
     }
+}
+
+fn record<T>(name: &'static str, start: Instant, result: &Result<T, FsError>) {
+    METRICS.op(name, start.elapsed(), result.as_ref().err().map_or(0, FsError::errno));
 }
 
 fn errno(err: &FsError) -> Errno {
@@ -89,6 +100,7 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
         self.answer(
+            "lookup",
             move |core, fetch| core.lookup(parent.0, &name, fetch),
             move |result| match result {
                 // The kernel may keep the answer as long as the core trusts it.
@@ -100,6 +112,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.answer(
+            "getattr",
             move |core, fetch| core.getattr(ino.0, fetch),
             move |result| match result {
                 Ok(attr) => reply.attr(&attr.valid_for, &file_attr(&attr)),
@@ -111,6 +124,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         self.answer(
+            "open",
             move |core, fetch| core.open(ino.0, write, fetch),
             move |result| match result {
                 Ok(opened) => {
@@ -133,7 +147,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
+        let start = Instant::now();
+        let result = self.core.read(fh.0, offset, size);
+        record("read", start, &result);
+        match result {
             Ok(slice) => reply.data(slice.bytes()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -149,7 +166,9 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        let start = Instant::now();
         self.core.release(fh.0);
+        record::<()>("release", start, &Ok(()));
         reply.ok();
     }
 
@@ -169,7 +188,10 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.core.opendir(ino.0) {
+        let start = Instant::now();
+        let result = self.core.opendir(ino.0);
+        record("opendir", start, &result);
+        match result {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -177,6 +199,7 @@ impl Filesystem for FuseAdapter {
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         self.answer(
+            "readdir",
             move |core, fetch| core.readdir(ino.0, fh.0, offset, fetch),
             move |result| match result {
                 Ok(entries) => {
@@ -193,11 +216,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        let start = Instant::now();
         self.core.releasedir(fh.0);
+        record::<()>("releasedir", start, &Ok(()));
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        record::<()>("statfs", Instant::now(), &Ok(()));
         let (bytes, faces, _) = self.core.cache_usage();
         reply.statfs(bytes.div_ceil(4096), 0, 0, faces as u64, 0, 4096, 255, 4096);
     }

@@ -27,6 +27,7 @@ const VALUED: &[&str] = &[
     "rate_limit",
     "max_parallel",
     "log_file",
+    "metrics_listen",
     "uid",
     "gid",
     "file_mode",

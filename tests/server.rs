@@ -177,3 +177,40 @@ fn a_live_mount_point_is_never_stacked_over() {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
     assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(1) == Some(&*first.path().to_string_lossy())).count(), 1);
 }
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn metrics_move_as_faces_are_read() {
+    let emu = emulator(small_tenant(4));
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mnt = Mount::start(&emu, &["--metrics-listen", &port.to_string(), "--rate-limit", "1000"]);
+    let scrape = || reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics")).unwrap().text().unwrap();
+    let before = scrape();
+    assert_eq!(metric(&before, "facefs_token_renewals_total"), 1.0, "the token fetched at mount");
+    assert_eq!(metric(&before, r#"facefs_api_requests_total{endpoint="face",outcome="ok"}"#), 0.0);
+
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let face = mnt.join("open_id").join(face_file_name(&id, false));
+    let bytes = std::fs::read(&face).unwrap();
+    assert!(std::fs::read(&face).is_ok());
+    assert!(std::fs::metadata(mnt.join("open_id/ou_nobody.jpg")).is_err());
+    let after = scrape();
+    assert_eq!(metric(&after, r#"facefs_api_requests_total{endpoint="face",outcome="ok"}"#), 1.0);
+    assert_eq!(metric(&after, r#"facefs_api_requests_total{endpoint="face",outcome="absent"}"#), 1.0);
+    assert_eq!(metric(&after, "facefs_cache_misses_total"), 2.0, "one face and one absent name downloaded");
+    assert!(metric(&after, "facefs_cache_hits_total") >= 1.0, "the reads after the lookup hit the cache");
+    assert_eq!(metric(&after, "facefs_cache_bytes"), bytes.len() as f64);
+    assert_eq!(metric(&after, "facefs_cache_faces"), 1.0);
+    assert!(metric(&after, r#"facefs_fuse_op_seconds_count{op="lookup"}"#) >= 2.0);
+    assert!(metric(&after, r#"facefs_fuse_op_seconds_count{op="open"}"#) >= 2.0);
+    assert_eq!(metric(&after, r#"facefs_fuse_errors_total{op="lookup",errno="ENOENT"}"#), 1.0);
+    assert_eq!(metric(&after, "facefs_downloads_in_flight"), 0.0);
+    assert_eq!(emu.count(Endpoint::Face), 2);
+}

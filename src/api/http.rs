@@ -14,6 +14,7 @@ use super::codes;
 use super::token::{IssuedToken, TokenCache};
 use super::{ApiError, ApiFailure, FaceApi, ListedUser, UserPage};
 use crate::layout::IdKind;
+use crate::metrics::{Endpoint, Outcome, METRICS};
 use crate::secret::Secret;
 
 /// The API's own limit on `page_size`.
@@ -203,12 +204,18 @@ impl HttpApi {
         self.tokens.get(|| self.fetch_token()).map(drop)
     }
 
+    fn fetch_token(&self) -> Result<IssuedToken, ApiError> {
+        let result = self.request_token();
+        METRICS.api_request(Endpoint::Token, Outcome::of(&result));
+        result
+    }
+
     fn url(&self, path: &str) -> Result<Url, ApiError> {
         Url::parse(&format!("{}{path}", self.base))
             .map_err(|e| ApiError::Failed(ApiFailure::message(format!("cannot form a request URL: {e}"))))
     }
 
-    fn fetch_token(&self) -> Result<IssuedToken, ApiError> {
+    fn request_token(&self) -> Result<IssuedToken, ApiError> {
         let url = self.url("/open-apis/auth/v3/tenant_access_token/internal")?;
         let body = serde_json::json!({ "app_id": self.app_id, "app_secret": self.app_secret.expose() });
         let request = self.client.post(url).header("content-type", "application/json; charset=utf-8").body(body.to_string());

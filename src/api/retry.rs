@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::throttle::RateLimiter;
+use crate::metrics::{Endpoint, Outcome, METRICS};
 use super::{ApiError, FaceApi, UserPage};
 use crate::layout::IdKind;
 
@@ -85,16 +86,25 @@ impl<A: FaceApi> RetryingApi<A> {
         &self.inner
     }
 
-    fn run<T>(&self, what: &dyn Fn() -> String, call: impl Fn() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    fn run<T>(&self, endpoint: Endpoint, what: &dyn Fn() -> String, call: impl Fn() -> Result<T, ApiError>) -> Result<T, ApiError> {
         let start = Instant::now();
         let mut attempt = 1;
         loop {
             if let Some(limiter) = &self.limiter {
                 limiter.acquire();
             }
-            let err = match call() {
+            let result = call();
+            METRICS.api_request(endpoint, Outcome::of(&result));
+            let err = match result {
                 Ok(value) => return Ok(value),
-                Err(err) if !err.is_retryable() => return Err(err),
+                Err(err) if !err.is_retryable() => {
+                    // "Does not exist" is an answer, not a failure; a missing
+                    // scope is logged with the scope by the errno mapping.
+                    if !matches!(err, ApiError::UserNotFound | ApiError::FaceNotFound | ApiError::PermissionDenied(_)) {
+                        log::warn!("{} failed: {err}", what());
+                    }
+                    return Err(err);
+                }
                 Err(err) => err,
             };
             let pause = match &err {
@@ -106,6 +116,7 @@ impl<A: FaceApi> RetryingApi<A> {
                 return Err(err);
             }
             log::debug!("{} failed (attempt {attempt}): {err}; retrying in {pause:?}", what());
+            METRICS.retry();
             match (&err, &self.limiter) {
                 // The API is saying the whole app is too fast: slow every caller.
                 (ApiError::Throttled { .. }, Some(limiter)) => limiter.pause_for(pause),
@@ -118,12 +129,12 @@ impl<A: FaceApi> RetryingApi<A> {
 
 impl<A: FaceApi> FaceApi for RetryingApi<A> {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
-        self.run(&|| format!("listing {kind} users"), || self.inner.list_users(kind, page_token))
+        self.run(Endpoint::List, &|| format!("listing {kind} users"), || self.inner.list_users(kind, page_token))
     }
 
     fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
         // The id itself is personal data: the log names only its kind.
-        self.run(&|| format!("downloading a {kind} face"), || self.inner.get_face(kind, id, cropped))
+        self.run(Endpoint::Face, &|| format!("downloading a {kind} face"), || self.inner.get_face(kind, id, cropped))
     }
 }
 
@@ -179,9 +190,11 @@ mod tests {
             let api = api.clone();
             std::thread::spawn(move || api.get_face(IdKind::OpenId, "ou_a", false))
         };
-        // The throttled answer comes at once (in memory); a bystander that
-        // starts after it must wait out the same pause.
-        std::thread::sleep(Duration::from_millis(100));
+        // Once the throttled answer is in, a bystander must wait out the same pause.
+        while api.inner().face_requests() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(20));
         let start = Instant::now();
         limiter.acquire();
         assert!(start.elapsed() >= Duration::from_millis(250), "waited {:?}", start.elapsed());

@@ -3,7 +3,6 @@
 //! Tests, benchmarks and `facefs --demo` run against it.
 
 pub mod face_image;
-pub mod http;
 pub mod tenant;
 
 use std::collections::HashMap;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use self::http::{decode, Reply, Request, Response, Server};
+use crate::http_server::{decode, Reply, Request, Response, Server};
 use self::tenant::{Tenant, TenantSpec};
 use crate::api::codes;
 use crate::layout::IdKind;

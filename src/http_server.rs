@@ -1,7 +1,7 @@
-//! A small HTTP/1.1 server for the emulator. Written here rather than taken
-//! from a crate because the emulator must be able to answer wrongly on
-//! purpose (cut bodies, resets, silence), which servers built to be correct
-//! do not allow.
+//! A small HTTP/1.1 server, for the emulator and the metrics endpoint.
+//! Written here rather than taken from a crate because the emulator must be
+//! able to answer wrongly on purpose (cut bodies, resets, silence), which
+//! servers built to be correct do not allow.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -98,7 +98,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        let acceptor = std::thread::Builder::new().name("emulator-accept".into()).spawn(move || {
+        let acceptor = std::thread::Builder::new().name("http-accept".into()).spawn(move || {
             let live = Arc::new(AtomicUsize::new(0));
             for stream in listener.incoming() {
                 if stop_flag.load(Ordering::SeqCst) {
@@ -110,12 +110,12 @@ impl Server {
                 }
                 live.fetch_add(1, Ordering::SeqCst);
                 let (handler, live, stop) = (handler.clone(), live.clone(), stop_flag.clone());
-                let spawned = std::thread::Builder::new().name("emulator-conn".into()).spawn(move || {
+                let spawned = std::thread::Builder::new().name("http-conn".into()).spawn(move || {
                     let _ = serve_connection(stream, &*handler, &stop);
                     live.fetch_sub(1, Ordering::SeqCst);
                 });
                 if spawned.is_err() {
-                    log::warn!("emulator: cannot start a connection thread");
+                    log::warn!("http server: cannot start a connection thread");
                 }
             }
         })?;

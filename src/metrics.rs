@@ -1,0 +1,251 @@
+//! Counters of what facefs does, served as Prometheus text. One process
+//! serves one mount, so the counters are process-wide statics: every layer
+//! counts its own events without being handed a registry.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::http_server::{Reply, Request, Response, Server};
+
+/// API endpoints, as labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Token,
+    List,
+    Face,
+}
+
+const ENDPOINTS: [&str; 3] = ["token", "list", "face"];
+
+impl Outcome {
+    pub fn of<T>(result: &Result<T, crate::api::ApiError>) -> Outcome {
+        use crate::api::ApiError::*;
+        match result {
+            Ok(_) => Outcome::Ok,
+            Err(UserNotFound | FaceNotFound) => Outcome::Absent,
+            Err(Throttled { .. }) => Outcome::Throttled,
+            Err(Transient(_)) => Outcome::Transient,
+            Err(PermissionDenied(_)) => Outcome::Denied,
+            Err(InvalidPageToken | BadCredentials(_) | Failed(_)) => Outcome::Failed,
+        }
+    }
+}
+
+/// How one API request ended, as labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    Absent,
+    Throttled,
+    Transient,
+    Denied,
+    Failed,
+}
+
+const OUTCOMES: [&str; 6] = ["ok", "absent", "throttled", "transient", "denied", "failed"];
+
+/// FUSE operations, as labels.
+pub const OPS: [&str; 9] = ["lookup", "getattr", "open", "read", "release", "opendir", "readdir", "releasedir", "statfs"];
+
+/// Latency buckets, in seconds.
+const BUCKETS: [f64; 7] = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
+
+const ERRNOS: [(i32, &str); 6] = [
+    (libc::ENOENT, "ENOENT"),
+    (libc::EIO, "EIO"),
+    (libc::EACCES, "EACCES"),
+    (libc::EROFS, "EROFS"),
+    (libc::ENOTDIR, "ENOTDIR"),
+    (0, "other"),
+];
+
+pub struct Metrics {
+    api: [[AtomicU64; OUTCOMES.len()]; ENDPOINTS.len()],
+    retries: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_misses: AtomicU64,
+    downloads_in_flight: AtomicU64,
+    ops: [AtomicU64; OPS.len()],
+    /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
+    latency: [[AtomicU64; BUCKETS.len() + 1]; OPS.len()],
+    latency_sum_us: [AtomicU64; OPS.len()],
+    errors: [[AtomicU64; ERRNOS.len()]; OPS.len()],
+}
+
+// Array-repeat templates: each use is a fresh value, not a shared one.
+#[allow(clippy::declare_interior_mutable_const)]
+const ZERO: AtomicU64 = AtomicU64::new(0);
+#[allow(clippy::declare_interior_mutable_const)]
+const OUTCOME_ROW: [AtomicU64; OUTCOMES.len()] = [ZERO; OUTCOMES.len()];
+#[allow(clippy::declare_interior_mutable_const)]
+const BUCKET_ROW: [AtomicU64; BUCKETS.len() + 1] = [ZERO; BUCKETS.len() + 1];
+#[allow(clippy::declare_interior_mutable_const)]
+const ERRNO_ROW: [AtomicU64; ERRNOS.len()] = [ZERO; ERRNOS.len()];
+
+pub static METRICS: Metrics = Metrics::new();
+
+fn add(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Metrics {
+    const fn new() -> Metrics {
+        Metrics {
+            api: [OUTCOME_ROW; ENDPOINTS.len()],
+            retries: ZERO,
+            cache_hits: ZERO,
+            cache_misses: ZERO,
+            downloads_in_flight: ZERO,
+            ops: [ZERO; OPS.len()],
+            latency: [BUCKET_ROW; OPS.len()],
+            latency_sum_us: [ZERO; OPS.len()],
+            errors: [ERRNO_ROW; OPS.len()],
+        }
+    }
+
+    pub fn api_request(&self, endpoint: Endpoint, outcome: Outcome) {
+        add(&self.api[endpoint as usize][outcome as usize]);
+    }
+
+    pub fn retry(&self) {
+        add(&self.retries);
+    }
+
+    pub fn cache(&self, hit: bool) {
+        add(if hit { &self.cache_hits } else { &self.cache_misses });
+    }
+
+    /// Counts a download while the returned guard lives.
+    pub fn download(&self) -> InFlight<'_> {
+        add(&self.downloads_in_flight);
+        InFlight(&self.downloads_in_flight)
+    }
+
+    /// Records one FUSE operation, how long it took and its errno (0 for success).
+    pub fn op(&self, op: &str, took: Duration, errno: i32) {
+        let Some(i) = OPS.iter().position(|o| *o == op) else { return };
+        add(&self.ops[i]);
+        let secs = took.as_secs_f64();
+        let bucket = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        add(&self.latency[i][bucket]);
+        self.latency_sum_us[i].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        if errno != 0 {
+            let e = ERRNOS.iter().position(|(n, _)| *n == errno).unwrap_or(ERRNOS.len() - 1);
+            add(&self.errors[i][e]);
+        }
+    }
+
+    /// The Prometheus text exposition; `cache` is (bytes, faces, evictions).
+    pub fn render(&self, cache: (u64, usize, u64)) -> String {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        }
+        family(&mut out, "facefs_api_requests_total", "counter", "API requests by endpoint and outcome.");
+        let mut lines = String::new();
+        for (e, endpoint) in ENDPOINTS.iter().enumerate() {
+            for (o, outcome) in OUTCOMES.iter().enumerate() {
+                let _ = writeln!(lines, "facefs_api_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {}", get(&self.api[e][o]));
+            }
+        }
+        out.push_str(&lines);
+        let simple: [(&str, &str, &str, u64); 8] = [
+            ("facefs_api_retries_total", "counter", "Requests retried after a transient failure or throttling.", get(&self.retries)),
+            ("facefs_api_throttled_total", "counter", "Throttling answers (HTTP 429 / 99991400).", self.api_total(Outcome::Throttled)),
+            ("facefs_token_renewals_total", "counter", "Tenant access tokens fetched.", self.api_total_endpoint(Endpoint::Token, Outcome::Ok)),
+            ("facefs_cache_hits_total", "counter", "Faces served from the cache.", get(&self.cache_hits)),
+            ("facefs_cache_misses_total", "counter", "Faces that had to be downloaded.", get(&self.cache_misses)),
+            ("facefs_cache_bytes", "gauge", "Bytes of faces in the cache.", cache.0),
+            ("facefs_cache_evictions_total", "counter", "Faces evicted to stay within --cache-size.", cache.2),
+            ("facefs_downloads_in_flight", "gauge", "Face downloads under way.", get(&self.downloads_in_flight)),
+        ];
+        for (name, kind, help, value) in simple {
+            family(&mut out, name, kind, help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        family(&mut out, "facefs_cache_faces", "gauge", "Faces in the cache.");
+        let _ = writeln!(out, "facefs_cache_faces {}", cache.1);
+        family(&mut out, "facefs_fuse_op_seconds", "histogram", "FUSE operations by kind: count and latency.");
+        for (i, op) in OPS.iter().enumerate() {
+            let mut cumulative = 0;
+            for (b, bound) in BUCKETS.iter().enumerate() {
+                cumulative += get(&self.latency[i][b]);
+                let _ = writeln!(out, "facefs_fuse_op_seconds_bucket{{op=\"{op}\",le=\"{bound}\"}} {cumulative}");
+            }
+            let _ = writeln!(out, "facefs_fuse_op_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}", get(&self.ops[i]));
+            let _ = writeln!(out, "facefs_fuse_op_seconds_sum{{op=\"{op}\"}} {}", get(&self.latency_sum_us[i]) as f64 / 1e6);
+            let _ = writeln!(out, "facefs_fuse_op_seconds_count{{op=\"{op}\"}} {}", get(&self.ops[i]));
+        }
+        family(&mut out, "facefs_fuse_errors_total", "counter", "FUSE operations that failed, by errno.");
+        for (i, op) in OPS.iter().enumerate() {
+            for (e, (_, name)) in ERRNOS.iter().enumerate() {
+                let _ = writeln!(out, "facefs_fuse_errors_total{{op=\"{op}\",errno=\"{name}\"}} {}", get(&self.errors[i][e]));
+            }
+        }
+        out
+    }
+
+    fn api_total(&self, outcome: Outcome) -> u64 {
+        (0..ENDPOINTS.len()).map(|e| self.api[e][outcome as usize].load(Ordering::Relaxed)).sum()
+    }
+
+    fn api_total_endpoint(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
+        self.api[endpoint as usize][outcome as usize].load(Ordering::Relaxed)
+    }
+}
+
+pub struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves `GET /metrics` on `addr` until the returned server is dropped.
+pub fn serve(addr: &str, cache_usage: Arc<dyn Fn() -> (u64, usize, u64) + Send + Sync>) -> std::io::Result<Server> {
+    Server::start(
+        addr,
+        Arc::new(move |req: &Request| {
+            Reply::Respond(match (req.method.as_str(), req.path.as_str()) {
+                ("GET", "/metrics") => Response::new(200, "text/plain; version=0.0.4", METRICS.render(cache_usage()).into_bytes()),
+                _ => Response::new(404, "text/plain", b"try /metrics\n".to_vec()),
+            })
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.api_request(Endpoint::Face, Outcome::Ok);
+        m.api_request(Endpoint::Face, Outcome::Throttled);
+        m.op("lookup", Duration::from_millis(5), 0);
+        m.op("lookup", Duration::from_millis(50), libc::ENOENT);
+        {
+            let _d = m.download();
+            assert!(m.render((0, 0, 0)).contains("facefs_downloads_in_flight 1\n"));
+        }
+        let text = m.render((100, 2, 3));
+        for line in [
+            "facefs_api_requests_total{endpoint=\"face\",outcome=\"ok\"} 1",
+            "facefs_api_throttled_total 1",
+            "facefs_fuse_op_seconds_bucket{op=\"lookup\",le=\"0.01\"} 1",
+            "facefs_fuse_op_seconds_bucket{op=\"lookup\",le=\"0.1\"} 2",
+            "facefs_fuse_op_seconds_count{op=\"lookup\"} 2",
+            "facefs_fuse_errors_total{op=\"lookup\",errno=\"ENOENT\"} 1",
+            "facefs_cache_bytes 100",
+            "facefs_cache_evictions_total 3",
+            "facefs_downloads_in_flight 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}
