@@ -25,10 +25,6 @@ pub struct Cli {
     /// Where to mount: an existing, empty directory.
     pub mountpoint: PathBuf,
 
-    /// mount(8) passes `facefs SOURCE MOUNTPOINT`: with two paths, the second is the mount point.
-    #[arg(hide = true)]
-    pub mountpoint_after_source: Option<PathBuf>,
-
     /// API origin; plaintext http:// is accepted only for loopback addresses.
     #[arg(long, env = "FACEFS_BASE_URL", default_value = "https://open.feishu.cn", value_name = "URL")]
     pub base_url: String,
@@ -215,8 +211,7 @@ pub struct Settings {
 impl Cli {
     /// Checks the flags and reads the secret. Errors name the fix.
     pub fn into_settings(self) -> Result<Settings, String> {
-        let given = self.mountpoint_after_source.as_ref().unwrap_or(&self.mountpoint);
-        let mountpoint = crate::mountpoint::check(given, self.recover)?;
+        let mountpoint = crate::mountpoint::check(&self.mountpoint, self.recover)?;
         let source = if self.demo {
             Source::Demo
         } else {
@@ -324,7 +319,6 @@ mod tests {
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--file-mode", "0999"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--dir-mode", "4755"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--allow-other", "--allow-root"]).is_err());
-        let fstab = Cli::try_parse_from(["facefs", "facefs", "/mnt/faces"]).unwrap();
-        assert_eq!(fstab.mountpoint_after_source.as_deref(), Some(std::path::Path::new("/mnt/faces")));
+
     }
 }

@@ -35,8 +35,15 @@ const VALUED: &[&str] = &[
 ];
 
 /// Rewrites every `-o LIST` (or `-oLIST`) in `args` into flags. Errors name
-/// the option that cannot be used.
-pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+/// the option that cannot be used. mount.fuse3 runs `facefs SOURCE
+/// MOUNTPOINT -o LIST`: with options present and two leading paths, the
+/// source (a label) is dropped.
+pub fn expand(mut args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let is_path = |a: Option<&OsString>| a.is_some_and(|a| !a.as_encoded_bytes().starts_with(b"-"));
+    let has_options = args.iter().any(|a| a.as_encoded_bytes().starts_with(b"-o"));
+    if has_options && is_path(args.get(1)) && is_path(args.get(2)) {
+        args.remove(1);
+    }
     let mut out = Vec::with_capacity(args.len());
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
@@ -99,11 +106,13 @@ mod tests {
         assert_eq!(
             got.unwrap(),
             [
-                "facefs", "facefs", "/mnt/faces", "--allow-other", "--app-id", "cli_x", "--app-secret-file", "/etc/s", "--uid", "0",
+                "facefs", "/mnt/faces", "--allow-other", "--app-id", "cli_x", "--app-secret-file", "/etc/s", "--uid", "0",
                 "--cache-size", "1GiB"
             ]
         );
         assert_eq!(expand_str(&["facefs", "-ottl=5m", "/m"]).unwrap(), ["facefs", "--ttl", "5m", "/m"]);
+        // Without -o nothing is dropped: a stray second path stays an error for clap.
+        assert_eq!(expand_str(&["facefs", "/a", "/b"]).unwrap(), ["facefs", "/a", "/b"]);
     }
 
     #[test]

@@ -148,3 +148,25 @@ fn demo_mounts_without_credentials() {
     assert!(run("umount", &[&dir.path()]).status.success());
     assert!(wait_gone(dir.path()));
 }
+
+#[test]
+fn man_page_and_completions_cover_every_option_of_help() {
+    let help = stdout(&run(FACEFS, &[&"--help"]));
+    let options: Vec<&str> =
+        help.split_whitespace().filter(|w| w.starts_with("--") && w.len() > 2).map(|w| w.trim_end_matches(',')).collect();
+    assert!(options.len() >= 20, "{help}");
+    // --help shows defaults and environment variables.
+    assert!(help.contains("[env: FEISHU_APP_ID=") || help.contains("[env: FEISHU_APP_ID]"), "{help}");
+    assert!(help.contains("[default: 256MiB]"), "{help}");
+    let out = TempDir::new("docs");
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_facefs-docs")).arg(out.path()).status().unwrap();
+    assert!(status.success());
+    let man = std::fs::read_to_string(out.path().join("facefs.1")).unwrap();
+    let bash = std::fs::read_to_string(out.path().join("facefs.bash")).unwrap();
+    for option in &options {
+        // roff escapes '-' as '\-'.
+        assert!(man.contains(&option.replace('-', "\\-")), "man page lacks {option}");
+        assert!(bash.contains(option), "bash completion lacks {option}");
+    }
+    assert!(out.path().join("_facefs").exists() && out.path().join("facefs.fish").exists());
+}
