@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, installing first what the tests use: fuse3
 # (fusermount3), rsync and ImageMagick (identify). Real-mount tests need root
-# or /dev/fuse access; on the project's machines they run as root.
+# or /dev/fuse access; on the project's machines they run as root. Last, the
+# Debian package is built, installed, mounted through fstab and removed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,6 @@ scripts/need.sh fusermount3:fuse3 rsync:rsync identify:imagemagick setpriv:util-
 
 echo "==> cargo test"
 cargo test --all-targets --no-fail-fast "$@"
+
+echo "==> the Debian package"
+scripts/test-package.sh

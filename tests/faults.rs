@@ -250,6 +250,14 @@ fn no_secret_or_token_in_a_trace_log_or_argv() {
     assert!(std::fs::read(mnt.join("user_id").join(face_file_name(&ids[1], true))).is_ok());
     emu.inject(Endpoint::Face, Fault::ServerError, 1.0);
     assert!(std::fs::read(mnt.join("user_id").join(face_file_name(&ids[2], true))).is_err());
+    // The failure is logged once, with what support needs and without the id.
+    let log = mnt.log_text();
+    let failures: Vec<&str> = log.lines().filter(|l| l.contains("WARN") && l.contains("face failed")).collect();
+    assert_eq!(failures.len(), 1, "{failures:?}");
+    let line = failures[0];
+    assert!(line.contains("downloading a user_id face") && line.contains("(code 5000)") && line.contains("[HTTP 500]"), "{line}");
+    assert!(line.contains("[log id 2026emulator"), "{line}");
+    assert!(!line.contains(&ids[2]), "{line}");
     let pid = mnt.child.as_ref().unwrap().id();
     let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let log = mnt.log_text();
