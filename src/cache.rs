@@ -23,7 +23,14 @@ struct ByteLruInner<K: Hash + Eq, V> {
 
 impl<K: Hash + Eq, V> ByteLru<K, V> {
     pub fn new(capacity: u64) -> ByteLru<K, V> {
-        ByteLru { inner: Mutex::new(ByteLruInner { map: LruCache::unbounded(), bytes: 0, evictions: 0 }), capacity }
+        ByteLru {
+            inner: Mutex::new(ByteLruInner {
+                map: LruCache::unbounded(),
+                bytes: 0,
+                evictions: 0,
+            }),
+            capacity,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, ByteLruInner<K, V>> {
@@ -45,7 +52,9 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
             return;
         }
         while inner.bytes + weight > self.capacity {
-            let Some((_, (_, w))) = inner.map.pop_lru() else { break };
+            let Some((_, (_, w))) = inner.map.pop_lru() else {
+                break;
+            };
             inner.bytes -= w;
             inner.evictions += 1;
         }
@@ -77,14 +86,20 @@ pub struct NegativeCache<K: Hash + Eq> {
 impl<K: Hash + Eq> NegativeCache<K> {
     pub fn new(ttl: Duration, max_entries: usize) -> NegativeCache<K> {
         let cap = NonZeroUsize::new(max_entries.max(1)).unwrap();
-        NegativeCache { entries: Mutex::new(LruCache::new(cap)), ttl }
+        NegativeCache {
+            entries: Mutex::new(LruCache::new(cap)),
+            ttl,
+        }
     }
 
     pub fn insert(&self, key: K) {
         if self.ttl.is_zero() {
             return;
         }
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).put(key, Instant::now() + self.ttl);
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .put(key, Instant::now() + self.ttl);
     }
 
     pub fn contains(&self, key: &K) -> bool {
@@ -100,7 +115,10 @@ impl<K: Hash + Eq> NegativeCache<K> {
     }
 
     pub fn remove(&self, key: &K) {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).pop(key);
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop(key);
     }
 }
 

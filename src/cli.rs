@@ -26,7 +26,12 @@ pub struct Cli {
     pub mountpoint: PathBuf,
 
     /// API origin; plaintext http:// is accepted only for loopback addresses.
-    #[arg(long, env = "FACEFS_BASE_URL", default_value = "https://open.feishu.cn", value_name = "URL")]
+    #[arg(
+        long,
+        env = "FACEFS_BASE_URL",
+        default_value = "https://open.feishu.cn",
+        value_name = "URL"
+    )]
     pub base_url: String,
 
     /// The app's id (cli_...).
@@ -118,9 +123,13 @@ pub struct Cli {
 /// `T` and `KiB`..`TiB` are powers of 1024; `KB`..`TB` are powers of 1000.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
     let (number, unit) = t.split_at(split);
-    let number: f64 = number.parse().map_err(|_| format!("{text:?} is not a size; try 64MiB or 1GiB"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size; try 64MiB or 1GiB"))?;
     let multiplier: u64 = match unit.trim() {
         "" | "B" | "b" => 1,
         "k" | "K" | "KiB" | "kiB" => 1 << 10,
@@ -131,7 +140,11 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
         "TB" => 1_000_000_000_000,
-        other => return Err(format!("unknown size unit {other:?} in {text:?}; use KiB, MiB, GiB (or k, M, G)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} in {text:?}; use KiB, MiB, GiB (or k, M, G)"
+            ))
+        }
     };
     let bytes = number * multiplier as f64;
     if !bytes.is_finite() || bytes >= u64::MAX as f64 {
@@ -142,12 +155,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration such as `30s`, `10m`, `1h 30m` or `250ms`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim()).map_err(|e| format!("{text:?} is not a duration ({e}); try 30s, 10m or 1h"))
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration ({e}); try 30s, 10m or 1h"))
 }
 
 fn parse_listen(text: &str) -> Result<String, String> {
     let text = text.trim();
-    let addr = if text.parse::<u16>().is_ok() { format!("127.0.0.1:{text}") } else { text.to_owned() };
+    let addr = if text.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{text}")
+    } else {
+        text.to_owned()
+    };
     addr.parse::<std::net::SocketAddr>()
         .map(|a| a.to_string())
         .map_err(|_| format!("{text:?} is not a listen address; give a port (9464) or ADDR:PORT (127.0.0.1:9464)"))
@@ -156,14 +174,18 @@ fn parse_listen(text: &str) -> Result<String, String> {
 fn parse_mode(text: &str) -> Result<u16, String> {
     match u16::from_str_radix(text.trim().trim_start_matches("0o"), 8) {
         Ok(mode) if mode <= 0o777 => Ok(mode),
-        _ => Err(format!("{text:?} is not a file mode; give octal permission bits such as 0440")),
+        _ => Err(format!(
+            "{text:?} is not a file mode; give octal permission bits such as 0440"
+        )),
     }
 }
 
 fn parse_rate(text: &str) -> Result<f64, String> {
     match text.trim().parse::<f64>() {
         Ok(rate) if rate.is_finite() && rate > 0.0 && rate <= 10_000.0 => Ok(rate),
-        _ => Err(format!("{text:?} is not a request rate; give requests per second, e.g. 5 or 50")),
+        _ => Err(format!(
+            "{text:?} is not a request rate; give requests per second, e.g. 5 or 50"
+        )),
     }
 }
 
@@ -176,7 +198,11 @@ fn parse_positive_duration(text: &str) -> Result<Duration, String> {
 
 /// Where the faces come from.
 pub enum Source {
-    Api { base_url: reqwest::Url, app_id: String, app_secret: Secret },
+    Api {
+        base_url: reqwest::Url,
+        app_id: String,
+        app_secret: Secret,
+    },
     Demo,
 }
 
@@ -221,7 +247,11 @@ impl Cli {
                 .filter(|id| !id.trim().is_empty())
                 .ok_or("no app id: pass --app-id or set FEISHU_APP_ID (or try --demo)")?;
             let app_secret = read_secret(self.app_secret_file.as_deref())?;
-            Source::Api { base_url, app_id: app_id.trim().to_owned(), app_secret }
+            Source::Api {
+                base_url,
+                app_id: app_id.trim().to_owned(),
+                app_secret,
+            }
         };
         Ok(Settings {
             mountpoint,
@@ -256,8 +286,11 @@ fn read_secret(file: Option<&std::path::Path>) -> Result<Secret, String> {
             warn_if_shared(path);
             text
         }
-        None => std::env::var(SECRET_ENV)
-            .map_err(|_| format!("no app secret: pass --app-secret-file PATH or set {SECRET_ENV} (or try --demo)"))?,
+        None => std::env::var(SECRET_ENV).map_err(|_| {
+            format!(
+                "no app secret: pass --app-secret-file PATH or set {SECRET_ENV} (or try --demo)"
+            )
+        })?,
     };
     let secret = text.trim();
     if secret.is_empty() {
@@ -270,7 +303,10 @@ fn warn_if_shared(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
-            log::warn!("{} is readable by other users; `chmod 600 {0}` keeps the app secret private", path.display());
+            log::warn!(
+                "{} is readable by other users; `chmod 600 {0}` keeps the app secret private",
+                path.display()
+            );
         }
     }
 }
@@ -307,18 +343,42 @@ mod tests {
 
     #[test]
     fn the_command_line_contract() {
-        let cli = Cli::try_parse_from(["facefs", "/mnt", "--cache-size", "1GiB", "--ttl", "5m", "-f"]).unwrap();
-        assert_eq!((cli.cache_size, cli.ttl, cli.foreground), (1 << 30, Duration::from_secs(300), true));
+        let cli = Cli::try_parse_from([
+            "facefs",
+            "/mnt",
+            "--cache-size",
+            "1GiB",
+            "--ttl",
+            "5m",
+            "-f",
+        ])
+        .unwrap();
+        assert_eq!(
+            (cli.cache_size, cli.ttl, cli.foreground),
+            (1 << 30, Duration::from_secs(300), true)
+        );
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--cache-size", "lots"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "0"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "fast"]).is_err());
-        assert_eq!(Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "2.5"]).unwrap().rate_limit, 2.5);
+        assert_eq!(
+            Cli::try_parse_from(["facefs", "/mnt", "--rate-limit", "2.5"])
+                .unwrap()
+                .rate_limit,
+            2.5
+        );
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--demo", "--app-id", "cli_x"]).is_err());
-        assert!(Cli::try_parse_from(["facefs", "/mnt", "--app-secret", "x"]).is_err(), "no secret flag exists");
-        assert_eq!(Cli::try_parse_from(["facefs", "/mnt", "--file-mode", "0440"]).unwrap().file_mode, 0o440);
+        assert!(
+            Cli::try_parse_from(["facefs", "/mnt", "--app-secret", "x"]).is_err(),
+            "no secret flag exists"
+        );
+        assert_eq!(
+            Cli::try_parse_from(["facefs", "/mnt", "--file-mode", "0440"])
+                .unwrap()
+                .file_mode,
+            0o440
+        );
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--file-mode", "0999"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--dir-mode", "4755"]).is_err());
         assert!(Cli::try_parse_from(["facefs", "/mnt", "--allow-other", "--allow-root"]).is_err());
-
     }
 }

@@ -17,11 +17,11 @@ use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
 use crate::cli::{Access, Settings, Source};
-use crate::mountpoint;
-use crate::notify::notify;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::fs::{FaceFs, FsConfig, ROOT_INO};
 use crate::fuse::FuseAdapter;
+use crate::mountpoint;
+use crate::notify::notify;
 use crate::secret::Secret;
 
 /// How long the new mount has to answer its first `stat`.
@@ -95,7 +95,10 @@ pub fn run(settings: Settings) -> i32 {
     match incoming.recv() {
         Ok(Event::Ended(result)) => ended(result),
         Ok(Event::Signal(signal)) => {
-            log::info!("signal {signal}: unmounting {}", settings.mountpoint.display());
+            log::info!(
+                "signal {signal}: unmounting {}",
+                settings.mountpoint.display()
+            );
             notify("STOPPING=1");
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount failed ({e}); detaching the mount instead, open files keep working until closed");
@@ -108,7 +111,9 @@ pub fn run(settings: Settings) -> i32 {
                     Ok(Event::Ended(result)) => return ended(result),
                     Ok(Event::Signal(_)) => continue,
                     Err(_) => {
-                        log::warn!("the kernel did not end the session within {UNMOUNT_GRACE:?}; exiting");
+                        log::warn!(
+                            "the kernel did not end the session within {UNMOUNT_GRACE:?}; exiting"
+                        );
                         return 0;
                     }
                 }
@@ -133,24 +138,51 @@ fn ended(result: std::io::Result<()>) -> i32 {
 
 /// Builds the client, checks the credentials, mounts, and waits until the
 /// mount answers. Returns what unmounts it, and the servers to keep alive.
-fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUnmounter, Servers), String> {
+fn mount(
+    settings: &Settings,
+    events: Sender<Event>,
+) -> Result<(fuser::SessionUnmounter, Servers), String> {
     let (base_url, app_id, app_secret, emulator) = match &settings.source {
-        Source::Api { base_url, app_id, app_secret } => (base_url.clone(), app_id.clone(), app_secret.clone(), None),
+        Source::Api {
+            base_url,
+            app_id,
+            app_secret,
+        } => (base_url.clone(), app_id.clone(), app_secret.clone(), None),
         Source::Demo => {
-            let emulator = Emulator::start(EmulatorConfig::default()).map_err(|e| format!("cannot start the demo emulator: {e}"))?;
+            let emulator = Emulator::start(EmulatorConfig::default())
+                .map_err(|e| format!("cannot start the demo emulator: {e}"))?;
             let config = emulator.config();
             let url = reqwest::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?;
-            (url, config.app_id.clone(), Secret::new(config.app_secret.clone()), Some(emulator))
+            (
+                url,
+                config.app_id.clone(),
+                Secret::new(config.app_secret.clone()),
+                Some(emulator),
+            )
         }
     };
-    let http = HttpApi::new(HttpConfig { base_url, app_id, app_secret, request_timeout: settings.request_timeout })?;
-    http.check_credentials().map_err(|e| format!("cannot get a tenant access token: {e}"))?;
-    let policy = RetryPolicy { budget: settings.retry_budget, ..RetryPolicy::default() };
+    let http = HttpApi::new(HttpConfig {
+        base_url,
+        app_id,
+        app_secret,
+        request_timeout: settings.request_timeout,
+    })?;
+    http.check_credentials()
+        .map_err(|e| format!("cannot get a tenant access token: {e}"))?;
+    let policy = RetryPolicy {
+        budget: settings.retry_budget,
+        ..RetryPolicy::default()
+    };
     let limiter = Arc::new(RateLimiter::new(settings.rate_limit));
     let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter));
 
     // SAFETY: getuid and getgid cannot fail.
-    let (uid, gid) = unsafe { (settings.uid.unwrap_or(libc::getuid()), settings.gid.unwrap_or(libc::getgid())) };
+    let (uid, gid) = unsafe {
+        (
+            settings.uid.unwrap_or(libc::getuid()),
+            settings.gid.unwrap_or(libc::getgid()),
+        )
+    };
     let core = FaceFs::new(
         api,
         FsConfig {
@@ -175,7 +207,8 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
         }
         None => None,
     };
-    let adapter = FuseAdapter::new(core, settings.max_parallel).map_err(|e| format!("cannot start workers: {e}"))?;
+    let adapter = FuseAdapter::new(core, settings.max_parallel)
+        .map_err(|e| format!("cannot start workers: {e}"))?;
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("facefs".into()),
@@ -194,7 +227,11 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
     };
     config.n_threads = Some(2);
     let mut session = fuser::Session::new(adapter, &settings.mountpoint, &config).map_err(|e| {
-        format!("cannot mount at {}: {e}{}", settings.mountpoint.display(), mount_hint(&e))
+        format!(
+            "cannot mount at {}: {e}{}",
+            settings.mountpoint.display(),
+            mount_hint(&e)
+        )
     })?;
     let mut unmounter = session.unmount_callable();
     std::thread::Builder::new()
@@ -209,7 +246,13 @@ fn mount(settings: &Settings, events: Sender<Event>) -> Result<(fuser::SessionUn
         }
         return Err(message);
     }
-    Ok((unmounter, Servers { _emulator: emulator, _metrics: metrics }))
+    Ok((
+        unmounter,
+        Servers {
+            _emulator: emulator,
+            _metrics: metrics,
+        },
+    ))
 }
 
 /// Servers that live as long as the mount.
@@ -220,7 +263,9 @@ struct Servers {
 
 fn mount_hint(e: &std::io::Error) -> &'static str {
     match e.kind() {
-        std::io::ErrorKind::NotFound => " (is the fuse3 package installed? it provides fusermount3)",
+        std::io::ErrorKind::NotFound => {
+            " (is the fuse3 package installed? it provides fusermount3)"
+        }
         std::io::ErrorKind::PermissionDenied => {
             " (non-root mounts need fusermount3 from the fuse3 package and /dev/fuse access; \
              non-root --allow-other/--allow-root need `user_allow_other` in /etc/fuse.conf)"
@@ -238,9 +283,18 @@ fn wait_until_answering(mountpoint: &Path) -> Result<(), String> {
     });
     match rx.recv_timeout(READY_TIMEOUT) {
         Ok(Ok(meta)) if meta.ino() == ROOT_INO => Ok(()),
-        Ok(Ok(_)) => Err(format!("{} does not show the new mount", mountpoint.display())),
-        Ok(Err(e)) => Err(format!("the new mount at {} does not answer: {e}", mountpoint.display())),
-        Err(_) => Err(format!("the new mount at {} did not answer within {READY_TIMEOUT:?}", mountpoint.display())),
+        Ok(Ok(_)) => Err(format!(
+            "{} does not show the new mount",
+            mountpoint.display()
+        )),
+        Ok(Err(e)) => Err(format!(
+            "the new mount at {} does not answer: {e}",
+            mountpoint.display()
+        )),
+        Err(_) => Err(format!(
+            "the new mount at {} did not answer within {READY_TIMEOUT:?}",
+            mountpoint.display()
+        )),
     }
 }
 
@@ -253,7 +307,8 @@ fn detach() -> Result<Readiness, String> {
         return Err(format!("pipe: {}", std::io::Error::last_os_error()));
     }
     // SAFETY: both descriptors were just created and are owned here alone.
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read_end, write_end) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // SAFETY: no other thread exists yet, so the child inherits a consistent process.
     match unsafe { libc::fork() } {
         -1 => Err(format!("fork: {}", std::io::Error::last_os_error())),
@@ -274,7 +329,10 @@ fn detach() -> Result<Readiness, String> {
                     1
                 }
                 message => {
-                    eprintln!("facefs: {}", message.strip_prefix("error: ").unwrap_or(message));
+                    eprintln!(
+                        "facefs: {}",
+                        message.strip_prefix("error: ").unwrap_or(message)
+                    );
                     1
                 }
             };
@@ -285,7 +343,11 @@ fn detach() -> Result<Readiness, String> {
 
 /// Points stdin, stdout and stderr at /dev/null once the parent has gone.
 fn detach_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         use std::os::fd::AsRawFd;
         for fd in 0..3 {
             // SAFETY: dup2 onto the standard descriptors, from a valid one.
@@ -315,7 +377,9 @@ fn wait_for_signals(set: libc::sigset_t, events: Sender<Event>) {
     loop {
         let mut signal = 0;
         // SAFETY: set holds signals blocked in every thread; signal is a valid out pointer.
-        if unsafe { libc::sigwait(&set, &mut signal) } == 0 && events.send(Event::Signal(signal)).is_err() {
+        if unsafe { libc::sigwait(&set, &mut signal) } == 0
+            && events.send(Event::Signal(signal)).is_err()
+        {
             return;
         }
     }

@@ -72,13 +72,23 @@ mod tests {
             (ApiError::FaceNotFound, libc::ENOENT),
             (ApiError::PermissionDenied(f("x")), libc::EACCES),
             (ApiError::Transient(f("x")), libc::EIO),
-            (ApiError::Throttled { retry_after: None, failure: f("x") }, libc::EIO),
+            (
+                ApiError::Throttled {
+                    retry_after: None,
+                    failure: f("x"),
+                },
+                libc::EIO,
+            ),
             (ApiError::Failed(f("x")), libc::EIO),
             (ApiError::BadCredentials(f("x")), libc::EIO),
             (ApiError::InvalidPageToken, libc::EIO),
         ];
         for (err, errno) in cases {
-            assert_eq!(FsError::from_api(&err, IdKind::UserId).errno(), errno, "{err:?}");
+            assert_eq!(
+                FsError::from_api(&err, IdKind::UserId).errno(),
+                errno,
+                "{err:?}"
+            );
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::cache::{ByteLru, NegativeCache};
 use crate::error::FsError;
 use crate::layout::{self, FaceKey, IdKind};
 use crate::metrics::METRICS;
+use crate::readahead::ReadAhead;
 use crate::single_flight::SingleFlight;
 use crate::worker_pool::WorkerPool;
 
@@ -136,7 +137,14 @@ impl InodeTable {
         let ino = FIRST_FACE_INO + self.next;
         self.next += 1;
         self.by_key.insert(key.clone(), ino);
-        self.nodes.insert(ino, FaceNode { key: key.clone(), meta: None, opened_digest: None });
+        self.nodes.insert(
+            ino,
+            FaceNode {
+                key: key.clone(),
+                meta: None,
+                opened_digest: None,
+            },
+        );
         ino
     }
 }
@@ -152,28 +160,17 @@ struct Listing {
 impl Listing {
     /// The file at `place` in directory order: each user's full face, then cropped.
     fn file_at(&self, kind: IdKind, place: usize) -> Option<FaceKey> {
-        self.ids.get(place / 2).map(|id| FaceKey::new(kind, id.as_str(), place % 2 == 1))
+        self.ids
+            .get(place / 2)
+            .map(|id| FaceKey::new(kind, id.as_str(), place % 2 == 1))
     }
 
     fn place_of(&self, key: &FaceKey) -> Option<usize> {
-        self.positions.get(&key.id).map(|i| 2 * i + usize::from(key.cropped))
+        self.positions
+            .get(&key.id)
+            .map(|i| 2 * i + usize::from(key.cropped))
     }
 }
-
-/// A directory's read-ahead: programs that stat every entry in listing order
-/// (rsync, ls -l, find, du) get the next faces downloaded in parallel, the
-/// window doubling while the walk stays sequential, as the kernel does for
-/// file reads.
-#[derive(Default)]
-struct ReadAhead {
-    last: Option<usize>,
-    /// Places up to here have been handed to the prefetchers.
-    issued_to: usize,
-    window: usize,
-}
-
-/// The first read-ahead window, once two lookups in a row followed the listing.
-const READAHEAD_START: usize = 4;
 
 /// What `open` gives the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -227,7 +224,9 @@ fn dir_kind(ino: u64) -> Option<IdKind> {
 
 /// FNV-1a: a digest that is the same in every process and on every machine.
 fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 /// The API gives faces no timestamps. A time derived from the bytes stays the
@@ -244,7 +243,10 @@ impl FaceFs {
     pub fn new(api: Arc<dyn FaceApi>, config: FsConfig) -> Arc<FaceFs> {
         let prefetchers = (config.readahead > 0)
             .then(|| WorkerPool::new("facefs-prefetch", config.prefetch_threads))
-            .and_then(|pool| pool.map_err(|e| log::warn!("read-ahead is off: cannot start its threads: {e}")).ok());
+            .and_then(|pool| {
+                pool.map_err(|e| log::warn!("read-ahead is off: cannot start its threads: {e}"))
+                    .ok()
+            });
         Arc::new_cyclic(|me| FaceFs {
             me: me.clone(),
             api,
@@ -284,7 +286,11 @@ impl FaceFs {
             size: 0,
             mtime: self.mounted_at,
             perm: self.config.dir_mode,
-            nlink: if ino == ROOT_INO { 2 + IdKind::ALL.len() as u32 } else { 2 },
+            nlink: if ino == ROOT_INO {
+                2 + IdKind::ALL.len() as u32
+            } else {
+                2
+            },
             uid: self.config.uid,
             gid: self.config.gid,
             valid_for: self.config.ttl,
@@ -312,7 +318,9 @@ impl FaceFs {
         }
         let kind = match dir_kind(parent) {
             Some(kind) => kind,
-            None if lock(&self.inodes).nodes.contains_key(&parent) => return Err(FsError::NotADirectory),
+            None if lock(&self.inodes).nodes.contains_key(&parent) => {
+                return Err(FsError::NotADirectory)
+            }
             None => return Err(FsError::NotFound),
         };
         let (id, cropped) = layout::parse_face_name(name).ok_or(FsError::NotFound)?;
@@ -322,45 +330,32 @@ impl FaceFs {
     }
 
     /// Notes a lookup of `key`; if the lookups are walking the listing in
-    /// order, starts downloading the faces that come next.
+    /// order, starts downloading the faces that come next (see [`ReadAhead`]).
     fn read_ahead_after(&self, key: &FaceKey) {
-        let Some(prefetchers) = &self.prefetchers else { return };
-        let Some(listing) = lock(&self.listings).get(&key.kind).cloned() else { return };
-        let Some(place) = listing.place_of(key) else { return };
-        let (from, to) = {
-            let mut states = lock(&self.readahead);
-            let state = states.entry(key.kind).or_default();
-            match state.last {
-                // The adapter may ask twice for one lookup: count it once.
-                Some(last) if last == place => return,
-                // Sequential: the next file, or the one after (a skipped variant).
-                Some(last) if place > last && place - last <= 2 => {}
-                other => {
-                    log::trace!("read-ahead of {} restarts at {place} (last lookup at {other:?})", key.kind);
-                    *state = ReadAhead { last: Some(place), issued_to: place, window: 0 };
-                    return;
-                }
-            }
-            state.last = Some(place);
-            // Like the kernel's file read-ahead: when the walk enters the last
-            // batch issued, issue the next one, twice as large, up to the cap.
-            let end = listing.ids.len() * 2 - 1;
-            state.issued_to = state.issued_to.max(place);
-            if state.window == 0 {
-                state.window = READAHEAD_START.min(self.config.readahead);
-            } else if place + state.window > state.issued_to {
-                state.window = (state.window * 2).min(self.config.readahead);
-            } else {
-                return;
-            }
-            let from = state.issued_to + 1;
-            let to = (state.issued_to + state.window).min(end);
-            state.issued_to = to.max(state.issued_to);
-            (from, to)
+        let Some(prefetchers) = &self.prefetchers else {
+            return;
         };
-        for next in from..=to {
-            let Some(next_key) = listing.file_at(key.kind, next) else { break };
-            if self.absent.contains(&next_key) || self.faces.get(&next_key).is_some_and(|f| self.fresh(f.fetched_at)) {
+        let Some(listing) = lock(&self.listings).get(&key.kind).cloned() else {
+            return;
+        };
+        let Some(place) = listing.place_of(key) else {
+            return;
+        };
+        let places = lock(&self.readahead)
+            .entry(key.kind)
+            .or_default()
+            .on_lookup(place, listing.ids.len() * 2, self.config.readahead);
+        let Some(places) = places else { return };
+        for next in places {
+            let Some(next_key) = listing.file_at(key.kind, next) else {
+                break;
+            };
+            if self.absent.contains(&next_key)
+                || self
+                    .faces
+                    .get(&next_key)
+                    .is_some_and(|f| self.fresh(f.fetched_at))
+            {
                 continue;
             }
             let me = self.me.clone();
@@ -377,7 +372,11 @@ impl FaceFs {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Ok(self.dir_attr(ino));
         }
-        let key = lock(&self.inodes).nodes.get(&ino).map(|n| n.key.clone()).ok_or(FsError::NotFound)?;
+        let key = lock(&self.inodes)
+            .nodes
+            .get(&ino)
+            .map(|n| n.key.clone())
+            .ok_or(FsError::NotFound)?;
         self.stat_face(&key, fetch)
     }
 
@@ -396,7 +395,14 @@ impl FaceFs {
         }
         let face = self.load_face(key, fetch)?;
         let ino = lock(&self.inodes).ino_for(key);
-        Ok(self.face_attr(ino, FaceMeta { size: face.bytes.len() as u64, digest: face.digest, fetched_at: face.fetched_at }))
+        Ok(self.face_attr(
+            ino,
+            FaceMeta {
+                size: face.bytes.len() as u64,
+                digest: face.digest,
+                fetched_at: face.fetched_at,
+            },
+        ))
     }
 
     /// A face's bytes, from the cache while fresh, else downloaded once for
@@ -428,8 +434,16 @@ impl FaceFs {
             Ok(mut bytes) => {
                 // The cache weighs faces by length: hold no more than that.
                 bytes.shrink_to_fit();
-                let face = Arc::new(Face { digest: digest(&bytes), bytes, fetched_at: Instant::now() });
-                let meta = FaceMeta { size: face.bytes.len() as u64, digest: face.digest, fetched_at: face.fetched_at };
+                let face = Arc::new(Face {
+                    digest: digest(&bytes),
+                    bytes,
+                    fetched_at: Instant::now(),
+                });
+                let meta = FaceMeta {
+                    size: face.bytes.len() as u64,
+                    digest: face.digest,
+                    fetched_at: face.fetched_at,
+                };
                 {
                     let mut inodes = lock(&self.inodes);
                     let ino = inodes.ino_for(key);
@@ -468,7 +482,11 @@ impl FaceFs {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Err(FsError::IsADirectory);
         }
-        let key = lock(&self.inodes).nodes.get(&ino).map(|n| n.key.clone()).ok_or(FsError::NotFound)?;
+        let key = lock(&self.inodes)
+            .nodes
+            .get(&ino)
+            .map(|n| n.key.clone())
+            .ok_or(FsError::NotFound)?;
         if write {
             return Err(FsError::ReadOnly);
         }
@@ -484,7 +502,10 @@ impl FaceFs {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadSlice, FsError> {
-        let face = lock(&self.open_files).get(&fh).cloned().ok_or(FsError::BadHandle)?;
+        let face = lock(&self.open_files)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
         let len = face.bytes.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
@@ -497,7 +518,11 @@ impl FaceFs {
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         if ino != ROOT_INO && dir_kind(ino).is_none() {
-            return Err(if lock(&self.inodes).nodes.contains_key(&ino) { FsError::NotADirectory } else { FsError::NotFound });
+            return Err(if lock(&self.inodes).nodes.contains_key(&ino) {
+                FsError::NotADirectory
+            } else {
+                FsError::NotFound
+            });
         }
         let fh = self.handle();
         lock(&self.open_dirs).insert(fh, None);
@@ -508,8 +533,17 @@ impl FaceFs {
     /// after it. The first call of a handle takes a snapshot of the listing
     /// that later calls page through, so one `ls` sees one consistent listing;
     /// a listing that cannot be had whole fails instead of showing part.
-    pub fn readdir(&self, ino: u64, fh: u64, offset: u64, fetch: Fetch) -> Result<Vec<(u64, DirEntry)>, FsError> {
-        let snapshot = lock(&self.open_dirs).get(&fh).cloned().ok_or(FsError::BadHandle)?;
+    pub fn readdir(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        fetch: Fetch,
+    ) -> Result<Vec<(u64, DirEntry)>, FsError> {
+        let snapshot = lock(&self.open_dirs)
+            .get(&fh)
+            .cloned()
+            .ok_or(FsError::BadHandle)?;
         let entries = match snapshot {
             Some(entries) if offset > 0 => entries,
             _ => {
@@ -521,7 +555,12 @@ impl FaceFs {
             }
         };
         let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        Ok(entries.iter().enumerate().skip(skip).map(|(i, e)| (i as u64 + 1, e.clone())).collect())
+        Ok(entries
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .map(|(i, e)| (i as u64 + 1, e.clone()))
+            .collect())
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -529,7 +568,11 @@ impl FaceFs {
     }
 
     fn dir_entries(&self, ino: u64, fetch: Fetch) -> Result<Vec<DirEntry>, FsError> {
-        let dot = |name: &str, ino| DirEntry { ino, kind: NodeKind::Directory, name: name.to_owned() };
+        let dot = |name: &str, ino| DirEntry {
+            ino,
+            kind: NodeKind::Directory,
+            name: name.to_owned(),
+        };
         let mut entries = vec![dot(".", ino), dot("..", ROOT_INO)];
         if ino == ROOT_INO {
             entries.extend(IdKind::ALL.map(|k| dot(k.as_str(), dir_ino(k))));
@@ -541,14 +584,23 @@ impl FaceFs {
         for id in &listing.ids {
             for cropped in [false, true] {
                 let key = FaceKey::new(kind, id.as_str(), cropped);
-                entries.push(DirEntry { ino: inodes.ino_for(&key), kind: NodeKind::File, name: key.file_name() });
+                entries.push(DirEntry {
+                    ino: inodes.ino_for(&key),
+                    kind: NodeKind::File,
+                    name: key.file_name(),
+                });
             }
         }
         Ok(entries)
     }
 
     fn listing(&self, kind: IdKind, fetch: Fetch) -> Result<Arc<Listing>, FsError> {
-        let cached = || lock(&self.listings).get(&kind).filter(|l| self.fresh(l.fetched_at)).cloned();
+        let cached = || {
+            lock(&self.listings)
+                .get(&kind)
+                .filter(|l| self.fresh(l.fetched_at))
+                .cloned()
+        };
         if let Some(listing) = cached() {
             return Ok(listing);
         }
@@ -602,8 +654,16 @@ impl FaceFs {
             if skipped > 0 {
                 log::warn!("{skipped} {kind} ids cannot be file names (they hold '/', are '.' or '..', end in '.cropped' or are too long) and are not listed");
             }
-            let positions = ids.iter().enumerate().map(|(i, id)| (id.clone(), i)).collect();
-            return Ok(Listing { ids, positions, fetched_at: Instant::now() });
+            let positions = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i))
+                .collect();
+            return Ok(Listing {
+                ids,
+                positions,
+                fetched_at: Instant::now(),
+            });
         }
     }
 }
@@ -615,8 +675,16 @@ mod tests {
 
     fn tenant() -> Arc<MemoryApi> {
         let api = MemoryApi::new();
-        api.add_user(&["ou_a", "on_a", "emp a"], Some(vec![1; 100]), Some(vec![2; 40]));
-        api.add_user(&["ou_b", "on_b", "100%"], Some(vec![3; 60]), Some(vec![4; 30]));
+        api.add_user(
+            &["ou_a", "on_a", "emp a"],
+            Some(vec![1; 100]),
+            Some(vec![2; 40]),
+        );
+        api.add_user(
+            &["ou_b", "on_b", "100%"],
+            Some(vec![3; 60]),
+            Some(vec![4; 30]),
+        );
         api.add_user(&["ou_c", "on_c", "c"], None, None);
         Arc::new(api)
     }
@@ -627,7 +695,13 @@ mod tests {
 
     /// Without read-ahead, so request counts are the reader's own.
     fn fs(api: &Arc<MemoryApi>) -> Arc<FaceFs> {
-        fs_with(api, FsConfig { readahead: 0, ..FsConfig::default() })
+        fs_with(
+            api,
+            FsConfig {
+                readahead: 0,
+                ..FsConfig::default()
+            },
+        )
     }
 
     fn name(s: &str) -> &OsStr {
@@ -636,7 +710,10 @@ mod tests {
 
     /// An answer without its time to live, which moves on its own.
     fn stable(attr: Attr) -> Attr {
-        Attr { valid_for: Duration::ZERO, ..attr }
+        Attr {
+            valid_for: Duration::ZERO,
+            ..attr
+        }
     }
 
     fn read_all(fs: &FaceFs, ino: u64) -> Vec<u8> {
@@ -657,11 +734,22 @@ mod tests {
     fn root_holds_the_three_directories() {
         let api = tenant();
         let fs = fs(&api);
-        assert_eq!(names(&fs, ROOT_INO), [".", "..", "open_id", "union_id", "user_id"]);
+        assert_eq!(
+            names(&fs, ROOT_INO),
+            [".", "..", "open_id", "union_id", "user_id"]
+        );
         for kind in IdKind::ALL {
-            assert_eq!(fs.lookup(ROOT_INO, name(kind.as_str()), Fetch::Never).unwrap().kind, NodeKind::Directory);
+            assert_eq!(
+                fs.lookup(ROOT_INO, name(kind.as_str()), Fetch::Never)
+                    .unwrap()
+                    .kind,
+                NodeKind::Directory
+            );
         }
-        assert_eq!(fs.lookup(ROOT_INO, name("faces"), Fetch::Allowed), Err(FsError::NotFound));
+        assert_eq!(
+            fs.lookup(ROOT_INO, name("faces"), Fetch::Allowed),
+            Err(FsError::NotFound)
+        );
         assert_eq!(api.face_requests() + api.list_requests(), 0);
     }
 
@@ -669,8 +757,21 @@ mod tests {
     fn listing_shows_both_files_of_users_with_faces_and_downloads_nothing() {
         let api = tenant();
         let fs = fs(&api);
-        let user_dir = fs.lookup(ROOT_INO, name("user_id"), Fetch::Never).unwrap().ino;
-        assert_eq!(names(&fs, user_dir), [".", "..", "emp a.jpg", "emp a.cropped.jpg", "100%.jpg", "100%.cropped.jpg"]);
+        let user_dir = fs
+            .lookup(ROOT_INO, name("user_id"), Fetch::Never)
+            .unwrap()
+            .ino;
+        assert_eq!(
+            names(&fs, user_dir),
+            [
+                ".",
+                "..",
+                "emp a.jpg",
+                "emp a.cropped.jpg",
+                "100%.jpg",
+                "100%.cropped.jpg"
+            ]
+        );
         assert_eq!(api.face_requests(), 0);
         assert_eq!(api.list_requests(), 2, "two pages of two users");
         names(&fs, user_dir);
@@ -683,20 +784,29 @@ mod tests {
         let fs = fs(&api);
         let dir = dir_ino(IdKind::OpenId);
         let full = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        let cropped = fs.lookup(dir, name("ou_a.cropped.jpg"), Fetch::Allowed).unwrap();
+        let cropped = fs
+            .lookup(dir, name("ou_a.cropped.jpg"), Fetch::Allowed)
+            .unwrap();
         assert_eq!((full.size, cropped.size), (100, 40));
         assert_eq!(full.perm, 0o400);
         assert_eq!(read_all(&fs, full.ino), vec![1; 100]);
         assert_eq!(read_all(&fs, cropped.ino), vec![2; 40]);
         assert_eq!(api.face_requests(), 2, "stat fetched; reads used the cache");
-        assert_eq!(stable(fs.getattr(full.ino, Fetch::Never).unwrap()), stable(full), "same inode and mtime");
+        assert_eq!(
+            stable(fs.getattr(full.ino, Fetch::Never).unwrap()),
+            stable(full),
+            "same inode and mtime"
+        );
     }
 
     #[test]
     fn reads_at_offsets_and_past_the_end() {
         let api = tenant();
         let fs = fs(&api);
-        let ino = fs.lookup(dir_ino(IdKind::UnionId), name("on_b.jpg"), Fetch::Allowed).unwrap().ino;
+        let ino = fs
+            .lookup(dir_ino(IdKind::UnionId), name("on_b.jpg"), Fetch::Allowed)
+            .unwrap()
+            .ino;
         let fh = fs.open(ino, false, Fetch::Allowed).unwrap().fh;
         assert_eq!(fs.read(fh, 50, 100).unwrap().bytes().len(), 10);
         assert!(fs.read(fh, 60, 10).unwrap().bytes().is_empty());
@@ -710,22 +820,45 @@ mod tests {
         let api = tenant();
         let fs = fs(&api);
         let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Allowed), Err(FsError::NotFound));
-        assert_eq!(fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed), Err(FsError::NotFound));
+        assert_eq!(
+            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Allowed),
+            Err(FsError::NotFound)
+        );
+        assert_eq!(
+            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed),
+            Err(FsError::NotFound)
+        );
         assert_eq!(api.face_requests(), 2);
-        assert_eq!(fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Never), Err(FsError::NotFound));
+        assert_eq!(
+            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Never),
+            Err(FsError::NotFound)
+        );
         assert_eq!(api.face_requests(), 2, "negative answers are remembered");
     }
 
     #[test]
     fn negative_ttl_expires() {
         let api = tenant();
-        let fs = fs_with(&api, FsConfig { negative_ttl: Duration::from_millis(30), ..FsConfig::default() });
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                negative_ttl: Duration::from_millis(30),
+                ..FsConfig::default()
+            },
+        );
         let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed), Err(FsError::NotFound));
+        assert_eq!(
+            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed),
+            Err(FsError::NotFound)
+        );
         api.set_faces("ou_c", Some(vec![9; 10]), Some(vec![8; 5]));
         std::thread::sleep(Duration::from_millis(40));
-        assert_eq!(fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed).unwrap().size, 10);
+        assert_eq!(
+            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed)
+                .unwrap()
+                .size,
+            10
+        );
     }
 
     #[test]
@@ -733,7 +866,10 @@ mod tests {
         let api = tenant();
         let fs = fs(&api);
         for bad in ["x.png", "abc", ".jpg", "ou_a.jpeg"] {
-            assert_eq!(fs.lookup(dir_ino(IdKind::OpenId), name(bad), Fetch::Allowed), Err(FsError::NotFound));
+            assert_eq!(
+                fs.lookup(dir_ino(IdKind::OpenId), name(bad), Fetch::Allowed),
+                Err(FsError::NotFound)
+            );
         }
         assert_eq!(api.face_requests(), 0);
     }
@@ -744,8 +880,16 @@ mod tests {
         let fs = fs(&api);
         api.push_faults([Fault::Transient]);
         let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed), Err(FsError::Io));
-        assert_eq!(fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap().size, 100);
+        assert_eq!(
+            fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed),
+            Err(FsError::Io)
+        );
+        assert_eq!(
+            fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed)
+                .unwrap()
+                .size,
+            100
+        );
     }
 
     #[test]
@@ -753,7 +897,10 @@ mod tests {
         let api = tenant();
         let fs = fs(&api);
         api.push_faults([Fault::PermissionDenied]);
-        assert_eq!(fs.lookup(dir_ino(IdKind::UserId), name("c.jpg"), Fetch::Allowed), Err(FsError::PermissionDenied));
+        assert_eq!(
+            fs.lookup(dir_ino(IdKind::UserId), name("c.jpg"), Fetch::Allowed),
+            Err(FsError::PermissionDenied)
+        );
     }
 
     #[test]
@@ -764,7 +911,10 @@ mod tests {
         // The first page succeeds, the second fails.
         let fh = fs.opendir(dir).unwrap();
         api.push_faults([Fault::Pass, Fault::Transient]);
-        assert_eq!(fs.readdir(dir, fh, 0, Fetch::Allowed).err(), Some(FsError::Io));
+        assert_eq!(
+            fs.readdir(dir, fh, 0, Fetch::Allowed).err(),
+            Some(FsError::Io)
+        );
     }
 
     #[test]
@@ -779,14 +929,23 @@ mod tests {
     #[test]
     fn cache_evicts_by_bytes_and_refetches() {
         let api = tenant();
-        let fs = fs_with(&api, FsConfig { cache_bytes: 150, ..FsConfig::default() });
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                cache_bytes: 150,
+                ..FsConfig::default()
+            },
+        );
         let dir = dir_ino(IdKind::OpenId);
         let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
         fs.lookup(dir, name("ou_b.jpg"), Fetch::Allowed).unwrap();
         assert_eq!(fs.cache_usage().0, 60, "100 + 60 > 150: ou_a was evicted");
         // stat still answers from what is known, the bytes are downloaded again.
         assert_eq!(fs.getattr(a.ino, Fetch::Never).unwrap().size, 100);
-        assert_eq!(fs.open(a.ino, false, Fetch::Never), Err(FsError::WouldBlock));
+        assert_eq!(
+            fs.open(a.ino, false, Fetch::Never),
+            Err(FsError::WouldBlock)
+        );
         assert_eq!(read_all(&fs, a.ino), vec![1; 100]);
         assert_eq!(api.face_requests(), 3);
         assert!(fs.cache_usage().0 <= 150);
@@ -795,13 +954,23 @@ mod tests {
     #[test]
     fn ttl_expiry_refetches_and_mtime_follows_the_bytes() {
         let api = tenant();
-        let fs = fs_with(&api, FsConfig { ttl: Duration::from_millis(30), ..FsConfig::default() });
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                ttl: Duration::from_millis(30),
+                ..FsConfig::default()
+            },
+        );
         let dir = dir_ino(IdKind::OpenId);
         let before = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
         std::thread::sleep(Duration::from_millis(40));
         let same = fs.getattr(before.ino, Fetch::Allowed).unwrap();
         assert_eq!(api.face_requests(), 2);
-        assert_eq!(stable(same), stable(before.clone()), "same bytes: same inode, size and mtime");
+        assert_eq!(
+            stable(same),
+            stable(before.clone()),
+            "same bytes: same inode, size and mtime"
+        );
         api.set_faces("ou_a", Some(vec![7; 120]), Some(vec![2; 40]));
         std::thread::sleep(Duration::from_millis(40));
         let after = fs.getattr(before.ino, Fetch::Allowed).unwrap();
@@ -812,8 +981,12 @@ mod tests {
     #[test]
     fn mtime_is_the_same_in_every_mount() {
         let api = tenant();
-        let one = fs(&api).lookup(dir_ino(IdKind::OpenId), name("ou_b.jpg"), Fetch::Allowed).unwrap();
-        let two = fs(&api).lookup(dir_ino(IdKind::OpenId), name("ou_b.jpg"), Fetch::Allowed).unwrap();
+        let one = fs(&api)
+            .lookup(dir_ino(IdKind::OpenId), name("ou_b.jpg"), Fetch::Allowed)
+            .unwrap();
+        let two = fs(&api)
+            .lookup(dir_ino(IdKind::OpenId), name("ou_b.jpg"), Fetch::Allowed)
+            .unwrap();
         assert_eq!(one.mtime, two.mtime);
     }
 
@@ -821,11 +994,20 @@ mod tests {
     fn writes_and_directory_misuse() {
         let api = tenant();
         let fs = fs(&api);
-        let ino = fs.lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed).unwrap().ino;
+        let ino = fs
+            .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
+            .unwrap()
+            .ino;
         assert_eq!(fs.open(ino, true, Fetch::Allowed), Err(FsError::ReadOnly));
-        assert_eq!(fs.open(ROOT_INO, false, Fetch::Allowed), Err(FsError::IsADirectory));
+        assert_eq!(
+            fs.open(ROOT_INO, false, Fetch::Allowed),
+            Err(FsError::IsADirectory)
+        );
         assert_eq!(fs.opendir(ino), Err(FsError::NotADirectory));
-        assert_eq!(fs.lookup(ino, name("x.jpg"), Fetch::Allowed), Err(FsError::NotADirectory));
+        assert_eq!(
+            fs.lookup(ino, name("x.jpg"), Fetch::Allowed),
+            Err(FsError::NotADirectory)
+        );
         assert_eq!(fs.getattr(999_999, Fetch::Allowed), Err(FsError::NotFound));
     }
 
@@ -834,17 +1016,31 @@ mod tests {
         let api = tenant();
         let fs = fs(&api);
         let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(fs.lookup(dir, name("ou_a.jpg"), Fetch::Never), Err(FsError::WouldBlock));
+        assert_eq!(
+            fs.lookup(dir, name("ou_a.jpg"), Fetch::Never),
+            Err(FsError::WouldBlock)
+        );
         let fh = fs.opendir(dir).unwrap();
-        assert_eq!(fs.readdir(dir, fh, 0, Fetch::Never).err(), Some(FsError::WouldBlock));
+        assert_eq!(
+            fs.readdir(dir, fh, 0, Fetch::Never).err(),
+            Some(FsError::WouldBlock)
+        );
         assert_eq!(api.face_requests() + api.list_requests(), 0);
     }
 
     fn big_tenant(users: usize) -> Arc<MemoryApi> {
         let api = MemoryApi::with_page_size(50);
         for i in 0..users {
-            let ids = [format!("ou_{i:03}"), format!("on_{i:03}"), format!("u{i:03}")];
-            api.add_user(&[&ids[0], &ids[1], &ids[2]], Some(vec![i as u8; 10 + i]), Some(vec![i as u8; 5]));
+            let ids = [
+                format!("ou_{i:03}"),
+                format!("on_{i:03}"),
+                format!("u{i:03}"),
+            ];
+            api.add_user(
+                &[&ids[0], &ids[1], &ids[2]],
+                Some(vec![i as u8; 10 + i]),
+                Some(vec![i as u8; 5]),
+            );
         }
         Arc::new(api)
     }
@@ -860,7 +1056,14 @@ mod tests {
     #[test]
     fn a_sequential_walk_is_read_ahead_with_one_request_per_file() {
         let api = big_tenant(40);
-        let fs = fs_with(&api, FsConfig { readahead: 16, prefetch_threads: 4, ..FsConfig::default() });
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                readahead: 16,
+                prefetch_threads: 4,
+                ..FsConfig::default()
+            },
+        );
         let dir = dir_ino(IdKind::OpenId);
         let entries = names(&fs, dir);
         let files: Vec<&String> = entries.iter().skip(2).collect();
@@ -875,45 +1078,88 @@ mod tests {
             assert_eq!(attr.size, if i % 2 == 0 { 10 + i as u64 / 2 } else { 5 });
         }
         wait_for_requests(&api, 80);
-        assert_eq!(api.face_requests(), 80, "read-ahead and lookups shared every download");
+        assert_eq!(
+            api.face_requests(),
+            80,
+            "read-ahead and lookups shared every download"
+        );
     }
 
     #[test]
     fn read_ahead_needs_lookups_in_listing_order() {
         let api = big_tenant(40);
-        let fs = fs_with(&api, FsConfig { readahead: 16, prefetch_threads: 4, ..FsConfig::default() });
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                readahead: 16,
+                prefetch_threads: 4,
+                ..FsConfig::default()
+            },
+        );
         let dir = dir_ino(IdKind::OpenId);
         names(&fs, dir);
         assert_eq!(api.face_requests(), 0, "a plain readdir downloads nothing");
         // Random access: every fourth file, backwards.
         for i in (0..40).rev().step_by(4) {
-            fs.lookup(dir, name(&format!("ou_{i:03}.jpg")), Fetch::Allowed).unwrap();
+            fs.lookup(dir, name(&format!("ou_{i:03}.jpg")), Fetch::Allowed)
+                .unwrap();
         }
         std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(api.face_requests(), 10, "no read-ahead for a walk that is not sequential");
+        assert_eq!(
+            api.face_requests(),
+            10,
+            "no read-ahead for a walk that is not sequential"
+        );
     }
 
     #[test]
     fn the_kernel_keeps_its_page_cache_only_for_unchanged_bytes() {
         let api = tenant();
-        let fs = fs_with(&api, FsConfig { ttl: Duration::from_millis(30), readahead: 0, ..FsConfig::default() });
-        let ino = fs.lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed).unwrap().ino;
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                ttl: Duration::from_millis(30),
+                readahead: 0,
+                ..FsConfig::default()
+            },
+        );
+        let ino = fs
+            .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
+            .unwrap()
+            .ino;
         let first = fs.open(ino, false, Fetch::Allowed).unwrap();
         let second = fs.open(ino, false, Fetch::Allowed).unwrap();
         assert!(!first.keep_cache && second.keep_cache);
         std::thread::sleep(Duration::from_millis(40));
-        assert!(fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache, "refetched, same bytes");
+        assert!(
+            fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache,
+            "refetched, same bytes"
+        );
         api.set_faces("ou_a", Some(vec![5; 100]), None);
         std::thread::sleep(Duration::from_millis(40));
-        assert!(!fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache, "new bytes: drop the page cache");
+        assert!(
+            !fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache,
+            "new bytes: drop the page cache"
+        );
     }
 
     #[test]
     fn answers_carry_how_long_they_stay_true() {
         let api = tenant();
-        let fs = fs_with(&api, FsConfig { ttl: Duration::from_secs(100), readahead: 0, ..FsConfig::default() });
-        let attr = fs.lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        assert!(attr.valid_for <= Duration::from_secs(100) && attr.valid_for > Duration::from_secs(90));
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                ttl: Duration::from_secs(100),
+                readahead: 0,
+                ..FsConfig::default()
+            },
+        );
+        let attr = fs
+            .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
+            .unwrap();
+        assert!(
+            attr.valid_for <= Duration::from_secs(100) && attr.valid_for > Duration::from_secs(90)
+        );
     }
 
     #[test]
@@ -923,7 +1169,13 @@ mod tests {
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let fs = fs.clone();
-                std::thread::spawn(move || fs.lookup(dir_ino(IdKind::OpenId), OsStr::new("ou_b.jpg"), Fetch::Allowed))
+                std::thread::spawn(move || {
+                    fs.lookup(
+                        dir_ino(IdKind::OpenId),
+                        OsStr::new("ou_b.jpg"),
+                        Fetch::Allowed,
+                    )
+                })
             })
             .collect();
         for t in threads {

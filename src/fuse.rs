@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenAccMode, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 use crate::error::FsError;
@@ -26,7 +26,10 @@ pub struct FuseAdapter {
 
 impl FuseAdapter {
     pub fn new(core: Arc<FaceFs>, workers: usize) -> std::io::Result<FuseAdapter> {
-        Ok(FuseAdapter { core, workers: WorkerPool::new("facefs-worker", workers)? })
+        Ok(FuseAdapter {
+            core,
+            workers: WorkerPool::new("facefs-worker", workers)?,
+        })
     }
 
     /// Runs `op` without waiting for the API; if it must wait, runs it again
@@ -53,7 +56,11 @@ impl FuseAdapter {
 }
 
 fn record<T>(name: &'static str, start: Instant, result: &Result<T, FsError>) {
-    METRICS.op(name, start.elapsed(), result.as_ref().err().map_or(0, FsError::errno));
+    METRICS.op(
+        name,
+        start.elapsed(),
+        result.as_ref().err().map_or(0, FsError::errno),
+    );
 }
 
 fn errno(err: &FsError) -> Errno {
@@ -92,7 +99,9 @@ impl Filesystem for FuseAdapter {
         // Without it the kernel serialises lookups and readdir per directory,
         // and one hung download would block every other name in its directory.
         if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {
-            log::warn!("the kernel lacks {missing:?}: lookups in one directory will wait for each other");
+            log::warn!(
+                "the kernel lacks {missing:?}: lookups in one directory will wait for each other"
+            );
         }
         Ok(())
     }
@@ -128,7 +137,11 @@ impl Filesystem for FuseAdapter {
             move |core, fetch| core.open(ino.0, write, fetch),
             move |result| match result {
                 Ok(opened) => {
-                    let flags = if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+                    let flags = if opened.keep_cache {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
                     reply.opened(FileHandle(opened.fh), flags);
                 }
                 Err(e) => reply.error(errno(&e)),
@@ -173,7 +186,14 @@ impl Filesystem for FuseAdapter {
     }
 
     /// No extended attributes; ENOSYS tells the kernel not to ask again.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _name: &OsStr,
+        _size: u32,
+        reply: ReplyXattr,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 
@@ -183,7 +203,14 @@ impl Filesystem for FuseAdapter {
 
     /// Nothing to flush on a read-only file; ENOSYS tells the kernel to stop
     /// sending flush at all, saving a round trip on every close.
-    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         reply.error(Errno::ENOSYS);
     }
 
@@ -197,7 +224,14 @@ impl Filesystem for FuseAdapter {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         self.answer(
             "readdir",
             move |core, fetch| core.readdir(ino.0, fh.0, offset, fetch),
@@ -215,7 +249,14 @@ impl Filesystem for FuseAdapter {
         );
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         let start = Instant::now();
         self.core.releasedir(fh.0);
         record::<()>("releasedir", start, &Ok(()));
@@ -251,11 +292,28 @@ impl Filesystem for FuseAdapter {
         reply.error(errno(&FsError::ReadOnly));
     }
 
-    fn mknod(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno(&FsError::ReadOnly));
     }
 
-    fn mkdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno(&FsError::ReadOnly));
     }
 
@@ -267,7 +325,14 @@ impl Filesystem for FuseAdapter {
         reply.error(errno(&FsError::ReadOnly));
     }
 
-    fn symlink(&self, _req: &Request, _parent: INodeNo, _link_name: &OsStr, _target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        _link_name: &OsStr,
+        _target: &Path,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno(&FsError::ReadOnly));
     }
 
@@ -284,7 +349,14 @@ impl Filesystem for FuseAdapter {
         reply.error(errno(&FsError::ReadOnly));
     }
 
-    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, _newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _newparent: INodeNo,
+        _newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         reply.error(errno(&FsError::ReadOnly));
     }
 

@@ -28,7 +28,10 @@ pub struct Request {
 
 impl Request {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     /// Query parameters, percent-decoded; `None` if one is not UTF-8.
@@ -46,7 +49,10 @@ impl Request {
 
 /// Percent-decodes one URL component (`+` is a literal plus, as in paths).
 pub fn decode(s: &str) -> Option<String> {
-    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned())
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
 }
 
 pub struct Response {
@@ -57,11 +63,19 @@ pub struct Response {
 
 impl Response {
     pub fn new(status: u16, content_type: &str, body: Vec<u8>) -> Response {
-        Response { status, headers: vec![("Content-Type".into(), content_type.into())], body }
+        Response {
+            status,
+            headers: vec![("Content-Type".into(), content_type.into())],
+            body,
+        }
     }
 
     pub fn json(status: u16, value: &serde_json::Value) -> Response {
-        Response::new(status, "application/json; charset=utf-8", value.to_string().into_bytes())
+        Response::new(
+            status,
+            "application/json; charset=utf-8",
+            value.to_string().into_bytes(),
+        )
     }
 
     pub fn with_header(mut self, name: &str, value: &str) -> Response {
@@ -98,28 +112,37 @@ impl Server {
         let addr = listener.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
         let stop_flag = stop.clone();
-        let acceptor = std::thread::Builder::new().name("http-accept".into()).spawn(move || {
-            let live = Arc::new(AtomicUsize::new(0));
-            for stream in listener.incoming() {
-                if stop_flag.load(Ordering::SeqCst) {
-                    break;
+        let acceptor = std::thread::Builder::new()
+            .name("http-accept".into())
+            .spawn(move || {
+                let live = Arc::new(AtomicUsize::new(0));
+                for stream in listener.incoming() {
+                    if stop_flag.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        continue; // dropped: the client sees a reset and retries
+                    }
+                    live.fetch_add(1, Ordering::SeqCst);
+                    let (handler, live, stop) = (handler.clone(), live.clone(), stop_flag.clone());
+                    let spawned =
+                        std::thread::Builder::new()
+                            .name("http-conn".into())
+                            .spawn(move || {
+                                let _ = serve_connection(stream, &*handler, &stop);
+                                live.fetch_sub(1, Ordering::SeqCst);
+                            });
+                    if spawned.is_err() {
+                        log::warn!("http server: cannot start a connection thread");
+                    }
                 }
-                let Ok(stream) = stream else { continue };
-                if live.load(Ordering::SeqCst) >= MAX_CONNECTIONS {
-                    continue; // dropped: the client sees a reset and retries
-                }
-                live.fetch_add(1, Ordering::SeqCst);
-                let (handler, live, stop) = (handler.clone(), live.clone(), stop_flag.clone());
-                let spawned = std::thread::Builder::new().name("http-conn".into()).spawn(move || {
-                    let _ = serve_connection(stream, &*handler, &stop);
-                    live.fetch_sub(1, Ordering::SeqCst);
-                });
-                if spawned.is_err() {
-                    log::warn!("http server: cannot start a connection thread");
-                }
-            }
-        })?;
-        Ok(Server { addr, stop, acceptor: Some(acceptor) })
+            })?;
+        Ok(Server {
+            addr,
+            stop,
+            acceptor: Some(acceptor),
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -144,10 +167,16 @@ fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> 
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
     while !stop.load(Ordering::SeqCst) {
-        let Some(request) = read_request(&mut reader)? else { break };
-        let close = request.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let Some(request) = read_request(&mut reader)? else {
+            break;
+        };
+        let close = request
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("close"));
         match handler(&request) {
-            Reply::Respond(response) => writer.write_all(&head(&response, Some(response.body.len()), &response.body))?,
+            Reply::Respond(response) => {
+                writer.write_all(&head(&response, Some(response.body.len()), &response.body))?
+            }
             Reply::Chunked(response) => {
                 let mut body = Vec::new();
                 // Two chunks, so that a reader must join them.
@@ -162,7 +191,11 @@ fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> 
             }
             Reply::CutShort(response, keep) => {
                 let keep = keep.min(response.body.len().saturating_sub(1));
-                writer.write_all(&head(&response, Some(response.body.len()), &response.body[..keep]))?;
+                writer.write_all(&head(
+                    &response,
+                    Some(response.body.len()),
+                    &response.body[..keep],
+                ))?;
                 reset(&writer);
                 return Ok(());
             }
@@ -203,8 +236,13 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
         return Err(invalid("bad request line"));
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let mut request =
-        Request { method: method.to_owned(), path: path.to_owned(), query: query.to_owned(), headers: vec![], body: vec![] };
+    let mut request = Request {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query: query.to_owned(),
+        headers: vec![],
+        body: vec![],
+    };
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
@@ -219,10 +257,15 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> io::Result<Option<Request>
             break;
         }
         if let Some((name, value)) = trimmed.split_once(':') {
-            request.headers.push((name.trim().to_owned(), value.trim().to_owned()));
+            request
+                .headers
+                .push((name.trim().to_owned(), value.trim().to_owned()));
         }
     }
-    let length: usize = request.header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let length: usize = request
+        .header("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     if length > MAX_BODY_BYTES {
         return Err(invalid("request body too large"));
     }
@@ -248,7 +291,11 @@ fn reason(status: u16) -> &'static str {
 /// The status line and headers, with Content-Length when given (else
 /// chunked), followed by `body` as it is to be sent.
 fn head(response: &Response, length: Option<usize>, body: &[u8]) -> Vec<u8> {
-    let mut out = format!("HTTP/1.1 {} {}\r\n", response.status, reason(response.status));
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        response.status,
+        reason(response.status)
+    );
     for (name, value) in &response.headers {
         out.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -264,7 +311,10 @@ fn head(response: &Response, length: Option<usize>, body: &[u8]) -> Vec<u8> {
 /// Closes with RST rather than FIN: SO_LINGER with a zero timeout.
 fn reset(stream: &TcpStream) {
     use std::os::fd::AsRawFd;
-    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
     // SAFETY: a valid socket and a correctly sized option value.
     unsafe {
         libc::setsockopt(

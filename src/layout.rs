@@ -27,7 +27,9 @@ impl IdKind {
     }
 
     pub fn from_dir_name(name: &OsStr) -> Option<IdKind> {
-        IdKind::ALL.into_iter().find(|k| k.as_str().as_bytes() == name.as_bytes())
+        IdKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().as_bytes() == name.as_bytes())
     }
 
     pub fn parse(s: &str) -> Option<IdKind> {
@@ -51,7 +53,11 @@ pub struct FaceKey {
 
 impl FaceKey {
     pub fn new(kind: IdKind, id: impl Into<String>, cropped: bool) -> FaceKey {
-        FaceKey { kind, id: id.into(), cropped }
+        FaceKey {
+            kind,
+            id: id.into(),
+            cropped,
+        }
     }
 
     pub fn file_name(&self) -> String {
@@ -121,11 +127,24 @@ mod tests {
 
     #[test]
     fn rejects_names_outside_the_layout() {
-        for name in ["x.png", "abc", ".jpg", ".cropped.jpg", "x.JPG", "x.jpeg", "", "x.cropped.jpg.bak"] {
+        for name in [
+            "x.png",
+            "abc",
+            ".jpg",
+            ".cropped.jpg",
+            "x.JPG",
+            "x.jpeg",
+            "",
+            "x.cropped.jpg.bak",
+        ] {
             assert_eq!(parse(name), None, "{name:?}");
         }
         assert_eq!(parse("y.cropped.cropped.jpg"), None);
-        assert_eq!(parse("...jpg"), None, "the id '..' cannot be sent as a path segment");
+        assert_eq!(
+            parse("...jpg"),
+            None,
+            "the id '..' cannot be sent as a path segment"
+        );
         let long = format!("{}.jpg", "a".repeat(250));
         assert_eq!(parse(&long), None);
         let invalid = OsString::from_vec(vec![0xff, 0xfe, b'.', b'j', b'p', b'g']);
@@ -153,9 +172,15 @@ mod tests {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             let len = (seed % 300) as usize;
-            let mut bytes: Vec<u8> = (0..len).map(|i| alphabet[((seed >> (i % 50)) as usize + i) % alphabet.len()]).collect();
+            let mut bytes: Vec<u8> = (0..len)
+                .map(|i| alphabet[((seed >> (i % 50)) as usize + i) % alphabet.len()])
+                .collect();
             if seed.is_multiple_of(3) {
-                bytes.extend_from_slice(if seed.is_multiple_of(2) { b".jpg" } else { b".cropped.jpg" });
+                bytes.extend_from_slice(if seed.is_multiple_of(2) {
+                    b".jpg"
+                } else {
+                    b".cropped.jpg"
+                });
             }
             let name = OsString::from_vec(bytes);
             if let Some((id, cropped)) = parse_face_name(&name) {

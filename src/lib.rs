@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod mount_options;
 pub mod mountpoint;
 pub mod notify;
+pub mod readahead;
 pub mod secret;
 pub mod single_flight;
 pub mod worker_pool;

@@ -18,10 +18,17 @@ fn main() {
         }
     };
     let cli = Cli::parse_from(args);
-    let mut logger = env_logger::Builder::from_env(env_logger::Env::new().filter_or("FACEFS_LOG", "info,fuser=error"));
+    let mut logger = env_logger::Builder::from_env(
+        env_logger::Env::new().filter_or("FACEFS_LOG", "info,fuser=error"),
+    );
     logger.format_timestamp_millis();
     if let Some(path) = &cli.log_file {
-        match std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path) {
+        match std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+        {
             Ok(file) => {
                 logger.target(env_logger::Target::Pipe(Box::new(file)));
             }

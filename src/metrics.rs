@@ -47,7 +47,17 @@ pub enum Outcome {
 const OUTCOMES: [&str; 6] = ["ok", "absent", "throttled", "transient", "denied", "failed"];
 
 /// FUSE operations, as labels.
-pub const OPS: [&str; 9] = ["lookup", "getattr", "open", "read", "release", "opendir", "readdir", "releasedir", "statfs"];
+pub const OPS: [&str; 9] = [
+    "lookup",
+    "getattr",
+    "open",
+    "read",
+    "release",
+    "opendir",
+    "readdir",
+    "releasedir",
+    "statfs",
+];
 
 /// Latency buckets, in seconds.
 const BUCKETS: [f64; 7] = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
@@ -114,7 +124,11 @@ impl Metrics {
     }
 
     pub fn cache(&self, hit: bool) {
-        add(if hit { &self.cache_hits } else { &self.cache_misses });
+        add(if hit {
+            &self.cache_hits
+        } else {
+            &self.cache_misses
+        });
     }
 
     /// Counts a download while the returned guard lives.
@@ -125,14 +139,22 @@ impl Metrics {
 
     /// Records one FUSE operation, how long it took and its errno (0 for success).
     pub fn op(&self, op: &str, took: Duration, errno: i32) {
-        let Some(i) = OPS.iter().position(|o| *o == op) else { return };
+        let Some(i) = OPS.iter().position(|o| *o == op) else {
+            return;
+        };
         add(&self.ops[i]);
         let secs = took.as_secs_f64();
-        let bucket = BUCKETS.iter().position(|b| secs <= *b).unwrap_or(BUCKETS.len());
+        let bucket = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
         add(&self.latency[i][bucket]);
         self.latency_sum_us[i].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         if errno != 0 {
-            let e = ERRNOS.iter().position(|(n, _)| *n == errno).unwrap_or(ERRNOS.len() - 1);
+            let e = ERRNOS
+                .iter()
+                .position(|(n, _)| *n == errno)
+                .unwrap_or(ERRNOS.len() - 1);
             add(&self.errors[i][e]);
         }
     }
@@ -144,52 +166,137 @@ impl Metrics {
         fn family(out: &mut String, name: &str, kind: &str, help: &str) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         }
-        family(&mut out, "facefs_api_requests_total", "counter", "API requests by endpoint and outcome.");
+        family(
+            &mut out,
+            "facefs_api_requests_total",
+            "counter",
+            "API requests by endpoint and outcome.",
+        );
         let mut lines = String::new();
         for (e, endpoint) in ENDPOINTS.iter().enumerate() {
             for (o, outcome) in OUTCOMES.iter().enumerate() {
-                let _ = writeln!(lines, "facefs_api_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {}", get(&self.api[e][o]));
+                let _ = writeln!(
+                    lines,
+                    "facefs_api_requests_total{{endpoint=\"{endpoint}\",outcome=\"{outcome}\"}} {}",
+                    get(&self.api[e][o])
+                );
             }
         }
         out.push_str(&lines);
         let simple: [(&str, &str, &str, u64); 8] = [
-            ("facefs_api_retries_total", "counter", "Requests retried after a transient failure or throttling.", get(&self.retries)),
-            ("facefs_api_throttled_total", "counter", "Throttling answers (HTTP 429 / 99991400).", self.api_total(Outcome::Throttled)),
-            ("facefs_token_renewals_total", "counter", "Tenant access tokens fetched.", self.api_total_endpoint(Endpoint::Token, Outcome::Ok)),
-            ("facefs_cache_hits_total", "counter", "Faces served from the cache.", get(&self.cache_hits)),
-            ("facefs_cache_misses_total", "counter", "Faces that had to be downloaded.", get(&self.cache_misses)),
-            ("facefs_cache_bytes", "gauge", "Bytes of faces in the cache.", cache.0),
-            ("facefs_cache_evictions_total", "counter", "Faces evicted to stay within --cache-size.", cache.2),
-            ("facefs_downloads_in_flight", "gauge", "Face downloads under way.", get(&self.downloads_in_flight)),
+            (
+                "facefs_api_retries_total",
+                "counter",
+                "Requests retried after a transient failure or throttling.",
+                get(&self.retries),
+            ),
+            (
+                "facefs_api_throttled_total",
+                "counter",
+                "Throttling answers (HTTP 429 / 99991400).",
+                self.api_total(Outcome::Throttled),
+            ),
+            (
+                "facefs_token_renewals_total",
+                "counter",
+                "Tenant access tokens fetched.",
+                self.api_total_endpoint(Endpoint::Token, Outcome::Ok),
+            ),
+            (
+                "facefs_cache_hits_total",
+                "counter",
+                "Faces served from the cache.",
+                get(&self.cache_hits),
+            ),
+            (
+                "facefs_cache_misses_total",
+                "counter",
+                "Faces that had to be downloaded.",
+                get(&self.cache_misses),
+            ),
+            (
+                "facefs_cache_bytes",
+                "gauge",
+                "Bytes of faces in the cache.",
+                cache.0,
+            ),
+            (
+                "facefs_cache_evictions_total",
+                "counter",
+                "Faces evicted to stay within --cache-size.",
+                cache.2,
+            ),
+            (
+                "facefs_downloads_in_flight",
+                "gauge",
+                "Face downloads under way.",
+                get(&self.downloads_in_flight),
+            ),
         ];
         for (name, kind, help, value) in simple {
             family(&mut out, name, kind, help);
             let _ = writeln!(out, "{name} {value}");
         }
-        family(&mut out, "facefs_cache_faces", "gauge", "Faces in the cache.");
+        family(
+            &mut out,
+            "facefs_cache_faces",
+            "gauge",
+            "Faces in the cache.",
+        );
         let _ = writeln!(out, "facefs_cache_faces {}", cache.1);
-        family(&mut out, "facefs_fuse_op_seconds", "histogram", "FUSE operations by kind: count and latency.");
+        family(
+            &mut out,
+            "facefs_fuse_op_seconds",
+            "histogram",
+            "FUSE operations by kind: count and latency.",
+        );
         for (i, op) in OPS.iter().enumerate() {
             let mut cumulative = 0;
             for (b, bound) in BUCKETS.iter().enumerate() {
                 cumulative += get(&self.latency[i][b]);
-                let _ = writeln!(out, "facefs_fuse_op_seconds_bucket{{op=\"{op}\",le=\"{bound}\"}} {cumulative}");
+                let _ = writeln!(
+                    out,
+                    "facefs_fuse_op_seconds_bucket{{op=\"{op}\",le=\"{bound}\"}} {cumulative}"
+                );
             }
-            let _ = writeln!(out, "facefs_fuse_op_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}", get(&self.ops[i]));
-            let _ = writeln!(out, "facefs_fuse_op_seconds_sum{{op=\"{op}\"}} {}", get(&self.latency_sum_us[i]) as f64 / 1e6);
-            let _ = writeln!(out, "facefs_fuse_op_seconds_count{{op=\"{op}\"}} {}", get(&self.ops[i]));
+            let _ = writeln!(
+                out,
+                "facefs_fuse_op_seconds_bucket{{op=\"{op}\",le=\"+Inf\"}} {}",
+                get(&self.ops[i])
+            );
+            let _ = writeln!(
+                out,
+                "facefs_fuse_op_seconds_sum{{op=\"{op}\"}} {}",
+                get(&self.latency_sum_us[i]) as f64 / 1e6
+            );
+            let _ = writeln!(
+                out,
+                "facefs_fuse_op_seconds_count{{op=\"{op}\"}} {}",
+                get(&self.ops[i])
+            );
         }
-        family(&mut out, "facefs_fuse_errors_total", "counter", "FUSE operations that failed, by errno.");
+        family(
+            &mut out,
+            "facefs_fuse_errors_total",
+            "counter",
+            "FUSE operations that failed, by errno.",
+        );
         for (i, op) in OPS.iter().enumerate() {
             for (e, (_, name)) in ERRNOS.iter().enumerate() {
-                let _ = writeln!(out, "facefs_fuse_errors_total{{op=\"{op}\",errno=\"{name}\"}} {}", get(&self.errors[i][e]));
+                let _ = writeln!(
+                    out,
+                    "facefs_fuse_errors_total{{op=\"{op}\",errno=\"{name}\"}} {}",
+                    get(&self.errors[i][e])
+                );
             }
         }
         out
     }
 
     fn api_total(&self, outcome: Outcome) -> u64 {
-        (0..ENDPOINTS.len()).map(|e| self.api[e][outcome as usize].load(Ordering::Relaxed)).sum()
+        (0..ENDPOINTS.len())
+            .map(|e| self.api[e][outcome as usize].load(Ordering::Relaxed))
+            .sum()
     }
 
     fn api_total_endpoint(&self, endpoint: Endpoint, outcome: Outcome) -> u64 {
@@ -206,12 +313,19 @@ impl Drop for InFlight<'_> {
 }
 
 /// Serves `GET /metrics` on `addr` until the returned server is dropped.
-pub fn serve(addr: &str, cache_usage: Arc<dyn Fn() -> (u64, usize, u64) + Send + Sync>) -> std::io::Result<Server> {
+pub fn serve(
+    addr: &str,
+    cache_usage: Arc<dyn Fn() -> (u64, usize, u64) + Send + Sync>,
+) -> std::io::Result<Server> {
     Server::start(
         addr,
         Arc::new(move |req: &Request| {
             Reply::Respond(match (req.method.as_str(), req.path.as_str()) {
-                ("GET", "/metrics") => Response::new(200, "text/plain; version=0.0.4", METRICS.render(cache_usage()).into_bytes()),
+                ("GET", "/metrics") => Response::new(
+                    200,
+                    "text/plain; version=0.0.4",
+                    METRICS.render(cache_usage()).into_bytes(),
+                ),
                 _ => Response::new(404, "text/plain", b"try /metrics\n".to_vec()),
             })
         }),
@@ -231,7 +345,9 @@ mod tests {
         m.op("lookup", Duration::from_millis(50), libc::ENOENT);
         {
             let _d = m.download();
-            assert!(m.render((0, 0, 0)).contains("facefs_downloads_in_flight 1\n"));
+            assert!(m
+                .render((0, 0, 0))
+                .contains("facefs_downloads_in_flight 1\n"));
         }
         let text = m.render((100, 2, 3));
         for line in [

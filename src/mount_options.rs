@@ -7,8 +7,29 @@ use std::ffi::OsString;
 /// Generic mount(8) and FUSE options that need nothing from facefs: it is
 /// always read-only, nodev, nosuid and noexec, and the rest concern mount(8).
 const IGNORED: &[&str] = &[
-    "ro", "nodev", "nosuid", "noexec", "dev", "suid", "exec", "_netdev", "noauto", "auto", "user", "nouser", "users",
-    "defaults", "nofail", "async", "sync", "atime", "noatime", "relatime", "strictatime", "nodiratime", "default_permissions",
+    "ro",
+    "nodev",
+    "nosuid",
+    "noexec",
+    "dev",
+    "suid",
+    "exec",
+    "_netdev",
+    "noauto",
+    "auto",
+    "user",
+    "nouser",
+    "users",
+    "defaults",
+    "nofail",
+    "async",
+    "sync",
+    "atime",
+    "noatime",
+    "relatime",
+    "strictatime",
+    "nodiratime",
+    "default_permissions",
 ];
 
 /// `-o` options whose flag takes no value.
@@ -48,14 +69,18 @@ pub fn expand(mut args: Vec<OsString>) -> Result<Vec<OsString>, String> {
     let mut iter = args.into_iter();
     while let Some(arg) = iter.next() {
         let list = match arg.to_str() {
-            Some("-o") => iter.next().ok_or("-o needs a list of options, e.g. -o app_id=cli_x,allow_other")?,
+            Some("-o") => iter
+                .next()
+                .ok_or("-o needs a list of options, e.g. -o app_id=cli_x,allow_other")?,
             Some(s) if s.starts_with("-o") && s.len() > 2 => OsString::from(&s[2..]),
             _ => {
                 out.push(arg);
                 continue;
             }
         };
-        let list = list.into_string().map_err(|_| "mount options must be UTF-8".to_owned())?;
+        let list = list
+            .into_string()
+            .map_err(|_| "mount options must be UTF-8".to_owned())?;
         for option in list.split(',').filter(|o| !o.is_empty()) {
             out.extend(translate(option)?);
         }
@@ -89,7 +114,8 @@ mod tests {
     use super::*;
 
     fn expand_str(args: &[&str]) -> Result<Vec<String>, String> {
-        expand(args.iter().map(OsString::from).collect()).map(|v| v.into_iter().map(|s| s.into_string().unwrap()).collect())
+        expand(args.iter().map(OsString::from).collect())
+            .map(|v| v.into_iter().map(|s| s.into_string().unwrap()).collect())
     }
 
     #[test]
@@ -102,25 +128,56 @@ mod tests {
             "rw_is_not_here,_netdev,allow_other,app_id=cli_x,app_secret_file=/etc/facefs/secret",
         ]);
         assert_eq!(got.unwrap_err(), "unknown mount option `rw_is_not_here` (see `facefs --help`; every option's name works as -o name=value)");
-        let got = expand_str(&["facefs", "facefs", "/mnt/faces", "-o", "ro,_netdev,allow_other,app_id=cli_x,app_secret_file=/etc/s,uid=0,cache_size=1GiB"]);
+        let got = expand_str(&[
+            "facefs",
+            "facefs",
+            "/mnt/faces",
+            "-o",
+            "ro,_netdev,allow_other,app_id=cli_x,app_secret_file=/etc/s,uid=0,cache_size=1GiB",
+        ]);
         assert_eq!(
             got.unwrap(),
             [
-                "facefs", "/mnt/faces", "--allow-other", "--app-id", "cli_x", "--app-secret-file", "/etc/s", "--uid", "0",
-                "--cache-size", "1GiB"
+                "facefs",
+                "/mnt/faces",
+                "--allow-other",
+                "--app-id",
+                "cli_x",
+                "--app-secret-file",
+                "/etc/s",
+                "--uid",
+                "0",
+                "--cache-size",
+                "1GiB"
             ]
         );
-        assert_eq!(expand_str(&["facefs", "-ottl=5m", "/m"]).unwrap(), ["facefs", "--ttl", "5m", "/m"]);
+        assert_eq!(
+            expand_str(&["facefs", "-ottl=5m", "/m"]).unwrap(),
+            ["facefs", "--ttl", "5m", "/m"]
+        );
         // Without -o nothing is dropped: a stray second path stays an error for clap.
-        assert_eq!(expand_str(&["facefs", "/a", "/b"]).unwrap(), ["facefs", "/a", "/b"]);
+        assert_eq!(
+            expand_str(&["facefs", "/a", "/b"]).unwrap(),
+            ["facefs", "/a", "/b"]
+        );
     }
 
     #[test]
     fn refusals_name_the_fix() {
-        assert_eq!(expand_str(&["facefs", "/m", "-o", "rw"]).unwrap(), ["facefs", "/m"], "mount(8) adds rw by itself");
-        assert!(expand_str(&["facefs", "/m", "-o", "app_secret=x"]).unwrap_err().contains("app_secret_file"));
-        assert!(expand_str(&["facefs", "/m", "-o", "ttl"]).unwrap_err().contains("needs a value"));
-        assert!(expand_str(&["facefs", "/m", "-o", "allow_other=1"]).unwrap_err().contains("takes no value"));
+        assert_eq!(
+            expand_str(&["facefs", "/m", "-o", "rw"]).unwrap(),
+            ["facefs", "/m"],
+            "mount(8) adds rw by itself"
+        );
+        assert!(expand_str(&["facefs", "/m", "-o", "app_secret=x"])
+            .unwrap_err()
+            .contains("app_secret_file"));
+        assert!(expand_str(&["facefs", "/m", "-o", "ttl"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(expand_str(&["facefs", "/m", "-o", "allow_other=1"])
+            .unwrap_err()
+            .contains("takes no value"));
         assert!(expand_str(&["facefs", "/m", "-o"]).is_err());
     }
 }

@@ -10,14 +10,24 @@ use std::path::{Path, PathBuf};
 /// there is detached first.
 pub fn check(path: &Path, recover: bool) -> Result<PathBuf, String> {
     let shown = path.display();
-    let missing = || format!("mount point {shown} does not exist; create it with `mkdir -p {shown}`");
+    let missing =
+        || format!("mount point {shown} does not exist; create it with `mkdir -p {shown}`");
     // Canonical without touching the mount point itself, which may be dead.
-    let canonical = match (path.parent().filter(|p| !p.as_os_str().is_empty()), path.file_name()) {
+    let canonical = match (
+        path.parent().filter(|p| !p.as_os_str().is_empty()),
+        path.file_name(),
+    ) {
         (Some(parent), Some(name)) => std::fs::canonicalize(parent).map(|p| p.join(name)),
         (None, Some(name)) => std::env::current_dir().map(|d| d.join(name)),
         _ => std::fs::canonicalize(path),
     }
-    .map_err(|e| if e.kind() == std::io::ErrorKind::NotFound { missing() } else { format!("mount point {shown}: {e}") })?;
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            missing()
+        } else {
+            format!("mount point {shown}: {e}")
+        }
+    })?;
     if let Some(fstype) = mounted_fstype(&canonical) {
         // The kernel answers stat of a dead FUSE mount from its cache;
         // statfs always reaches the filesystem.
@@ -65,7 +75,12 @@ pub fn detach(path: &Path) -> std::io::Result<()> {
     }
     let err = std::io::Error::last_os_error();
     // Non-root users unmount through fuse3's setuid helper.
-    let helper = std::process::Command::new("fusermount3").arg("-u").arg("-z").arg("--").arg(path).status();
+    let helper = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg("--")
+        .arg(path)
+        .status();
     match helper {
         Ok(status) if status.success() => Ok(()),
         _ => Err(err),
@@ -90,7 +105,10 @@ fn unescape(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| std::str::from_utf8(d).ok()).and_then(|d| u8::from_str_radix(d, 8).ok());
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| u8::from_str_radix(d, 8).ok());
         match (bytes[i], octal) {
             (b'\\', Some(byte)) => {
                 out.push(byte);
@@ -118,8 +136,14 @@ mod tests {
 
     #[test]
     fn the_root_is_a_mount_point_and_a_file_is_not_a_directory() {
-        assert!(check(Path::new("/etc/hostname"), false).unwrap_err().contains("not a directory"));
-        assert!(check(Path::new("/no/such/dir"), false).unwrap_err().contains("mkdir -p"));
-        assert!(check(Path::new("/proc"), false).unwrap_err().contains("already a mount point (proc)"));
+        assert!(check(Path::new("/etc/hostname"), false)
+            .unwrap_err()
+            .contains("not a directory"));
+        assert!(check(Path::new("/no/such/dir"), false)
+            .unwrap_err()
+            .contains("mkdir -p"));
+        assert!(check(Path::new("/proc"), false)
+            .unwrap_err()
+            .contains("already a mount point (proc)"));
     }
 }

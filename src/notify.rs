@@ -7,7 +7,9 @@ use std::os::unix::net::UnixDatagram;
 /// Sends `state` (e.g. `READY=1`) if facefs runs under a service manager
 /// that asked for it; does nothing otherwise.
 pub fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
     let result = UnixDatagram::unbound().and_then(|socket| {
         let bytes = path.as_encoded_bytes();
         match bytes.strip_prefix(b"@") {

@@ -16,7 +16,9 @@ pub struct SingleFlight<K, V> {
 
 impl<K: Eq + Hash + Clone, V: Clone> Default for SingleFlight<K, V> {
     fn default() -> Self {
-        SingleFlight { flights: Mutex::new(HashMap::new()) }
+        SingleFlight {
+            flights: Mutex::new(HashMap::new()),
+        }
     }
 }
 
@@ -29,7 +31,10 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
             match flights.get(key) {
                 Some(f) => (f.clone(), false),
                 None => {
-                    let f = Arc::new(Flight { result: Mutex::new(None), done: Condvar::new() });
+                    let f = Arc::new(Flight {
+                        result: Mutex::new(None),
+                        done: Condvar::new(),
+                    });
                     flights.insert(key.clone(), f.clone());
                     (f, true)
                 }
@@ -46,7 +51,11 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
         struct Leave<'a, K: Eq + Hash, V>(&'a SingleFlight<K, V>, &'a K);
         impl<K: Eq + Hash, V> Drop for Leave<'_, K, V> {
             fn drop(&mut self) {
-                self.0.flights.lock().unwrap_or_else(|e| e.into_inner()).remove(self.1);
+                self.0
+                    .flights
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(self.1);
             }
         }
         let leave = Leave(self, key);

@@ -19,10 +19,15 @@ impl WorkerPool {
         let threads = (0..size.max(1))
             .map(|i| {
                 let queue = queue.clone();
-                std::thread::Builder::new().name(format!("{name}-{i}")).spawn(move || work(&queue))
+                std::thread::Builder::new()
+                    .name(format!("{name}-{i}"))
+                    .spawn(move || work(&queue))
             })
             .collect::<Result<_, _>>()?;
-        Ok(WorkerPool { jobs: Some(jobs), threads })
+        Ok(WorkerPool {
+            jobs: Some(jobs),
+            threads,
+        })
     }
 
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
@@ -70,7 +75,9 @@ mod tests {
             let done = done.clone();
             pool.spawn(move || done.send(i).unwrap());
         }
-        let mut got: Vec<i32> = (0..5).map(|_| results.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+        let mut got: Vec<i32> = (0..5)
+            .map(|_| results.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect();
         got.sort();
         assert_eq!(got, [0, 1, 2, 3, 4]);
         release.send(()).unwrap();

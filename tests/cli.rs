@@ -19,8 +19,15 @@ fn facefs_pids(mountpoint: &Path) -> Vec<u32> {
         .filter(|pid| {
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-            !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == needle.as_bytes()) && cmdline.starts_with(FACEFS.as_bytes())
+            let zombie = stat
+                .rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'));
+            !zombie
+                && cmdline
+                    .split(|b| *b == 0)
+                    .any(|arg| arg == needle.as_bytes())
+                && cmdline.starts_with(FACEFS.as_bytes())
         })
         .collect()
 }
@@ -42,7 +49,11 @@ fn detached_mount_is_ready_on_exit_and_umount_ends_it() {
     let dir = TempDir::new("detached");
     let _cleanup = Unmount(dir.path());
     let log = dir.path().with_extension("log");
-    let out = facefs_command(&emu, dir.path()).arg("--log-file").arg(&log).output().unwrap();
+    let out = facefs_command(&emu, dir.path())
+        .arg("--log-file")
+        .arg(&log)
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     // No waiting: the command returned only once the mount answered.
     let listing = run("ls", &[&dir.path().join("open_id")]);
@@ -51,12 +62,21 @@ fn detached_mount_is_ready_on_exit_and_umount_ends_it() {
 
     let umount = run("umount", &[&dir.path()]);
     assert!(umount.status.success(), "{}", stderr(&umount));
-    assert!(wait_gone(dir.path()), "the background process ends with the mount");
+    assert!(
+        wait_gone(dir.path()),
+        "the background process ends with the mount"
+    );
     assert!(!is_mounted(dir.path()));
     let logged = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
-    assert!(logged.contains("mounted at") && logged.contains("unmounted"), "{logged}");
-    assert!(!logged.contains(&emu.config().app_secret), "no secret in the log");
+    assert!(
+        logged.contains("mounted at") && logged.contains("unmounted"),
+        "{logged}"
+    );
+    assert!(
+        !logged.contains(&emu.config().app_secret),
+        "no secret in the log"
+    );
 }
 
 #[test]
@@ -90,7 +110,10 @@ fn a_wrong_secret_fails_with_the_api_code_and_mounts_nothing() {
         assert_eq!(out.status.code(), Some(1), "{err}");
         assert!(err.contains("code 10014"), "{err}");
         assert!(err.contains("log id 2026emulator"), "{err}");
-        assert!(!err.contains("wrong-secret"), "the secret is never printed: {err}");
+        assert!(
+            !err.contains("wrong-secret"),
+            "the secret is never printed: {err}"
+        );
         assert!(!is_mounted(dir.path()));
         assert!(facefs_pids(dir.path()).is_empty());
     }
@@ -110,22 +133,43 @@ fn bad_flags_are_refused_before_mounting() {
         (&["--max-parallel", "0"], "0"),
     ];
     for (args, message) in cases {
-        let out = facefs_command(&emu, dir.path()).args(args).arg("-f").output().unwrap();
+        let out = facefs_command(&emu, dir.path())
+            .args(args)
+            .arg("-f")
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(message), "{args:?}: {}", stderr(&out));
         assert!(!is_mounted(dir.path()));
     }
     let plaintext = std::process::Command::new(FACEFS)
-        .args([dir.path().to_str().unwrap(), "--base-url", "http://open.feishu.cn", "--app-id", "cli_x"])
+        .args([
+            dir.path().to_str().unwrap(),
+            "--base-url",
+            "http://open.feishu.cn",
+            "--app-id",
+            "cli_x",
+        ])
         .env("FEISHU_APP_SECRET", "s")
         .output()
         .unwrap();
     assert_eq!(plaintext.status.code(), Some(2));
-    assert!(stderr(&plaintext).contains("refusing plaintext http://"), "{}", stderr(&plaintext));
-    let out = facefs_command(&emu, &dir.path().join("missing")).output().unwrap();
+    assert!(
+        stderr(&plaintext).contains("refusing plaintext http://"),
+        "{}",
+        stderr(&plaintext)
+    );
+    let out = facefs_command(&emu, &dir.path().join("missing"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("mkdir -p"), "{}", stderr(&out));
-    let out = std::process::Command::new(FACEFS).arg(dir.path()).env_remove("FEISHU_APP_ID").env_remove("FEISHU_APP_SECRET").output().unwrap();
+    let out = std::process::Command::new(FACEFS)
+        .arg(dir.path())
+        .env_remove("FEISHU_APP_ID")
+        .env_remove("FEISHU_APP_SECRET")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--app-id"), "{}", stderr(&out));
     assert_eq!(emu.count(Endpoint::Token), 0, "nothing reached the API");
@@ -152,20 +196,32 @@ fn demo_mounts_without_credentials() {
 #[test]
 fn man_page_and_completions_cover_every_option_of_help() {
     let help = stdout(&run(FACEFS, &[&"--help"]));
-    let options: Vec<&str> =
-        help.split_whitespace().filter(|w| w.starts_with("--") && w.len() > 2).map(|w| w.trim_end_matches(',')).collect();
+    let options: Vec<&str> = help
+        .split_whitespace()
+        .filter(|w| w.starts_with("--") && w.len() > 2)
+        .map(|w| w.trim_end_matches(','))
+        .collect();
     assert!(options.len() >= 20, "{help}");
     // --help shows defaults and environment variables.
-    assert!(help.contains("[env: FEISHU_APP_ID=") || help.contains("[env: FEISHU_APP_ID]"), "{help}");
+    assert!(
+        help.contains("[env: FEISHU_APP_ID=") || help.contains("[env: FEISHU_APP_ID]"),
+        "{help}"
+    );
     assert!(help.contains("[default: 256MiB]"), "{help}");
     let out = TempDir::new("docs");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_facefs-docs")).arg(out.path()).status().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_facefs-docs"))
+        .arg(out.path())
+        .status()
+        .unwrap();
     assert!(status.success());
     let man = std::fs::read_to_string(out.path().join("facefs.1")).unwrap();
     let bash = std::fs::read_to_string(out.path().join("facefs.bash")).unwrap();
     for option in &options {
         // roff escapes '-' as '\-'.
-        assert!(man.contains(&option.replace('-', "\\-")), "man page lacks {option}");
+        assert!(
+            man.contains(&option.replace('-', "\\-")),
+            "man page lacks {option}"
+        );
         assert!(bash.contains(option), "bash completion lacks {option}");
     }
     assert!(out.path().join("_facefs").exists() && out.path().join("facefs.fish").exists());

@@ -13,11 +13,22 @@ use facefs::emulator::{Emulator, Endpoint, Fault};
 use facefs::layout::{face_file_name, IdKind};
 
 /// Reads every face file of `kind` on 8 threads; returns (path, outcome) pairs.
-fn read_all(emu: &Emulator, mnt: &Mount, kind: IdKind) -> Vec<(String, Result<Vec<u8>, std::io::Error>)> {
+fn read_all(
+    emu: &Emulator,
+    mnt: &Mount,
+    kind: IdKind,
+) -> Vec<(String, Result<Vec<u8>, std::io::Error>)> {
     let paths: Vec<(String, PathBuf)> = emu
         .ids_with_faces(kind)
         .iter()
-        .flat_map(|id| [false, true].map(|c| (face_file_name(id, c), mnt.join(kind.as_str()).join(face_file_name(id, c)))))
+        .flat_map(|id| {
+            [false, true].map(|c| {
+                (
+                    face_file_name(id, c),
+                    mnt.join(kind.as_str()).join(face_file_name(id, c)),
+                )
+            })
+        })
         .collect();
     let queue = Arc::new(Mutex::new(paths));
     let results = Arc::new(Mutex::new(Vec::new()));
@@ -25,7 +36,9 @@ fn read_all(emu: &Emulator, mnt: &Mount, kind: IdKind) -> Vec<(String, Result<Ve
         .map(|_| {
             let (queue, results) = (queue.clone(), results.clone());
             std::thread::spawn(move || loop {
-                let Some((name, path)) = queue.lock().unwrap().pop() else { return };
+                let Some((name, path)) = queue.lock().unwrap().pop() else {
+                    return;
+                };
                 let outcome = std::fs::read(&path);
                 results.lock().unwrap().push((name, outcome));
             })
@@ -60,18 +73,30 @@ fn thirty_percent_failing_face_requests_give_no_wrong_byte_and_no_enoent() {
             let id = name.trim_end_matches(".jpg").trim_end_matches(".cropped");
             match outcome {
                 Ok(bytes) => {
-                    assert_eq!(Some(bytes), emu.face(IdKind::OpenId, id, name.ends_with(".cropped.jpg")).as_ref(), "{fault:?}: wrong bytes for {name}");
+                    assert_eq!(
+                        Some(bytes),
+                        emu.face(IdKind::OpenId, id, name.ends_with(".cropped.jpg"))
+                            .as_ref(),
+                        "{fault:?}: wrong bytes for {name}"
+                    );
                     ok += 1;
                 }
                 Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{fault:?}: {name}: {e}"),
             }
         }
         let injected = emu.requests().iter().filter(|r| r.fault.is_some()).count();
-        assert!(injected > 10, "{fault:?}: the faults were injected ({injected})");
+        assert!(
+            injected > 10,
+            "{fault:?}: the faults were injected ({injected})"
+        );
         if fault == Fault::Chunked {
             assert_eq!(ok, results.len(), "a chunked answer is a correct answer");
         }
-        assert!(ok * 100 >= results.len() * 95, "{fault:?}: {ok} of {} reads succeeded", results.len());
+        assert!(
+            ok * 100 >= results.len() * 95,
+            "{fault:?}: {ok} of {} reads succeeded",
+            results.len()
+        );
     }
 }
 
@@ -87,24 +112,50 @@ fn a_listing_fails_whole_or_shows_everything() {
     for _ in 0..12 {
         let out = run("ls", &[&mnt.join("union_id")]);
         if out.status.success() {
-            assert_eq!(stdout(&out).lines().count(), full, "a listing is never short");
+            assert_eq!(
+                stdout(&out).lines().count(),
+                full,
+                "a listing is never short"
+            );
             whole += 1;
         } else {
-            assert!(stderr(&out).contains("Input/output error"), "{}", stderr(&out));
-            assert!(stdout(&out).is_empty(), "nothing listed from a failed listing");
+            assert!(
+                stderr(&out).contains("Input/output error"),
+                "{}",
+                stderr(&out)
+            );
+            assert!(
+                stdout(&out).is_empty(),
+                "nothing listed from a failed listing"
+            );
             failed += 1;
         }
     }
-    assert!(failed > 0 && whole > 0, "both outcomes were exercised: {failed} failed, {whole} whole");
+    assert!(
+        failed > 0 && whole > 0,
+        "both outcomes were exercised: {failed} failed, {whole} whole"
+    );
 }
 
 #[test]
 fn during_an_outage_rsync_delete_deletes_nothing() {
     let emu = emulator(small_tenant(12));
-    let mnt = Mount::start(&emu, &["--rate-limit", "1000", "--ttl", "1s", "--retry-budget", "1s"]);
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--rate-limit",
+            "1000",
+            "--ttl",
+            "1s",
+            "--retry-budget",
+            "1s",
+        ],
+    );
     let backup = TempDir::new("backup");
     let src = format!("{}/", mnt.join("open_id").display());
-    assert!(run("rsync", &[&"-a", &"--delete", &src, &backup.path()]).status.success());
+    assert!(run("rsync", &[&"-a", &"--delete", &src, &backup.path()])
+        .status
+        .success());
     let before = std::fs::read_dir(backup.path()).unwrap().count();
     assert_eq!(before, emu.ids_with_faces(IdKind::OpenId).len() * 2);
 
@@ -112,25 +163,50 @@ fn during_an_outage_rsync_delete_deletes_nothing() {
     std::thread::sleep(Duration::from_millis(1100)); // every listing and face is stale now
     let out = run("rsync", &[&"-a", &"--delete", &src, &backup.path()]);
     assert!(!out.status.success(), "rsync must report the failure");
-    assert_eq!(std::fs::read_dir(backup.path()).unwrap().count(), before, "nothing deleted: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_dir(backup.path()).unwrap().count(),
+        before,
+        "nothing deleted: {}",
+        stderr(&out)
+    );
     for id in emu.ids_with_faces(IdKind::OpenId) {
         let copy = std::fs::read(backup.path().join(face_file_name(&id, false))).unwrap();
         assert_eq!(Some(copy), emu.face(IdKind::OpenId, &id, false));
     }
 
     emu.set_outage(false);
-    assert!(run("rsync", &[&"-a", &"--delete", &src, &backup.path()]).status.success(), "recovers after the outage");
+    assert!(
+        run("rsync", &[&"-a", &"--delete", &src, &backup.path()])
+            .status
+            .success(),
+        "recovers after the outage"
+    );
 }
 
 fn spawn_cat(path: &Path) -> std::process::Child {
-    Command::new("cat").arg(path).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    Command::new("cat")
+        .arg(path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 #[test]
 fn a_hung_download_ends_in_eio_while_everything_else_answers() {
     let emu = emulator(small_tenant(6));
     // One attempt of 5 s: long enough to be sure it is still waiting below.
-    let mnt = Mount::start(&emu, &["--rate-limit", "1000", "--request-timeout", "5s", "--retry-budget", "1s"]);
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--rate-limit",
+            "1000",
+            "--request-timeout",
+            "5s",
+            "--retry-budget",
+            "1s",
+        ],
+    );
     let ids = emu.ids_with_faces(IdKind::OpenId);
     let dir = mnt.join("open_id");
     let warm = dir.join(face_file_name(&ids[0], false));
@@ -143,11 +219,17 @@ fn a_hung_download_ends_in_eio_while_everything_else_answers() {
     // While it hangs, the root, the listing and a cached face answer.
     assert_eq!(ls_count(mnt.path()), 3);
     assert_eq!(ls_count(&dir), ids.len() * 2);
-    assert_eq!(std::fs::read(&warm).unwrap(), emu.face(IdKind::OpenId, &ids[0], false).unwrap());
+    assert_eq!(
+        std::fs::read(&warm).unwrap(),
+        emu.face(IdKind::OpenId, &ids[0], false).unwrap()
+    );
     if let Some(status) = hung.try_wait().unwrap() {
         let mut err = String::new();
         std::io::Read::read_to_string(hung.stderr.as_mut().unwrap(), &mut err).unwrap();
-        panic!("the hung read ended ({status}: {err}) before the others answered:\n{}", mnt.log_text());
+        panic!(
+            "the hung read ended ({status}: {err}) before the others answered:\n{}",
+            mnt.log_text()
+        );
     }
     let status = wait_with_timeout(&mut hung, Duration::from_secs(30));
     let mut err = String::new();
@@ -167,7 +249,17 @@ fn ls_count(path: &Path) -> usize {
 #[test]
 fn killed_readers_and_umount_during_hung_downloads() {
     let emu = emulator(small_tenant(6));
-    let mut mnt = Mount::start(&emu, &["--rate-limit", "1000", "--request-timeout", "3s", "--retry-budget", "1s"]);
+    let mut mnt = Mount::start(
+        &emu,
+        &[
+            "--rate-limit",
+            "1000",
+            "--request-timeout",
+            "3s",
+            "--retry-budget",
+            "1s",
+        ],
+    );
     let ids = emu.ids_with_faces(IdKind::OpenId);
     let dir = mnt.join("open_id");
     emu.inject(Endpoint::Face, Fault::Hang, 1.0);
@@ -206,14 +298,23 @@ fn twenty_cold_reads_at_the_servers_rate_limit() {
     emu.set_rate_limit(Some(5));
     let mnt = Mount::start(&emu, &["--rate-limit", "5"]);
     let ids = emu.ids_with_faces(IdKind::OpenId);
-    let paths: Vec<PathBuf> =
-        ids.iter().flat_map(|id| [false, true].map(|c| mnt.join("open_id").join(face_file_name(id, c)))).take(20).collect();
+    let paths: Vec<PathBuf> = ids
+        .iter()
+        .flat_map(|id| [false, true].map(|c| mnt.join("open_id").join(face_file_name(id, c))))
+        .take(20)
+        .collect();
     assert_eq!(paths.len(), 20);
     let readers: Vec<_> = paths
         .chunks(5)
         .map(|chunk| {
             let chunk = chunk.to_vec();
-            std::thread::spawn(move || chunk.iter().map(|p| std::fs::read(p).is_ok()).filter(|ok| *ok).count())
+            std::thread::spawn(move || {
+                chunk
+                    .iter()
+                    .map(|p| std::fs::read(p).is_ok())
+                    .filter(|ok| *ok)
+                    .count()
+            })
         })
         .collect();
     let ok: usize = readers.into_iter().map(|t| t.join().unwrap()).sum();
@@ -235,9 +336,19 @@ fn a_throttling_answer_is_waited_out() {
     };
     std::thread::sleep(Duration::from_millis(300));
     emu.clear_faults();
-    assert_eq!(reader.join().unwrap().unwrap(), emu.face(IdKind::OpenId, &id, false).unwrap());
-    let throttled = emu.requests().iter().filter(|r| r.fault == Some(Fault::Throttle)).count();
-    assert!((1..=4).contains(&throttled), "retried after each reset, not in a tight loop: {throttled}");
+    assert_eq!(
+        reader.join().unwrap().unwrap(),
+        emu.face(IdKind::OpenId, &id, false).unwrap()
+    );
+    let throttled = emu
+        .requests()
+        .iter()
+        .filter(|r| r.fault == Some(Fault::Throttle))
+        .count();
+    assert!(
+        (1..=4).contains(&throttled),
+        "retried after each reset, not in a tight loop: {throttled}"
+    );
 }
 
 #[test]
@@ -252,10 +363,18 @@ fn no_secret_or_token_in_a_trace_log_or_argv() {
     assert!(std::fs::read(mnt.join("user_id").join(face_file_name(&ids[2], true))).is_err());
     // The failure is logged once, with what support needs and without the id.
     let log = mnt.log_text();
-    let failures: Vec<&str> = log.lines().filter(|l| l.contains("WARN") && l.contains("face failed")).collect();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("face failed"))
+        .collect();
     assert_eq!(failures.len(), 1, "{failures:?}");
     let line = failures[0];
-    assert!(line.contains("downloading a user_id face") && line.contains("(code 5000)") && line.contains("[HTTP 500]"), "{line}");
+    assert!(
+        line.contains("downloading a user_id face")
+            && line.contains("(code 5000)")
+            && line.contains("[HTTP 500]"),
+        "{line}"
+    );
     assert!(line.contains("[log id 2026emulator"), "{line}");
     assert!(!line.contains(&ids[2]), "{line}");
     let pid = mnt.child.as_ref().unwrap().id();
@@ -265,7 +384,10 @@ fn no_secret_or_token_in_a_trace_log_or_argv() {
     assert_eq!(tokens.len(), 2);
     assert!(log.lines().count() > 50, "trace logging was on");
     for secret in tokens.iter().chain([&emu.config().app_secret]) {
-        assert!(!log.contains(secret.as_str()), "{secret} leaked into the log");
+        assert!(
+            !log.contains(secret.as_str()),
+            "{secret} leaked into the log"
+        );
         assert!(!String::from_utf8_lossy(&argv).contains(secret.as_str()));
     }
 }
@@ -274,20 +396,45 @@ fn no_secret_or_token_in_a_trace_log_or_argv() {
 fn hostile_names_stay_one_path_segment() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &["--rate-limit", "1000"]);
-    let ids = ["..%2F..%2Fauth", "a%3Fuser_id_type%3Duser_id", "x#y", "a b+c", "..", "a?b=c&d", "%", "ou_1/../../x"];
+    let ids = [
+        "..%2F..%2Fauth",
+        "a%3Fuser_id_type%3Duser_id",
+        "x#y",
+        "a b+c",
+        "..",
+        "a?b=c&d",
+        "%",
+        "ou_1/../../x",
+    ];
     for id in ids {
         let out = run("stat", &[&mnt.join("open_id").join(format!("{id}.jpg"))]);
-        assert!(stderr(&out).contains("No such file or directory"), "{id}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("No such file or directory"),
+            "{id}: {}",
+            stderr(&out)
+        );
     }
-    let faces: Vec<_> = emu.requests().into_iter().filter(|r| r.endpoint != Endpoint::Token).collect();
+    let faces: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.endpoint != Endpoint::Token)
+        .collect();
     // '..' and names with '/' never reach the API; every other id arrives whole.
-    let sent: Vec<&str> = ids.iter().copied().filter(|id| *id != ".." && !id.contains('/')).collect();
+    let sent: Vec<&str> = ids
+        .iter()
+        .copied()
+        .filter(|id| *id != ".." && !id.contains('/'))
+        .collect();
     assert_eq!(faces.len(), sent.len(), "{faces:?}");
     for (request, id) in faces.iter().zip(&sent) {
         assert_eq!(request.endpoint, Endpoint::Face);
         assert_eq!(request.user_id.as_deref(), Some(*id));
         assert_eq!(request.query, "is_cropped=false&user_id_type=open_id");
-        assert!(request.path.starts_with("/open-apis/acs/v1/users/") && request.path.ends_with("/face"), "{}", request.path);
+        assert!(
+            request.path.starts_with("/open-apis/acs/v1/users/") && request.path.ends_with("/face"),
+            "{}",
+            request.path
+        );
         assert_eq!(request.path.matches('/').count(), 6, "{}", request.path);
     }
 }
@@ -296,8 +443,21 @@ fn hostile_names_stay_one_path_segment() {
 fn other_users_cannot_enter_the_mount() {
     let emu = emulator(small_tenant(2));
     let mnt = Mount::start(&emu, &[]);
-    let out = run("setpriv", &[&"--reuid=65534", &"--regid=65534", &"--clear-groups", &"ls", &mnt.path()]);
+    let out = run(
+        "setpriv",
+        &[
+            &"--reuid=65534",
+            &"--regid=65534",
+            &"--clear-groups",
+            &"ls",
+            &mnt.path(),
+        ],
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(ls_count(mnt.path()), 3, "the owner still can");
 }

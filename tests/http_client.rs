@@ -11,8 +11,17 @@ use facefs::layout::IdKind;
 use facefs::secret::Secret;
 
 fn emulator(users: usize) -> Emulator {
-    let tenant = TenantSpec { users, face_width: 48, face_height: 60, ..TenantSpec::default() };
-    Emulator::start(EmulatorConfig { tenant, ..EmulatorConfig::default() }).unwrap()
+    let tenant = TenantSpec {
+        users,
+        face_width: 48,
+        face_height: 60,
+        ..TenantSpec::default()
+    };
+    Emulator::start(EmulatorConfig {
+        tenant,
+        ..EmulatorConfig::default()
+    })
+    .unwrap()
 }
 
 fn client_with(emu: &Emulator, secret: &str) -> HttpApi {
@@ -34,7 +43,12 @@ fn list_all(api: &HttpApi, kind: IdKind) -> Vec<String> {
     let mut token: Option<String> = None;
     loop {
         let page = api.list_users(kind, token.as_deref()).unwrap();
-        ids.extend(page.users.into_iter().filter(|u| u.face_uploaded).map(|u| u.user_id));
+        ids.extend(
+            page.users
+                .into_iter()
+                .filter(|u| u.face_uploaded)
+                .map(|u| u.user_id),
+        );
         match page.next_page_token {
             Some(next) => token = Some(next),
             None => return ids,
@@ -49,9 +63,21 @@ fn lists_every_user_across_pages() {
     for kind in IdKind::ALL {
         assert_eq!(list_all(&api, kind), emu.ids_with_faces(kind));
     }
-    assert_eq!(emu.count(Endpoint::ListUsers), 3 * 3, "120 users are three pages of at most 50");
-    assert!(emu.requests().iter().filter(|r| r.endpoint == Endpoint::ListUsers).all(|r| r.query.contains("page_size=50")));
-    assert_eq!(emu.count(Endpoint::Token), 1, "one token serves every request");
+    assert_eq!(
+        emu.count(Endpoint::ListUsers),
+        3 * 3,
+        "120 users are three pages of at most 50"
+    );
+    assert!(emu
+        .requests()
+        .iter()
+        .filter(|r| r.endpoint == Endpoint::ListUsers)
+        .all(|r| r.query.contains("page_size=50")));
+    assert_eq!(
+        emu.count(Endpoint::Token),
+        1,
+        "one token serves every request"
+    );
 }
 
 #[test]
@@ -64,12 +90,27 @@ fn odd_user_ids_reach_the_face_endpoint_as_one_segment() {
             assert_eq!(Some(face), emu.face(IdKind::UserId, id, cropped), "{id:?}");
         }
     }
-    let faces: Vec<_> = emu.requests().into_iter().filter(|r| r.endpoint == Endpoint::Face).collect();
+    let faces: Vec<_> = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.endpoint == Endpoint::Face)
+        .collect();
     assert_eq!(faces.len(), ODD_USER_IDS.len() * 2);
-    for (request, id) in faces.iter().zip(ODD_USER_IDS.iter().flat_map(|id| [id, id])) {
+    for (request, id) in faces
+        .iter()
+        .zip(ODD_USER_IDS.iter().flat_map(|id| [id, id]))
+    {
         assert_eq!(request.user_id.as_deref(), Some(*id));
-        assert!(request.query.starts_with("is_cropped="), "{}", request.query);
-        assert!(request.query.ends_with("&user_id_type=user_id"), "{}", request.query);
+        assert!(
+            request.query.starts_with("is_cropped="),
+            "{}",
+            request.query
+        );
+        assert!(
+            request.query.ends_with("&user_id_type=user_id"),
+            "{}",
+            request.query
+        );
     }
 }
 
@@ -77,9 +118,22 @@ fn odd_user_ids_reach_the_face_endpoint_as_one_segment() {
 fn not_found_answers_are_distinct() {
     let emu = emulator(20);
     let api = client(&emu);
-    assert_eq!(api.get_face(IdKind::OpenId, "ou_nobody", false), Err(ApiError::UserNotFound));
-    let faceless = emu.tenant().users().iter().find(|u| !u.has_face).unwrap().id(IdKind::OpenId).to_owned();
-    assert_eq!(api.get_face(IdKind::OpenId, &faceless, true), Err(ApiError::FaceNotFound));
+    assert_eq!(
+        api.get_face(IdKind::OpenId, "ou_nobody", false),
+        Err(ApiError::UserNotFound)
+    );
+    let faceless = emu
+        .tenant()
+        .users()
+        .iter()
+        .find(|u| !u.has_face)
+        .unwrap()
+        .id(IdKind::OpenId)
+        .to_owned();
+    assert_eq!(
+        api.get_face(IdKind::OpenId, &faceless, true),
+        Err(ApiError::FaceNotFound)
+    );
 }
 
 #[test]
@@ -89,7 +143,9 @@ fn a_wrong_secret_is_refused_with_code_and_log_id() {
     match api.check_credentials() {
         Err(ApiError::BadCredentials(failure)) => {
             assert_eq!(failure.code, Some(codes::APP_SECRET_INVALID));
-            assert!(failure.log_id.is_some_and(|id| id.starts_with("2026emulator")));
+            assert!(failure
+                .log_id
+                .is_some_and(|id| id.starts_with("2026emulator")));
         }
         other => panic!("expected BadCredentials, got {other:?}"),
     }
@@ -102,15 +158,30 @@ fn an_expired_token_is_renewed_and_the_request_retried() {
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     api.get_face(IdKind::OpenId, &id, false).unwrap();
     emu.expire_tokens();
-    assert_eq!(api.get_face(IdKind::OpenId, &id, false).unwrap(), emu.face(IdKind::OpenId, &id, false).unwrap());
+    assert_eq!(
+        api.get_face(IdKind::OpenId, &id, false).unwrap(),
+        emu.face(IdKind::OpenId, &id, false).unwrap()
+    );
     assert_eq!(emu.count(Endpoint::Token), 2);
-    assert_eq!(emu.count(Endpoint::Face), 3, "one refused with 99991663, one retried");
+    assert_eq!(
+        emu.count(Endpoint::Face),
+        3,
+        "one refused with 99991663, one retried"
+    );
 }
 
 #[test]
 fn a_missing_scope_is_permission_denied() {
-    let tenant = TenantSpec { users: 2, ..TenantSpec::default() };
-    let emu = Emulator::start(EmulatorConfig { tenant, deny_user_id_scope: true, ..EmulatorConfig::default() }).unwrap();
+    let tenant = TenantSpec {
+        users: 2,
+        ..TenantSpec::default()
+    };
+    let emu = Emulator::start(EmulatorConfig {
+        tenant,
+        deny_user_id_scope: true,
+        ..EmulatorConfig::default()
+    })
+    .unwrap();
     let api = client(&emu);
     match api.list_users(IdKind::UserId, None) {
         Err(ApiError::PermissionDenied(f)) => {
@@ -136,8 +207,14 @@ fn the_emulator_is_strict() {
         let body: serde_json::Value = serde_json::from_slice(&resp.bytes().unwrap()).unwrap();
         (status, body["code"].as_i64().unwrap())
     };
-    assert_eq!(call("/open-apis/acs/v1/users?page_size=10", None), (400, codes::TOKEN_MISSING));
-    assert_eq!(call("/open-apis/acs/v1/users?page_size=10", Some("t-forged")), (400, codes::TOKEN_INVALID));
+    assert_eq!(
+        call("/open-apis/acs/v1/users?page_size=10", None),
+        (400, codes::TOKEN_MISSING)
+    );
+    assert_eq!(
+        call("/open-apis/acs/v1/users?page_size=10", Some("t-forged")),
+        (400, codes::TOKEN_INVALID)
+    );
     let answer = http
         .post(format!("{}/open-apis/auth/v3/tenant_access_token/internal", emu.base_url()))
         .body(serde_json::json!({ "app_id": emu.config().app_id, "app_secret": emu.config().app_secret }).to_string())
@@ -145,9 +222,30 @@ fn the_emulator_is_strict() {
         .unwrap();
     let token: serde_json::Value = serde_json::from_slice(&answer.bytes().unwrap()).unwrap();
     let token = token["tenant_access_token"].as_str().unwrap();
-    assert_eq!(call("/open-apis/acs/v1/users?page_size=51", Some(token)), (400, codes::INVALID_PARAM));
-    assert_eq!(call("/open-apis/acs/v1/users?page_size=10&user_id_type=email", Some(token)), (400, codes::INVALID_PARAM));
-    assert_eq!(call("/open-apis/acs/v1/users?page_size=1&page_token=bogus", Some(token)), (400, codes::INVALID_PAGE_TOKEN));
-    assert_eq!(call("/open-apis/acs/v1/users?page_size=1", Some(token)), (200, 0));
-    assert_eq!(call("/open-apis/acs/v2/nothing", Some(token)), (404, codes::NO_SUCH_PATH));
+    assert_eq!(
+        call("/open-apis/acs/v1/users?page_size=51", Some(token)),
+        (400, codes::INVALID_PARAM)
+    );
+    assert_eq!(
+        call(
+            "/open-apis/acs/v1/users?page_size=10&user_id_type=email",
+            Some(token)
+        ),
+        (400, codes::INVALID_PARAM)
+    );
+    assert_eq!(
+        call(
+            "/open-apis/acs/v1/users?page_size=1&page_token=bogus",
+            Some(token)
+        ),
+        (400, codes::INVALID_PAGE_TOKEN)
+    );
+    assert_eq!(
+        call("/open-apis/acs/v1/users?page_size=1", Some(token)),
+        (200, 0)
+    );
+    assert_eq!(
+        call("/open-apis/acs/v2/nothing", Some(token)),
+        (404, codes::NO_SUCH_PATH)
+    );
 }

@@ -12,12 +12,20 @@ use facefs::emulator::{EmulatorConfig, Endpoint};
 use facefs::layout::{face_file_name, IdKind};
 
 fn expected_names(emu: &facefs::emulator::Emulator, kind: IdKind) -> BTreeSet<String> {
-    emu.ids_with_faces(kind).iter().flat_map(|id| [face_file_name(id, false), face_file_name(id, true)]).collect()
+    emu.ids_with_faces(kind)
+        .iter()
+        .flat_map(|id| [face_file_name(id, false), face_file_name(id, true)])
+        .collect()
 }
 
 fn ls(path: &std::path::Path) -> BTreeSet<String> {
     let out = run("ls", &[&"-1A", &path]);
-    assert!(out.status.success(), "ls {}: {}", path.display(), stderr(&out));
+    assert!(
+        out.status.success(),
+        "ls {}: {}",
+        path.display(),
+        stderr(&out)
+    );
     stdout(&out).lines().map(str::to_owned).collect()
 }
 
@@ -26,7 +34,10 @@ fn ls_shows_every_user_with_a_face_and_downloads_none() {
     // 75 users: two list pages of 50, users without faces among them.
     let emu = emulator(small_tenant(75));
     let mnt = Mount::start(&emu, &[]);
-    assert_eq!(ls(mnt.path()), BTreeSet::from(["open_id".into(), "union_id".into(), "user_id".into()]));
+    assert_eq!(
+        ls(mnt.path()),
+        BTreeSet::from(["open_id".into(), "union_id".into(), "user_id".into()])
+    );
     for kind in IdKind::ALL {
         let names = ls(&mnt.join(kind.as_str()));
         assert_eq!(names, expected_names(&emu, kind), "{kind}");
@@ -47,7 +58,12 @@ fn cat_gives_the_api_bytes_in_every_directory() {
             for cropped in [false, true] {
                 let path = mnt.join(kind.as_str()).join(face_file_name(&id, cropped));
                 let out = run("cat", &[&path]);
-                assert!(out.status.success(), "cat {}: {}", path.display(), stderr(&out));
+                assert!(
+                    out.status.success(),
+                    "cat {}: {}",
+                    path.display(),
+                    stderr(&out)
+                );
                 let expected = emu.face(kind, &id, cropped).unwrap();
                 assert_eq!(out.stdout, expected, "{}", path.display());
                 // cmp against the bytes written out, as a user would check a copy.
@@ -59,21 +75,39 @@ fn cat_gives_the_api_bytes_in_every_directory() {
         }
     }
     // Every odd user_id went through, and full and cropped faces differ.
-    assert!(ODD_USER_IDS.iter().all(|id| emu.ids_with_faces(IdKind::UserId).contains(&id.to_string())));
-    assert_ne!(emu.face(IdKind::UserId, "100%", false), emu.face(IdKind::UserId, "100%", true));
-    assert_eq!(emu.count(Endpoint::Face), checked, "one download per file; stat and read share it");
+    assert!(ODD_USER_IDS
+        .iter()
+        .all(|id| emu.ids_with_faces(IdKind::UserId).contains(&id.to_string())));
+    assert_ne!(
+        emu.face(IdKind::UserId, "100%", false),
+        emu.face(IdKind::UserId, "100%", true)
+    );
+    assert_eq!(
+        emu.count(Endpoint::Face),
+        checked,
+        "one download per file; stat and read share it"
+    );
 }
 
 #[test]
 fn stat_reports_the_exact_size_before_any_read() {
     let emu = emulator(small_tenant(10));
     let mnt = Mount::start(&emu, &[]);
-    for (kind, id) in [(IdKind::UserId, "emp 001"), (IdKind::UserId, "张伟"), (IdKind::OpenId, &*emu.ids_with_faces(IdKind::OpenId)[3])] {
+    for (kind, id) in [
+        (IdKind::UserId, "emp 001"),
+        (IdKind::UserId, "张伟"),
+        (IdKind::OpenId, &*emu.ids_with_faces(IdKind::OpenId)[3]),
+    ] {
         for cropped in [false, true] {
             let path = mnt.join(kind.as_str()).join(face_file_name(id, cropped));
             let out = run("stat", &[&"-c", &"%s %F %a", &path]);
             let expected = emu.face(kind, id, cropped).unwrap().len();
-            assert_eq!(stdout(&out).trim(), format!("{expected} regular file 400"), "{}", path.display());
+            assert_eq!(
+                stdout(&out).trim(),
+                format!("{expected} regular file 400"),
+                "{}",
+                path.display()
+            );
         }
     }
     let out = run("stat", &[&"-c", &"%F %a %U", &mnt.join("open_id")]);
@@ -84,19 +118,48 @@ fn stat_reports_the_exact_size_before_any_read() {
 fn missing_users_faces_and_foreign_names_are_enoent() {
     let emu = emulator(small_tenant(20));
     let mnt = Mount::start(&emu, &[]);
-    let faceless = emu.tenant().users().iter().find(|u| !u.has_face).unwrap().id(IdKind::OpenId).to_owned();
-    for rel in ["open_id/ou_nobody.jpg".to_owned(), format!("open_id/{faceless}.jpg"), format!("open_id/{faceless}.cropped.jpg")] {
+    let faceless = emu
+        .tenant()
+        .users()
+        .iter()
+        .find(|u| !u.has_face)
+        .unwrap()
+        .id(IdKind::OpenId)
+        .to_owned();
+    for rel in [
+        "open_id/ou_nobody.jpg".to_owned(),
+        format!("open_id/{faceless}.jpg"),
+        format!("open_id/{faceless}.cropped.jpg"),
+    ] {
         let out = run("cat", &[&mnt.join(&rel)]);
         assert!(!out.status.success());
-        assert!(stderr(&out).contains("No such file or directory"), "{rel}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("No such file or directory"),
+            "{rel}: {}",
+            stderr(&out)
+        );
     }
     let face_requests = emu.count(Endpoint::Face);
     assert_eq!(face_requests, 3);
-    for rel in ["open_id/x.png", "open_id/abc", "open_id/.jpg", "faces", "user_id/a.jpeg"] {
+    for rel in [
+        "open_id/x.png",
+        "open_id/abc",
+        "open_id/.jpg",
+        "faces",
+        "user_id/a.jpeg",
+    ] {
         let out = run("stat", &[&mnt.join(rel)]);
-        assert!(stderr(&out).contains("No such file or directory"), "{rel}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("No such file or directory"),
+            "{rel}: {}",
+            stderr(&out)
+        );
     }
-    assert_eq!(emu.count(Endpoint::Face), face_requests, "names outside the layout cost no request");
+    assert_eq!(
+        emu.count(Endpoint::Face),
+        face_requests,
+        "names outside the layout cost no request"
+    );
 }
 
 #[test]
@@ -108,23 +171,53 @@ fn every_write_is_erofs() {
     let dir = mnt.join("open_id");
     let attempts: Vec<(&str, Vec<String>)> = vec![
         ("touch", vec![dir.join("new.jpg").display().to_string()]),
-        ("sh", vec!["-c".into(), format!("echo x > '{}'", face.display())]),
-        ("sh", vec!["-c".into(), format!("echo x >> '{}'", face.display())]),
+        (
+            "sh",
+            vec!["-c".into(), format!("echo x > '{}'", face.display())],
+        ),
+        (
+            "sh",
+            vec!["-c".into(), format!("echo x >> '{}'", face.display())],
+        ),
         ("rm", vec!["-f".into(), face.display().to_string()]),
         ("mkdir", vec![dir.join("sub").display().to_string()]),
-        ("mv", vec![face.display().to_string(), dir.join("moved.jpg").display().to_string()]),
-        ("ln", vec!["-s".into(), "/etc/passwd".into(), dir.join("link.jpg").display().to_string()]),
+        (
+            "mv",
+            vec![
+                face.display().to_string(),
+                dir.join("moved.jpg").display().to_string(),
+            ],
+        ),
+        (
+            "ln",
+            vec![
+                "-s".into(),
+                "/etc/passwd".into(),
+                dir.join("link.jpg").display().to_string(),
+            ],
+        ),
         ("chmod", vec!["644".into(), face.display().to_string()]),
         ("touch", vec![face.display().to_string()]),
         ("rmdir", vec![dir.display().to_string()]),
     ];
     for (program, args) in attempts {
-        let out = std::process::Command::new(program).args(&args).stdin(Stdio::null()).output().unwrap();
+        let out = std::process::Command::new(program)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{program} {args:?} succeeded");
-        assert!(stderr(&out).contains("Read-only file system"), "{program} {args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("Read-only file system"),
+            "{program} {args:?}: {}",
+            stderr(&out)
+        );
     }
     // The face is still there and whole.
-    assert_eq!(std::fs::read(&face).unwrap(), emu.face(IdKind::OpenId, &id, false).unwrap());
+    assert_eq!(
+        std::fs::read(&face).unwrap(),
+        emu.face(IdKind::OpenId, &id, false).unwrap()
+    );
 }
 
 #[test]
@@ -133,9 +226,19 @@ fn identify_decodes_faces() {
     let mnt = Mount::start(&emu, &[]);
     // ImageMagick itself expands `?` and `*` in file names, so plain ids here.
     let full = run("identify", &[&mnt.join("user_id/emp 001.jpg")]);
-    assert!(stdout(&full).contains("JPEG 120x150"), "{}{}", stdout(&full), stderr(&full));
+    assert!(
+        stdout(&full).contains("JPEG 120x150"),
+        "{}{}",
+        stdout(&full),
+        stderr(&full)
+    );
     let cropped = run("identify", &[&mnt.join("user_id/张伟.cropped.jpg")]);
-    assert!(stdout(&cropped).contains("JPEG 90x90"), "{}{}", stdout(&cropped), stderr(&cropped));
+    assert!(
+        stdout(&cropped).contains("JPEG 90x90"),
+        "{}{}",
+        stdout(&cropped),
+        stderr(&cropped)
+    );
 }
 
 #[test]
@@ -154,13 +257,24 @@ fn rsync_copies_byte_exact_and_a_second_run_transfers_nothing() {
             assert_eq!(Some(copy), emu.face(IdKind::UserId, &id, cropped), "{id}");
         }
     }
-    assert_eq!(emu.count(Endpoint::Face), expected.len(), "exactly one download per file");
+    assert_eq!(
+        emu.count(Endpoint::Face),
+        expected.len(),
+        "exactly one download per file"
+    );
 
     let second = run("rsync", &[&"-a", &"--stats", &src, &backup.path()]);
     assert!(second.status.success(), "{}", stderr(&second));
     let stats = stdout(&second);
-    assert!(stats.contains("Number of regular files transferred: 0"), "{stats}");
-    assert_eq!(emu.count(Endpoint::Face), expected.len(), "the second run is served from the cache");
+    assert!(
+        stats.contains("Number of regular files transferred: 0"),
+        "{stats}"
+    );
+    assert_eq!(
+        emu.count(Endpoint::Face),
+        expected.len(),
+        "the second run is served from the cache"
+    );
 }
 
 #[test]
@@ -169,22 +283,47 @@ fn an_expired_token_mid_session_is_invisible_to_readers() {
     let mnt = Mount::start(&emu, &[]);
     let ids = emu.ids_with_faces(IdKind::UnionId);
     let read = |id: &str| std::fs::read(mnt.join("union_id").join(face_file_name(id, false)));
-    assert_eq!(read(&ids[0]).unwrap(), emu.face(IdKind::UnionId, &ids[0], false).unwrap());
+    assert_eq!(
+        read(&ids[0]).unwrap(),
+        emu.face(IdKind::UnionId, &ids[0], false).unwrap()
+    );
     emu.expire_tokens();
-    assert_eq!(read(&ids[1]).unwrap(), emu.face(IdKind::UnionId, &ids[1], false).unwrap());
+    assert_eq!(
+        read(&ids[1]).unwrap(),
+        emu.face(IdKind::UnionId, &ids[1], false).unwrap()
+    );
     assert_eq!(emu.count(Endpoint::Token), 2, "renewed once");
 }
 
 #[test]
 fn a_missing_scope_is_permission_denied_and_logged() {
-    let emu = emulator(EmulatorConfig { deny_user_id_scope: true, ..small_tenant(4) });
+    let emu = emulator(EmulatorConfig {
+        deny_user_id_scope: true,
+        ..small_tenant(4)
+    });
     let mnt = Mount::start(&emu, &[]);
     let out = run("ls", &[&mnt.join("user_id")]);
-    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
     let out = run("cat", &[&mnt.join("user_id/emp 001.jpg")]);
-    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
-    assert!(mnt.log_text().contains("contact:user.employee_id:readonly"), "{}", mnt.log_text());
-    assert_eq!(ls(&mnt.join("open_id")).len(), 8, "other directories still work");
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        mnt.log_text().contains("contact:user.employee_id:readonly"),
+        "{}",
+        mnt.log_text()
+    );
+    assert_eq!(
+        ls(&mnt.join("open_id")).len(),
+        8,
+        "other directories still work"
+    );
 }
 
 #[test]
@@ -196,16 +335,34 @@ fn stat_walks_download_each_face_once_with_read_ahead() {
     let files = expected_names(&emu, IdKind::UnionId).len();
     let out = run("ls", &[&"-l", &dir]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(stdout(&out).lines().filter(|l| l.starts_with("-r--------")).count(), files);
-    assert_eq!(emu.count(Endpoint::Face), files, "ls -l: one request per file, read-ahead included");
+    assert_eq!(
+        stdout(&out)
+            .lines()
+            .filter(|l| l.starts_with("-r--------"))
+            .count(),
+        files
+    );
+    assert_eq!(
+        emu.count(Endpoint::Face),
+        files,
+        "ls -l: one request per file, read-ahead included"
+    );
     for (program, args) in [("find", vec!["-size", "+1k"]), ("du", vec!["-s"])] {
         let mut cmd = std::process::Command::new(program);
         cmd.arg(&dir).args(&args);
         assert!(cmd.output().unwrap().status.success(), "{program}");
     }
     let find = run("find", &[&dir, &"-type", &"f", &"-size", &"+1k"]);
-    assert_eq!(stdout(&find).lines().count(), files, "every face is over 1 KiB");
-    assert_eq!(emu.count(Endpoint::Face), files, "find and du were served from the cache");
+    assert_eq!(
+        stdout(&find).lines().count(),
+        files,
+        "every face is over 1 KiB"
+    );
+    assert_eq!(
+        emu.count(Endpoint::Face),
+        files,
+        "find and du were served from the cache"
+    );
 }
 
 #[test]
@@ -213,10 +370,21 @@ fn concurrent_readers_of_one_face_share_one_download() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &[]);
     let path = mnt.join("user_id/plus+sign.jpg");
-    let readers: Vec<_> = (0..8).map(|_| std::process::Command::new("cat").arg(&path).stdout(Stdio::piped()).spawn().unwrap()).collect();
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            std::process::Command::new("cat")
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
     for reader in readers {
         let out = reader.wait_with_output().unwrap();
-        assert_eq!(Some(out.stdout), emu.face(IdKind::UserId, "plus+sign", false));
+        assert_eq!(
+            Some(out.stdout),
+            emu.face(IdKind::UserId, "plus+sign", false)
+        );
     }
     assert_eq!(emu.count(Endpoint::Face), 1);
 }
@@ -228,7 +396,12 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
         let mut mnt = Mount::start(&emu, &[]);
         assert_eq!(ls(mnt.path()).len(), 3);
         let status = mnt.signal_and_wait(signal);
-        assert_eq!(status.code(), Some(0), "signal {signal}: {}", mnt.log_text());
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "signal {signal}: {}",
+            mnt.log_text()
+        );
         assert!(!is_mounted(mnt.path()));
     }
 }

@@ -65,16 +65,37 @@ fn an_fstab_line_mounts_with_mount_and_unmounts_with_umount() {
         secret.display(),
         emu.base_url()
     );
-    std::fs::write(&fstab, format!("facefs {} fuse.facefs {options} 0 0\n", mnt.path().display())).unwrap();
+    std::fs::write(
+        &fstab,
+        format!(
+            "facefs {} fuse.facefs {options} 0 0\n",
+            mnt.path().display()
+        ),
+    )
+    .unwrap();
 
     // `mount MOUNTPOINT` with this fstab, as `mount /mnt/faces` reads /etc/fstab.
-    let out = Command::new("mount").arg("--fstab").arg(&fstab).arg(mnt.path()).output().unwrap();
+    let out = Command::new("mount")
+        .arg("--fstab")
+        .arg(&fstab)
+        .arg(mnt.path())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "mount: {}", stderr(&out));
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let line = mounts.lines().find(|l| l.split(' ').nth(1) == Some(&*mnt.path().to_string_lossy())).unwrap();
-    assert!(line.contains(" fuse") && line.contains("ro,") && line.contains("allow_other"), "{line}");
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&*mnt.path().to_string_lossy()))
+        .unwrap();
+    assert!(
+        line.contains(" fuse") && line.contains("ro,") && line.contains("allow_other"),
+        "{line}"
+    );
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
-    assert_eq!(std::fs::read(mnt.path().join("open_id").join(face_file_name(&id, false))).unwrap(), emu.face(IdKind::OpenId, &id, false).unwrap());
+    assert_eq!(
+        std::fs::read(mnt.path().join("open_id").join(face_file_name(&id, false))).unwrap(),
+        emu.face(IdKind::OpenId, &id, false).unwrap()
+    );
 
     let out = run("umount", &[&mnt.path()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -86,11 +107,24 @@ fn mount_t_fuse_facefs_rejects_unknown_and_unsafe_options() {
     let (_helper, secret) = helper_dir(&emu);
     let mnt = TempDir::new("bad-options");
     let _cleanup = Unmount(mnt.path());
-    for (options, message) in [("app_secret=s", "app_secret_file"), ("colour=blue", "unknown mount option"), ("ttl", "needs a value")] {
+    for (options, message) in [
+        ("app_secret=s", "app_secret_file"),
+        ("colour=blue", "unknown mount option"),
+        ("ttl", "needs a value"),
+    ] {
         let all = format!("{options},app_id=x,app_secret_file={}", secret.display());
-        let out = Command::new("mount").args(["-t", "fuse.facefs", "facefs"]).arg(mnt.path()).args(["-o", &all]).output().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "fuse.facefs", "facefs"])
+            .arg(mnt.path())
+            .args(["-o", &all])
+            .output()
+            .unwrap();
         assert!(!out.status.success());
-        assert!(stderr(&out).contains(message), "{options}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(message),
+            "{options}: {}",
+            stderr(&out)
+        );
         assert!(!is_mounted(mnt.path()));
     }
     assert_eq!(emu.count(Endpoint::Token), 0);
@@ -99,11 +133,23 @@ fn mount_t_fuse_facefs_rejects_unknown_and_unsafe_options() {
 #[test]
 fn a_group_can_be_given_read_access() {
     let emu = emulator(small_tenant(3));
-    let mnt = Mount::start(&emu, &["--allow-other", "--gid", "65534", "--file-mode", "0440", "--dir-mode", "0550"]);
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--allow-other",
+            "--gid",
+            "65534",
+            "--file-mode",
+            "0440",
+            "--dir-mode",
+            "0550",
+        ],
+    );
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     let face = mnt.join("open_id").join(face_file_name(&id, true));
     let as_nobody = |args: &[&dyn AsRef<std::ffi::OsStr>]| {
-        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"--reuid=65534", &"--regid=65534", &"--clear-groups"];
+        let mut all: Vec<&dyn AsRef<std::ffi::OsStr>> =
+            vec![&"--reuid=65534", &"--regid=65534", &"--clear-groups"];
         all.extend_from_slice(args);
         run("setpriv", &all)
     };
@@ -113,8 +159,21 @@ fn a_group_can_be_given_read_access() {
     let out = run("stat", &[&"-c", &"%a %g", &face]);
     assert_eq!(stdout(&out).trim(), "440 65534");
     // A user outside the group gets nothing.
-    let out = run("setpriv", &[&"--reuid=65533", &"--regid=65533", &"--clear-groups", &"cat", &face]);
-    assert!(stderr(&out).contains("Permission denied"), "{}", stderr(&out));
+    let out = run(
+        "setpriv",
+        &[
+            &"--reuid=65533",
+            &"--regid=65533",
+            &"--clear-groups",
+            &"cat",
+            &face,
+        ],
+    );
+    assert!(
+        stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -123,7 +182,9 @@ fn systemd_hears_ready_once_the_mount_answers_and_stopping_on_sigterm() {
     let sockdir = TempDir::new("notify");
     let socket_path = sockdir.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).unwrap();
-    socket.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mnt_dir = TempDir::new("notify-mnt");
     let _cleanup = Unmount(mnt_dir.path());
     let mut child = facefs_command(&emu, mnt_dir.path())
@@ -141,7 +202,10 @@ fn systemd_hears_ready_once_the_mount_answers_and_stopping_on_sigterm() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let n = socket.recv(&mut buf).expect("STOPPING=1");
     assert_eq!(&buf[..n], b"STOPPING=1");
-    assert_eq!(wait_with_timeout(&mut child, Duration::from_secs(20)).code(), Some(0));
+    assert_eq!(
+        wait_with_timeout(&mut child, Duration::from_secs(20)).code(),
+        Some(0)
+    );
     assert!(!is_mounted(mnt_dir.path()));
 }
 
@@ -154,14 +218,26 @@ fn a_dead_mount_point_is_named_and_recovered_only_when_asked() {
     child.kill().unwrap(); // SIGKILL: no chance to unmount
     child.wait().unwrap();
     let probe = std::fs::read_dir(&path).unwrap_err();
-    assert_eq!(probe.raw_os_error(), Some(libc::ENOTCONN), "the test made a dead mount");
+    assert_eq!(
+        probe.raw_os_error(),
+        Some(libc::ENOTCONN),
+        "the test made a dead mount"
+    );
 
     let out = facefs_command(&emu, &path).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("Transport endpoint is not connected") && err.contains("umount -l") && err.contains("--recover"), "{err}");
+    assert!(
+        err.contains("Transport endpoint is not connected")
+            && err.contains("umount -l")
+            && err.contains("--recover"),
+        "{err}"
+    );
 
-    let out = facefs_command(&emu, &path).arg("--recover").output().unwrap();
+    let out = facefs_command(&emu, &path)
+        .arg("--recover")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(std::fs::read_dir(&path).unwrap().count(), 3);
     // `dead`'s drop unmounts the recovered mount, which ends its process.
@@ -173,14 +249,27 @@ fn a_live_mount_point_is_never_stacked_over() {
     let first = Mount::start(&emu, &[]);
     let out = facefs_command(&emu, first.path()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("already a mount point"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("already a mount point"),
+        "{}",
+        stderr(&out)
+    );
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    assert_eq!(mounts.lines().filter(|l| l.split(' ').nth(1) == Some(&*first.path().to_string_lossy())).count(), 1);
+    assert_eq!(
+        mounts
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some(&*first.path().to_string_lossy()))
+            .count(),
+        1
+    );
 }
 
 fn metric(text: &str, series: &str) -> f64 {
     text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
         .unwrap_or_else(|| panic!("no {series} in\n{text}"))
         .parse()
         .unwrap()
@@ -189,12 +278,39 @@ fn metric(text: &str, series: &str) -> f64 {
 #[test]
 fn metrics_move_as_faces_are_read() {
     let emu = emulator(small_tenant(4));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mnt = Mount::start(&emu, &["--metrics-listen", &port.to_string(), "--rate-limit", "1000"]);
-    let scrape = || reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics")).unwrap().text().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--metrics-listen",
+            &port.to_string(),
+            "--rate-limit",
+            "1000",
+        ],
+    );
+    let scrape = || {
+        reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
+            .unwrap()
+            .text()
+            .unwrap()
+    };
     let before = scrape();
-    assert_eq!(metric(&before, "facefs_token_renewals_total"), 1.0, "the token fetched at mount");
-    assert_eq!(metric(&before, r#"facefs_api_requests_total{endpoint="face",outcome="ok"}"#), 0.0);
+    assert_eq!(
+        metric(&before, "facefs_token_renewals_total"),
+        1.0,
+        "the token fetched at mount"
+    );
+    assert_eq!(
+        metric(
+            &before,
+            r#"facefs_api_requests_total{endpoint="face",outcome="ok"}"#
+        ),
+        0.0
+    );
 
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     let face = mnt.join("open_id").join(face_file_name(&id, false));
@@ -202,15 +318,40 @@ fn metrics_move_as_faces_are_read() {
     assert!(std::fs::read(&face).is_ok());
     assert!(std::fs::metadata(mnt.join("open_id/ou_nobody.jpg")).is_err());
     let after = scrape();
-    assert_eq!(metric(&after, r#"facefs_api_requests_total{endpoint="face",outcome="ok"}"#), 1.0);
-    assert_eq!(metric(&after, r#"facefs_api_requests_total{endpoint="face",outcome="absent"}"#), 1.0);
-    assert_eq!(metric(&after, "facefs_cache_misses_total"), 2.0, "one face and one absent name downloaded");
-    assert!(metric(&after, "facefs_cache_hits_total") >= 1.0, "the reads after the lookup hit the cache");
+    assert_eq!(
+        metric(
+            &after,
+            r#"facefs_api_requests_total{endpoint="face",outcome="ok"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            r#"facefs_api_requests_total{endpoint="face",outcome="absent"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(&after, "facefs_cache_misses_total"),
+        2.0,
+        "one face and one absent name downloaded"
+    );
+    assert!(
+        metric(&after, "facefs_cache_hits_total") >= 1.0,
+        "the reads after the lookup hit the cache"
+    );
     assert_eq!(metric(&after, "facefs_cache_bytes"), bytes.len() as f64);
     assert_eq!(metric(&after, "facefs_cache_faces"), 1.0);
     assert!(metric(&after, r#"facefs_fuse_op_seconds_count{op="lookup"}"#) >= 2.0);
     assert!(metric(&after, r#"facefs_fuse_op_seconds_count{op="open"}"#) >= 2.0);
-    assert_eq!(metric(&after, r#"facefs_fuse_errors_total{op="lookup",errno="ENOENT"}"#), 1.0);
+    assert_eq!(
+        metric(
+            &after,
+            r#"facefs_fuse_errors_total{op="lookup",errno="ENOENT"}"#
+        ),
+        1.0
+    );
     assert_eq!(metric(&after, "facefs_downloads_in_flight"), 0.0);
     assert_eq!(emu.count(Endpoint::Face), 2);
 }

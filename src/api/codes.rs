@@ -34,7 +34,10 @@ const INTERNAL_ERRORS: [i64; 3] = [1500, 5000, 2200];
 
 /// A token error: the cached token must be dropped and a new one fetched.
 pub fn is_token_error(code: i64) -> bool {
-    matches!(code, TOKEN_MISSING | TOKEN_INVALID | TOKEN_ILLEGAL | TOKEN_FORMAT)
+    matches!(
+        code,
+        TOKEN_MISSING | TOKEN_INVALID | TOKEN_ILLEGAL | TOKEN_FORMAT
+    )
 }
 
 /// The scopes an app needs to read faces with ids of this kind.
@@ -59,11 +62,17 @@ pub fn classify(failure: ApiFailure, retry_after: Option<Duration>) -> ApiError 
         Some(APP_PARAM_INVALID | APP_SECRET_INVALID | APP_MISMATCH) => {
             ApiError::BadCredentials(failure)
         }
-        Some(RATE_LIMITED) => ApiError::Throttled { retry_after, failure },
+        Some(RATE_LIMITED) => ApiError::Throttled {
+            retry_after,
+            failure,
+        },
         // The client renews a refused token once itself; a refusal that
         // survives that is worth another try with yet another token.
         Some(code) if is_token_error(code) => ApiError::Transient(failure),
-        _ if status == 429 => ApiError::Throttled { retry_after, failure },
+        _ if status == 429 => ApiError::Throttled {
+            retry_after,
+            failure,
+        },
         Some(code) if INTERNAL_ERRORS.contains(&code) => ApiError::Transient(failure),
         _ if status >= 500 || status == 408 => ApiError::Transient(failure),
         // A 4xx without a readable code says nothing definite: retry, then EIO.
@@ -77,7 +86,11 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, code: Option<i64>) -> ApiError {
-        let failure = ApiFailure { status: Some(status), code, ..ApiFailure::default() };
+        let failure = ApiFailure {
+            status: Some(status),
+            code,
+            ..ApiFailure::default()
+        };
         classify(failure, None)
     }
 
@@ -85,9 +98,18 @@ mod tests {
     fn only_the_two_not_found_codes_mean_absent() {
         assert_eq!(answer(400, Some(USER_NOT_FOUND)), ApiError::UserNotFound);
         assert_eq!(answer(400, Some(FACE_NOT_FOUND)), ApiError::FaceNotFound);
-        for (status, code) in [(404, None), (404, Some(NO_SUCH_PATH)), (400, None), (500, None), (400, Some(1))] {
+        for (status, code) in [
+            (404, None),
+            (404, Some(NO_SUCH_PATH)),
+            (400, None),
+            (500, None),
+            (400, Some(1)),
+        ] {
             let err = answer(status, code);
-            assert!(!matches!(err, ApiError::UserNotFound | ApiError::FaceNotFound), "{status} {code:?}");
+            assert!(
+                !matches!(err, ApiError::UserNotFound | ApiError::FaceNotFound),
+                "{status} {code:?}"
+            );
         }
     }
 
@@ -96,7 +118,10 @@ mod tests {
         assert!(answer(500, Some(5000)).is_retryable());
         assert!(answer(200, Some(2200)).is_retryable());
         assert!(answer(503, None).is_retryable());
-        assert!(answer(400, None).is_retryable(), "empty 400 is not definite");
+        assert!(
+            answer(400, None).is_retryable(),
+            "empty 400 is not definite"
+        );
         assert!(answer(429, Some(RATE_LIMITED)).is_retryable());
         assert!(answer(400, Some(RATE_LIMITED)).is_retryable());
         assert!(!answer(400, Some(SCOPE_MISSING)).is_retryable());
@@ -107,10 +132,16 @@ mod tests {
     #[test]
     fn permission_codes() {
         for code in [SCOPE_MISSING, NO_PERMISSION, IP_DENIED] {
-            assert!(matches!(answer(400, Some(code)), ApiError::PermissionDenied(_)));
+            assert!(matches!(
+                answer(400, Some(code)),
+                ApiError::PermissionDenied(_)
+            ));
         }
         for code in [APP_SECRET_INVALID, APP_MISMATCH, APP_PARAM_INVALID] {
-            assert!(matches!(answer(400, Some(code)), ApiError::BadCredentials(_)));
+            assert!(matches!(
+                answer(400, Some(code)),
+                ApiError::BadCredentials(_)
+            ));
         }
         assert!(is_token_error(TOKEN_INVALID) && !is_token_error(SCOPE_MISSING));
     }

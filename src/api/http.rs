@@ -26,7 +26,11 @@ const MAX_JSON_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Everything but RFC 3986's unreserved characters is escaped, so an id or a
 /// page token stays one path segment or one query value whatever it holds.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 pub struct HttpConfig {
     pub base_url: Url,
@@ -50,7 +54,9 @@ pub struct HttpApi {
 pub fn parse_base_url(text: &str) -> Result<Url, String> {
     let url = Url::parse(text).map_err(|e| format!("invalid base URL {text:?}: {e}"))?;
     if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(format!("base URL {text:?} must be an origin such as https://open.feishu.cn"));
+        return Err(format!(
+            "base URL {text:?} must be an origin such as https://open.feishu.cn"
+        ));
     }
     match url.scheme() {
         "https" => {}
@@ -127,7 +133,12 @@ struct Answer {
 
 impl Answer {
     fn log_id(&self, envelope: Option<&Envelope>) -> Option<String> {
-        let header = |name| self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let header = |name| {
+            self.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
         header("x-tt-logid")
             .or_else(|| header("x-request-id"))
             .or_else(|| envelope?.error.as_ref()?.log_id.clone())
@@ -146,7 +157,10 @@ impl Answer {
         ApiFailure {
             status: Some(self.status),
             code: envelope.and_then(|e| e.code),
-            msg: envelope.map(|e| e.msg.clone()).filter(|m| !m.is_empty()).unwrap_or_else(|| fallback.to_owned()),
+            msg: envelope
+                .map(|e| e.msg.clone())
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| fallback.to_owned()),
             log_id: self.log_id(envelope),
         }
     }
@@ -166,17 +180,22 @@ impl Answer {
     fn into_success(self) -> Result<Envelope, ApiError> {
         let envelope = self.envelope();
         match &envelope {
-            Some(e) if e.code == Some(0) && (200..300).contains(&self.status) => Ok(envelope.unwrap()),
-            Some(e) if e.code.is_some_and(|c| c != 0) => Err(self.error(envelope.as_ref(), "")),
-            _ if (200..300).contains(&self.status) => {
-                Err(ApiError::Transient(self.failure(None, "the API answered success without a readable JSON body")))
+            Some(e) if e.code == Some(0) && (200..300).contains(&self.status) => {
+                Ok(envelope.unwrap())
             }
+            Some(e) if e.code.is_some_and(|c| c != 0) => Err(self.error(envelope.as_ref(), "")),
+            _ if (200..300).contains(&self.status) => Err(ApiError::Transient(self.failure(
+                None,
+                "the API answered success without a readable JSON body",
+            ))),
             _ => Err(self.error(envelope.as_ref(), "error answer without a JSON body")),
         }
     }
 
     fn token_error(&self) -> Option<i64> {
-        self.envelope().and_then(|e| e.code).filter(|c| codes::is_token_error(*c))
+        self.envelope()
+            .and_then(|e| e.code)
+            .filter(|c| codes::is_token_error(*c))
     }
 }
 
@@ -211,20 +230,31 @@ impl HttpApi {
     }
 
     fn url(&self, path: &str) -> Result<Url, ApiError> {
-        Url::parse(&format!("{}{path}", self.base))
-            .map_err(|e| ApiError::Failed(ApiFailure::message(format!("cannot form a request URL: {e}"))))
+        Url::parse(&format!("{}{path}", self.base)).map_err(|e| {
+            ApiError::Failed(ApiFailure::message(format!(
+                "cannot form a request URL: {e}"
+            )))
+        })
     }
 
     fn request_token(&self) -> Result<IssuedToken, ApiError> {
         let url = self.url("/open-apis/auth/v3/tenant_access_token/internal")?;
-        let body = serde_json::json!({ "app_id": self.app_id, "app_secret": self.app_secret.expose() });
-        let request = self.client.post(url).header("content-type", "application/json; charset=utf-8").body(body.to_string());
+        let body =
+            serde_json::json!({ "app_id": self.app_id, "app_secret": self.app_secret.expose() });
+        let request = self
+            .client
+            .post(url)
+            .header("content-type", "application/json; charset=utf-8")
+            .body(body.to_string());
         let envelope = send(request, MAX_JSON_BYTES)?.into_success()?;
         match (envelope.tenant_access_token, envelope.expire) {
-            (Some(token), Some(expire)) if !token.is_empty() && expire > 0 => {
-                Ok(IssuedToken { token: Secret::new(token), lifetime: Duration::from_secs(expire) })
-            }
-            _ => Err(ApiError::Transient(ApiFailure::message("the token endpoint answered without a token or expiry"))),
+            (Some(token), Some(expire)) if !token.is_empty() && expire > 0 => Ok(IssuedToken {
+                token: Secret::new(token),
+                lifetime: Duration::from_secs(expire),
+            }),
+            _ => Err(ApiError::Transient(ApiFailure::message(
+                "the token endpoint answered without a token or expiry",
+            ))),
         }
     }
 
@@ -234,7 +264,10 @@ impl HttpApi {
         let mut renewed = false;
         loop {
             let token = self.tokens.get(|| self.fetch_token())?;
-            let answer = send(self.client.get(url.clone()).bearer_auth(token.expose()), limit)?;
+            let answer = send(
+                self.client.get(url.clone()).bearer_auth(token.expose()),
+                limit,
+            )?;
             match answer.token_error() {
                 Some(code) if !renewed => {
                     log::info!("the API refused the tenant token (code {code}); renewing it");
@@ -274,14 +307,18 @@ fn encode(component: &str) -> String {
 /// Sends a request and reads its whole body, at most `limit` bytes. A body
 /// cut short of its Content-Length, or by a reset, is an error, never data.
 fn send(request: RequestBuilder, limit: u64) -> Result<Answer, ApiError> {
-    let response: Response =
-        request.send().map_err(|e| ApiError::Transient(ApiFailure::message(describe(&e))))?;
+    let response: Response = request
+        .send()
+        .map_err(|e| ApiError::Transient(ApiFailure::message(describe(&e))))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
     if response.content_length().is_some_and(|n| n > limit) {
         return Err(ApiError::Failed(ApiFailure {
             status: Some(status),
-            msg: format!("answer of {} bytes exceeds the {limit}-byte limit", response.content_length().unwrap_or(0)),
+            msg: format!(
+                "answer of {} bytes exceeds the {limit}-byte limit",
+                response.content_length().unwrap_or(0)
+            ),
             ..ApiFailure::default()
         }));
     }
@@ -290,16 +327,31 @@ fn send(request: RequestBuilder, limit: u64) -> Result<Answer, ApiError> {
     response
         .take(limit + 1)
         .read_to_end(&mut body)
-        .map_err(|e| ApiError::Transient(ApiFailure { status: Some(status), msg: format!("body cut short: {e}"), ..ApiFailure::default() }))?;
+        .map_err(|e| {
+            ApiError::Transient(ApiFailure {
+                status: Some(status),
+                msg: format!("body cut short: {e}"),
+                ..ApiFailure::default()
+            })
+        })?;
     if body.len() as u64 > limit {
-        return Err(ApiError::Failed(ApiFailure { status: Some(status), msg: format!("answer exceeds the {limit}-byte limit"), ..ApiFailure::default() }));
+        return Err(ApiError::Failed(ApiFailure {
+            status: Some(status),
+            msg: format!("answer exceeds the {limit}-byte limit"),
+            ..ApiFailure::default()
+        }));
     }
-    Ok(Answer { status, headers, body })
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }
 
 impl FaceApi for HttpApi {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
-        let mut path = format!("/open-apis/acs/v1/users?page_size={MAX_PAGE_SIZE}&user_id_type={kind}");
+        let mut path =
+            format!("/open-apis/acs/v1/users?page_size={MAX_PAGE_SIZE}&user_id_type={kind}");
         if let Some(token) = page_token {
             path.push_str("&page_token=");
             path.push_str(&encode(token));
@@ -308,7 +360,10 @@ impl FaceApi for HttpApi {
     }
 
     fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
-        let path = format!("/open-apis/acs/v1/users/{}/face?is_cropped={cropped}&user_id_type={kind}", encode(id));
+        let path = format!(
+            "/open-apis/acs/v1/users/{}/face?is_cropped={cropped}&user_id_type={kind}",
+            encode(id)
+        );
         face_from_answer(self.get(self.url(&path)?, MAX_FACE_BYTES)?)
     }
 }
@@ -324,15 +379,25 @@ fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
         .ok_or_else(|| ApiError::Failed(ApiFailure::message("user list without data")))?;
     let next_page_token = match (data.has_more, data.page_token) {
         (true, Some(t)) if !t.is_empty() => Some(t),
-        (true, _) => return Err(ApiError::Failed(ApiFailure::message("user list says has_more but gives no page_token"))),
+        (true, _) => {
+            return Err(ApiError::Failed(ApiFailure::message(
+                "user list says has_more but gives no page_token",
+            )))
+        }
         (false, _) => None,
     };
     let users = data
         .items
         .into_iter()
-        .map(|item| ListedUser { user_id: item.user_id, face_uploaded: item.feature.face_uploaded })
+        .map(|item| ListedUser {
+            user_id: item.user_id,
+            face_uploaded: item.feature.face_uploaded,
+        })
         .collect();
-    Ok(UserPage { users, next_page_token })
+    Ok(UserPage {
+        users,
+        next_page_token,
+    })
 }
 
 /// Reads a face download: the body is the image itself on success; errors
@@ -340,7 +405,9 @@ fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
 fn face_from_answer(answer: Answer) -> Result<Vec<u8>, ApiError> {
     if let Some(envelope) = answer.envelope().filter(|e| e.code.is_some()) {
         return Err(match envelope.code {
-            Some(0) => ApiError::Failed(answer.failure(Some(&envelope), "a JSON answer where a face was expected")),
+            Some(0) => ApiError::Failed(
+                answer.failure(Some(&envelope), "a JSON answer where a face was expected"),
+            ),
             _ => answer.error(Some(&envelope), ""),
         });
     }
@@ -372,7 +439,11 @@ mod tests {
     }
 
     fn answer(status: u16, body: &[u8]) -> Answer {
-        Answer { status, headers: HeaderMap::new(), body: body.to_vec() }
+        Answer {
+            status,
+            headers: HeaderMap::new(),
+            body: body.to_vec(),
+        }
     }
 
     /// xorshift: the same random answers on every run.
@@ -398,11 +469,21 @@ mod tests {
         for i in 0..20_000 {
             let status = [200, 400, 404, 429, 500, 503][i % 6];
             let body = random_bytes(&mut seed, 64);
-            for result in [face_from_answer(answer(status, &body)).map(drop), page_from_answer(answer(status, &body)).map(drop)] {
-                assert!(!matches!(result, Err(ApiError::UserNotFound | ApiError::FaceNotFound)), "{status} {body:?}");
+            for result in [
+                face_from_answer(answer(status, &body)).map(drop),
+                page_from_answer(answer(status, &body)).map(drop),
+            ] {
+                assert!(
+                    !matches!(result, Err(ApiError::UserNotFound | ApiError::FaceNotFound)),
+                    "{status} {body:?}"
+                );
             }
             if status == 200 && body.first().is_some_and(|b| *b != b'{') {
-                assert_eq!(face_from_answer(answer(200, &body)).unwrap(), body, "any 200 that is not JSON is the image");
+                assert_eq!(
+                    face_from_answer(answer(200, &body)).unwrap(),
+                    body,
+                    "any 200 that is not JSON is the image"
+                );
             }
         }
     }
@@ -410,15 +491,43 @@ mod tests {
     #[test]
     fn error_bodies_are_read_whatever_the_status() {
         let not_found = br#"{"code":1490107,"msg":"user face not found"}"#;
-        assert_eq!(face_from_answer(answer(400, not_found)), Err(ApiError::FaceNotFound));
-        assert_eq!(face_from_answer(answer(200, not_found)), Err(ApiError::FaceNotFound));
-        assert!(matches!(face_from_answer(answer(200, br#"{"code":0,"data":{}}"#)), Err(ApiError::Failed(_))));
-        assert!(matches!(face_from_answer(answer(400, b"")), Err(ApiError::Transient(_))));
-        assert!(matches!(face_from_answer(answer(200, b"")), Err(ApiError::Transient(_))));
+        assert_eq!(
+            face_from_answer(answer(400, not_found)),
+            Err(ApiError::FaceNotFound)
+        );
+        assert_eq!(
+            face_from_answer(answer(200, not_found)),
+            Err(ApiError::FaceNotFound)
+        );
+        assert!(matches!(
+            face_from_answer(answer(200, br#"{"code":0,"data":{}}"#)),
+            Err(ApiError::Failed(_))
+        ));
+        assert!(matches!(
+            face_from_answer(answer(400, b"")),
+            Err(ApiError::Transient(_))
+        ));
+        assert!(matches!(
+            face_from_answer(answer(200, b"")),
+            Err(ApiError::Transient(_))
+        ));
         let truncated_list = br#"{"code":0,"msg":"success","data":{"items":[],"has_more":true}}"#;
-        assert!(matches!(page_from_answer(answer(200, truncated_list)), Err(ApiError::Failed(_))));
-        let huge_id = format!(r#"{{"code":0,"data":{{"items":[{{"user_id":"{}","feature":{{"face_uploaded":true}}}}],"has_more":false}}}}"#, "x".repeat(100_000));
-        assert_eq!(page_from_answer(answer(200, huge_id.as_bytes())).unwrap().users[0].user_id.len(), 100_000);
+        assert!(matches!(
+            page_from_answer(answer(200, truncated_list)),
+            Err(ApiError::Failed(_))
+        ));
+        let huge_id = format!(
+            r#"{{"code":0,"data":{{"items":[{{"user_id":"{}","feature":{{"face_uploaded":true}}}}],"has_more":false}}}}"#,
+            "x".repeat(100_000)
+        );
+        assert_eq!(
+            page_from_answer(answer(200, huge_id.as_bytes()))
+                .unwrap()
+                .users[0]
+                .user_id
+                .len(),
+            100_000
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ impl Fault {
         Some(match self {
             Fault::Pass => return None,
             Fault::Transient => ApiError::Transient(failure()),
-            Fault::Throttled(d) => ApiError::Throttled { retry_after: Some(*d), failure: failure() },
+            Fault::Throttled(d) => ApiError::Throttled {
+                retry_after: Some(*d),
+                failure: failure(),
+            },
             Fault::PermissionDenied => ApiError::PermissionDenied(failure()),
             Fault::InvalidPageToken => ApiError::InvalidPageToken,
         })
@@ -78,7 +81,10 @@ impl MemoryApi {
     /// Replaces a user's faces, as a re-enrolment would.
     pub fn set_faces(&self, open_id: &str, full: Option<Vec<u8>>, cropped: Option<Vec<u8>>) {
         let mut users = self.users.lock().unwrap();
-        let user = users.iter_mut().find(|u| u.ids[0] == open_id).expect("no such user");
+        let user = users
+            .iter_mut()
+            .find(|u| u.ids[0] == open_id)
+            .expect("no such user");
         user.full = full;
         user.cropped = cropped;
     }
@@ -97,7 +103,13 @@ impl MemoryApi {
     }
 
     fn next_fault(&self) -> Result<(), ApiError> {
-        match self.faults.lock().unwrap().pop_front().and_then(|f| f.error()) {
+        match self
+            .faults
+            .lock()
+            .unwrap()
+            .pop_front()
+            .and_then(|f| f.error())
+        {
             Some(err) => Err(err),
             None => Ok(()),
         }
@@ -114,7 +126,10 @@ impl FaceApi for MemoryApi {
         self.next_fault()?;
         let start = match page_token {
             None => 0,
-            Some(t) => t.strip_prefix("page:").and_then(|n| n.parse().ok()).ok_or(ApiError::InvalidPageToken)?,
+            Some(t) => t
+                .strip_prefix("page:")
+                .and_then(|n| n.parse().ok())
+                .ok_or(ApiError::InvalidPageToken)?,
         };
         let users = self.users.lock().unwrap();
         let end = (start + self.page_size).min(users.len());
@@ -122,7 +137,10 @@ impl FaceApi for MemoryApi {
         Ok(UserPage {
             users: page
                 .iter()
-                .map(|u| ListedUser { user_id: u.ids[slot(kind)].clone(), face_uploaded: u.full.is_some() })
+                .map(|u| ListedUser {
+                    user_id: u.ids[slot(kind)].clone(),
+                    face_uploaded: u.full.is_some(),
+                })
                 .collect(),
             next_page_token: (end < users.len()).then(|| format!("page:{end}")),
         })
@@ -132,7 +150,10 @@ impl FaceApi for MemoryApi {
         self.face_requests.fetch_add(1, Ordering::SeqCst);
         self.next_fault()?;
         let users = self.users.lock().unwrap();
-        let user = users.iter().find(|u| u.ids[slot(kind)] == id).ok_or(ApiError::UserNotFound)?;
+        let user = users
+            .iter()
+            .find(|u| u.ids[slot(kind)] == id)
+            .ok_or(ApiError::UserNotFound)?;
         let face = if cropped { &user.cropped } else { &user.full };
         face.clone().ok_or(ApiError::FaceNotFound)
     }

@@ -48,14 +48,20 @@ pub enum ApiError {
     UserNotFound,
     #[error("the user has no face (code {})", codes::FACE_NOT_FOUND)]
     FaceNotFound,
-    #[error("the page token is no longer valid (code {})", codes::INVALID_PAGE_TOKEN)]
+    #[error(
+        "the page token is no longer valid (code {})",
+        codes::INVALID_PAGE_TOKEN
+    )]
     InvalidPageToken,
     #[error("permission denied: {0}; grant the app the scope in the developer console")]
     PermissionDenied(ApiFailure),
     #[error("the app's credentials were refused: {0}")]
     BadCredentials(ApiFailure),
     #[error("throttled by the API{}: {failure}", retry_after.map(|d| format!(" for {d:?}")).unwrap_or_default())]
-    Throttled { retry_after: Option<Duration>, failure: ApiFailure },
+    Throttled {
+        retry_after: Option<Duration>,
+        failure: ApiFailure,
+    },
     /// Worth retrying: network errors, timeouts, 5xx, internal error codes, cut bodies.
     #[error("transient failure: {0}")]
     Transient(ApiFailure),
@@ -81,13 +87,20 @@ pub struct ApiFailure {
 
 impl ApiFailure {
     pub fn message(msg: impl Into<String>) -> ApiFailure {
-        ApiFailure { msg: msg.into(), ..ApiFailure::default() }
+        ApiFailure {
+            msg: msg.into(),
+            ..ApiFailure::default()
+        }
     }
 }
 
 impl fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.msg.is_empty() { "no message" } else { &self.msg })?;
+        f.write_str(if self.msg.is_empty() {
+            "no message"
+        } else {
+            &self.msg
+        })?;
         if let Some(code) = self.code {
             write!(f, " (code {code})")?;
         }

@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::throttle::RateLimiter;
-use crate::metrics::{Endpoint, Outcome, METRICS};
 use super::{ApiError, FaceApi, UserPage};
 use crate::layout::IdKind;
+use crate::metrics::{Endpoint, Outcome, METRICS};
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -39,7 +39,9 @@ impl RetryPolicy {
     /// The pause before retry number `retry` (1-based): exponential, with
     /// jitter so that many readers do not retry in lockstep.
     fn backoff(&self, retry: u32) -> Duration {
-        let exp = self.base_delay.saturating_mul(1 << retry.saturating_sub(1).min(16));
+        let exp = self
+            .base_delay
+            .saturating_mul(1 << retry.saturating_sub(1).min(16));
         let capped = exp.min(self.max_delay);
         capped / 2 + capped.mul_f64(random_unit() / 2.0)
     }
@@ -74,7 +76,11 @@ pub struct RetryingApi<A> {
 
 impl<A: FaceApi> RetryingApi<A> {
     pub fn new(inner: A, policy: RetryPolicy) -> RetryingApi<A> {
-        RetryingApi { inner, policy, limiter: None }
+        RetryingApi {
+            inner,
+            policy,
+            limiter: None,
+        }
     }
 
     pub fn with_rate_limit(mut self, limiter: Arc<RateLimiter>) -> RetryingApi<A> {
@@ -86,7 +92,12 @@ impl<A: FaceApi> RetryingApi<A> {
         &self.inner
     }
 
-    fn run<T>(&self, endpoint: Endpoint, what: &dyn Fn() -> String, call: impl Fn() -> Result<T, ApiError>) -> Result<T, ApiError> {
+    fn run<T>(
+        &self,
+        endpoint: Endpoint,
+        what: &dyn Fn() -> String,
+        call: impl Fn() -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
         let start = Instant::now();
         let mut attempt = 1;
         loop {
@@ -100,7 +111,12 @@ impl<A: FaceApi> RetryingApi<A> {
                 Err(err) if !err.is_retryable() => {
                     // "Does not exist" is an answer, not a failure; a missing
                     // scope is logged with the scope by the errno mapping.
-                    if !matches!(err, ApiError::UserNotFound | ApiError::FaceNotFound | ApiError::PermissionDenied(_)) {
+                    if !matches!(
+                        err,
+                        ApiError::UserNotFound
+                            | ApiError::FaceNotFound
+                            | ApiError::PermissionDenied(_)
+                    ) {
                         log::warn!("{} failed: {err}", what());
                     }
                     return Err(err);
@@ -108,14 +124,20 @@ impl<A: FaceApi> RetryingApi<A> {
                 Err(err) => err,
             };
             let pause = match &err {
-                ApiError::Throttled { retry_after: Some(reset), .. } => *reset,
+                ApiError::Throttled {
+                    retry_after: Some(reset),
+                    ..
+                } => *reset,
                 _ => self.policy.backoff(attempt),
             };
             if attempt >= self.policy.max_attempts || start.elapsed() + pause > self.policy.budget {
                 log::warn!("{} failed after {attempt} attempts: {err}", what());
                 return Err(err);
             }
-            log::debug!("{} failed (attempt {attempt}): {err}; retrying in {pause:?}", what());
+            log::debug!(
+                "{} failed (attempt {attempt}): {err}; retrying in {pause:?}",
+                what()
+            );
             METRICS.retry();
             match (&err, &self.limiter) {
                 // The API is saying the whole app is too fast: slow every caller.
@@ -129,12 +151,18 @@ impl<A: FaceApi> RetryingApi<A> {
 
 impl<A: FaceApi> FaceApi for RetryingApi<A> {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
-        self.run(Endpoint::List, &|| format!("listing {kind} users"), || self.inner.list_users(kind, page_token))
+        self.run(Endpoint::List, &|| format!("listing {kind} users"), || {
+            self.inner.list_users(kind, page_token)
+        })
     }
 
     fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
         // The id itself is personal data: the log names only its kind.
-        self.run(Endpoint::Face, &|| format!("downloading a {kind} face"), || self.inner.get_face(kind, id, cropped))
+        self.run(
+            Endpoint::Face,
+            &|| format!("downloading a {kind} face"),
+            || self.inner.get_face(kind, id, cropped),
+        )
     }
 }
 
@@ -144,38 +172,63 @@ mod tests {
     use crate::api::memory::{Fault, MemoryApi};
 
     fn quick() -> RetryPolicy {
-        RetryPolicy { max_attempts: 3, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(2), budget: Duration::from_secs(5) }
+        RetryPolicy {
+            max_attempts: 3,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            budget: Duration::from_secs(5),
+        }
     }
 
     fn api() -> MemoryApi {
         let api = MemoryApi::new();
-        api.add_user(&["ou_a", "on_a", "a"], Some(b"full".to_vec()), Some(b"crop".to_vec()));
+        api.add_user(
+            &["ou_a", "on_a", "a"],
+            Some(b"full".to_vec()),
+            Some(b"crop".to_vec()),
+        );
         api
     }
 
     #[test]
     fn transient_failures_are_retried_within_the_bound() {
         let api = RetryingApi::new(api(), quick());
-        api.inner().push_faults([Fault::Transient, Fault::Transient]);
-        assert_eq!(api.get_face(IdKind::OpenId, "ou_a", false).unwrap(), b"full");
+        api.inner()
+            .push_faults([Fault::Transient, Fault::Transient]);
+        assert_eq!(
+            api.get_face(IdKind::OpenId, "ou_a", false).unwrap(),
+            b"full"
+        );
         assert_eq!(api.inner().face_requests(), 3);
 
-        api.inner().push_faults([Fault::Transient, Fault::Transient, Fault::Transient]);
-        assert!(matches!(api.get_face(IdKind::OpenId, "ou_a", false), Err(ApiError::Transient(_))));
-        assert_eq!(api.inner().face_requests(), 6, "exactly max_attempts requests");
+        api.inner()
+            .push_faults([Fault::Transient, Fault::Transient, Fault::Transient]);
+        assert!(matches!(
+            api.get_face(IdKind::OpenId, "ou_a", false),
+            Err(ApiError::Transient(_))
+        ));
+        assert_eq!(
+            api.inner().face_requests(),
+            6,
+            "exactly max_attempts requests"
+        );
     }
 
     #[test]
     fn definite_answers_are_not_retried() {
         let api = RetryingApi::new(api(), quick());
-        assert_eq!(api.get_face(IdKind::OpenId, "ou_missing", false), Err(ApiError::UserNotFound));
+        assert_eq!(
+            api.get_face(IdKind::OpenId, "ou_missing", false),
+            Err(ApiError::UserNotFound)
+        );
         assert_eq!(api.inner().face_requests(), 1);
     }
 
     #[test]
     fn throttling_waits_for_the_announced_reset() {
         let api = RetryingApi::new(api(), quick());
-        api.inner().push_faults([Fault::Throttled(Duration::from_millis(120))]);
+        api.inner()
+            .push_faults([Fault::Throttled(Duration::from_millis(120))]);
         let start = Instant::now();
         assert!(api.get_face(IdKind::OpenId, "ou_a", true).is_ok());
         assert!(start.elapsed() >= Duration::from_millis(120));
@@ -185,7 +238,8 @@ mod tests {
     fn throttling_pauses_every_caller_of_the_shared_limiter() {
         let limiter = Arc::new(RateLimiter::new(1000.0));
         let api = Arc::new(RetryingApi::new(api(), quick()).with_rate_limit(limiter.clone()));
-        api.inner().push_faults([Fault::Throttled(Duration::from_millis(400))]);
+        api.inner()
+            .push_faults([Fault::Throttled(Duration::from_millis(400))]);
         let throttled = {
             let api = api.clone();
             std::thread::spawn(move || api.get_face(IdKind::OpenId, "ou_a", false))
@@ -197,17 +251,28 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         let start = Instant::now();
         limiter.acquire();
-        assert!(start.elapsed() >= Duration::from_millis(250), "waited {:?}", start.elapsed());
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "waited {:?}",
+            start.elapsed()
+        );
         assert!(throttled.join().unwrap().is_ok());
         assert_eq!(api.inner().face_requests(), 2);
     }
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        let p = RetryPolicy { base_delay: Duration::from_millis(100), max_delay: Duration::from_millis(300), ..RetryPolicy::default() };
+        let p = RetryPolicy {
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+            ..RetryPolicy::default()
+        };
         for _ in 0..100 {
             let first = p.backoff(1);
-            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100), "{first:?}");
+            assert!(
+                first >= Duration::from_millis(50) && first <= Duration::from_millis(100),
+                "{first:?}"
+            );
             assert!(p.backoff(10) <= Duration::from_millis(300));
             assert!(p.backoff(10) >= Duration::from_millis(150));
         }

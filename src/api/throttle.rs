@@ -27,7 +27,10 @@ impl RateLimiter {
         let now = Instant::now();
         RateLimiter {
             interval: Duration::from_secs_f64(1.0 / (per_second.max(0.001) * PACE)),
-            state: Mutex::new(Slots { next_free: now, paused_until: now }),
+            state: Mutex::new(Slots {
+                next_free: now,
+                paused_until: now,
+            }),
         }
     }
 
@@ -49,7 +52,11 @@ impl RateLimiter {
             }
             std::thread::sleep(slot - now);
             // A pause announced while this caller slept applies to it too.
-            let paused_until = self.state.lock().unwrap_or_else(|e| e.into_inner()).paused_until;
+            let paused_until = self
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .paused_until;
             if paused_until <= Instant::now() {
                 return;
             }
@@ -75,7 +82,11 @@ mod tests {
         let slots: Vec<Instant> = (0..4)
             .map(|_| {
                 let limiter = limiter.clone();
-                std::thread::spawn(move || (0..5).map(|_| limiter.reserve(Instant::now())).collect::<Vec<_>>())
+                std::thread::spawn(move || {
+                    (0..5)
+                        .map(|_| limiter.reserve(Instant::now()))
+                        .collect::<Vec<_>>()
+                })
             })
             .flat_map(|t| t.join().unwrap())
             .collect();

@@ -57,7 +57,10 @@ impl TokenCache {
         let margin = RENEW_MARGIN.min(issued.lifetime / 2);
         let renew_at = now + issued.lifetime.saturating_sub(margin);
         log::debug!("tenant token renewed; next renewal in {:?}", renew_at - now);
-        *cached = Some(Cached { token: issued.token.clone(), renew_at });
+        *cached = Some(Cached {
+            token: issued.token.clone(),
+            renew_at,
+        });
         Ok(issued.token)
     }
 
@@ -78,7 +81,10 @@ mod tests {
 
     fn issue(n: &Cell<u32>, lifetime: u64) -> Result<IssuedToken, ApiError> {
         n.set(n.get() + 1);
-        Ok(IssuedToken { token: Secret::new(format!("t-{}", n.get())), lifetime: Duration::from_secs(lifetime) })
+        Ok(IssuedToken {
+            token: Secret::new(format!("t-{}", n.get())),
+            lifetime: Duration::from_secs(lifetime),
+        })
     }
 
     #[test]
@@ -87,10 +93,14 @@ mod tests {
         let n = Cell::new(0);
         let t0 = Instant::now();
         let a = cache.get_at(t0, || issue(&n, 7200)).unwrap();
-        let b = cache.get_at(t0 + Duration::from_secs(6000), || issue(&n, 7200)).unwrap();
+        let b = cache
+            .get_at(t0 + Duration::from_secs(6000), || issue(&n, 7200))
+            .unwrap();
         assert_eq!((a.expose(), b.expose(), n.get()), ("t-1", "t-1", 1));
         // 5 minutes before expiry it is renewed, before any request can see it expire.
-        let c = cache.get_at(t0 + Duration::from_secs(6901), || issue(&n, 7200)).unwrap();
+        let c = cache
+            .get_at(t0 + Duration::from_secs(6901), || issue(&n, 7200))
+            .unwrap();
         assert_eq!((c.expose(), n.get()), ("t-2", 2));
     }
 
@@ -100,9 +110,13 @@ mod tests {
         let n = Cell::new(0);
         let t0 = Instant::now();
         cache.get_at(t0, || issue(&n, 60)).unwrap();
-        cache.get_at(t0 + Duration::from_secs(29), || issue(&n, 60)).unwrap();
+        cache
+            .get_at(t0 + Duration::from_secs(29), || issue(&n, 60))
+            .unwrap();
         assert_eq!(n.get(), 1);
-        cache.get_at(t0 + Duration::from_secs(31), || issue(&n, 60)).unwrap();
+        cache
+            .get_at(t0 + Duration::from_secs(31), || issue(&n, 60))
+            .unwrap();
         assert_eq!(n.get(), 2);
     }
 
@@ -121,7 +135,11 @@ mod tests {
     #[test]
     fn a_failed_fetch_is_returned_and_not_cached() {
         let cache = TokenCache::new();
-        let err = cache.get(|| Err(ApiError::Transient(super::super::ApiFailure::message("down"))));
+        let err = cache.get(|| {
+            Err(ApiError::Transient(super::super::ApiFailure::message(
+                "down",
+            )))
+        });
         assert!(err.is_err());
         let n = Cell::new(0);
         assert_eq!(cache.get(|| issue(&n, 7200)).unwrap().expose(), "t-1");

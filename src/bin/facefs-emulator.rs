@@ -10,7 +10,11 @@ use facefs::emulator::tenant::TenantSpec;
 use facefs::emulator::{Emulator, EmulatorConfig};
 
 #[derive(Parser)]
-#[command(name = "facefs-emulator", version, about = "A local emulator of Feishu's ACS face API (loopback only)")]
+#[command(
+    name = "facefs-emulator",
+    version,
+    about = "A local emulator of Feishu's ACS face API (loopback only)"
+)]
 struct Args {
     /// Address to listen on; only loopback addresses are accepted.
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -32,13 +36,27 @@ struct Args {
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::new().filter_or("FACEFS_LOG", "warn")).init();
     let args = Args::parse();
-    let loopback = args.listen.parse::<std::net::SocketAddr>().map(|a| a.ip().is_loopback()).unwrap_or(false);
+    let loopback = args
+        .listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or(false);
     if !loopback {
         eprintln!("facefs-emulator: --listen must be a loopback address such as 127.0.0.1:8080");
         std::process::exit(2);
     }
-    let tenant = TenantSpec { users: args.users, face_width: args.face_width, face_height: args.face_width / 4 * 5, ..TenantSpec::default() };
-    let config = EmulatorConfig { listen: args.listen, tenant, rate_limit: args.rate_limit, ..EmulatorConfig::default() };
+    let tenant = TenantSpec {
+        users: args.users,
+        face_width: args.face_width,
+        face_height: args.face_width / 4 * 5,
+        ..TenantSpec::default()
+    };
+    let config = EmulatorConfig {
+        listen: args.listen,
+        tenant,
+        rate_limit: args.rate_limit,
+        ..EmulatorConfig::default()
+    };
     let emulator = match Emulator::start(config) {
         Ok(emulator) => emulator,
         Err(e) => {

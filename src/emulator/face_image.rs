@@ -16,20 +16,28 @@ pub fn face_jpeg(seed: u64, width: u16, height: u16) -> Vec<u8> {
     };
     let hue = (seed % 360) as f32;
     let background = hsv(hue, 0.35, 0.85);
-    let skin = hsv(20.0 + (seed % 25) as f32, 0.35 + (seed % 7) as f32 * 0.03, 0.9);
+    let skin = hsv(
+        20.0 + (seed % 25) as f32,
+        0.35 + (seed % 7) as f32 * 0.03,
+        0.9,
+    );
     let (cx, cy) = (w / 2.0, h / 2.0);
     let (rx, ry) = (w * 0.32, h * 0.38);
     let mut pixels = Vec::with_capacity(usize::from(width) * usize::from(height) * 3);
     for y in 0..height {
         for x in 0..width {
             let (fx, fy) = (f32::from(x), f32::from(y));
-            let in_ellipse = |ex: f32, ey: f32, erx: f32, ery: f32| ((fx - ex) / erx).powi(2) + ((fy - ey) / ery).powi(2) <= 1.0;
+            let in_ellipse = |ex: f32, ey: f32, erx: f32, ery: f32| {
+                ((fx - ex) / erx).powi(2) + ((fy - ey) / ery).powi(2) <= 1.0
+            };
             let mut c = background.map(|v| v * (0.75 + 0.25 * fy / h));
             if in_ellipse(cx, cy, rx, ry) {
                 c = skin;
             }
             let eye_y = cy - ry * 0.25;
-            if in_ellipse(cx - rx * 0.4, eye_y, rx * 0.14, ry * 0.08) || in_ellipse(cx + rx * 0.4, eye_y, rx * 0.14, ry * 0.08) {
+            if in_ellipse(cx - rx * 0.4, eye_y, rx * 0.14, ry * 0.08)
+                || in_ellipse(cx + rx * 0.4, eye_y, rx * 0.14, ry * 0.08)
+            {
                 c = [0.15, 0.12, 0.1];
             }
             if in_ellipse(cx, cy + ry * 0.45, rx * 0.35, ry * 0.07) {
@@ -40,7 +48,9 @@ pub fn face_jpeg(seed: u64, width: u16, height: u16) -> Vec<u8> {
         }
     }
     let mut out = Vec::new();
-    Encoder::new(&mut out, 90).encode(&pixels, width, height, ColorType::Rgb).expect("encoding to memory cannot fail");
+    Encoder::new(&mut out, 90)
+        .encode(&pixels, width, height, ColorType::Rgb)
+        .expect("encoding to memory cannot fail");
     out
 }
 

@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::http_server::{decode, Reply, Request, Response, Server};
 use self::tenant::{Tenant, TenantSpec};
 use crate::api::codes;
+use crate::http_server::{decode, Reply, Request, Response, Server};
 use crate::layout::IdKind;
 
 /// The service's limit on `page_size`.
@@ -128,7 +128,11 @@ impl RateWindow {
             self.used += 1;
             return None;
         }
-        Some((self.window_start + Duration::from_secs(1)).saturating_duration_since(now).as_secs_f64())
+        Some(
+            (self.window_start + Duration::from_secs(1))
+                .saturating_duration_since(now)
+                .as_secs_f64(),
+        )
     }
 }
 
@@ -159,9 +163,16 @@ impl Emulator {
             rng: Mutex::new(0x2545_f491_4f6c_dd1d),
         });
         let handler_state = state.clone();
-        let server = Server::start(&state.config.listen, Arc::new(move |req: &Request| handler_state.handle(req)))?;
+        let server = Server::start(
+            &state.config.listen,
+            Arc::new(move |req: &Request| handler_state.handle(req)),
+        )?;
         if let Some(limit) = state.config.rate_limit {
-            state.behave().rate_limit = Some(RateWindow { per_second: limit, window_start: Instant::now(), used: 0 });
+            state.behave().rate_limit = Some(RateWindow {
+                per_second: limit,
+                window_start: Instant::now(),
+                used: 0,
+            });
         }
         Ok(Emulator { state, server })
     }
@@ -205,13 +216,22 @@ impl Emulator {
     /// Admit at most this many ACS requests per one-second window; refuse the
     /// rest with HTTP 429 and code 99991400.
     pub fn set_rate_limit(&self, per_second: Option<u32>) {
-        self.state.behave().rate_limit =
-            per_second.map(|per_second| RateWindow { per_second, window_start: Instant::now(), used: 0 });
+        self.state.behave().rate_limit = per_second.map(|per_second| RateWindow {
+            per_second,
+            window_start: Instant::now(),
+            used: 0,
+        });
     }
 
     /// Every token handed out so far, for tests that look for leaks.
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.state.tokens.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+        self.state
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
@@ -219,12 +239,21 @@ impl Emulator {
     }
 
     pub fn count(&self, endpoint: Endpoint) -> usize {
-        self.state.lock_log().iter().filter(|r| r.endpoint == endpoint).count()
+        self.state
+            .lock_log()
+            .iter()
+            .filter(|r| r.endpoint == endpoint)
+            .count()
     }
 
     /// The ids of `kind` that the list endpoint reports with a face.
     pub fn ids_with_faces(&self, kind: IdKind) -> Vec<String> {
-        self.tenant().users().iter().filter(|u| u.has_face).map(|u| u.id(kind).to_owned()).collect()
+        self.tenant()
+            .users()
+            .iter()
+            .filter(|u| u.has_face)
+            .map(|u| u.id(kind).to_owned())
+            .collect()
     }
 
     /// The bytes the face endpoint serves for this id.
@@ -235,7 +264,10 @@ impl Emulator {
 }
 
 fn error(status: u16, code: i64, msg: &str) -> Response {
-    Response::json(status, &json!({ "code": code, "msg": msg, "error": { "log_id": "" } }))
+    Response::json(
+        status,
+        &json!({ "code": code, "msg": msg, "error": { "log_id": "" } }),
+    )
 }
 
 fn ok(data: serde_json::Value) -> Response {
@@ -243,7 +275,11 @@ fn ok(data: serde_json::Value) -> Response {
 }
 
 fn invalid_param(msg: &str) -> Response {
-    error(400, codes::INVALID_PARAM, &format!("field validation failed: {msg}"))
+    error(
+        400,
+        codes::INVALID_PARAM,
+        &format!("field validation failed: {msg}"),
+    )
 }
 
 fn encode_page_token(offset: usize) -> String {
@@ -270,14 +306,31 @@ impl State {
 
     /// The fault to give this request, if any, and whether the rate limit refused it.
     fn misbehave(&self, endpoint: Endpoint) -> (Option<Fault>, Option<f64>, bool, Duration) {
-        let acs = matches!(endpoint, Endpoint::ListUsers | Endpoint::GetUser | Endpoint::Face);
+        let acs = matches!(
+            endpoint,
+            Endpoint::ListUsers | Endpoint::GetUser | Endpoint::Face
+        );
         let mut behaviour = self.behave();
-        let fault = behaviour.faults.iter().filter(|(e, _, _)| *e == endpoint).find(|(_, _, rate)| self.random() < *rate).map(|(_, f, _)| *f);
+        let fault = behaviour
+            .faults
+            .iter()
+            .filter(|(e, _, _)| *e == endpoint)
+            .find(|(_, _, rate)| self.random() < *rate)
+            .map(|(_, f, _)| *f);
         let throttled = match (&mut behaviour.rate_limit, acs && fault.is_none()) {
             (Some(window), true) => window.admit(Instant::now()),
             _ => None,
         };
-        (fault, throttled, behaviour.outage, if acs { behaviour.latency } else { Duration::ZERO })
+        (
+            fault,
+            throttled,
+            behaviour.outage,
+            if acs {
+                behaviour.latency
+            } else {
+                Duration::ZERO
+            },
+        )
     }
 
     fn lock_log(&self) -> std::sync::MutexGuard<'_, Vec<LoggedRequest>> {
@@ -286,7 +339,12 @@ impl State {
 
     fn expire_tokens(&self) {
         let now = Instant::now();
-        for expiry in self.tokens.lock().unwrap_or_else(|e| e.into_inner()).values_mut() {
+        for expiry in self
+            .tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values_mut()
+        {
             *expiry = now;
         }
     }
@@ -295,16 +353,23 @@ impl State {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let segments: Vec<&str> = req.path.split('/').collect();
         let (endpoint, raw_id) = match (req.method.as_str(), segments.as_slice()) {
-            ("POST", ["", "open-apis", "auth", "v3", "tenant_access_token", "internal"]) => (Endpoint::Token, None),
+            ("POST", ["", "open-apis", "auth", "v3", "tenant_access_token", "internal"]) => {
+                (Endpoint::Token, None)
+            }
             ("GET", ["", "open-apis", "acs", "v1", "users"]) => (Endpoint::ListUsers, None),
             ("GET", ["", "open-apis", "acs", "v1", "users", id]) => (Endpoint::GetUser, Some(*id)),
-            ("GET", ["", "open-apis", "acs", "v1", "users", id, "face"]) => (Endpoint::Face, Some(*id)),
+            ("GET", ["", "open-apis", "acs", "v1", "users", id, "face"]) => {
+                (Endpoint::Face, Some(*id))
+            }
             (_, ["", "_emulator", ..]) => (Endpoint::Control, None),
             _ => (Endpoint::Unknown, None),
         };
         let user_id = raw_id.and_then(decode);
-        let (fault, throttled, outage, latency) =
-            if endpoint == Endpoint::Control { (None, None, false, Duration::ZERO) } else { self.misbehave(endpoint) };
+        let (fault, throttled, outage, latency) = if endpoint == Endpoint::Control {
+            (None, None, false, Duration::ZERO)
+        } else {
+            self.misbehave(endpoint)
+        };
         self.lock_log().push(LoggedRequest {
             method: req.method.clone(),
             endpoint,
@@ -316,7 +381,9 @@ impl State {
         });
         let logid = format!("2026emulator{serial:08}");
         if outage {
-            return Reply::Respond(Response::new(503, "text/plain", Vec::new()).with_header("X-Tt-Logid", &logid));
+            return Reply::Respond(
+                Response::new(503, "text/plain", Vec::new()).with_header("X-Tt-Logid", &logid),
+            );
         }
         if !latency.is_zero() {
             std::thread::sleep(latency);
@@ -327,10 +394,15 @@ impl State {
                 .with_header("x-ogw-ratelimit-reset", &format!("{reset:.3}"));
             return Reply::Respond(refusal.with_header("X-Tt-Logid", &logid));
         }
-        let answer = |req: &Request| self.answer(endpoint, user_id.as_deref(), req).with_header("X-Tt-Logid", &logid);
+        let answer = |req: &Request| {
+            self.answer(endpoint, user_id.as_deref(), req)
+                .with_header("X-Tt-Logid", &logid)
+        };
         match fault {
             None => Reply::Respond(answer(req)),
-            Some(Fault::ServerError) => Reply::Respond(error(500, 5000, "internal error").with_header("X-Tt-Logid", &logid)),
+            Some(Fault::ServerError) => {
+                Reply::Respond(error(500, 5000, "internal error").with_header("X-Tt-Logid", &logid))
+            }
             Some(Fault::Reset) => Reply::Reset,
             Some(Fault::CutShort) => {
                 let response = answer(req);
@@ -338,14 +410,21 @@ impl State {
                 Reply::CutShort(response, keep)
             }
             Some(Fault::Chunked) => Reply::Chunked(answer(req)),
-            Some(Fault::EmptyBadRequest) => Reply::Respond(Response::new(400, "text/plain", Vec::new())),
+            Some(Fault::EmptyBadRequest) => {
+                Reply::Respond(Response::new(400, "text/plain", Vec::new()))
+            }
             Some(Fault::Throttle) => Reply::Respond(
-                error(429, codes::RATE_LIMITED, "request trigger frequency limit").with_header("x-ogw-ratelimit-reset", "0.2"),
+                error(429, codes::RATE_LIMITED, "request trigger frequency limit")
+                    .with_header("x-ogw-ratelimit-reset", "0.2"),
             ),
             Some(Fault::Hang) => Reply::Silence(HANG),
             Some(Fault::ExpiredToken) => {
                 self.expire_tokens();
-                Reply::Respond(error(400, codes::TOKEN_INVALID, "Invalid access token for authorization."))
+                Reply::Respond(error(
+                    400,
+                    codes::TOKEN_INVALID,
+                    "Invalid access token for authorization.",
+                ))
             }
         }
     }
@@ -373,34 +452,54 @@ impl State {
             return error(400, codes::APP_PARAM_INVALID, "invalid param");
         };
         if body.app_id != self.config.app_id {
-            return error(400, codes::APP_PARAM_INVALID, "invalid param: app_id not found");
+            return error(
+                400,
+                codes::APP_PARAM_INVALID,
+                "invalid param: app_id not found",
+            );
         }
         if body.app_secret != self.config.app_secret {
             return error(400, codes::APP_SECRET_INVALID, "app secret invalid");
         }
         let now = Instant::now();
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        let reusable = tokens.iter().filter(|(_, exp)| **exp > now + TOKEN_REUSE_MIN).max_by_key(|(_, exp)| **exp);
+        let reusable = tokens
+            .iter()
+            .filter(|(_, exp)| **exp > now + TOKEN_REUSE_MIN)
+            .max_by_key(|(_, exp)| **exp);
         let (token, expiry) = match reusable {
             Some((t, exp)) => (t.clone(), *exp),
             None => {
                 let serial = self.serial.fetch_add(1, Ordering::Relaxed);
-                let token = format!("t-emu{serial:06}{:08x}", now.elapsed().subsec_nanos() ^ 0x5a5a_5a5a);
+                let token = format!(
+                    "t-emu{serial:06}{:08x}",
+                    now.elapsed().subsec_nanos() ^ 0x5a5a_5a5a
+                );
                 let expiry = now + self.config.token_lifetime;
                 tokens.insert(token.clone(), expiry);
                 (token, expiry)
             }
         };
         let expire = expiry.saturating_duration_since(now).as_secs();
-        Response::json(200, &json!({ "code": 0, "msg": "ok", "tenant_access_token": token, "expire": expire }))
+        Response::json(
+            200,
+            &json!({ "code": 0, "msg": "ok", "tenant_access_token": token, "expire": expire }),
+        )
     }
 
     fn authorize(&self, req: &Request) -> Result<(), Response> {
-        let Some(token) = req.header("authorization").and_then(|v| v.strip_prefix("Bearer ")) else {
+        let Some(token) = req
+            .header("authorization")
+            .and_then(|v| v.strip_prefix("Bearer "))
+        else {
             return Err(error(400, codes::TOKEN_MISSING, "missing access token"));
         };
         if !token.starts_with("t-") {
-            return Err(error(400, codes::TOKEN_FORMAT, "invalid access token format"));
+            return Err(error(
+                400,
+                codes::TOKEN_FORMAT,
+                "invalid access token format",
+            ));
         }
         match self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token) {
             Some(expiry) if Instant::now() < *expiry => Ok(()),
@@ -408,8 +507,19 @@ impl State {
         }
     }
 
-    fn acs(&self, endpoint: Endpoint, user_id: Option<&str>, query: &[(String, String)]) -> Response {
-        let param = |name: &str| query.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    fn acs(
+        &self,
+        endpoint: Endpoint,
+        user_id: Option<&str>,
+        query: &[(String, String)],
+    ) -> Response {
+        let param = |name: &str| {
+            query
+                .iter()
+                .rev()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let kind = match param("user_id_type") {
             None => IdKind::OpenId,
             Some(value) => match IdKind::parse(value) {
@@ -457,10 +567,12 @@ impl State {
         };
         let start = match page_token.filter(|t| !t.is_empty()) {
             None => 0,
-            Some(token) => match decode_page_token(token).filter(|n| *n <= self.tenant.users().len()) {
-                Some(n) => n,
-                None => return error(400, codes::INVALID_PAGE_TOKEN, "invalid page token"),
-            },
+            Some(token) => {
+                match decode_page_token(token).filter(|n| *n <= self.tenant.users().len()) {
+                    Some(n) => n,
+                    None => return error(400, codes::INVALID_PAGE_TOKEN, "invalid page token"),
+                }
+            }
         };
         let users = self.tenant.users();
         let end = (start + size).min(users.len());

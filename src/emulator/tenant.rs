@@ -9,7 +9,16 @@ use crate::layout::IdKind;
 
 /// `user_id`s a tenant's admins could set, each breaking a naive URL or file
 /// name: space, plus, percent, question mark, hash, non-ASCII, an encoded slash.
-pub const ODD_USER_IDS: [&str; 8] = ["emp 001", "plus+sign", "100%", "what?", "hash#tag", "张伟", "a%2Fb", "semi;colon&x=1"];
+pub const ODD_USER_IDS: [&str; 8] = [
+    "emp 001",
+    "plus+sign",
+    "100%",
+    "what?",
+    "hash#tag",
+    "张伟",
+    "a%2Fb",
+    "semi;colon&x=1",
+];
 
 #[derive(Clone, Debug)]
 pub struct TenantSpec {
@@ -22,7 +31,12 @@ pub struct TenantSpec {
 
 impl Default for TenantSpec {
     fn default() -> TenantSpec {
-        TenantSpec { users: 30, seed: 1, face_width: 120, face_height: 150 }
+        TenantSpec {
+            users: 30,
+            seed: 1,
+            face_width: 120,
+            face_height: 150,
+        }
     }
 }
 
@@ -56,7 +70,8 @@ pub struct Tenant {
 type FaceStore = HashMap<(usize, bool), Arc<Vec<u8>>>;
 
 fn mix(seed: u64, i: u64, salt: u64) -> u64 {
-    let mut x = seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let mut x =
+        seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ salt.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 31;
     x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
     x ^ (x >> 29)
@@ -67,11 +82,21 @@ impl Tenant {
         let users: Vec<User> = (0..spec.users)
             .map(|i| {
                 let n = i as u64;
-                let user_id = ODD_USER_IDS.get(i).map_or_else(|| format!("e{i:05}"), |s| (*s).to_owned());
+                let user_id = ODD_USER_IDS
+                    .get(i)
+                    .map_or_else(|| format!("e{i:05}"), |s| (*s).to_owned());
                 User {
                     ids: [
-                        format!("ou_{:016x}{:016x}", mix(spec.seed, n, 1), mix(spec.seed, n, 2)),
-                        format!("on_{:016x}{:016x}", mix(spec.seed, n, 3), mix(spec.seed, n, 4)),
+                        format!(
+                            "ou_{:016x}{:016x}",
+                            mix(spec.seed, n, 1),
+                            mix(spec.seed, n, 2)
+                        ),
+                        format!(
+                            "on_{:016x}{:016x}",
+                            mix(spec.seed, n, 3),
+                            mix(spec.seed, n, 4)
+                        ),
                         user_id,
                     ],
                     // Every seventh user past the odd ones has no face enrolled.
@@ -87,7 +112,12 @@ impl Tenant {
                 index.insert((kind, user.id(kind).to_owned()), i);
             }
         }
-        Tenant { spec, users, index, faces: Mutex::new(HashMap::new()) }
+        Tenant {
+            spec,
+            users,
+            index,
+            faces: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn users(&self) -> &[User] {
@@ -101,7 +131,12 @@ impl Tenant {
     /// The face of user `i`, generated on first use and kept.
     pub fn face(&self, i: usize, cropped: bool) -> Option<Arc<Vec<u8>>> {
         let user = self.users.get(i).filter(|u| u.has_face)?;
-        if let Some(face) = self.faces.lock().unwrap_or_else(|e| e.into_inner()).get(&(i, cropped)) {
+        if let Some(face) = self
+            .faces
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(i, cropped))
+        {
             return Some(face.clone());
         }
         // Encoded outside the lock, so that concurrent requests are not

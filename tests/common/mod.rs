@@ -20,7 +20,8 @@ impl TempDir {
     pub fn new(label: &str) -> TempDir {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let path = std::env::temp_dir().join(format!("facefs-test-{}-{n}-{label}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("facefs-test-{}-{n}-{label}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).unwrap();
         TempDir(path)
@@ -51,7 +52,13 @@ pub fn emulator(config: EmulatorConfig) -> Emulator {
 }
 
 pub fn small_tenant(users: usize) -> EmulatorConfig {
-    EmulatorConfig { tenant: TenantSpec { users, ..TenantSpec::default() }, ..EmulatorConfig::default() }
+    EmulatorConfig {
+        tenant: TenantSpec {
+            users,
+            ..TenantSpec::default()
+        },
+        ..EmulatorConfig::default()
+    }
 }
 
 /// The facefs command for this emulator, credentials in place, secret in the environment.
@@ -86,9 +93,18 @@ impl Mount {
         let mountpoint = dir.path().to_owned();
         let stderr = std::fs::File::create(&log).unwrap();
         let mut command = facefs_command(emu, &mountpoint);
-        command.arg("-f").args(extra).envs(env.iter().copied()).stderr(stderr).stdout(Stdio::null());
+        command
+            .arg("-f")
+            .args(extra)
+            .envs(env.iter().copied())
+            .stderr(stderr)
+            .stdout(Stdio::null());
         let child = command.spawn().unwrap();
-        let mut mount = Mount { dir, child: Some(child), log };
+        let mut mount = Mount {
+            dir,
+            child: Some(child),
+            log,
+        };
         mount.wait_ready();
         mount
     }
@@ -100,7 +116,10 @@ impl Mount {
                 return;
             }
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("facefs exited with {status} before mounting:\n{}", self.log_text());
+                panic!(
+                    "facefs exited with {status} before mounting:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -145,9 +164,17 @@ pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::Ex
 /// Unmounts whatever is at `path`, lazily if it is busy or dead.
 pub fn force_unmount(path: &Path) {
     if is_mounted(path) {
-        let ok = Command::new("umount").arg(path).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        let ok = Command::new("umount")
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
         if !ok {
-            let _ = Command::new("umount").arg("-l").arg(path).stderr(Stdio::null()).status();
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(path)
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }
@@ -182,7 +209,9 @@ pub fn run(program: &str, args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
         .args(args.iter().map(|a| a.as_ref()))
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e} (the README's test command installs it)"))
+        .unwrap_or_else(|e| {
+            panic!("cannot run {program}: {e} (the README's test command installs it)")
+        })
 }
 
 pub fn stdout(output: &Output) -> String {
