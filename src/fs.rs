@@ -693,6 +693,17 @@ mod tests {
         FaceFs::new(api.clone(), config)
     }
 
+    fn fs_with_ttl(api: &Arc<MemoryApi>, ttl: Duration) -> Arc<FaceFs> {
+        fs_with(
+            api,
+            FsConfig {
+                ttl,
+                readahead: 0,
+                ..FsConfig::default()
+            },
+        )
+    }
+
     /// Without read-ahead, so request counts are the reader's own.
     fn fs(api: &Arc<MemoryApi>) -> Arc<FaceFs> {
         fs_with(
@@ -954,13 +965,7 @@ mod tests {
     #[test]
     fn ttl_expiry_refetches_and_mtime_follows_the_bytes() {
         let api = tenant();
-        let fs = fs_with(
-            &api,
-            FsConfig {
-                ttl: Duration::from_millis(30),
-                ..FsConfig::default()
-            },
-        );
+        let fs = fs_with_ttl(&api, Duration::from_millis(30));
         let dir = dir_ino(IdKind::OpenId);
         let before = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
         std::thread::sleep(Duration::from_millis(40));
@@ -1115,14 +1120,7 @@ mod tests {
     #[test]
     fn the_kernel_keeps_its_page_cache_only_for_unchanged_bytes() {
         let api = tenant();
-        let fs = fs_with(
-            &api,
-            FsConfig {
-                ttl: Duration::from_millis(30),
-                readahead: 0,
-                ..FsConfig::default()
-            },
-        );
+        let fs = fs_with_ttl(&api, Duration::from_millis(30));
         let ino = fs
             .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
             .unwrap()
@@ -1146,14 +1144,7 @@ mod tests {
     #[test]
     fn answers_carry_how_long_they_stay_true() {
         let api = tenant();
-        let fs = fs_with(
-            &api,
-            FsConfig {
-                ttl: Duration::from_secs(100),
-                readahead: 0,
-                ..FsConfig::default()
-            },
-        );
+        let fs = fs_with_ttl(&api, Duration::from_secs(100));
         let attr = fs
             .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
             .unwrap();

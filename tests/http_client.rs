@@ -122,14 +122,7 @@ fn not_found_answers_are_distinct() {
         api.get_face(IdKind::OpenId, "ou_nobody", false),
         Err(ApiError::UserNotFound)
     );
-    let faceless = emu
-        .tenant()
-        .users()
-        .iter()
-        .find(|u| !u.has_face)
-        .unwrap()
-        .id(IdKind::OpenId)
-        .to_owned();
+    let faceless = emu.ids_without_faces(IdKind::OpenId)[0].clone();
     assert_eq!(
         api.get_face(IdKind::OpenId, &faceless, true),
         Err(ApiError::FaceNotFound)

@@ -118,14 +118,7 @@ fn stat_reports_the_exact_size_before_any_read() {
 fn missing_users_faces_and_foreign_names_are_enoent() {
     let emu = emulator(small_tenant(20));
     let mnt = Mount::start(&emu, &[]);
-    let faceless = emu
-        .tenant()
-        .users()
-        .iter()
-        .find(|u| !u.has_face)
-        .unwrap()
-        .id(IdKind::OpenId)
-        .to_owned();
+    let faceless = emu.ids_without_faces(IdKind::OpenId)[0].clone();
     for rel in [
         "open_id/ou_nobody.jpg".to_owned(),
         format!("open_id/{faceless}.jpg"),

@@ -248,10 +248,18 @@ impl Emulator {
 
     /// The ids of `kind` that the list endpoint reports with a face.
     pub fn ids_with_faces(&self, kind: IdKind) -> Vec<String> {
-        self.tenant()
-            .users()
-            .iter()
-            .filter(|u| u.has_face)
+        self.ids_where(kind, true)
+    }
+
+    /// The ids of `kind` of users without a face.
+    pub fn ids_without_faces(&self, kind: IdKind) -> Vec<String> {
+        self.ids_where(kind, false)
+    }
+
+    fn ids_where(&self, kind: IdKind, has_face: bool) -> Vec<String> {
+        let users = self.tenant().users().iter();
+        users
+            .filter(|u| u.has_face == has_face)
             .map(|u| u.id(kind).to_owned())
             .collect()
     }
