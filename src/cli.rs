@@ -75,8 +75,8 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub max_parallel: u16,
 
-    /// Append logs to this file (created with mode 0600) instead of stderr;
-    /// without it a detached facefs logs nowhere.
+    /// Append logs to this file (created with mode 0600); without it logs go
+    /// to stderr in the foreground and to the system log (/dev/log) once detached.
     #[arg(long, value_name = "PATH")]
     pub log_file: Option<PathBuf>,
 
@@ -303,10 +303,13 @@ fn warn_if_shared(path: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
-            log::warn!(
+            // On the terminal too: a detached facefs logs to the system log.
+            let warning = format!(
                 "{} is readable by other users; `chmod 600 {0}` keeps the app secret private",
                 path.display()
             );
+            eprintln!("facefs: warning: {warning}");
+            log::warn!("{warning}");
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod fs;
 pub mod fuse;
 pub mod http_server;
 pub mod layout;
+pub mod logging;
 pub mod metrics;
 pub mod mount_options;
 pub mod mountpoint;

@@ -1,5 +1,3 @@
-use std::os::unix::fs::OpenOptionsExt;
-
 use clap::Parser;
 
 use facefs::cli::Cli;
@@ -18,27 +16,10 @@ fn main() {
         }
     };
     let cli = Cli::parse_from(args);
-    let mut logger = env_logger::Builder::from_env(
-        env_logger::Env::new().filter_or("FACEFS_LOG", "info,fuser=error"),
-    );
-    logger.format_timestamp_millis();
-    if let Some(path) = &cli.log_file {
-        match std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(path)
-        {
-            Ok(file) => {
-                logger.target(env_logger::Target::Pipe(Box::new(file)));
-            }
-            Err(e) => {
-                eprintln!("facefs: cannot open the log file {}: {e}", path.display());
-                std::process::exit(2);
-            }
-        }
+    if let Err(message) = facefs::logging::init(cli.foreground, cli.log_file.as_deref()) {
+        eprintln!("facefs: {message}");
+        std::process::exit(2);
     }
-    logger.init();
     let settings = match cli.into_settings() {
         Ok(settings) => settings,
         Err(message) => {

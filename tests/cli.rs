@@ -226,3 +226,42 @@ fn man_page_and_completions_cover_every_option_of_help() {
     }
     assert!(out.path().join("_facefs").exists() && out.path().join("facefs.fish").exists());
 }
+
+#[test]
+fn a_detached_mount_logs_to_the_system_log() {
+    let emu = emulator(small_tenant(2));
+    let dir = TempDir::new("syslog");
+    let _cleanup = Unmount(dir.path());
+    let socket_path = dir.path().with_extension("sock");
+    let _ = std::fs::remove_file(&socket_path);
+    let syslog = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let out = facefs_command(&emu, dir.path())
+        .env("FACEFS_LOG", "info")
+        .env("FACEFS_SYSLOG_SOCKET", &socket_path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(run("umount", &[&dir.path()]).status.success());
+    assert!(wait_gone(dir.path()));
+    let mut lines = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = syslog.recv(&mut buf) {
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if lines.last().is_some_and(|l| l.contains("unmounted")) {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    // <30> is facility daemon, severity info.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("<30>facefs[") && l.contains("mounted at")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("unmounted")), "{lines:?}");
+    assert!(!lines.iter().any(|l| l.contains(&emu.config().app_secret)));
+}
