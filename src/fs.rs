@@ -1050,6 +1050,17 @@ mod tests {
         Arc::new(api)
     }
 
+    fn fs_reading_ahead(api: &Arc<MemoryApi>) -> Arc<FaceFs> {
+        fs_with(
+            api,
+            FsConfig {
+                readahead: 16,
+                prefetch_threads: 4,
+                ..FsConfig::default()
+            },
+        )
+    }
+
     /// Waits until the prefetchers have made `n` requests (they run on threads).
     fn wait_for_requests(api: &MemoryApi, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -1061,14 +1072,7 @@ mod tests {
     #[test]
     fn a_sequential_walk_is_read_ahead_with_one_request_per_file() {
         let api = big_tenant(40);
-        let fs = fs_with(
-            &api,
-            FsConfig {
-                readahead: 16,
-                prefetch_threads: 4,
-                ..FsConfig::default()
-            },
-        );
+        let fs = fs_reading_ahead(&api);
         let dir = dir_ino(IdKind::OpenId);
         let entries = names(&fs, dir);
         let files: Vec<&String> = entries.iter().skip(2).collect();
@@ -1093,14 +1097,7 @@ mod tests {
     #[test]
     fn read_ahead_needs_lookups_in_listing_order() {
         let api = big_tenant(40);
-        let fs = fs_with(
-            &api,
-            FsConfig {
-                readahead: 16,
-                prefetch_threads: 4,
-                ..FsConfig::default()
-            },
-        );
+        let fs = fs_reading_ahead(&api);
         let dir = dir_ino(IdKind::OpenId);
         names(&fs, dir);
         assert_eq!(api.face_requests(), 0, "a plain readdir downloads nothing");

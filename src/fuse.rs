@@ -55,6 +55,14 @@ impl FuseAdapter {
     }
 }
 
+/// Runs an operation that never waits for the API, counted as `name`.
+fn counted<T>(name: &'static str, op: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
+    let start = Instant::now();
+    let result = op();
+    record(name, start, &result);
+    result
+}
+
 fn record<T>(name: &'static str, start: Instant, result: &Result<T, FsError>) {
     METRICS.op(
         name,
@@ -160,10 +168,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let start = Instant::now();
-        let result = self.core.read(fh.0, offset, size);
-        record("read", start, &result);
-        match result {
+        match counted("read", || self.core.read(fh.0, offset, size)) {
             Ok(slice) => reply.data(slice.bytes()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -179,9 +184,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let start = Instant::now();
-        self.core.release(fh.0);
-        record::<()>("release", start, &Ok(()));
+        let _ = counted("release", || {
+            self.core.release(fh.0);
+            Ok(())
+        });
         reply.ok();
     }
 
@@ -215,10 +221,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let start = Instant::now();
-        let result = self.core.opendir(ino.0);
-        record("opendir", start, &result);
-        match result {
+        match counted("opendir", || self.core.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno(&e)),
         }
@@ -257,15 +260,16 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let start = Instant::now();
-        self.core.releasedir(fh.0);
-        record::<()>("releasedir", start, &Ok(()));
+        let _ = counted("releasedir", || {
+            self.core.releasedir(fh.0);
+            Ok(())
+        });
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        record::<()>("statfs", Instant::now(), &Ok(()));
-        let (bytes, faces, _) = self.core.cache_usage();
+        let (bytes, faces, _) =
+            counted("statfs", || Ok(self.core.cache_usage())).unwrap_or_default();
         reply.statfs(bytes.div_ceil(4096), 0, 0, faces as u64, 0, 4096, 255, 4096);
     }
 

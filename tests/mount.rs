@@ -45,6 +45,15 @@ fn ls_shows_every_user_with_a_face_and_downloads_none() {
     }
     assert_eq!(emu.count(Endpoint::Face), 0, "listing downloads no face");
     assert_eq!(emu.count(Endpoint::ListUsers), 3 * 2);
+    // Within the TTL a directory is listed from memory: pages are fetched once.
+    for kind in IdKind::ALL {
+        assert_eq!(ls(&mnt.join(kind.as_str())), expected_names(&emu, kind));
+    }
+    assert_eq!(
+        emu.count(Endpoint::ListUsers),
+        3 * 2,
+        "list pages once per TTL"
+    );
 }
 
 #[test]

@@ -354,4 +354,18 @@ fn metrics_move_as_faces_are_read() {
     );
     assert_eq!(metric(&after, "facefs_downloads_in_flight"), 0.0);
     assert_eq!(emu.count(Endpoint::Face), 2);
+
+    // A warm stat is answered by the kernel's caches: facefs sees nothing.
+    let asked = |text: &str| {
+        metric(text, r#"facefs_fuse_op_seconds_count{op="lookup"}"#)
+            + metric(text, r#"facefs_fuse_op_seconds_count{op="getattr"}"#)
+    };
+    for _ in 0..3 {
+        assert_eq!(std::fs::metadata(&face).unwrap().len(), bytes.len() as u64);
+    }
+    assert_eq!(
+        asked(&scrape()),
+        asked(&after),
+        "entry and attribute TTLs reach the kernel"
+    );
 }
