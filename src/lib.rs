@@ -1,27 +1,23 @@
 //! facefs: a Feishu tenant's access-control faces as read-only files.
 //!
-//! Layers, bottom up: [`api`] talks to the API (with [`api::memory`] standing
-//! in for it in tests); [`fs`] is the filesystem core over it, with its
-//! [`cache`] and [`layout`]; [`fuse`] adapts the core to the kernel; [`cli`]
-//! and [`daemon`] make the command. [`emulator`] is a local Feishu for tests,
-//! benchmarks and `--demo`.
+//! Layers, bottom up, one directory each:
+//! - [`api`]: the client side of the Feishu API — the [`api::FaceApi`] trait,
+//!   the HTTP client with its token cache, the retry and rate-limit layers,
+//!   and the in-memory and fault-injecting clients tests stand in with.
+//! - [`fs`]: the filesystem core over a `FaceApi`: names, inodes, listings,
+//!   caches, read-ahead, and [`fs::FsError`], the one errno mapping. It
+//!   knows nothing of FUSE.
+//! - [`fuse`]: the thin adapter from the kernel (fuser) to the core.
+//! - [`daemon`]: the command — flags, `-o` options, mount points, detaching,
+//!   signals, systemd notify, logging.
+//! - [`sync`]: plumbing the layers share (single-flight, worker pool);
+//!   [`metrics`]: process-wide counters and their Prometheus text.
+//! - [`emulator`]: a local Feishu for tests, benchmarks and `--demo`.
 
 pub mod api;
-pub mod cache;
-pub mod cli;
 pub mod daemon;
 pub mod emulator;
-pub mod error;
 pub mod fs;
 pub mod fuse;
-pub mod http_server;
-pub mod layout;
-pub mod logging;
 pub mod metrics;
-pub mod mount_options;
-pub mod mountpoint;
-pub mod notify;
-pub mod readahead;
-pub mod secret;
-pub mod single_flight;
-pub mod worker_pool;
+pub mod sync;

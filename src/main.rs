@@ -1,6 +1,6 @@
 use clap::Parser;
 
-use facefs::cli::Cli;
+use facefs::daemon::cli::Cli;
 
 fn main() {
     // glibc gives each busy thread its own malloc arena, and freed face
@@ -8,7 +8,7 @@ fn main() {
     // SAFETY: mallopt only tunes the allocator, before any thread exists.
     unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     // mount(8) hands options over as `-o a=b,c`: make them flags first.
-    let args = match facefs::mount_options::expand(std::env::args_os().collect()) {
+    let args = match facefs::daemon::mount_options::expand(std::env::args_os().collect()) {
         Ok(args) => args,
         Err(message) => {
             eprintln!("facefs: {message}");
@@ -16,7 +16,7 @@ fn main() {
         }
     };
     let cli = Cli::parse_from(args);
-    if let Err(message) = facefs::logging::init(cli.foreground, cli.log_file.as_deref()) {
+    if let Err(message) = facefs::daemon::logging::init(cli.foreground, cli.log_file.as_deref()) {
         eprintln!("facefs: {message}");
         std::process::exit(2);
     }

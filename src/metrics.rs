@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::http_server::{Reply, Request, Response, Server};
+use crate::emulator::http_server::{Reply, Request, Response, Server};
 
 /// API endpoints, as labels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use facefs::api::IdKind;
 use facefs::emulator::{Emulator, Endpoint, Fault};
-use facefs::layout::{face_file_name, IdKind};
+use facefs::fs::layout::face_file_name;
 
 /// Reads every face file of `kind` on 8 threads; returns (path, outcome) pairs.
 fn read_all(

@@ -4,11 +4,11 @@
 use std::time::Duration;
 
 use facefs::api::http::{parse_base_url, HttpApi, HttpConfig};
+use facefs::api::secret::Secret;
+use facefs::api::IdKind;
 use facefs::api::{codes, ApiError, FaceApi};
 use facefs::emulator::tenant::{TenantSpec, ODD_USER_IDS};
 use facefs::emulator::{Emulator, EmulatorConfig, Endpoint};
-use facefs::layout::IdKind;
-use facefs::secret::Secret;
 
 fn emulator(users: usize) -> Emulator {
     let tenant = TenantSpec {

@@ -7,9 +7,10 @@ use std::collections::BTreeSet;
 use std::process::Stdio;
 
 use common::*;
+use facefs::api::IdKind;
 use facefs::emulator::tenant::ODD_USER_IDS;
 use facefs::emulator::{EmulatorConfig, Endpoint};
-use facefs::layout::{face_file_name, IdKind};
+use facefs::fs::layout::face_file_name;
 
 fn expected_names(emu: &facefs::emulator::Emulator, kind: IdKind) -> BTreeSet<String> {
     emu.ids_with_faces(kind)

@@ -9,8 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
+use facefs::api::IdKind;
 use facefs::emulator::Endpoint;
-use facefs::layout::{face_file_name, IdKind};
+use facefs::fs::layout::face_file_name;
 
 /// A directory holding the secret file and an fstab.
 fn helper_dir(emu: &facefs::emulator::Emulator) -> (TempDir, PathBuf) {

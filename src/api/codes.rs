@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use super::{ApiError, ApiFailure};
-use crate::layout::IdKind;
+use crate::api::IdKind;
 
 pub const USER_NOT_FOUND: i64 = 1490101;
 pub const FACE_NOT_FOUND: i64 = 1490107;

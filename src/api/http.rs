@@ -13,9 +13,9 @@ use serde::Deserialize;
 use super::codes;
 use super::token::{IssuedToken, TokenCache};
 use super::{ApiError, ApiFailure, FaceApi, ListedUser, UserPage};
-use crate::layout::IdKind;
+use crate::api::secret::Secret;
+use crate::api::IdKind;
 use crate::metrics::{Endpoint, Outcome, METRICS};
-use crate::secret::Secret;
 
 /// The API's own limit on `page_size`.
 pub const MAX_PAGE_SIZE: u32 = 50;

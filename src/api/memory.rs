@@ -1,13 +1,13 @@
 //! An in-memory tenant behind the `FaceApi` trait, for tests of everything
 //! above the HTTP client. It counts requests and can be told to fail.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::{ApiError, ApiFailure, FaceApi, ListedUser, UserPage};
-use crate::layout::IdKind;
+use crate::api::IdKind;
 
 /// A failure to give instead of the next answer.
 #[derive(Clone, Debug)]
@@ -75,12 +75,12 @@ impl MemoryApi {
     /// Adds a user with ids `[open_id, union_id, user_id]`; no full face means no face at all.
     pub fn add_user(&self, ids: &[&str; 3], full: Option<Vec<u8>>, cropped: Option<Vec<u8>>) {
         let ids = ids.map(str::to_owned);
-        self.users.lock().unwrap().push(User { ids, full, cropped });
+        self.users.lock().push(User { ids, full, cropped });
     }
 
     /// Replaces a user's faces, as a re-enrolment would.
     pub fn set_faces(&self, open_id: &str, full: Option<Vec<u8>>, cropped: Option<Vec<u8>>) {
-        let mut users = self.users.lock().unwrap();
+        let mut users = self.users.lock();
         let user = users
             .iter_mut()
             .find(|u| u.ids[0] == open_id)
@@ -91,7 +91,7 @@ impl MemoryApi {
 
     /// The next requests fail with these faults, in order.
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.faults.lock().unwrap().extend(faults);
+        self.faults.lock().extend(faults);
     }
 
     pub fn face_requests(&self) -> usize {
@@ -103,13 +103,7 @@ impl MemoryApi {
     }
 
     fn next_fault(&self) -> Result<(), ApiError> {
-        match self
-            .faults
-            .lock()
-            .unwrap()
-            .pop_front()
-            .and_then(|f| f.error())
-        {
+        match self.faults.lock().pop_front().and_then(|f| f.error()) {
             Some(err) => Err(err),
             None => Ok(()),
         }
@@ -131,7 +125,7 @@ impl FaceApi for MemoryApi {
                 .and_then(|n| n.parse().ok())
                 .ok_or(ApiError::InvalidPageToken)?,
         };
-        let users = self.users.lock().unwrap();
+        let users = self.users.lock();
         let end = (start + self.page_size).min(users.len());
         let page = users.get(start..end).unwrap_or_default();
         Ok(UserPage {
@@ -149,7 +143,7 @@ impl FaceApi for MemoryApi {
     fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
         self.face_requests.fetch_add(1, Ordering::SeqCst);
         self.next_fault()?;
-        let users = self.users.lock().unwrap();
+        let users = self.users.lock();
         let user = users
             .iter()
             .find(|u| u.ids[slot(kind)] == id)

@@ -4,15 +4,17 @@
 
 pub mod codes;
 pub mod http;
+pub mod id_kind;
 pub mod memory;
 pub mod retry;
+pub mod secret;
 pub mod throttle;
 pub mod token;
 
 use std::fmt;
 use std::time::Duration;
 
-use crate::layout::IdKind;
+pub use self::id_kind::IdKind;
 
 /// One page of `GET /open-apis/acs/v1/users`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

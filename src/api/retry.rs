@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::throttle::RateLimiter;
 use super::{ApiError, FaceApi, UserPage};
-use crate::layout::IdKind;
+use crate::api::IdKind;
 use crate::metrics::{Endpoint, Outcome, METRICS};
 
 #[derive(Clone, Debug)]

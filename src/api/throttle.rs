@@ -1,7 +1,7 @@
 //! The client's own request rate: one pacer shared by every thread, which a
 //! throttling answer from the API pauses for everyone, not just its caller.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 const PACE: f64 = 0.95;
@@ -36,7 +36,7 @@ impl RateLimiter {
 
     /// Takes the next free send time at or after `now`.
     fn reserve(&self, now: Instant) -> Instant {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock();
         let slot = now.max(s.next_free).max(s.paused_until);
         s.next_free = slot + self.interval;
         slot
@@ -52,11 +52,7 @@ impl RateLimiter {
             }
             std::thread::sleep(slot - now);
             // A pause announced while this caller slept applies to it too.
-            let paused_until = self
-                .state
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .paused_until;
+            let paused_until = self.state.lock().paused_until;
             if paused_until <= Instant::now() {
                 return;
             }
@@ -65,7 +61,7 @@ impl RateLimiter {
 
     /// Holds every caller back for `length`, as the API asked.
     pub fn pause_for(&self, length: Duration) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock();
         s.paused_until = s.paused_until.max(Instant::now() + length);
     }
 }

@@ -1,11 +1,11 @@
 //! The tenant access token: fetched from the app id and secret, cached,
 //! renewed ahead of its expiry, and dropped when the API calls it invalid.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use super::ApiError;
-use crate::secret::Secret;
+use crate::api::secret::Secret;
 
 /// A token as the token endpoint issued it.
 pub struct IssuedToken {
@@ -49,7 +49,7 @@ impl TokenCache {
         now: Instant,
         fetch: impl FnOnce() -> Result<IssuedToken, ApiError>,
     ) -> Result<Secret, ApiError> {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = self.cached.lock();
         if let Some(c) = cached.as_ref().filter(|c| now < c.renew_at) {
             return Ok(c.token.clone());
         }
@@ -67,7 +67,7 @@ impl TokenCache {
     /// Drops `stale` if it is still the cached token. A request that failed
     /// with an old token must not throw away a newer one another thread got.
     pub fn invalidate(&self, stale: &Secret) {
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cached = self.cached.lock();
         if cached.as_ref().is_some_and(|c| &c.token == stale) {
             *cached = None;
         }

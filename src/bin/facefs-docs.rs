@@ -20,7 +20,7 @@ fn main() {
 
 fn write_all(out: &std::path::Path) -> std::io::Result<()> {
     std::fs::create_dir_all(out)?;
-    let mut command = facefs::cli::Cli::command();
+    let mut command = facefs::daemon::cli::Cli::command();
     let mut page = Vec::new();
     clap_mangen::Man::new(command.clone()).render(&mut page)?;
     std::fs::write(out.join("facefs.1"), page)?;

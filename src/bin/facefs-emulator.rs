@@ -26,7 +26,7 @@ struct Args {
     #[arg(long, default_value_t = 120)]
     face_width: u16,
     /// Delay added to every ACS answer, e.g. 50ms.
-    #[arg(long, value_parser = facefs::cli::parse_duration, default_value = "0s")]
+    #[arg(long, value_parser = facefs::daemon::cli::parse_duration, default_value = "0s")]
     latency: Duration,
     /// ACS requests admitted per second; more are refused with HTTP 429 / 99991400.
     #[arg(long)]

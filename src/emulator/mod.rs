@@ -3,19 +3,21 @@
 //! Tests, benchmarks and `facefs --demo` run against it.
 
 pub mod face_image;
+pub mod http_server;
 pub mod tenant;
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use self::http_server::{decode, Reply, Request, Response, Server};
 use self::tenant::{Tenant, TenantSpec};
 use crate::api::codes;
-use crate::http_server::{decode, Reply, Request, Response, Server};
-use crate::layout::IdKind;
+use crate::api::IdKind;
 
 /// The service's limit on `page_size`.
 const MAX_PAGE_SIZE: usize = 50;
@@ -225,13 +227,7 @@ impl Emulator {
 
     /// Every token handed out so far, for tests that look for leaks.
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.state
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.state.tokens.lock().keys().cloned().collect()
     }
 
     pub fn requests(&self) -> Vec<LoggedRequest> {
@@ -300,12 +296,12 @@ fn decode_page_token(token: &str) -> Option<usize> {
 }
 
 impl State {
-    fn behave(&self) -> std::sync::MutexGuard<'_, Behaviour> {
-        self.behaviour.lock().unwrap_or_else(|e| e.into_inner())
+    fn behave(&self) -> parking_lot::MutexGuard<'_, Behaviour> {
+        self.behaviour.lock()
     }
 
     fn random(&self) -> f64 {
-        let mut x = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let mut x = self.rng.lock();
         *x ^= *x << 13;
         *x ^= *x >> 7;
         *x ^= *x << 17;
@@ -341,18 +337,13 @@ impl State {
         )
     }
 
-    fn lock_log(&self) -> std::sync::MutexGuard<'_, Vec<LoggedRequest>> {
-        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock_log(&self) -> parking_lot::MutexGuard<'_, Vec<LoggedRequest>> {
+        self.log.lock()
     }
 
     fn expire_tokens(&self) {
         let now = Instant::now();
-        for expiry in self
-            .tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values_mut()
-        {
+        for expiry in self.tokens.lock().values_mut() {
             *expiry = now;
         }
     }
@@ -470,7 +461,7 @@ impl State {
             return error(400, codes::APP_SECRET_INVALID, "app secret invalid");
         }
         let now = Instant::now();
-        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        let mut tokens = self.tokens.lock();
         let reusable = tokens
             .iter()
             .filter(|(_, exp)| **exp > now + TOKEN_REUSE_MIN)
@@ -509,7 +500,7 @@ impl State {
                 "invalid access token format",
             ));
         }
-        match self.tokens.lock().unwrap_or_else(|e| e.into_inner()).get(token) {
+        match self.tokens.lock().get(token) {
             Some(expiry) if Instant::now() < *expiry => Ok(()),
             _ => Err(error(400, codes::TOKEN_INVALID, "Invalid access token for authorization. Please make a request with token attached.")),
         }

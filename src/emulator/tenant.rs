@@ -1,11 +1,12 @@
 //! The emulated tenant's users: ids of the three kinds, faces or not, and
 //! `user_id`s that only survive correct URL encoding.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use super::face_image::face_jpeg;
-use crate::layout::IdKind;
+use crate::api::IdKind;
 
 /// `user_id`s a tenant's admins could set, each breaking a naive URL or file
 /// name: space, plus, percent, question mark, hash, non-ASCII, an encoded slash.
@@ -131,12 +132,7 @@ impl Tenant {
     /// The face of user `i`, generated on first use and kept.
     pub fn face(&self, i: usize, cropped: bool) -> Option<Arc<Vec<u8>>> {
         let user = self.users.get(i).filter(|u| u.has_face)?;
-        if let Some(face) = self
-            .faces
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(i, cropped))
-        {
+        if let Some(face) = self.faces.lock().get(&(i, cropped)) {
             return Some(face.clone());
         }
         // Encoded outside the lock, so that concurrent requests are not
@@ -148,7 +144,7 @@ impl Tenant {
             (self.spec.face_width, self.spec.face_height)
         };
         let face = Arc::new(face_jpeg(user.seed ^ u64::from(cropped), w, h));
-        let mut faces = self.faces.lock().unwrap_or_else(|e| e.into_inner());
+        let mut faces = self.faces.lock();
         Some(faces.entry((i, cropped)).or_insert(face).clone())
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::api::http::parse_base_url;
-use crate::secret::Secret;
+use crate::api::secret::Secret;
 
 /// Environment variable holding the app secret, for those who prefer it to a file.
 pub const SECRET_ENV: &str = "FEISHU_APP_SECRET";
@@ -237,7 +237,7 @@ pub struct Settings {
 impl Cli {
     /// Checks the flags and reads the secret. Errors name the fix.
     pub fn into_settings(self) -> Result<Settings, String> {
-        let mountpoint = crate::mountpoint::check(&self.mountpoint, self.recover)?;
+        let mountpoint = crate::daemon::mountpoint::check(&self.mountpoint, self.recover)?;
         let source = if self.demo {
             Source::Demo
         } else {

@@ -1,8 +1,9 @@
 //! A fixed set of threads for the FUSE operations that must wait for the
 //! API, so that a slow download never holds up the kernel's other requests.
 
+use parking_lot::Mutex;
 use std::sync::mpsc::{channel, Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -40,7 +41,7 @@ impl WorkerPool {
 
 fn work(queue: &Mutex<Receiver<Job>>) {
     loop {
-        let job = match queue.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+        let job = match queue.lock().recv() {
             Ok(job) => job,
             Err(_) => return,
         };

@@ -1,9 +1,10 @@
 //! The two caches in front of the API: faces bounded by their bytes, and
 //! names the API said do not exist, remembered for a short time.
 
+use parking_lot::Mutex;
 use std::hash::Hash;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
@@ -33,8 +34,8 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, ByteLruInner<K, V>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> parking_lot::MutexGuard<'_, ByteLruInner<K, V>> {
+        self.inner.lock()
     }
 
     pub fn get(&self, key: &K) -> Option<Arc<V>> {
@@ -96,14 +97,11 @@ impl<K: Hash + Eq> NegativeCache<K> {
         if self.ttl.is_zero() {
             return;
         }
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .put(key, Instant::now() + self.ttl);
+        self.entries.lock().put(key, Instant::now() + self.ttl);
     }
 
     pub fn contains(&self, key: &K) -> bool {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = self.entries.lock();
         match entries.peek(key) {
             Some(expiry) if Instant::now() < *expiry => true,
             Some(_) => {
@@ -115,10 +113,7 @@ impl<K: Hash + Eq> NegativeCache<K> {
     }
 
     pub fn remove(&self, key: &K) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop(key);
+        self.entries.lock().pop(key);
     }
 }
 

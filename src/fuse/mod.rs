@@ -14,10 +14,10 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::error::FsError;
+use crate::fs::FsError;
 use crate::fs::{Attr, FaceFs, Fetch, NodeKind};
 use crate::metrics::METRICS;
-use crate::worker_pool::WorkerPool;
+use crate::sync::worker_pool::WorkerPool;
 
 pub struct FuseAdapter {
     core: Arc<FaceFs>,

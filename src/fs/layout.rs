@@ -3,44 +3,16 @@
 //! strings `open_id`, `.jpg` or `.cropped.jpg` lives here.
 
 use std::ffi::OsStr;
-use std::fmt;
 use std::os::unix::ffi::OsStrExt;
 
-/// The three kinds of user id the ACS API accepts as `user_id_type`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum IdKind {
-    OpenId,
-    UnionId,
-    UserId,
-}
+use crate::api::IdKind;
 
-impl IdKind {
-    pub const ALL: [IdKind; 3] = [IdKind::OpenId, IdKind::UnionId, IdKind::UserId];
-
-    /// The API's `user_id_type` value, which is also the directory name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IdKind::OpenId => "open_id",
-            IdKind::UnionId => "union_id",
-            IdKind::UserId => "user_id",
-        }
-    }
-
-    pub fn from_dir_name(name: &OsStr) -> Option<IdKind> {
-        IdKind::ALL
-            .into_iter()
-            .find(|k| k.as_str().as_bytes() == name.as_bytes())
-    }
-
-    pub fn parse(s: &str) -> Option<IdKind> {
-        IdKind::ALL.into_iter().find(|k| k.as_str() == s)
-    }
-}
-
-impl fmt::Display for IdKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// The kind of id a top-level directory holds: its name is the API's
+/// `user_id_type` value.
+pub fn dir_kind(name: &OsStr) -> Option<IdKind> {
+    IdKind::ALL
+        .into_iter()
+        .find(|k| k.as_str().as_bytes() == name.as_bytes())
 }
 
 /// One face file: a user id of one kind, full or cropped.
@@ -193,9 +165,9 @@ mod tests {
     #[test]
     fn directory_names() {
         for kind in IdKind::ALL {
-            assert_eq!(IdKind::from_dir_name(OsStr::new(kind.as_str())), Some(kind));
+            assert_eq!(dir_kind(OsStr::new(kind.as_str())), Some(kind));
             assert_eq!(IdKind::parse(kind.as_str()), Some(kind));
         }
-        assert_eq!(IdKind::from_dir_name(OsStr::new("open_ids")), None);
+        assert_eq!(dir_kind(OsStr::new("open_ids")), None);
     }
 }

@@ -2,20 +2,27 @@
 //! in terms of the API client and the caches. It knows nothing of FUSE;
 //! every method returns an [`FsError`] that carries its errno.
 
+pub mod cache;
+pub mod error;
+pub mod layout;
+pub mod readahead;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use self::cache::{ByteLru, NegativeCache};
+pub use self::error::FsError;
+use self::layout::FaceKey;
+use self::readahead::ReadAhead;
+use crate::api::IdKind;
 use crate::api::{ApiError, FaceApi};
-use crate::cache::{ByteLru, NegativeCache};
-use crate::error::FsError;
-use crate::layout::{self, FaceKey, IdKind};
 use crate::metrics::METRICS;
-use crate::readahead::ReadAhead;
-use crate::single_flight::SingleFlight;
-use crate::worker_pool::WorkerPool;
+use crate::sync::single_flight::SingleFlight;
+use crate::sync::worker_pool::WorkerPool;
 
 pub const ROOT_INO: u64 = 1;
 const FIRST_FACE_INO: u64 = 16;
@@ -211,7 +218,7 @@ pub struct FaceFs {
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+    m.lock()
 }
 
 fn dir_ino(kind: IdKind) -> u64 {
@@ -313,7 +320,7 @@ impl FaceFs {
 
     pub fn lookup(&self, parent: u64, name: &OsStr, fetch: Fetch) -> Result<Attr, FsError> {
         if parent == ROOT_INO {
-            let kind = IdKind::from_dir_name(name).ok_or(FsError::NotFound)?;
+            let kind = layout::dir_kind(name).ok_or(FsError::NotFound)?;
             return Ok(self.dir_attr(dir_ino(kind)));
         }
         let kind = match dir_kind(parent) {

@@ -2,6 +2,12 @@
 //! once the mount answers; then serve until `umount` or a signal, and on a
 //! signal unmount cleanly.
 
+pub mod cli;
+pub mod logging;
+pub mod mount_options;
+pub mod mountpoint;
+pub mod notify;
+
 use std::io::{Read, Write};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
@@ -12,17 +18,16 @@ use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
+use self::cli::{Access, Settings, Source};
+use self::notify::notify;
 use crate::api::http::{HttpApi, HttpConfig};
 use crate::api::retry::{RetryPolicy, RetryingApi};
+use crate::api::secret::Secret;
 use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
-use crate::cli::{Access, Settings, Source};
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::fs::{FaceFs, FsConfig, ROOT_INO};
 use crate::fuse::FuseAdapter;
-use crate::mountpoint;
-use crate::notify::notify;
-use crate::secret::Secret;
 
 /// How long the new mount has to answer its first `stat`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -258,7 +263,7 @@ fn mount(
 /// Servers that live as long as the mount.
 struct Servers {
     _emulator: Option<Emulator>,
-    _metrics: Option<crate::http_server::Server>,
+    _metrics: Option<crate::emulator::http_server::Server>,
 }
 
 fn mount_hint(e: &std::io::Error) -> &'static str {

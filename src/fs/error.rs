@@ -1,8 +1,8 @@
 //! Filesystem errors and their errno: the one place that decides which API
 //! answer a program sees as which error.
 
+use crate::api::IdKind;
 use crate::api::{codes, ApiError};
-use crate::layout::IdKind;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FsError {

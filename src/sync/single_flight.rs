@@ -1,9 +1,10 @@
 //! Concurrent callers asking for the same key share one computation: readers
 //! of one face share one download, listers of one directory one listing.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 struct Flight<V> {
     result: Mutex<Option<V>>,
@@ -27,7 +28,7 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
     /// this waits for that call and returns a clone of its result.
     pub fn run(&self, key: &K, work: impl FnOnce() -> V) -> V {
         let (flight, leader) = {
-            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            let mut flights = self.flights.lock();
             match flights.get(key) {
                 Some(f) => (f.clone(), false),
                 None => {
@@ -41,9 +42,9 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
             }
         };
         if !leader {
-            let mut result = flight.result.lock().unwrap_or_else(|e| e.into_inner());
+            let mut result = flight.result.lock();
             while result.is_none() {
-                result = flight.done.wait(result).unwrap_or_else(|e| e.into_inner());
+                flight.done.wait(&mut result);
             }
             return result.clone().unwrap();
         }
@@ -51,17 +52,13 @@ impl<K: Eq + Hash + Clone, V: Clone> SingleFlight<K, V> {
         struct Leave<'a, K: Eq + Hash, V>(&'a SingleFlight<K, V>, &'a K);
         impl<K: Eq + Hash, V> Drop for Leave<'_, K, V> {
             fn drop(&mut self) {
-                self.0
-                    .flights
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(self.1);
+                self.0.flights.lock().remove(self.1);
             }
         }
         let leave = Leave(self, key);
         let value = work();
         drop(leave);
-        *flight.result.lock().unwrap_or_else(|e| e.into_inner()) = Some(value.clone());
+        *flight.result.lock() = Some(value.clone());
         flight.done.notify_all();
         value
     }
