@@ -7,17 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::api::Endpoint;
 use crate::emulator::http_server::{Reply, Request, Response, Server};
-
-/// API endpoints, as labels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    Token,
-    List,
-    Face,
-}
-
-const ENDPOINTS: [&str; 3] = ["token", "list", "face"];
+use crate::fs::cache::CacheUsage;
 
 impl Outcome {
     pub fn of<T>(result: &Result<T, crate::api::ApiError>) -> Outcome {
@@ -46,18 +38,51 @@ pub enum Outcome {
 
 const OUTCOMES: [&str; 6] = ["ok", "absent", "throttled", "transient", "denied", "failed"];
 
-/// FUSE operations, as labels.
-pub const OPS: [&str; 9] = [
-    "lookup",
-    "getattr",
-    "open",
-    "read",
-    "release",
-    "opendir",
-    "readdir",
-    "releasedir",
-    "statfs",
-];
+/// The FUSE operations facefs counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FuseOp {
+    Lookup,
+    Getattr,
+    Open,
+    Read,
+    Release,
+    Opendir,
+    Readdir,
+    Releasedir,
+    Statfs,
+}
+
+impl FuseOp {
+    pub const ALL: [FuseOp; 9] = [
+        FuseOp::Lookup,
+        FuseOp::Getattr,
+        FuseOp::Open,
+        FuseOp::Read,
+        FuseOp::Release,
+        FuseOp::Opendir,
+        FuseOp::Readdir,
+        FuseOp::Releasedir,
+        FuseOp::Statfs,
+    ];
+
+    /// The `op` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FuseOp::Lookup => "lookup",
+            FuseOp::Getattr => "getattr",
+            FuseOp::Open => "open",
+            FuseOp::Read => "read",
+            FuseOp::Release => "release",
+            FuseOp::Opendir => "opendir",
+            FuseOp::Readdir => "readdir",
+            FuseOp::Releasedir => "releasedir",
+            FuseOp::Statfs => "statfs",
+        }
+    }
+}
+
+const OPS: usize = FuseOp::ALL.len();
+const ENDPOINTS: usize = Endpoint::ALL.len();
 
 /// Latency buckets, in seconds.
 const BUCKETS: [f64; 7] = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
@@ -72,16 +97,16 @@ const ERRNOS: [(i32, &str); 6] = [
 ];
 
 pub struct Metrics {
-    api: [[AtomicU64; OUTCOMES.len()]; ENDPOINTS.len()],
+    api: [[AtomicU64; OUTCOMES.len()]; ENDPOINTS],
     retries: AtomicU64,
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     downloads_in_flight: AtomicU64,
-    ops: [AtomicU64; OPS.len()],
+    ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
-    latency: [[AtomicU64; BUCKETS.len() + 1]; OPS.len()],
-    latency_sum_us: [AtomicU64; OPS.len()],
-    errors: [[AtomicU64; ERRNOS.len()]; OPS.len()],
+    latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
+    latency_sum_us: [AtomicU64; OPS],
+    errors: [[AtomicU64; ERRNOS.len()]; OPS],
 }
 
 // Array-repeat templates: each use is a fresh value, not a shared one.
@@ -103,15 +128,15 @@ fn add(counter: &AtomicU64) {
 impl Metrics {
     const fn new() -> Metrics {
         Metrics {
-            api: [OUTCOME_ROW; ENDPOINTS.len()],
+            api: [OUTCOME_ROW; ENDPOINTS],
             retries: ZERO,
             cache_hits: ZERO,
             cache_misses: ZERO,
             downloads_in_flight: ZERO,
-            ops: [ZERO; OPS.len()],
-            latency: [BUCKET_ROW; OPS.len()],
-            latency_sum_us: [ZERO; OPS.len()],
-            errors: [ERRNO_ROW; OPS.len()],
+            ops: [ZERO; OPS],
+            latency: [BUCKET_ROW; OPS],
+            latency_sum_us: [ZERO; OPS],
+            errors: [ERRNO_ROW; OPS],
         }
     }
 
@@ -138,10 +163,8 @@ impl Metrics {
     }
 
     /// Records one FUSE operation, how long it took and its errno (0 for success).
-    pub fn op(&self, op: &str, took: Duration, errno: i32) {
-        let Some(i) = OPS.iter().position(|o| *o == op) else {
-            return;
-        };
+    pub fn op(&self, op: FuseOp, took: Duration, errno: i32) {
+        let i = op as usize;
         add(&self.ops[i]);
         let secs = took.as_secs_f64();
         let bucket = BUCKETS
@@ -159,8 +182,8 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition; `cache` is (bytes, faces, evictions).
-    pub fn render(&self, cache: (u64, usize, u64)) -> String {
+    /// The Prometheus text exposition.
+    pub fn render(&self, cache: CacheUsage) -> String {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -173,7 +196,7 @@ impl Metrics {
             "API requests by endpoint and outcome.",
         );
         let mut lines = String::new();
-        for (e, endpoint) in ENDPOINTS.iter().enumerate() {
+        for (e, endpoint) in Endpoint::ALL.iter().map(|e| e.as_str()).enumerate() {
             for (o, outcome) in OUTCOMES.iter().enumerate() {
                 let _ = writeln!(
                     lines,
@@ -218,13 +241,13 @@ impl Metrics {
                 "facefs_cache_bytes",
                 "gauge",
                 "Bytes of faces in the cache.",
-                cache.0,
+                cache.bytes,
             ),
             (
                 "facefs_cache_evictions_total",
                 "counter",
                 "Faces evicted to stay within --cache-size.",
-                cache.2,
+                cache.evictions,
             ),
             (
                 "facefs_downloads_in_flight",
@@ -243,14 +266,14 @@ impl Metrics {
             "gauge",
             "Faces in the cache.",
         );
-        let _ = writeln!(out, "facefs_cache_faces {}", cache.1);
+        let _ = writeln!(out, "facefs_cache_faces {}", cache.entries);
         family(
             &mut out,
             "facefs_fuse_op_seconds",
             "histogram",
             "FUSE operations by kind: count and latency.",
         );
-        for (i, op) in OPS.iter().enumerate() {
+        for (i, op) in FuseOp::ALL.iter().map(|o| o.as_str()).enumerate() {
             let mut cumulative = 0;
             for (b, bound) in BUCKETS.iter().enumerate() {
                 cumulative += get(&self.latency[i][b]);
@@ -281,7 +304,7 @@ impl Metrics {
             "counter",
             "FUSE operations that failed, by errno.",
         );
-        for (i, op) in OPS.iter().enumerate() {
+        for (i, op) in FuseOp::ALL.iter().map(|o| o.as_str()).enumerate() {
             for (e, (_, name)) in ERRNOS.iter().enumerate() {
                 let _ = writeln!(
                     out,
@@ -294,7 +317,7 @@ impl Metrics {
     }
 
     fn api_total(&self, outcome: Outcome) -> u64 {
-        (0..ENDPOINTS.len())
+        (0..ENDPOINTS)
             .map(|e| self.api[e][outcome as usize].load(Ordering::Relaxed))
             .sum()
     }
@@ -315,7 +338,7 @@ impl Drop for InFlight<'_> {
 /// Serves `GET /metrics` on `addr` until the returned server is dropped.
 pub fn serve(
     addr: &str,
-    cache_usage: Arc<dyn Fn() -> (u64, usize, u64) + Send + Sync>,
+    cache_usage: Arc<dyn Fn() -> CacheUsage + Send + Sync>,
 ) -> std::io::Result<Server> {
     Server::start(
         addr,
@@ -341,15 +364,19 @@ mod tests {
         let m = Metrics::new();
         m.api_request(Endpoint::Face, Outcome::Ok);
         m.api_request(Endpoint::Face, Outcome::Throttled);
-        m.op("lookup", Duration::from_millis(5), 0);
-        m.op("lookup", Duration::from_millis(50), libc::ENOENT);
+        m.op(FuseOp::Lookup, Duration::from_millis(5), 0);
+        m.op(FuseOp::Lookup, Duration::from_millis(50), libc::ENOENT);
         {
             let _d = m.download();
             assert!(m
-                .render((0, 0, 0))
+                .render(CacheUsage::default())
                 .contains("facefs_downloads_in_flight 1\n"));
         }
-        let text = m.render((100, 2, 3));
+        let text = m.render(CacheUsage {
+            bytes: 100,
+            entries: 2,
+            evictions: 3,
+        });
         for line in [
             "facefs_api_requests_total{endpoint=\"face\",outcome=\"ok\"} 1",
             "facefs_api_throttled_total 1",

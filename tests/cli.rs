@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
-use facefs::emulator::Endpoint;
+use facefs::emulator::Route;
 
 /// Pids of running facefs processes whose command line names `mountpoint`.
 fn facefs_pids(mountpoint: &Path) -> Vec<u32> {
@@ -117,7 +117,7 @@ fn a_wrong_secret_fails_with_the_api_code_and_mounts_nothing() {
         assert!(!is_mounted(dir.path()));
         assert!(facefs_pids(dir.path()).is_empty());
     }
-    assert_eq!(emu.count(Endpoint::Face), 0);
+    assert_eq!(emu.count(Route::Face), 0);
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn bad_flags_are_refused_before_mounting() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("--app-id"), "{}", stderr(&out));
-    assert_eq!(emu.count(Endpoint::Token), 0, "nothing reached the API");
+    assert_eq!(emu.count(Route::Token), 0, "nothing reached the API");
 }
 
 #[test]

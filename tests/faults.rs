@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use facefs::api::IdKind;
-use facefs::emulator::{Emulator, Endpoint, Fault};
+use facefs::emulator::{Emulator, Route, WireFault};
 use facefs::fs::layout::face_file_name;
 
 /// Reads every face file of `kind` on 8 threads; returns (path, outcome) pairs.
@@ -54,18 +54,18 @@ fn read_all(
 #[test]
 fn thirty_percent_failing_face_requests_give_no_wrong_byte_and_no_enoent() {
     let faults = [
-        Fault::ServerError,
-        Fault::Reset,
-        Fault::CutShort,
-        Fault::Chunked,
-        Fault::EmptyBadRequest,
-        Fault::Throttle,
-        Fault::ExpiredToken,
-        Fault::Hang,
+        WireFault::ServerError,
+        WireFault::Reset,
+        WireFault::CutShort,
+        WireFault::Chunked,
+        WireFault::EmptyBadRequest,
+        WireFault::Throttle,
+        WireFault::ExpiredToken,
+        WireFault::Hang,
     ];
     for fault in faults {
         let emu = emulator(small_tenant(100));
-        emu.inject(Endpoint::Face, fault, 0.3);
+        emu.inject(Route::Face, fault, 0.3);
         // Defaults but for the pace and, for hangs, a short request timeout.
         let mnt = Mount::start(&emu, &["--rate-limit", "1000", "--request-timeout", "1s"]);
         let results = read_all(&emu, &mnt, IdKind::OpenId);
@@ -90,7 +90,7 @@ fn thirty_percent_failing_face_requests_give_no_wrong_byte_and_no_enoent() {
             injected > 10,
             "{fault:?}: the faults were injected ({injected})"
         );
-        if fault == Fault::Chunked {
+        if fault == WireFault::Chunked {
             assert_eq!(ok, results.len(), "a chunked answer is a correct answer");
         }
         assert!(
@@ -106,7 +106,7 @@ fn a_listing_fails_whole_or_shows_everything() {
     // 150 users are three pages; with 70% of list requests failing, some
     // listings fail after their retries, on the first page or a later one.
     let emu = emulator(small_tenant(150));
-    emu.inject(Endpoint::ListUsers, Fault::ServerError, 0.7);
+    emu.inject(Route::ListUsers, WireFault::ServerError, 0.7);
     let mnt = Mount::start(&emu, &["--rate-limit", "1000", "--ttl", "0s"]);
     let full = emu.ids_with_faces(IdKind::UnionId).len() * 2;
     let (mut failed, mut whole) = (0, 0);
@@ -214,7 +214,7 @@ fn a_hung_download_ends_in_eio_while_everything_else_answers() {
     assert!(std::fs::read(&warm).is_ok());
     assert!(run("ls", &[&dir]).status.success());
 
-    emu.inject(Endpoint::Face, Fault::Hang, 1.0);
+    emu.inject(Route::Face, WireFault::Hang, 1.0);
     let mut hung = spawn_cat(&dir.join(face_file_name(&ids[1], false)));
     std::thread::sleep(Duration::from_millis(200));
     // While it hangs, the root, the listing and a cached face answer.
@@ -263,7 +263,7 @@ fn killed_readers_and_umount_during_hung_downloads() {
     );
     let ids = emu.ids_with_faces(IdKind::OpenId);
     let dir = mnt.join("open_id");
-    emu.inject(Endpoint::Face, Fault::Hang, 1.0);
+    emu.inject(Route::Face, WireFault::Hang, 1.0);
     // A reader killed mid-download leaves a working mount behind.
     let mut killed = spawn_cat(&dir.join(face_file_name(&ids[0], false)));
     std::thread::sleep(Duration::from_millis(300));
@@ -284,7 +284,7 @@ fn killed_readers_and_umount_during_hung_downloads() {
 fn lazy_umount_detaches_at_once_during_a_hung_download() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &["--request-timeout", "2s", "--retry-budget", "1s"]);
-    emu.inject(Endpoint::Face, Fault::Hang, 1.0);
+    emu.inject(Route::Face, WireFault::Hang, 1.0);
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     let mut hung = spawn_cat(&mnt.join("open_id").join(face_file_name(&id, false)));
     std::thread::sleep(Duration::from_millis(300));
@@ -322,13 +322,13 @@ fn twenty_cold_reads_at_the_servers_rate_limit() {
     assert_eq!(ok, 20);
     let throttled = emu.requests().iter().filter(|r| r.throttled).count();
     assert!(throttled <= 2, "{throttled} throttled answers");
-    assert_eq!(emu.count(Endpoint::Face) - throttled, 20);
+    assert_eq!(emu.count(Route::Face) - throttled, 20);
 }
 
 #[test]
 fn a_throttling_answer_is_waited_out() {
     let emu = emulator(small_tenant(4));
-    emu.inject(Endpoint::Face, Fault::Throttle, 1.0);
+    emu.inject(Route::Face, WireFault::Throttle, 1.0);
     let mnt = Mount::start(&emu, &["--retry-budget", "5s"]);
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     let reader = {
@@ -344,7 +344,7 @@ fn a_throttling_answer_is_waited_out() {
     let throttled = emu
         .requests()
         .iter()
-        .filter(|r| r.fault == Some(Fault::Throttle))
+        .filter(|r| r.fault == Some(WireFault::Throttle))
         .count();
     assert!(
         (1..=4).contains(&throttled),
@@ -360,7 +360,7 @@ fn no_secret_or_token_in_a_trace_log_or_argv() {
     assert!(std::fs::read(mnt.join("user_id").join(face_file_name(&ids[0], false))).is_ok());
     emu.expire_tokens();
     assert!(std::fs::read(mnt.join("user_id").join(face_file_name(&ids[1], true))).is_ok());
-    emu.inject(Endpoint::Face, Fault::ServerError, 1.0);
+    emu.inject(Route::Face, WireFault::ServerError, 1.0);
     assert!(std::fs::read(mnt.join("user_id").join(face_file_name(&ids[2], true))).is_err());
     // The failure is logged once, with what support needs and without the id.
     let log = mnt.log_text();
@@ -418,7 +418,7 @@ fn hostile_names_stay_one_path_segment() {
     let faces: Vec<_> = emu
         .requests()
         .into_iter()
-        .filter(|r| r.endpoint != Endpoint::Token)
+        .filter(|r| r.route != Route::Token)
         .collect();
     // '..' and names with '/' never reach the API; every other id arrives whole.
     let sent: Vec<&str> = ids
@@ -428,7 +428,7 @@ fn hostile_names_stay_one_path_segment() {
         .collect();
     assert_eq!(faces.len(), sent.len(), "{faces:?}");
     for (request, id) in faces.iter().zip(&sent) {
-        assert_eq!(request.endpoint, Endpoint::Face);
+        assert_eq!(request.route, Route::Face);
         assert_eq!(request.user_id.as_deref(), Some(*id));
         assert_eq!(request.query, "is_cropped=false&user_id_type=open_id");
         assert!(

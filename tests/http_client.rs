@@ -8,7 +8,7 @@ use facefs::api::secret::Secret;
 use facefs::api::IdKind;
 use facefs::api::{codes, ApiError, FaceApi};
 use facefs::emulator::tenant::{TenantSpec, ODD_USER_IDS};
-use facefs::emulator::{Emulator, EmulatorConfig, Endpoint};
+use facefs::emulator::{Emulator, EmulatorConfig, Route};
 
 fn emulator(users: usize) -> Emulator {
     let tenant = TenantSpec {
@@ -64,20 +64,16 @@ fn lists_every_user_across_pages() {
         assert_eq!(list_all(&api, kind), emu.ids_with_faces(kind));
     }
     assert_eq!(
-        emu.count(Endpoint::ListUsers),
+        emu.count(Route::ListUsers),
         3 * 3,
         "120 users are three pages of at most 50"
     );
     assert!(emu
         .requests()
         .iter()
-        .filter(|r| r.endpoint == Endpoint::ListUsers)
+        .filter(|r| r.route == Route::ListUsers)
         .all(|r| r.query.contains("page_size=50")));
-    assert_eq!(
-        emu.count(Endpoint::Token),
-        1,
-        "one token serves every request"
-    );
+    assert_eq!(emu.count(Route::Token), 1, "one token serves every request");
 }
 
 #[test]
@@ -93,7 +89,7 @@ fn odd_user_ids_reach_the_face_endpoint_as_one_segment() {
     let faces: Vec<_> = emu
         .requests()
         .into_iter()
-        .filter(|r| r.endpoint == Endpoint::Face)
+        .filter(|r| r.route == Route::Face)
         .collect();
     assert_eq!(faces.len(), ODD_USER_IDS.len() * 2);
     for (request, id) in faces
@@ -155,9 +151,9 @@ fn an_expired_token_is_renewed_and_the_request_retried() {
         api.get_face(IdKind::OpenId, &id, false).unwrap(),
         emu.face(IdKind::OpenId, &id, false).unwrap()
     );
-    assert_eq!(emu.count(Endpoint::Token), 2);
+    assert_eq!(emu.count(Route::Token), 2);
     assert_eq!(
-        emu.count(Endpoint::Face),
+        emu.count(Route::Face),
         3,
         "one refused with 99991663, one retried"
     );

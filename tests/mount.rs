@@ -9,7 +9,7 @@ use std::process::Stdio;
 use common::*;
 use facefs::api::IdKind;
 use facefs::emulator::tenant::ODD_USER_IDS;
-use facefs::emulator::{EmulatorConfig, Endpoint};
+use facefs::emulator::{EmulatorConfig, Route};
 use facefs::fs::layout::face_file_name;
 
 fn expected_names(emu: &facefs::emulator::Emulator, kind: IdKind) -> BTreeSet<String> {
@@ -44,14 +44,14 @@ fn ls_shows_every_user_with_a_face_and_downloads_none() {
         assert_eq!(names, expected_names(&emu, kind), "{kind}");
         assert!(names.len() < 150, "users without faces are not listed");
     }
-    assert_eq!(emu.count(Endpoint::Face), 0, "listing downloads no face");
-    assert_eq!(emu.count(Endpoint::ListUsers), 3 * 2);
+    assert_eq!(emu.count(Route::Face), 0, "listing downloads no face");
+    assert_eq!(emu.count(Route::ListUsers), 3 * 2);
     // Within the TTL a directory is listed from memory: pages are fetched once.
     for kind in IdKind::ALL {
         assert_eq!(ls(&mnt.join(kind.as_str())), expected_names(&emu, kind));
     }
     assert_eq!(
-        emu.count(Endpoint::ListUsers),
+        emu.count(Route::ListUsers),
         3 * 2,
         "list pages once per TTL"
     );
@@ -93,7 +93,7 @@ fn cat_gives_the_api_bytes_in_every_directory() {
         emu.face(IdKind::UserId, "100%", true)
     );
     assert_eq!(
-        emu.count(Endpoint::Face),
+        emu.count(Route::Face),
         checked,
         "one download per file; stat and read share it"
     );
@@ -142,7 +142,7 @@ fn missing_users_faces_and_foreign_names_are_enoent() {
             stderr(&out)
         );
     }
-    let face_requests = emu.count(Endpoint::Face);
+    let face_requests = emu.count(Route::Face);
     assert_eq!(face_requests, 3);
     for rel in [
         "open_id/x.png",
@@ -159,7 +159,7 @@ fn missing_users_faces_and_foreign_names_are_enoent() {
         );
     }
     assert_eq!(
-        emu.count(Endpoint::Face),
+        emu.count(Route::Face),
         face_requests,
         "names outside the layout cost no request"
     );
@@ -261,7 +261,7 @@ fn rsync_copies_byte_exact_and_a_second_run_transfers_nothing() {
         }
     }
     assert_eq!(
-        emu.count(Endpoint::Face),
+        emu.count(Route::Face),
         expected.len(),
         "exactly one download per file"
     );
@@ -274,7 +274,7 @@ fn rsync_copies_byte_exact_and_a_second_run_transfers_nothing() {
         "{stats}"
     );
     assert_eq!(
-        emu.count(Endpoint::Face),
+        emu.count(Route::Face),
         expected.len(),
         "the second run is served from the cache"
     );
@@ -295,7 +295,7 @@ fn an_expired_token_mid_session_is_invisible_to_readers() {
         read(&ids[1]).unwrap(),
         emu.face(IdKind::UnionId, &ids[1], false).unwrap()
     );
-    assert_eq!(emu.count(Endpoint::Token), 2, "renewed once");
+    assert_eq!(emu.count(Route::Token), 2, "renewed once");
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn stat_walks_download_each_face_once_with_read_ahead() {
         files
     );
     assert_eq!(
-        emu.count(Endpoint::Face),
+        emu.count(Route::Face),
         files,
         "ls -l: one request per file, read-ahead included"
     );
@@ -362,7 +362,7 @@ fn stat_walks_download_each_face_once_with_read_ahead() {
         "every face is over 1 KiB"
     );
     assert_eq!(
-        emu.count(Endpoint::Face),
+        emu.count(Route::Face),
         files,
         "find and du were served from the cache"
     );
@@ -389,7 +389,7 @@ fn concurrent_readers_of_one_face_share_one_download() {
             emu.face(IdKind::UserId, "plus+sign", false)
         );
     }
-    assert_eq!(emu.count(Endpoint::Face), 1);
+    assert_eq!(emu.count(Route::Face), 1);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use facefs::api::IdKind;
-use facefs::emulator::Endpoint;
+use facefs::emulator::Route;
 use facefs::fs::layout::face_file_name;
 
 /// A directory holding the secret file and an fstab.
@@ -128,7 +128,7 @@ fn mount_t_fuse_facefs_rejects_unknown_and_unsafe_options() {
         );
         assert!(!is_mounted(mnt.path()));
     }
-    assert_eq!(emu.count(Endpoint::Token), 0);
+    assert_eq!(emu.count(Route::Token), 0);
 }
 
 #[test]
@@ -354,7 +354,7 @@ fn metrics_move_as_faces_are_read() {
         1.0
     );
     assert_eq!(metric(&after, "facefs_downloads_in_flight"), 0.0);
-    assert_eq!(emu.count(Endpoint::Face), 2);
+    assert_eq!(emu.count(Route::Face), 2);
 
     // A warm stat is answered by the kernel's caches: facefs sees nothing.
     let asked = |text: &str| {

@@ -12,10 +12,11 @@ use serde::Deserialize;
 
 use super::codes;
 use super::token::{IssuedToken, TokenCache};
+use super::Endpoint;
 use super::{ApiError, ApiFailure, FaceApi, ListedUser, UserPage};
 use crate::api::secret::Secret;
 use crate::api::IdKind;
-use crate::metrics::{Endpoint, Outcome, METRICS};
+use crate::metrics::{Outcome, METRICS};
 
 /// The API's own limit on `page_size`.
 pub const MAX_PAGE_SIZE: u32 = 50;

@@ -1,40 +1,12 @@
 //! An in-memory tenant behind the `FaceApi` trait, for tests of everything
-//! above the HTTP client. It counts requests and can be told to fail.
+//! above the HTTP client. It counts requests; [`super::failure::FailureApi`]
+//! around it makes it fail.
 
 use parking_lot::Mutex;
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
-use super::{ApiError, ApiFailure, FaceApi, ListedUser, UserPage};
+use super::{ApiError, FaceApi, ListedUser, UserPage};
 use crate::api::IdKind;
-
-/// A failure to give instead of the next answer.
-#[derive(Clone, Debug)]
-pub enum Fault {
-    /// Answer this request normally.
-    Pass,
-    Transient,
-    Throttled(Duration),
-    PermissionDenied,
-    InvalidPageToken,
-}
-
-impl Fault {
-    fn error(&self) -> Option<ApiError> {
-        let failure = || ApiFailure::message("injected");
-        Some(match self {
-            Fault::Pass => return None,
-            Fault::Transient => ApiError::Transient(failure()),
-            Fault::Throttled(d) => ApiError::Throttled {
-                retry_after: Some(*d),
-                failure: failure(),
-            },
-            Fault::PermissionDenied => ApiError::PermissionDenied(failure()),
-            Fault::InvalidPageToken => ApiError::InvalidPageToken,
-        })
-    }
-}
 
 struct User {
     /// Ids in the order of `IdKind::ALL`.
@@ -45,7 +17,6 @@ struct User {
 
 pub struct MemoryApi {
     users: Mutex<Vec<User>>,
-    faults: Mutex<VecDeque<Fault>>,
     page_size: usize,
     face_requests: AtomicUsize,
     list_requests: AtomicUsize,
@@ -65,7 +36,6 @@ impl MemoryApi {
     pub fn with_page_size(page_size: usize) -> MemoryApi {
         MemoryApi {
             users: Mutex::new(Vec::new()),
-            faults: Mutex::new(VecDeque::new()),
             page_size,
             face_requests: AtomicUsize::new(0),
             list_requests: AtomicUsize::new(0),
@@ -89,11 +59,6 @@ impl MemoryApi {
         user.cropped = cropped;
     }
 
-    /// The next requests fail with these faults, in order.
-    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
-        self.faults.lock().extend(faults);
-    }
-
     pub fn face_requests(&self) -> usize {
         self.face_requests.load(Ordering::SeqCst)
     }
@@ -101,23 +66,15 @@ impl MemoryApi {
     pub fn list_requests(&self) -> usize {
         self.list_requests.load(Ordering::SeqCst)
     }
-
-    fn next_fault(&self) -> Result<(), ApiError> {
-        match self.faults.lock().pop_front().and_then(|f| f.error()) {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
-    }
 }
 
 fn slot(kind: IdKind) -> usize {
-    IdKind::ALL.iter().position(|k| *k == kind).unwrap()
+    kind.index()
 }
 
 impl FaceApi for MemoryApi {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
         self.list_requests.fetch_add(1, Ordering::SeqCst);
-        self.next_fault()?;
         let start = match page_token {
             None => 0,
             Some(t) => t
@@ -142,7 +99,6 @@ impl FaceApi for MemoryApi {
 
     fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
         self.face_requests.fetch_add(1, Ordering::SeqCst);
-        self.next_fault()?;
         let users = self.users.lock();
         let user = users
             .iter()

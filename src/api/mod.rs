@@ -3,6 +3,7 @@
 //! wrapper that sits between them and the core.
 
 pub mod codes;
+pub mod failure;
 pub mod http;
 pub mod id_kind;
 pub mod memory;
@@ -15,6 +16,29 @@ use std::fmt;
 use std::time::Duration;
 
 pub use self::id_kind::IdKind;
+
+/// The API's endpoints, as facefs's metrics, logs and fault injection name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /open-apis/auth/v3/tenant_access_token/internal`
+    Token,
+    /// `GET /open-apis/acs/v1/users`
+    List,
+    /// `GET /open-apis/acs/v1/users/:user_id/face`
+    Face,
+}
+
+impl Endpoint {
+    pub const ALL: [Endpoint; 3] = [Endpoint::Token, Endpoint::List, Endpoint::Face];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Token => "token",
+            Endpoint::List => "list",
+            Endpoint::Face => "face",
+        }
+    }
+}
 
 /// One page of `GET /open-apis/acs/v1/users`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,6 +97,11 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The API said the user or face does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ApiError::UserNotFound | ApiError::FaceNotFound)
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, ApiError::Transient(_) | ApiError::Throttled { .. })
     }

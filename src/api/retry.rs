@@ -6,9 +6,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::throttle::RateLimiter;
+use super::Endpoint;
 use super::{ApiError, FaceApi, UserPage};
 use crate::api::IdKind;
-use crate::metrics::{Endpoint, Outcome, METRICS};
+use crate::metrics::{Outcome, METRICS};
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -108,19 +109,9 @@ impl<A: FaceApi> RetryingApi<A> {
             METRICS.api_request(endpoint, Outcome::of(&result));
             let err = match result {
                 Ok(value) => return Ok(value),
-                Err(err) if !err.is_retryable() => {
-                    // "Does not exist" is an answer, not a failure; a missing
-                    // scope is logged with the scope by the errno mapping.
-                    if !matches!(
-                        err,
-                        ApiError::UserNotFound
-                            | ApiError::FaceNotFound
-                            | ApiError::PermissionDenied(_)
-                    ) {
-                        log::warn!("{} failed: {err}", what());
-                    }
-                    return Err(err);
-                }
+                // Definite answers go up as they are: the filesystem's error
+                // boundary logs them once, with what the operation was.
+                Err(err) if !err.is_retryable() => return Err(err),
                 Err(err) => err,
             };
             let pause = match &err {
@@ -131,7 +122,7 @@ impl<A: FaceApi> RetryingApi<A> {
                 _ => self.policy.backoff(attempt),
             };
             if attempt >= self.policy.max_attempts || start.elapsed() + pause > self.policy.budget {
-                log::warn!("{} failed after {attempt} attempts: {err}", what());
+                log::debug!("{} failed after {attempt} attempts: {err}", what());
                 return Err(err);
             }
             log::debug!(
@@ -169,7 +160,8 @@ impl<A: FaceApi> FaceApi for RetryingApi<A> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::memory::{Fault, MemoryApi};
+    use crate::api::failure::{FailureApi, Fault};
+    use crate::api::memory::MemoryApi;
 
     fn quick() -> RetryPolicy {
         RetryPolicy {
@@ -180,35 +172,37 @@ mod tests {
         }
     }
 
-    fn api() -> MemoryApi {
+    fn api() -> FailureApi<MemoryApi> {
         let api = MemoryApi::new();
         api.add_user(
             &["ou_a", "on_a", "a"],
             Some(b"full".to_vec()),
             Some(b"crop".to_vec()),
         );
-        api
+        FailureApi::new(api)
     }
 
     #[test]
     fn transient_failures_are_retried_within_the_bound() {
         let api = RetryingApi::new(api(), quick());
         api.inner()
-            .push_faults([Fault::Transient, Fault::Transient]);
+            .fail_next(Endpoint::Face, [Fault::Transient, Fault::Transient]);
         assert_eq!(
             api.get_face(IdKind::OpenId, "ou_a", false).unwrap(),
             b"full"
         );
-        assert_eq!(api.inner().face_requests(), 3);
+        assert_eq!(api.inner().requests(Endpoint::Face), 3);
 
-        api.inner()
-            .push_faults([Fault::Transient, Fault::Transient, Fault::Transient]);
+        api.inner().fail_next(
+            Endpoint::Face,
+            [Fault::Transient, Fault::Transient, Fault::Transient],
+        );
         assert!(matches!(
             api.get_face(IdKind::OpenId, "ou_a", false),
             Err(ApiError::Transient(_))
         ));
         assert_eq!(
-            api.inner().face_requests(),
+            api.inner().requests(Endpoint::Face),
             6,
             "exactly max_attempts requests"
         );
@@ -221,14 +215,16 @@ mod tests {
             api.get_face(IdKind::OpenId, "ou_missing", false),
             Err(ApiError::UserNotFound)
         );
-        assert_eq!(api.inner().face_requests(), 1);
+        assert_eq!(api.inner().requests(Endpoint::Face), 1);
     }
 
     #[test]
     fn throttling_waits_for_the_announced_reset() {
         let api = RetryingApi::new(api(), quick());
-        api.inner()
-            .push_faults([Fault::Throttled(Duration::from_millis(120))]);
+        api.inner().fail_next(
+            Endpoint::Face,
+            [Fault::Throttled(Duration::from_millis(120))],
+        );
         let start = Instant::now();
         assert!(api.get_face(IdKind::OpenId, "ou_a", true).is_ok());
         assert!(start.elapsed() >= Duration::from_millis(120));
@@ -238,14 +234,16 @@ mod tests {
     fn throttling_pauses_every_caller_of_the_shared_limiter() {
         let limiter = Arc::new(RateLimiter::new(1000.0));
         let api = Arc::new(RetryingApi::new(api(), quick()).with_rate_limit(limiter.clone()));
-        api.inner()
-            .push_faults([Fault::Throttled(Duration::from_millis(400))]);
+        api.inner().fail_next(
+            Endpoint::Face,
+            [Fault::Throttled(Duration::from_millis(400))],
+        );
         let throttled = {
             let api = api.clone();
             std::thread::spawn(move || api.get_face(IdKind::OpenId, "ou_a", false))
         };
         // Once the throttled answer is in, a bystander must wait out the same pause.
-        while api.inner().face_requests() == 0 {
+        while api.inner().requests(Endpoint::Face) == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -257,7 +255,7 @@ mod tests {
             start.elapsed()
         );
         assert!(throttled.join().unwrap().is_ok());
-        assert_eq!(api.inner().face_requests(), 2);
+        assert_eq!(api.inner().requests(Endpoint::Face), 2);
     }
 
     #[test]

@@ -54,8 +54,9 @@ impl Default for EmulatorConfig {
     }
 }
 
+/// What a request asked for, by method and path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum Route {
     Token,
     ListUsers,
     GetUser,
@@ -66,7 +67,7 @@ pub enum Endpoint {
 
 /// A way for the emulator to fail a request on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
+pub enum WireFault {
     /// HTTP 500 with a JSON error (code 5000).
     ServerError,
     /// A TCP reset before any answer.
@@ -91,22 +92,35 @@ const HANG: Duration = Duration::from_secs(300);
 #[derive(Clone, Debug)]
 pub struct LoggedRequest {
     pub method: String,
-    pub endpoint: Endpoint,
+    pub route: Route,
     /// Path and query exactly as sent.
     pub path: String,
     pub query: String,
     /// The decoded `{user_id}` of user and face requests.
     pub user_id: Option<String>,
     /// The fault given instead of an answer, if any.
-    pub fault: Option<Fault>,
+    pub fault: Option<WireFault>,
     /// Refused by the emulated rate limit.
     pub throttled: bool,
+}
+
+/// How one request misbehaves.
+#[derive(Default)]
+struct Misbehaviour {
+    /// The fault to give instead of the answer.
+    fault: Option<WireFault>,
+    /// Refused by the emulated rate limit: the seconds until its window resets.
+    throttled: Option<f64>,
+    /// The whole API is down.
+    outage: bool,
+    /// How long to wait before answering.
+    latency: Duration,
 }
 
 /// What tests and benchmarks change while the emulator runs.
 #[derive(Default)]
 struct Behaviour {
-    faults: Vec<(Endpoint, Fault, f64)>,
+    faults: Vec<(Route, WireFault, f64)>,
     outage: bool,
     latency: Duration,
     rate_limit: Option<RateWindow>,
@@ -196,16 +210,16 @@ impl Emulator {
         self.state.expire_tokens();
     }
 
-    /// From now on, fail this share (0.0 to 1.0) of `endpoint`'s requests with `fault`.
-    pub fn inject(&self, endpoint: Endpoint, fault: Fault, rate: f64) {
-        self.state.behave().faults.push((endpoint, fault, rate));
+    /// From now on, fail this share (0.0 to 1.0) of `route`'s requests with `fault`.
+    pub fn inject(&self, route: Route, fault: WireFault, rate: f64) {
+        self.state.behave().faults.push((route, fault, rate));
     }
 
     pub fn clear_faults(&self) {
         self.state.behave().faults.clear();
     }
 
-    /// Every request, the token endpoint's too, answers HTTP 503 while on.
+    /// Every request, the token route's too, answers HTTP 503 while on.
     pub fn set_outage(&self, on: bool) {
         self.state.behave().outage = on;
     }
@@ -234,15 +248,15 @@ impl Emulator {
         self.state.lock_log().clone()
     }
 
-    pub fn count(&self, endpoint: Endpoint) -> usize {
+    pub fn count(&self, route: Route) -> usize {
         self.state
             .lock_log()
             .iter()
-            .filter(|r| r.endpoint == endpoint)
+            .filter(|r| r.route == route)
             .count()
     }
 
-    /// The ids of `kind` that the list endpoint reports with a face.
+    /// The ids of `kind` that the list route reports with a face.
     pub fn ids_with_faces(&self, kind: IdKind) -> Vec<String> {
         self.ids_where(kind, true)
     }
@@ -260,7 +274,7 @@ impl Emulator {
             .collect()
     }
 
-    /// The bytes the face endpoint serves for this id.
+    /// The bytes the face route serves for this id.
     pub fn face(&self, kind: IdKind, id: &str, cropped: bool) -> Option<Vec<u8>> {
         let i = self.tenant().find(kind, id)?;
         self.tenant().face(i, cropped).map(|f| f.to_vec())
@@ -308,33 +322,30 @@ impl State {
         (*x >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// The fault to give this request, if any, and whether the rate limit refused it.
-    fn misbehave(&self, endpoint: Endpoint) -> (Option<Fault>, Option<f64>, bool, Duration) {
-        let acs = matches!(
-            endpoint,
-            Endpoint::ListUsers | Endpoint::GetUser | Endpoint::Face
-        );
+    /// How this request is to misbehave, as the tests set it up.
+    fn misbehave(&self, route: Route) -> Misbehaviour {
+        let acs = matches!(route, Route::ListUsers | Route::GetUser | Route::Face);
         let mut behaviour = self.behave();
         let fault = behaviour
             .faults
             .iter()
-            .filter(|(e, _, _)| *e == endpoint)
+            .filter(|(e, _, _)| *e == route)
             .find(|(_, _, rate)| self.random() < *rate)
             .map(|(_, f, _)| *f);
         let throttled = match (&mut behaviour.rate_limit, acs && fault.is_none()) {
             (Some(window), true) => window.admit(Instant::now()),
             _ => None,
         };
-        (
+        Misbehaviour {
             fault,
             throttled,
-            behaviour.outage,
-            if acs {
+            outage: behaviour.outage,
+            latency: if acs {
                 behaviour.latency
             } else {
                 Duration::ZERO
             },
-        )
+        }
     }
 
     fn lock_log(&self) -> parking_lot::MutexGuard<'_, Vec<LoggedRequest>> {
@@ -351,27 +362,32 @@ impl State {
     fn handle(&self, req: &Request) -> Reply {
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let segments: Vec<&str> = req.path.split('/').collect();
-        let (endpoint, raw_id) = match (req.method.as_str(), segments.as_slice()) {
+        let (route, raw_id) = match (req.method.as_str(), segments.as_slice()) {
             ("POST", ["", "open-apis", "auth", "v3", "tenant_access_token", "internal"]) => {
-                (Endpoint::Token, None)
+                (Route::Token, None)
             }
-            ("GET", ["", "open-apis", "acs", "v1", "users"]) => (Endpoint::ListUsers, None),
-            ("GET", ["", "open-apis", "acs", "v1", "users", id]) => (Endpoint::GetUser, Some(*id)),
+            ("GET", ["", "open-apis", "acs", "v1", "users"]) => (Route::ListUsers, None),
+            ("GET", ["", "open-apis", "acs", "v1", "users", id]) => (Route::GetUser, Some(*id)),
             ("GET", ["", "open-apis", "acs", "v1", "users", id, "face"]) => {
-                (Endpoint::Face, Some(*id))
+                (Route::Face, Some(*id))
             }
-            (_, ["", "_emulator", ..]) => (Endpoint::Control, None),
-            _ => (Endpoint::Unknown, None),
+            (_, ["", "_emulator", ..]) => (Route::Control, None),
+            _ => (Route::Unknown, None),
         };
         let user_id = raw_id.and_then(decode);
-        let (fault, throttled, outage, latency) = if endpoint == Endpoint::Control {
-            (None, None, false, Duration::ZERO)
+        let Misbehaviour {
+            fault,
+            throttled,
+            outage,
+            latency,
+        } = if route == Route::Control {
+            Misbehaviour::default()
         } else {
-            self.misbehave(endpoint)
+            self.misbehave(route)
         };
         self.lock_log().push(LoggedRequest {
             method: req.method.clone(),
-            endpoint,
+            route,
             path: req.path.clone(),
             query: req.query.clone(),
             user_id: user_id.clone(),
@@ -394,30 +410,30 @@ impl State {
             return Reply::Respond(refusal.with_header("X-Tt-Logid", &logid));
         }
         let answer = |req: &Request| {
-            self.answer(endpoint, user_id.as_deref(), req)
+            self.answer(route, user_id.as_deref(), req)
                 .with_header("X-Tt-Logid", &logid)
         };
         match fault {
             None => Reply::Respond(answer(req)),
-            Some(Fault::ServerError) => {
+            Some(WireFault::ServerError) => {
                 Reply::Respond(error(500, 5000, "internal error").with_header("X-Tt-Logid", &logid))
             }
-            Some(Fault::Reset) => Reply::Reset,
-            Some(Fault::CutShort) => {
+            Some(WireFault::Reset) => Reply::Reset,
+            Some(WireFault::CutShort) => {
                 let response = answer(req);
                 let keep = response.body.len() / 2;
                 Reply::CutShort(response, keep)
             }
-            Some(Fault::Chunked) => Reply::Chunked(answer(req)),
-            Some(Fault::EmptyBadRequest) => {
+            Some(WireFault::Chunked) => Reply::Chunked(answer(req)),
+            Some(WireFault::EmptyBadRequest) => {
                 Reply::Respond(Response::new(400, "text/plain", Vec::new()))
             }
-            Some(Fault::Throttle) => Reply::Respond(
+            Some(WireFault::Throttle) => Reply::Respond(
                 error(429, codes::RATE_LIMITED, "request trigger frequency limit")
                     .with_header("x-ogw-ratelimit-reset", "0.2"),
             ),
-            Some(Fault::Hang) => Reply::Silence(HANG),
-            Some(Fault::ExpiredToken) => {
+            Some(WireFault::Hang) => Reply::Silence(HANG),
+            Some(WireFault::ExpiredToken) => {
                 self.expire_tokens();
                 Reply::Respond(error(
                     400,
@@ -428,15 +444,15 @@ impl State {
         }
     }
 
-    fn answer(&self, endpoint: Endpoint, user_id: Option<&str>, req: &Request) -> Response {
-        match endpoint {
-            Endpoint::Token => self.token(req),
-            Endpoint::Control => self.control(req),
-            Endpoint::Unknown => error(404, codes::NO_SUCH_PATH, "404 page not found"),
+    fn answer(&self, route: Route, user_id: Option<&str>, req: &Request) -> Response {
+        match route {
+            Route::Token => self.token(req),
+            Route::Control => self.control(req),
+            Route::Unknown => error(404, codes::NO_SUCH_PATH, "404 page not found"),
             _ => match (self.authorize(req), req.query_pairs()) {
                 (Err(refusal), _) => refusal,
                 (Ok(()), None) => invalid_param("query is not UTF-8"),
-                (Ok(()), Some(query)) => self.acs(endpoint, user_id, &query),
+                (Ok(()), Some(query)) => self.acs(route, user_id, &query),
             },
         }
     }
@@ -506,12 +522,7 @@ impl State {
         }
     }
 
-    fn acs(
-        &self,
-        endpoint: Endpoint,
-        user_id: Option<&str>,
-        query: &[(String, String)],
-    ) -> Response {
+    fn acs(&self, route: Route, user_id: Option<&str>, query: &[(String, String)]) -> Response {
         let param = |name: &str| {
             query
                 .iter()
@@ -533,13 +544,13 @@ impl State {
                 "Access denied. One of the following scopes is required: [contact:user.employee_id:readonly].",
             );
         }
-        match endpoint {
-            Endpoint::ListUsers => self.list(kind, param("page_size"), param("page_token")),
-            Endpoint::GetUser | Endpoint::Face => {
+        match route {
+            Route::ListUsers => self.list(kind, param("page_size"), param("page_token")),
+            Route::GetUser | Route::Face => {
                 let Some(i) = user_id.and_then(|id| self.tenant.find(kind, id)) else {
                     return error(400, codes::USER_NOT_FOUND, "user not found");
                 };
-                if endpoint == Endpoint::GetUser {
+                if route == Route::GetUser {
                     let user = &self.tenant.users()[i];
                     let feature = json!({ "card": user.card, "face_uploaded": user.has_face });
                     return ok(json!({ "user": { "user_id": user.id(kind), "feature": feature } }));
@@ -597,7 +608,7 @@ impl State {
             ("GET", "/_emulator/stats") => {
                 let mut counts: HashMap<String, usize> = HashMap::new();
                 for r in self.lock_log().iter() {
-                    *counts.entry(format!("{:?}", r.endpoint)).or_default() += 1;
+                    *counts.entry(format!("{:?}", r.route)).or_default() += 1;
                     if r.throttled {
                         *counts.entry("Throttled".into()).or_default() += 1;
                     }
@@ -607,7 +618,7 @@ impl State {
                 }
                 Response::json(200, &json!(counts))
             }
-            _ => error(404, codes::NO_SUCH_PATH, "no such control endpoint"),
+            _ => error(404, codes::NO_SUCH_PATH, "no such control route"),
         }
     }
 }

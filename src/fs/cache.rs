@@ -9,6 +9,15 @@ use std::time::{Duration, Instant};
 
 use lru::LruCache;
 
+/// What a [`ByteLru`] holds, for `statfs` and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheUsage {
+    pub bytes: u64,
+    pub entries: usize,
+    /// Entries evicted to make room, since the start.
+    pub evictions: u64,
+}
+
 /// A least-recently-used map whose values are weighed in bytes; inserting
 /// evicts the least recently used values until the total fits the capacity.
 pub struct ByteLru<K: Hash + Eq, V> {
@@ -70,10 +79,13 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
         }
     }
 
-    /// Bytes held, entries held, evictions so far.
-    pub fn usage(&self) -> (u64, usize, u64) {
+    pub fn usage(&self) -> CacheUsage {
         let inner = self.lock();
-        (inner.bytes, inner.map.len(), inner.evictions)
+        CacheUsage {
+            bytes: inner.bytes,
+            entries: inner.map.len(),
+            evictions: inner.evictions,
+        }
     }
 }
 
@@ -93,27 +105,24 @@ impl<K: Hash + Eq> NegativeCache<K> {
         }
     }
 
-    pub fn insert(&self, key: K) {
+    /// Remembers `key` as absent from `now` on.
+    pub fn insert(&self, key: K, now: Instant) {
         if self.ttl.is_zero() {
             return;
         }
-        self.entries.lock().put(key, Instant::now() + self.ttl);
+        self.entries.lock().put(key, now + self.ttl);
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub fn contains(&self, key: &K, now: Instant) -> bool {
         let mut entries = self.entries.lock();
         match entries.peek(key) {
-            Some(expiry) if Instant::now() < *expiry => true,
+            Some(expiry) if now < *expiry => true,
             Some(_) => {
                 entries.pop(key);
                 false
             }
             None => false,
         }
-    }
-
-    pub fn remove(&self, key: &K) {
-        self.entries.lock().pop(key);
     }
 }
 
@@ -130,7 +139,14 @@ mod tests {
         cache.insert("c", Arc::new(()), 40);
         assert!(cache.get(&"b").is_none(), "b was least recently used");
         assert!(cache.get(&"a").is_some() && cache.get(&"c").is_some());
-        assert_eq!(cache.usage(), (80, 2, 1));
+        assert_eq!(
+            cache.usage(),
+            CacheUsage {
+                bytes: 80,
+                entries: 2,
+                evictions: 1
+            }
+        );
     }
 
     #[test]
@@ -138,11 +154,11 @@ mod tests {
         let cache = ByteLru::new(1000);
         for i in 0..500u64 {
             cache.insert(i, Arc::new(()), 1 + (i * 37) % 300);
-            assert!(cache.usage().0 <= 1000);
+            assert!(cache.usage().bytes <= 1000);
         }
         cache.insert(9999, Arc::new(()), 1001);
         assert!(cache.get(&9999).is_none(), "larger than the whole cache");
-        assert!(cache.usage().0 <= 1000);
+        assert!(cache.usage().bytes <= 1000);
     }
 
     #[test]
@@ -150,30 +166,32 @@ mod tests {
         let cache = ByteLru::new(100);
         cache.insert("a", Arc::new(1), 60);
         cache.insert("a", Arc::new(2), 30);
-        assert_eq!(cache.usage().0, 30);
+        assert_eq!(cache.usage().bytes, 30);
         assert_eq!(*cache.get(&"a").unwrap(), 2);
         cache.remove(&"a");
-        assert_eq!(cache.usage(), (0, 0, 0));
+        assert_eq!(cache.usage().entries, 0);
+        assert_eq!(cache.usage().bytes, 0);
     }
 
     #[test]
     fn negative_entries_expire() {
         let neg = NegativeCache::new(Duration::from_millis(50), 10);
-        neg.insert("gone");
-        assert!(neg.contains(&"gone"));
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(!neg.contains(&"gone"));
+        let t0 = Instant::now();
+        neg.insert("gone", t0);
+        assert!(neg.contains(&"gone", t0 + Duration::from_millis(49)));
+        assert!(!neg.contains(&"gone", t0 + Duration::from_millis(50)));
         let off = NegativeCache::new(Duration::ZERO, 10);
-        off.insert("x");
-        assert!(!off.contains(&"x"));
+        off.insert("x", t0);
+        assert!(!off.contains(&"x", t0));
     }
 
     #[test]
     fn negative_cache_is_bounded() {
         let neg = NegativeCache::new(Duration::from_secs(60), 3);
         for k in 0..10 {
-            neg.insert(k);
+            neg.insert(k, Instant::now());
         }
-        assert_eq!((0..10).filter(|k| neg.contains(k)).count(), 3);
+        let now = Instant::now();
+        assert_eq!((0..10).filter(|k| neg.contains(k, now)).count(), 3);
     }
 }

@@ -1,61 +1,105 @@
-//! Filesystem errors and their errno: the one place that decides which API
-//! answer a program sees as which error.
+//! Filesystem errors: the one place that decides which errno a program sees
+//! for which API answer, and how loudly each failure is logged.
+//!
+//! An [`FsError`] carries its errno, a message for the log, the API error
+//! that caused it (if any) and the level to log it at. The core only builds
+//! errors; the FUSE adapter is the one place that logs, counts and replies.
 
-use crate::api::IdKind;
-use crate::api::{codes, ApiError};
+use std::fmt;
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FsError {
-    /// The API said the user or face does not exist, or the name is outside the layout.
-    #[error("no such file or directory")]
-    NotFound,
-    #[error("read-only file system")]
-    ReadOnly,
-    #[error("permission denied")]
-    PermissionDenied,
-    #[error("not a directory")]
-    NotADirectory,
-    #[error("is a directory")]
-    IsADirectory,
-    #[error("bad file handle")]
-    BadHandle,
-    /// Answering needs the API; the caller may retry on a thread that can wait.
-    #[error("would block")]
-    WouldBlock,
-    /// Everything else: transient failures after their retries, refusals, bad answers.
-    #[error("input/output error")]
-    Io,
+use crate::api::{codes, ApiError, IdKind};
+
+/// A failed filesystem operation.
+#[derive(Clone, Debug)]
+pub struct FsError {
+    errno: i32,
+    message: String,
+    source: Option<Box<ApiError>>,
+    level: log::Level,
 }
 
+/// Builds an [`FsError`]: `err!(libc::EIO, "listing {kind} failed")`, with
+/// an optional `source: api_error,` first to keep the API's answer.
+macro_rules! err {
+    (source: $source:expr, $errno:expr, $($message:tt)+) => {
+        $crate::fs::error::FsError::new($errno, format!($($message)+)).with_source($source)
+    };
+    ($errno:expr, $($message:tt)+) => {
+        $crate::fs::error::FsError::new($errno, format!($($message)+))
+    };
+}
+pub(crate) use err;
+
 impl FsError {
-    pub fn errno(&self) -> i32 {
-        match self {
-            FsError::NotFound => libc::ENOENT,
-            FsError::ReadOnly => libc::EROFS,
-            FsError::PermissionDenied => libc::EACCES,
-            FsError::NotADirectory => libc::ENOTDIR,
-            FsError::IsADirectory => libc::EISDIR,
-            FsError::BadHandle => libc::EBADF,
-            FsError::WouldBlock => libc::EAGAIN,
-            FsError::Io => libc::EIO,
+    /// An error with `errno`, logged at the level that errno deserves:
+    /// answers a program expects (no such file, read-only) only at debug.
+    pub fn new(errno: i32, message: impl Into<String>) -> FsError {
+        let level = match errno {
+            libc::ENOENT | libc::EROFS | libc::ENOTDIR | libc::EISDIR | libc::EBADF => {
+                log::Level::Debug
+            }
+            libc::EACCES => log::Level::Error,
+            _ => log::Level::Warn,
+        };
+        FsError {
+            errno,
+            message: message.into(),
+            source: None,
+            level,
         }
     }
 
-    /// Maps an API error for an operation on `kind` ids. The failure itself
-    /// was logged where it happened (the retry layer); a missing scope is
-    /// logged here, where the directory that needs it is known.
-    pub fn from_api(err: &ApiError, kind: IdKind) -> FsError {
-        match err {
-            ApiError::UserNotFound | ApiError::FaceNotFound => FsError::NotFound,
-            ApiError::PermissionDenied(failure) => {
-                log::error!(
-                    "the API denied access to {kind} faces: {failure}; the app needs the scope(s) {}",
-                    codes::required_scopes(kind)
-                );
-                FsError::PermissionDenied
+    pub fn with_source(mut self, source: ApiError) -> FsError {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn errno(&self) -> i32 {
+        self.errno
+    }
+
+    pub fn level(&self) -> log::Level {
+        self.level
+    }
+
+    pub fn source_error(&self) -> Option<&ApiError> {
+        self.source.as_deref()
+    }
+
+    /// Maps the API's answer to an operation on `kind` ids. Only "does not
+    /// exist" becomes `ENOENT`: to `rsync --delete` a false `ENOENT` deletes
+    /// a backup, so everything transient or unknown is `EIO`.
+    pub fn from_api(source: ApiError, kind: IdKind, doing: &str) -> FsError {
+        match &source {
+            ApiError::UserNotFound | ApiError::FaceNotFound => {
+                err!(source: source, libc::ENOENT, "{doing}: not found")
             }
-            _ => FsError::Io,
+            ApiError::PermissionDenied(_) => err!(
+                source: source,
+                libc::EACCES,
+                "{doing}: the API denied access to {kind} ids; grant the app the scope(s) {} in the developer console",
+                codes::required_scopes(kind)
+            ),
+            _ => err!(source: source, libc::EIO, "{doing} failed"),
         }
+    }
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(source) = &self.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for FsError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
     }
 }
 
@@ -84,11 +128,47 @@ mod tests {
             (ApiError::InvalidPageToken, libc::EIO),
         ];
         for (err, errno) in cases {
+            let text = format!("{err:?}");
             assert_eq!(
-                FsError::from_api(&err, IdKind::UserId).errno(),
+                FsError::from_api(err, IdKind::UserId, "test").errno(),
                 errno,
-                "{err:?}"
+                "{text}"
             );
         }
+    }
+
+    #[test]
+    fn the_message_keeps_the_api_answer_and_names_the_fix() {
+        let failure = ApiFailure {
+            status: Some(500),
+            code: Some(5000),
+            msg: "internal error".into(),
+            log_id: Some("L1".into()),
+        };
+        let e = FsError::from_api(
+            ApiError::Transient(failure),
+            IdKind::OpenId,
+            "downloading an open_id face",
+        );
+        assert_eq!(e.level(), log::Level::Warn);
+        let text = e.to_string();
+        assert!(
+            text.starts_with("downloading an open_id face failed: "),
+            "{text}"
+        );
+        assert!(
+            text.contains("(code 5000) [HTTP 500] [log id L1]"),
+            "{text}"
+        );
+        let denied = FsError::from_api(
+            ApiError::PermissionDenied(ApiFailure::message("no scope")),
+            IdKind::UserId,
+            "listing user_id",
+        );
+        assert_eq!(denied.level(), log::Level::Error);
+        assert!(denied
+            .to_string()
+            .contains("contact:user.employee_id:readonly"));
+        assert_eq!(err!(libc::ENOENT, "x").level(), log::Level::Debug);
     }
 }

@@ -1,35 +1,46 @@
-//! The filesystem core: inodes, lookups, listings, open files and reads,
+//! The filesystem core: lookups, attributes, listings, open files and reads,
 //! in terms of the API client and the caches. It knows nothing of FUSE;
-//! every method returns an [`FsError`] that carries its errno.
+//! every failure is an [`FsError`] that carries its errno.
+//!
+//! Every operation that may need the API takes a [`Fetch`]. The adapter first
+//! calls it with [`Fetch::Never`], on the kernel's thread, and gets either the
+//! answer from memory or [`Answer::WouldBlock`]; only then does it call again
+//! with [`Fetch::Allowed`] on a worker. A call that answers `WouldBlock` must
+//! have changed nothing — numbered no inode, noted no read-ahead, counted no
+//! miss — so that the second call behaves exactly as if it were the first.
 
 pub mod cache;
+pub mod clock;
 pub mod error;
+pub mod face;
+pub mod inodes;
 pub mod layout;
+pub mod listing;
 pub mod readahead;
 
-use parking_lot::{Mutex, MutexGuard};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use self::cache::{ByteLru, NegativeCache};
+use parking_lot::Mutex;
+
+use self::cache::{ByteLru, CacheUsage, NegativeCache};
+use self::clock::{Clock, SystemClock};
+use self::error::err;
 pub use self::error::FsError;
+use self::face::{mtime_of, Face, FaceMeta};
+pub use self::inodes::ROOT_INO;
+use self::inodes::{dir_ino, dir_kind, InodeTable};
 use self::layout::FaceKey;
+use self::listing::Listing;
 use self::readahead::ReadAhead;
-use crate::api::IdKind;
-use crate::api::{ApiError, FaceApi};
+use crate::api::{FaceApi, IdKind};
 use crate::metrics::METRICS;
 use crate::sync::single_flight::SingleFlight;
 use crate::sync::worker_pool::WorkerPool;
 
-pub const ROOT_INO: u64 = 1;
-const FIRST_FACE_INO: u64 = 16;
-/// Restarts of a listing whose page token the API stopped accepting.
-const LISTING_RESTARTS: u32 = 3;
-/// A listing longer than this is a broken API answer, not a tenant.
-const MAX_LISTED_USERS: usize = 2_000_000;
 /// Absent names remembered at most; beyond it the oldest are forgotten.
 const NEGATIVE_ENTRIES: usize = 16_384;
 
@@ -95,96 +106,45 @@ pub struct DirEntry {
     pub name: String,
 }
 
-/// Whether a call may wait for the API. The FUSE adapter first asks with
-/// `Never`, answering at once from the caches, and only hands the calls that
-/// get [`FsError::WouldBlock`] to a worker thread.
+/// Whether a call may wait for the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fetch {
     Allowed,
     Never,
 }
 
-/// A downloaded face.
-pub struct Face {
-    pub bytes: Vec<u8>,
-    digest: u64,
-    fetched_at: Instant,
+/// The outcome of an operation that may need the API.
+#[must_use]
+#[derive(Debug)]
+pub enum Answer<T> {
+    Done(Result<T, FsError>),
+    /// Only ever with [`Fetch::Never`]: answering needs the API. Nothing was
+    /// changed; call again with [`Fetch::Allowed`] where waiting is fine.
+    WouldBlock,
 }
 
-/// What is known of a face without holding its bytes: enough for `stat`.
-#[derive(Clone, Copy)]
-struct FaceMeta {
-    size: u64,
-    digest: u64,
-    fetched_at: Instant,
+/// Inside the core: why a step did not produce its value.
+enum Stop {
+    WouldBlock,
+    Failed(FsError),
 }
 
-struct FaceNode {
-    key: FaceKey,
-    meta: Option<FaceMeta>,
-    /// The digest of the bytes the last open of this inode served: if the
-    /// next open serves the same, the kernel's page cache is still right.
-    opened_digest: Option<u64>,
+impl From<FsError> for Stop {
+    fn from(e: FsError) -> Stop {
+        Stop::Failed(e)
+    }
 }
 
-/// Face inodes. A face keeps its number for the life of the mount, so the
-/// same bytes always show the same inode.
-#[derive(Default)]
-struct InodeTable {
-    by_key: HashMap<FaceKey, u64>,
-    nodes: HashMap<u64, FaceNode>,
-    next: u64,
-}
+type Step<T> = Result<T, Stop>;
 
-impl InodeTable {
-    fn ino_for(&mut self, key: &FaceKey) -> u64 {
-        if let Some(ino) = self.by_key.get(key) {
-            return *ino;
+impl<T> From<Step<T>> for Answer<T> {
+    fn from(step: Step<T>) -> Answer<T> {
+        match step {
+            Ok(value) => Answer::Done(Ok(value)),
+            Err(Stop::Failed(e)) => Answer::Done(Err(e)),
+            Err(Stop::WouldBlock) => Answer::WouldBlock,
         }
-        let ino = FIRST_FACE_INO + self.next;
-        self.next += 1;
-        self.by_key.insert(key.clone(), ino);
-        self.nodes.insert(
-            ino,
-            FaceNode {
-                key: key.clone(),
-                meta: None,
-                opened_digest: None,
-            },
-        );
-        ino
     }
-}
-
-struct Listing {
-    /// Ids with a face, in the API's order, without repeats.
-    ids: Vec<String>,
-    /// Each id's place in `ids`.
-    positions: HashMap<String, usize>,
-    fetched_at: Instant,
-}
-
-impl Listing {
-    /// The file at `place` in directory order: each user's full face, then cropped.
-    fn file_at(&self, kind: IdKind, place: usize) -> Option<FaceKey> {
-        self.ids
-            .get(place / 2)
-            .map(|id| FaceKey::new(kind, id.as_str(), place % 2 == 1))
-    }
-
-    fn place_of(&self, key: &FaceKey) -> Option<usize> {
-        self.positions
-            .get(&key.id)
-            .map(|i| 2 * i + usize::from(key.cropped))
-    }
-}
-
-/// What `open` gives the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Opened {
-    pub fh: u64,
-    /// The bytes are those the previous open served: the kernel may keep its page cache.
-    pub keep_cache: bool,
 }
 
 pub struct ReadSlice {
@@ -199,10 +159,19 @@ impl ReadSlice {
     }
 }
 
+/// What `open` gives the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub fh: u64,
+    /// The bytes are those the previous open served: the kernel may keep its page cache.
+    pub keep_cache: bool,
+}
+
 pub struct FaceFs {
     me: Weak<FaceFs>,
     api: Arc<dyn FaceApi>,
     config: FsConfig,
+    clock: Arc<dyn Clock>,
     mounted_at: SystemTime,
     faces: ByteLru<FaceKey, Face>,
     absent: NegativeCache<FaceKey>,
@@ -217,37 +186,16 @@ pub struct FaceFs {
     prefetchers: Option<WorkerPool>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock()
-}
-
-fn dir_ino(kind: IdKind) -> u64 {
-    2 + IdKind::ALL.iter().position(|k| *k == kind).unwrap() as u64
-}
-
-fn dir_kind(ino: u64) -> Option<IdKind> {
-    IdKind::ALL.into_iter().find(|k| dir_ino(*k) == ino)
-}
-
-/// FNV-1a: a digest that is the same in every process and on every machine.
-fn digest(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
-/// The API gives faces no timestamps. A time derived from the bytes stays the
-/// same for the same face across mounts and machines, so `rsync -a` skips
-/// unchanged faces, and moves when the face changes, so it copies new ones.
-/// The times fall between 2000 and 2020.
-fn mtime_of(digest: u64) -> SystemTime {
-    const Y2000: u64 = 946_684_800;
-    const TWENTY_YEARS: u64 = 631_152_000;
-    SystemTime::UNIX_EPOCH + Duration::from_secs(Y2000 + digest % TWENTY_YEARS)
-}
-
 impl FaceFs {
     pub fn new(api: Arc<dyn FaceApi>, config: FsConfig) -> Arc<FaceFs> {
+        FaceFs::with_clock(api, config, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(
+        api: Arc<dyn FaceApi>,
+        config: FsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<FaceFs> {
         let prefetchers = (config.readahead > 0)
             .then(|| WorkerPool::new("facefs-prefetch", config.prefetch_threads))
             .and_then(|pool| {
@@ -260,6 +208,7 @@ impl FaceFs {
             faces: ByteLru::new(config.cache_bytes),
             absent: NegativeCache::new(config.negative_ttl, NEGATIVE_ENTRIES),
             config,
+            clock,
             mounted_at: SystemTime::now(),
             downloads: SingleFlight::default(),
             listings: Mutex::new(HashMap::new()),
@@ -273,17 +222,22 @@ impl FaceFs {
         })
     }
 
-    /// Bytes and faces held by the face cache, and evictions so far.
-    pub fn cache_usage(&self) -> (u64, usize, u64) {
+    pub fn cache_usage(&self) -> CacheUsage {
         self.faces.usage()
     }
 
+    fn now(&self) -> Instant {
+        self.clock.now()
+    }
+
     fn fresh(&self, at: Instant) -> bool {
-        at.elapsed() < self.config.ttl
+        self.now().saturating_duration_since(at) < self.config.ttl
     }
 
     fn remaining(&self, at: Instant) -> Duration {
-        self.config.ttl.saturating_sub(at.elapsed())
+        self.config
+            .ttl
+            .saturating_sub(self.now().saturating_duration_since(at))
     }
 
     fn dir_attr(&self, ino: u64) -> Attr {
@@ -318,22 +272,48 @@ impl FaceFs {
         }
     }
 
-    pub fn lookup(&self, parent: u64, name: &OsStr, fetch: Fetch) -> Result<Attr, FsError> {
+    /// The key of face inode `ino`; directories and unknown inodes are errors.
+    fn face_key(&self, ino: u64) -> Result<FaceKey, FsError> {
+        if ino == ROOT_INO || dir_kind(ino).is_some() {
+            return Err(err!(libc::EISDIR, "inode {ino} is a directory"));
+        }
+        self.inodes
+            .lock()
+            .node(ino)
+            .map(|n| n.key.clone())
+            .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr, fetch: Fetch) -> Answer<Attr> {
+        self.lookup_step(parent, name, fetch).into()
+    }
+
+    fn lookup_step(&self, parent: u64, name: &OsStr, fetch: Fetch) -> Step<Attr> {
         if parent == ROOT_INO {
-            let kind = layout::dir_kind(name).ok_or(FsError::NotFound)?;
+            let kind = layout::dir_kind(name)
+                .ok_or_else(|| err!(libc::ENOENT, "no such directory in the root"))?;
             return Ok(self.dir_attr(dir_ino(kind)));
         }
-        let kind = match dir_kind(parent) {
-            Some(kind) => kind,
-            None if lock(&self.inodes).nodes.contains_key(&parent) => {
-                return Err(FsError::NotADirectory)
+        let Some(kind) = dir_kind(parent) else {
+            return Err(match self.inodes.lock().node(parent) {
+                Some(_) => err!(libc::ENOTDIR, "inode {parent} is a face, not a directory"),
+                None => err!(libc::ENOENT, "no inode {parent}"),
             }
-            None => return Err(FsError::NotFound),
+            .into());
         };
-        let (id, cropped) = layout::parse_face_name(name).ok_or(FsError::NotFound)?;
+        let (id, cropped) = layout::parse_face_name(name)
+            .ok_or_else(|| err!(libc::ENOENT, "a name outside the layout"))?;
         let key = FaceKey::new(kind, id, cropped);
-        self.read_ahead_after(&key);
-        self.stat_face(&key, fetch)
+        if fetch == Fetch::Allowed {
+            // Before the download, so the next faces come in parallel with it.
+            self.read_ahead_after(&key);
+            return self.stat_face(&key, fetch);
+        }
+        let answer = self.stat_face(&key, fetch);
+        if !matches!(answer, Err(Stop::WouldBlock)) {
+            self.read_ahead_after(&key);
+        }
+        answer
     }
 
     /// Notes a lookup of `key`; if the lookups are walking the listing in
@@ -342,22 +322,24 @@ impl FaceFs {
         let Some(prefetchers) = &self.prefetchers else {
             return;
         };
-        let Some(listing) = lock(&self.listings).get(&key.kind).cloned() else {
+        let Some(listing) = self.listings.lock().get(&key.kind).cloned() else {
             return;
         };
         let Some(place) = listing.place_of(key) else {
             return;
         };
-        let places = lock(&self.readahead)
+        let places = self
+            .readahead
+            .lock()
             .entry(key.kind)
             .or_default()
-            .on_lookup(place, listing.ids.len() * 2, self.config.readahead);
+            .on_lookup(place, listing.files(), self.config.readahead);
         let Some(places) = places else { return };
         for next in places {
             let Some(next_key) = listing.file_at(key.kind, next) else {
                 break;
             };
-            if self.absent.contains(&next_key)
+            if self.absent.contains(&next_key, self.now())
                 || self
                     .faces
                     .get(&next_key)
@@ -368,55 +350,61 @@ impl FaceFs {
             let me = self.me.clone();
             prefetchers.spawn(move || {
                 if let Some(fs) = me.upgrade() {
-                    // Failures are the reader's to see when it gets there.
-                    let _ = fs.load_face(&next_key, Fetch::Allowed);
+                    // Failures are the reader's to see (and log) when it gets there.
+                    if let Err(Stop::Failed(e)) = fs.load_face(&next_key, Fetch::Allowed) {
+                        log::debug!("read-ahead: {e}");
+                    }
                 }
             });
         }
     }
 
-    pub fn getattr(&self, ino: u64, fetch: Fetch) -> Result<Attr, FsError> {
+    pub fn getattr(&self, ino: u64, fetch: Fetch) -> Answer<Attr> {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
-            return Ok(self.dir_attr(ino));
+            return Answer::Done(Ok(self.dir_attr(ino)));
         }
-        let key = lock(&self.inodes)
-            .nodes
-            .get(&ino)
-            .map(|n| n.key.clone())
-            .ok_or(FsError::NotFound)?;
-        self.stat_face(&key, fetch)
+        let step = self
+            .face_key(ino)
+            .map_err(Stop::from)
+            .and_then(|key| self.stat_face(&key, fetch));
+        step.into()
     }
 
     /// The attributes of a face: from what is known while it is fresh, else
     /// by downloading it, since only the bytes tell the exact size.
-    fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Result<Attr, FsError> {
-        if self.absent.contains(key) {
-            return Err(FsError::NotFound);
+    fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {
+        if self.absent.contains(key, self.now()) {
+            return Err(err!(
+                libc::ENOENT,
+                "the API said this {} face does not exist",
+                key.kind
+            )
+            .into());
         }
         {
-            let mut inodes = lock(&self.inodes);
-            let ino = inodes.ino_for(key);
-            if let Some(meta) = inodes.nodes[&ino].meta.filter(|m| self.fresh(m.fetched_at)) {
-                return Ok(self.face_attr(ino, meta));
+            let inodes = self.inodes.lock();
+            if let Some(ino) = inodes.existing(key) {
+                let meta = inodes.node(ino).and_then(|n| n.meta);
+                if let Some(meta) = meta.filter(|m| self.fresh(m.fetched_at)) {
+                    return Ok(self.face_attr(ino, meta));
+                }
             }
         }
         let face = self.load_face(key, fetch)?;
-        let ino = lock(&self.inodes).ino_for(key);
-        Ok(self.face_attr(
-            ino,
-            FaceMeta {
-                size: face.bytes.len() as u64,
-                digest: face.digest,
-                fetched_at: face.fetched_at,
-            },
-        ))
+        let ino = self.inodes.lock().ino_for(key);
+        Ok(self.face_attr(ino, face.meta()))
     }
 
     /// A face's bytes, from the cache while fresh, else downloaded once for
     /// all concurrent callers.
-    fn load_face(&self, key: &FaceKey, fetch: Fetch) -> Result<Arc<Face>, FsError> {
-        if self.absent.contains(key) {
-            return Err(FsError::NotFound);
+    fn load_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Arc<Face>> {
+        if self.absent.contains(key, self.now()) {
+            return Err(err!(
+                libc::ENOENT,
+                "the API said this {} face does not exist",
+                key.kind
+            )
+            .into());
         }
         let cached = || self.faces.get(key).filter(|f| self.fresh(f.fetched_at));
         if let Some(face) = cached() {
@@ -424,58 +412,57 @@ impl FaceFs {
             return Ok(face);
         }
         if fetch == Fetch::Never {
-            return Err(FsError::WouldBlock);
+            return Err(Stop::WouldBlock);
         }
-        self.downloads.run(key, || {
+        let result = self.downloads.run(key, || {
             if let Some(face) = cached() {
                 return Ok(face);
             }
             self.download(key)
-        })
+        });
+        Ok(result?)
     }
 
     fn download(&self, key: &FaceKey) -> Result<Arc<Face>, FsError> {
         METRICS.cache(false);
         let _in_flight = METRICS.download();
         match self.api.get_face(key.kind, &key.id, key.cropped) {
-            Ok(mut bytes) => {
-                // The cache weighs faces by length: hold no more than that.
-                bytes.shrink_to_fit();
-                let face = Arc::new(Face {
-                    digest: digest(&bytes),
-                    bytes,
-                    fetched_at: Instant::now(),
-                });
-                let meta = FaceMeta {
-                    size: face.bytes.len() as u64,
-                    digest: face.digest,
-                    fetched_at: face.fetched_at,
-                };
+            Ok(bytes) => {
+                let face = Arc::new(Face::new(bytes, self.now()));
                 {
-                    let mut inodes = lock(&self.inodes);
+                    let mut inodes = self.inodes.lock();
                     let ino = inodes.ino_for(key);
-                    inodes.nodes.get_mut(&ino).unwrap().meta = Some(meta);
+                    if let Some(node) = inodes.node_mut(ino) {
+                        node.meta = Some(face.meta());
+                    }
                 }
-                self.faces.insert(key.clone(), face.clone(), meta.size);
+                self.faces
+                    .insert(key.clone(), face.clone(), face.bytes.len() as u64);
                 Ok(face)
             }
-            Err(err) => {
-                let fs_err = FsError::from_api(&err, key.kind);
-                if matches!(err, ApiError::UserNotFound | ApiError::FaceNotFound) {
+            Err(e) => {
+                if e.is_not_found() {
                     self.forget_face(key);
                 }
-                Err(fs_err)
+                // The id itself is personal data: the message names only its kind.
+                Err(FsError::from_api(
+                    e,
+                    key.kind,
+                    &format!("downloading a {} face", key.kind),
+                ))
             }
         }
     }
 
     /// The API said this face does not exist: drop what was known of it.
     fn forget_face(&self, key: &FaceKey) {
-        self.absent.insert(key.clone());
+        self.absent.insert(key.clone(), self.now());
         self.faces.remove(key);
-        let mut inodes = lock(&self.inodes);
-        if let Some(ino) = inodes.by_key.get(key).copied() {
-            inodes.nodes.get_mut(&ino).unwrap().meta = None;
+        let mut inodes = self.inodes.lock();
+        if let Some(ino) = inodes.existing(key) {
+            if let Some(node) = inodes.node_mut(ino) {
+                node.meta = None;
+            }
         }
     }
 
@@ -485,34 +472,35 @@ impl FaceFs {
 
     /// Opens a face for reading. The handle holds the bytes, so every read of
     /// one open file sees one version of the face, whatever the cache does.
-    pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Result<Opened, FsError> {
-        if ino == ROOT_INO || dir_kind(ino).is_some() {
-            return Err(FsError::IsADirectory);
-        }
-        let key = lock(&self.inodes)
-            .nodes
-            .get(&ino)
-            .map(|n| n.key.clone())
-            .ok_or(FsError::NotFound)?;
+    pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Answer<Opened> {
+        self.open_step(ino, write, fetch).into()
+    }
+
+    fn open_step(&self, ino: u64, write: bool, fetch: Fetch) -> Step<Opened> {
+        let key = self.face_key(ino)?;
         if write {
-            return Err(FsError::ReadOnly);
+            return Err(err!(libc::EROFS, "faces are read-only").into());
         }
         let face = self.load_face(&key, fetch)?;
         let keep_cache = {
-            let mut inodes = lock(&self.inodes);
-            let node = inodes.nodes.get_mut(&ino).ok_or(FsError::NotFound)?;
+            let mut inodes = self.inodes.lock();
+            let node = inodes
+                .node_mut(ino)
+                .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))?;
             node.opened_digest.replace(face.digest) == Some(face.digest)
         };
         let fh = self.handle();
-        lock(&self.open_files).insert(fh, face);
+        self.open_files.lock().insert(fh, face);
         Ok(Opened { fh, keep_cache })
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadSlice, FsError> {
-        let face = lock(&self.open_files)
+        let face = self
+            .open_files
+            .lock()
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle)?;
+            .ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
         let len = face.bytes.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
@@ -520,19 +508,18 @@ impl FaceFs {
     }
 
     pub fn release(&self, fh: u64) {
-        lock(&self.open_files).remove(&fh);
+        self.open_files.lock().remove(&fh);
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         if ino != ROOT_INO && dir_kind(ino).is_none() {
-            return Err(if lock(&self.inodes).nodes.contains_key(&ino) {
-                FsError::NotADirectory
-            } else {
-                FsError::NotFound
+            return Err(match self.inodes.lock().node(ino) {
+                Some(_) => err!(libc::ENOTDIR, "inode {ino} is a face, not a directory"),
+                None => err!(libc::ENOENT, "no inode {ino}"),
             });
         }
         let fh = self.handle();
-        lock(&self.open_dirs).insert(fh, None);
+        self.open_dirs.lock().insert(fh, None);
         Ok(fh)
     }
 
@@ -546,16 +533,28 @@ impl FaceFs {
         fh: u64,
         offset: u64,
         fetch: Fetch,
-    ) -> Result<Vec<(u64, DirEntry)>, FsError> {
-        let snapshot = lock(&self.open_dirs)
+    ) -> Answer<Vec<(u64, DirEntry)>> {
+        self.readdir_step(ino, fh, offset, fetch).into()
+    }
+
+    fn readdir_step(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        fetch: Fetch,
+    ) -> Step<Vec<(u64, DirEntry)>> {
+        let snapshot = self
+            .open_dirs
+            .lock()
             .get(&fh)
             .cloned()
-            .ok_or(FsError::BadHandle)?;
+            .ok_or_else(|| err!(libc::EBADF, "no open directory {fh}"))?;
         let entries = match snapshot {
             Some(entries) if offset > 0 => entries,
             _ => {
                 let entries = Arc::new(self.dir_entries(ino, fetch)?);
-                if let Some(slot) = lock(&self.open_dirs).get_mut(&fh) {
+                if let Some(slot) = self.open_dirs.lock().get_mut(&fh) {
                     *slot = Some(entries.clone());
                 }
                 entries
@@ -571,10 +570,10 @@ impl FaceFs {
     }
 
     pub fn releasedir(&self, fh: u64) {
-        lock(&self.open_dirs).remove(&fh);
+        self.open_dirs.lock().remove(&fh);
     }
 
-    fn dir_entries(&self, ino: u64, fetch: Fetch) -> Result<Vec<DirEntry>, FsError> {
+    fn dir_entries(&self, ino: u64, fetch: Fetch) -> Step<Vec<DirEntry>> {
         let dot = |name: &str, ino| DirEntry {
             ino,
             kind: NodeKind::Directory,
@@ -585,9 +584,10 @@ impl FaceFs {
             entries.extend(IdKind::ALL.map(|k| dot(k.as_str(), dir_ino(k))));
             return Ok(entries);
         }
-        let kind = dir_kind(ino).ok_or(FsError::NotADirectory)?;
+        let kind =
+            dir_kind(ino).ok_or_else(|| err!(libc::ENOTDIR, "inode {ino} is not a directory"))?;
         let listing = self.listing(kind, fetch)?;
-        let mut inodes = lock(&self.inodes);
+        let mut inodes = self.inodes.lock();
         for id in &listing.ids {
             for cropped in [false, true] {
                 let key = FaceKey::new(kind, id.as_str(), cropped);
@@ -601,9 +601,10 @@ impl FaceFs {
         Ok(entries)
     }
 
-    fn listing(&self, kind: IdKind, fetch: Fetch) -> Result<Arc<Listing>, FsError> {
+    fn listing(&self, kind: IdKind, fetch: Fetch) -> Step<Arc<Listing>> {
         let cached = || {
-            lock(&self.listings)
+            self.listings
+                .lock()
                 .get(&kind)
                 .filter(|l| self.fresh(l.fetched_at))
                 .cloned()
@@ -612,75 +613,50 @@ impl FaceFs {
             return Ok(listing);
         }
         if fetch == Fetch::Never {
-            return Err(FsError::WouldBlock);
+            return Err(Stop::WouldBlock);
         }
-        self.listing_flights.run(&kind, || {
+        let result = self.listing_flights.run(&kind, || {
             if let Some(listing) = cached() {
                 return Ok(listing);
             }
-            let listing = Arc::new(self.fetch_listing(kind)?);
-            lock(&self.listings).insert(kind, listing.clone());
+            let listing = Arc::new(listing::fetch(&*self.api, kind, self.now())?);
+            self.listings.lock().insert(kind, listing.clone());
             Ok(listing)
-        })
-    }
-
-    /// All pages of the user list. Any page failing fails the whole listing.
-    fn fetch_listing(&self, kind: IdKind) -> Result<Listing, FsError> {
-        let mut restarts = 0;
-        'restart: loop {
-            let mut seen = HashSet::new();
-            let mut ids = Vec::new();
-            let mut skipped = 0usize;
-            let mut page_token: Option<String> = None;
-            loop {
-                let page = match self.api.list_users(kind, page_token.as_deref()) {
-                    Ok(page) => page,
-                    Err(ApiError::InvalidPageToken) if restarts < LISTING_RESTARTS => {
-                        restarts += 1;
-                        log::info!("the API no longer accepts the {kind} listing's page token; listing again from the start");
-                        continue 'restart;
-                    }
-                    Err(err) => return Err(FsError::from_api(&err, kind)),
-                };
-                for user in page.users.into_iter().filter(|u| u.face_uploaded) {
-                    if !layout::representable_id(&user.user_id) {
-                        skipped += 1;
-                    } else if seen.insert(user.user_id.clone()) {
-                        ids.push(user.user_id);
-                    }
-                }
-                if ids.len() > MAX_LISTED_USERS {
-                    log::error!("the {kind} listing passed {MAX_LISTED_USERS} users; treating the answer as broken");
-                    return Err(FsError::Io);
-                }
-                match page.next_page_token {
-                    Some(next) => page_token = Some(next),
-                    None => break,
-                }
-            }
-            if skipped > 0 {
-                log::warn!("{skipped} {kind} ids cannot be file names (they hold '/', are '.' or '..', end in '.cropped' or are too long) and are not listed");
-            }
-            let positions = ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| (id.clone(), i))
-                .collect();
-            return Ok(Listing {
-                ids,
-                positions,
-                fetched_at: Instant::now(),
-            });
-        }
+        });
+        Ok(result?)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::memory::{Fault, MemoryApi};
+    use crate::api::failure::{FailureApi, Fault};
+    use crate::api::memory::MemoryApi;
+    use crate::api::Endpoint;
+    use crate::fs::clock::TestClock;
 
-    fn tenant() -> Arc<MemoryApi> {
+    type TestApi = FailureApi<MemoryApi>;
+
+    /// What an answer that must wait is, for comparing answers as errnos.
+    const WOULD_BLOCK: i32 = -1;
+
+    impl<T: std::fmt::Debug> Answer<T> {
+        fn unwrap(self) -> T {
+            match self {
+                Answer::Done(result) => result.unwrap(),
+                Answer::WouldBlock => panic!("the answer would block"),
+            }
+        }
+
+        fn errno(self) -> Result<T, i32> {
+            match self {
+                Answer::Done(result) => result.map_err(|e| e.errno()),
+                Answer::WouldBlock => Err(WOULD_BLOCK),
+            }
+        }
+    }
+
+    fn tenant() -> Arc<TestApi> {
         let api = MemoryApi::new();
         api.add_user(
             &["ou_a", "on_a", "emp a"],
@@ -693,26 +669,32 @@ mod tests {
             Some(vec![4; 30]),
         );
         api.add_user(&["ou_c", "on_c", "c"], None, None);
-        Arc::new(api)
+        Arc::new(FailureApi::new(api))
     }
 
-    fn fs_with(api: &Arc<MemoryApi>, config: FsConfig) -> Arc<FaceFs> {
-        FaceFs::new(api.clone(), config)
+    /// A core on a clock that moves only when the test moves it.
+    fn fs_with(api: &Arc<TestApi>, config: FsConfig) -> Arc<FaceFs> {
+        fs_on_clock(api, config, &TestClock::default())
     }
 
-    fn fs_with_ttl(api: &Arc<MemoryApi>, ttl: Duration) -> Arc<FaceFs> {
-        fs_with(
+    fn fs_on_clock(api: &Arc<TestApi>, config: FsConfig, clock: &TestClock) -> Arc<FaceFs> {
+        FaceFs::with_clock(api.clone(), config, Arc::new(clock.clone()))
+    }
+
+    fn fs_with_ttl(api: &Arc<TestApi>, ttl: Duration, clock: &TestClock) -> Arc<FaceFs> {
+        fs_on_clock(
             api,
             FsConfig {
                 ttl,
                 readahead: 0,
                 ..FsConfig::default()
             },
+            clock,
         )
     }
 
     /// Without read-ahead, so request counts are the reader's own.
-    fn fs(api: &Arc<MemoryApi>) -> Arc<FaceFs> {
+    fn fs(api: &Arc<TestApi>) -> Arc<FaceFs> {
         fs_with(
             api,
             FsConfig {
@@ -765,10 +747,13 @@ mod tests {
             );
         }
         assert_eq!(
-            fs.lookup(ROOT_INO, name("faces"), Fetch::Allowed),
-            Err(FsError::NotFound)
+            fs.lookup(ROOT_INO, name("faces"), Fetch::Allowed).errno(),
+            Err(libc::ENOENT)
         );
-        assert_eq!(api.face_requests() + api.list_requests(), 0);
+        assert_eq!(
+            api.requests(Endpoint::Face) + api.requests(Endpoint::List),
+            0
+        );
     }
 
     #[test]
@@ -790,10 +775,14 @@ mod tests {
                 "100%.cropped.jpg"
             ]
         );
-        assert_eq!(api.face_requests(), 0);
-        assert_eq!(api.list_requests(), 2, "two pages of two users");
+        assert_eq!(api.requests(Endpoint::Face), 0);
+        assert_eq!(api.requests(Endpoint::List), 2, "two pages of two users");
         names(&fs, user_dir);
-        assert_eq!(api.list_requests(), 2, "the listing is cached for the TTL");
+        assert_eq!(
+            api.requests(Endpoint::List),
+            2,
+            "the listing is cached for the TTL"
+        );
     }
 
     #[test]
@@ -809,7 +798,11 @@ mod tests {
         assert_eq!(full.perm, 0o400);
         assert_eq!(read_all(&fs, full.ino), vec![1; 100]);
         assert_eq!(read_all(&fs, cropped.ino), vec![2; 40]);
-        assert_eq!(api.face_requests(), 2, "stat fetched; reads used the cache");
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            2,
+            "stat fetched; reads used the cache"
+        );
         assert_eq!(
             stable(fs.getattr(full.ino, Fetch::Never).unwrap()),
             stable(full),
@@ -830,7 +823,10 @@ mod tests {
         assert!(fs.read(fh, 60, 10).unwrap().bytes().is_empty());
         assert!(fs.read(fh, u64::MAX, 10).unwrap().bytes().is_empty());
         fs.release(fh);
-        assert_eq!(fs.read(fh, 0, 1).err(), Some(FsError::BadHandle));
+        assert_eq!(
+            fs.read(fh, 0, 1).err().map(|e| e.errno()),
+            Some(libc::EBADF)
+        );
     }
 
     #[test]
@@ -839,38 +835,52 @@ mod tests {
         let fs = fs(&api);
         let dir = dir_ino(IdKind::OpenId);
         assert_eq!(
-            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Allowed),
-            Err(FsError::NotFound)
+            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Allowed)
+                .errno(),
+            Err(libc::ENOENT)
         );
         assert_eq!(
-            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed),
-            Err(FsError::NotFound)
+            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed).errno(),
+            Err(libc::ENOENT)
         );
-        assert_eq!(api.face_requests(), 2);
+        assert_eq!(api.requests(Endpoint::Face), 2);
         assert_eq!(
-            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Never),
-            Err(FsError::NotFound)
+            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Never).errno(),
+            Err(libc::ENOENT)
         );
-        assert_eq!(api.face_requests(), 2, "negative answers are remembered");
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            2,
+            "negative answers are remembered"
+        );
     }
 
     #[test]
     fn negative_ttl_expires() {
         let api = tenant();
-        let fs = fs_with(
+        let clock = TestClock::default();
+        let fs = fs_on_clock(
             &api,
             FsConfig {
-                negative_ttl: Duration::from_millis(30),
+                negative_ttl: Duration::from_secs(30),
                 ..FsConfig::default()
             },
+            &clock,
         );
         let dir = dir_ino(IdKind::OpenId);
         assert_eq!(
-            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed),
-            Err(FsError::NotFound)
+            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed).errno(),
+            Err(libc::ENOENT)
         );
-        api.set_faces("ou_c", Some(vec![9; 10]), Some(vec![8; 5]));
-        std::thread::sleep(Duration::from_millis(40));
+        api.inner()
+            .set_faces("ou_c", Some(vec![9; 10]), Some(vec![8; 5]));
+        clock.advance(Duration::from_secs(29));
+        assert_eq!(
+            fs.lookup(dir, name("ou_c.jpg"), Fetch::Never).errno(),
+            Err(libc::ENOENT),
+            "still remembered as absent"
+        );
+        clock.advance(Duration::from_secs(1));
         assert_eq!(
             fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed)
                 .unwrap()
@@ -885,22 +895,23 @@ mod tests {
         let fs = fs(&api);
         for bad in ["x.png", "abc", ".jpg", "ou_a.jpeg"] {
             assert_eq!(
-                fs.lookup(dir_ino(IdKind::OpenId), name(bad), Fetch::Allowed),
-                Err(FsError::NotFound)
+                fs.lookup(dir_ino(IdKind::OpenId), name(bad), Fetch::Allowed)
+                    .errno(),
+                Err(libc::ENOENT)
             );
         }
-        assert_eq!(api.face_requests(), 0);
+        assert_eq!(api.requests(Endpoint::Face), 0);
     }
 
     #[test]
     fn transient_failures_are_eio_and_not_remembered() {
         let api = tenant();
         let fs = fs(&api);
-        api.push_faults([Fault::Transient]);
+        api.fail_next(Endpoint::Face, [Fault::Transient]);
         let dir = dir_ino(IdKind::OpenId);
         assert_eq!(
-            fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed),
-            Err(FsError::Io)
+            fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).errno(),
+            Err(libc::EIO)
         );
         assert_eq!(
             fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed)
@@ -914,10 +925,11 @@ mod tests {
     fn missing_scope_is_eacces() {
         let api = tenant();
         let fs = fs(&api);
-        api.push_faults([Fault::PermissionDenied]);
+        api.fail_next(Endpoint::Face, [Fault::PermissionDenied]);
         assert_eq!(
-            fs.lookup(dir_ino(IdKind::UserId), name("c.jpg"), Fetch::Allowed),
-            Err(FsError::PermissionDenied)
+            fs.lookup(dir_ino(IdKind::UserId), name("c.jpg"), Fetch::Allowed)
+                .errno(),
+            Err(libc::EACCES)
         );
     }
 
@@ -928,10 +940,10 @@ mod tests {
         let dir = dir_ino(IdKind::OpenId);
         // The first page succeeds, the second fails.
         let fh = fs.opendir(dir).unwrap();
-        api.push_faults([Fault::Pass, Fault::Transient]);
+        api.fail_next(Endpoint::List, [Fault::Pass, Fault::Transient]);
         assert_eq!(
-            fs.readdir(dir, fh, 0, Fetch::Allowed).err(),
-            Some(FsError::Io)
+            fs.readdir(dir, fh, 0, Fetch::Allowed).errno().err(),
+            Some(libc::EIO)
         );
     }
 
@@ -939,9 +951,13 @@ mod tests {
     fn an_invalid_page_token_restarts_the_listing() {
         let api = tenant();
         let fs = fs(&api);
-        api.push_faults([Fault::InvalidPageToken]);
+        api.fail_next(Endpoint::List, [Fault::InvalidPageToken]);
         assert_eq!(names(&fs, dir_ino(IdKind::OpenId)).len(), 2 + 4);
-        assert_eq!(api.list_requests(), 3, "one refused page, then two pages");
+        assert_eq!(
+            api.requests(Endpoint::List),
+            3,
+            "one refused page, then two pages"
+        );
     }
 
     #[test]
@@ -957,34 +973,43 @@ mod tests {
         let dir = dir_ino(IdKind::OpenId);
         let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
         fs.lookup(dir, name("ou_b.jpg"), Fetch::Allowed).unwrap();
-        assert_eq!(fs.cache_usage().0, 60, "100 + 60 > 150: ou_a was evicted");
+        assert_eq!(
+            fs.cache_usage().bytes,
+            60,
+            "100 + 60 > 150: ou_a was evicted"
+        );
         // stat still answers from what is known, the bytes are downloaded again.
         assert_eq!(fs.getattr(a.ino, Fetch::Never).unwrap().size, 100);
         assert_eq!(
-            fs.open(a.ino, false, Fetch::Never),
-            Err(FsError::WouldBlock)
+            fs.open(a.ino, false, Fetch::Never).errno(),
+            Err(WOULD_BLOCK)
         );
         assert_eq!(read_all(&fs, a.ino), vec![1; 100]);
-        assert_eq!(api.face_requests(), 3);
-        assert!(fs.cache_usage().0 <= 150);
+        assert_eq!(api.requests(Endpoint::Face), 3);
+        assert!(fs.cache_usage().bytes <= 150);
     }
 
     #[test]
     fn ttl_expiry_refetches_and_mtime_follows_the_bytes() {
         let api = tenant();
-        let fs = fs_with_ttl(&api, Duration::from_millis(30));
+        let clock = TestClock::default();
+        let fs = fs_with_ttl(&api, Duration::from_secs(30), &clock);
         let dir = dir_ino(IdKind::OpenId);
         let before = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance(Duration::from_secs(29));
+        fs.getattr(before.ino, Fetch::Never).unwrap();
+        assert_eq!(api.requests(Endpoint::Face), 1, "fresh until the TTL");
+        clock.advance(Duration::from_secs(1));
         let same = fs.getattr(before.ino, Fetch::Allowed).unwrap();
-        assert_eq!(api.face_requests(), 2);
+        assert_eq!(api.requests(Endpoint::Face), 2);
         assert_eq!(
             stable(same),
             stable(before.clone()),
             "same bytes: same inode, size and mtime"
         );
-        api.set_faces("ou_a", Some(vec![7; 120]), Some(vec![2; 40]));
-        std::thread::sleep(Duration::from_millis(40));
+        api.inner()
+            .set_faces("ou_a", Some(vec![7; 120]), Some(vec![2; 40]));
+        clock.advance(Duration::from_secs(30));
         let after = fs.getattr(before.ino, Fetch::Allowed).unwrap();
         assert_eq!(after.size, 120);
         assert_ne!(after.mtime, before.mtime);
@@ -1010,17 +1035,20 @@ mod tests {
             .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
             .unwrap()
             .ino;
-        assert_eq!(fs.open(ino, true, Fetch::Allowed), Err(FsError::ReadOnly));
+        assert_eq!(fs.open(ino, true, Fetch::Allowed).errno(), Err(libc::EROFS));
         assert_eq!(
-            fs.open(ROOT_INO, false, Fetch::Allowed),
-            Err(FsError::IsADirectory)
+            fs.open(ROOT_INO, false, Fetch::Allowed).errno(),
+            Err(libc::EISDIR)
         );
-        assert_eq!(fs.opendir(ino), Err(FsError::NotADirectory));
+        assert_eq!(fs.opendir(ino).map_err(|e| e.errno()), Err(libc::ENOTDIR));
         assert_eq!(
-            fs.lookup(ino, name("x.jpg"), Fetch::Allowed),
-            Err(FsError::NotADirectory)
+            fs.lookup(ino, name("x.jpg"), Fetch::Allowed).errno(),
+            Err(libc::ENOTDIR)
         );
-        assert_eq!(fs.getattr(999_999, Fetch::Allowed), Err(FsError::NotFound));
+        assert_eq!(
+            fs.getattr(999_999, Fetch::Allowed).errno(),
+            Err(libc::ENOENT)
+        );
     }
 
     #[test]
@@ -1029,18 +1057,83 @@ mod tests {
         let fs = fs(&api);
         let dir = dir_ino(IdKind::OpenId);
         assert_eq!(
-            fs.lookup(dir, name("ou_a.jpg"), Fetch::Never),
-            Err(FsError::WouldBlock)
+            fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).errno(),
+            Err(WOULD_BLOCK)
         );
         let fh = fs.opendir(dir).unwrap();
         assert_eq!(
-            fs.readdir(dir, fh, 0, Fetch::Never).err(),
-            Some(FsError::WouldBlock)
+            fs.readdir(dir, fh, 0, Fetch::Never).errno().err(),
+            Some(WOULD_BLOCK)
         );
-        assert_eq!(api.face_requests() + api.list_requests(), 0);
+        assert_eq!(
+            api.requests(Endpoint::Face) + api.requests(Endpoint::List),
+            0
+        );
     }
 
-    fn big_tenant(users: usize) -> Arc<MemoryApi> {
+    /// The adapter's contract: a first pass that answers WouldBlock numbers
+    /// no inode, notes no read-ahead and sends no request; the second pass
+    /// then answers as if it were the only one.
+    #[test]
+    fn a_first_pass_that_would_block_changes_nothing() {
+        let api = big_tenant(10);
+        let fs = fs_reading_ahead(&api);
+        let dir = dir_ino(IdKind::OpenId);
+        for file in ["ou_000.jpg", "ou_000.cropped.jpg", "ou_001.jpg"] {
+            assert_eq!(
+                fs.lookup(dir, name(file), Fetch::Never).errno(),
+                Err(WOULD_BLOCK)
+            );
+        }
+        assert_eq!(fs.inodes.lock().len(), 0, "no inode numbered");
+        let fh = fs.opendir(dir).unwrap();
+        assert_eq!(
+            fs.readdir(dir, fh, 0, Fetch::Never).errno().err(),
+            Some(WOULD_BLOCK)
+        );
+        assert!(fs.listings.lock().is_empty());
+        let entries = fs.readdir(dir, fh, 0, Fetch::Allowed).unwrap();
+        assert_eq!(entries.len(), 2 + 20);
+        let numbered = fs.inodes.lock().len();
+        for file in ["ou_000.jpg", "ou_000.cropped.jpg"] {
+            assert_eq!(
+                fs.lookup(dir, name(file), Fetch::Never).errno(),
+                Err(WOULD_BLOCK)
+            );
+        }
+        assert!(
+            fs.readahead.lock().is_empty(),
+            "lookups that would block note no read-ahead"
+        );
+        assert_eq!(fs.inodes.lock().len(), numbered);
+        assert_eq!(api.requests(Endpoint::Face), 0);
+        // Never, then Allowed, as the adapter does: the same inode as readdir
+        // gave, and read-ahead as for a walk that asked only once.
+        let first = fs.lookup(dir, name("ou_000.jpg"), Fetch::Allowed).unwrap();
+        assert_eq!(
+            Some(first.ino),
+            entries
+                .iter()
+                .find(|(_, e)| e.name == "ou_000.jpg")
+                .map(|(_, e)| e.ino)
+        );
+        fs.lookup(dir, name("ou_000.cropped.jpg"), Fetch::Allowed)
+            .unwrap();
+        wait_for_requests(&api, 6);
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            6,
+            "two lookups, four read ahead"
+        );
+        assert_eq!(
+            fs.getattr(first.ino, Fetch::Never).errno().map(|a| a.size),
+            Ok(10),
+            "answered from memory now"
+        );
+        fs.releasedir(fh);
+    }
+
+    fn big_tenant(users: usize) -> Arc<TestApi> {
         let api = MemoryApi::with_page_size(50);
         for i in 0..users {
             let ids = [
@@ -1054,10 +1147,10 @@ mod tests {
                 Some(vec![i as u8; 5]),
             );
         }
-        Arc::new(api)
+        Arc::new(FailureApi::new(api))
     }
 
-    fn fs_reading_ahead(api: &Arc<MemoryApi>) -> Arc<FaceFs> {
+    fn fs_reading_ahead(api: &Arc<TestApi>) -> Arc<FaceFs> {
         fs_with(
             api,
             FsConfig {
@@ -1069,9 +1162,9 @@ mod tests {
     }
 
     /// Waits until the prefetchers have made `n` requests (they run on threads).
-    fn wait_for_requests(api: &MemoryApi, n: usize) {
+    fn wait_for_requests(api: &TestApi, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while api.face_requests() < n && Instant::now() < deadline {
+        while api.requests(Endpoint::Face) < n && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -1088,14 +1181,14 @@ mod tests {
         fs.lookup(dir, name(files[1]), Fetch::Allowed).unwrap();
         // Two lookups in listing order start read-ahead of the next four.
         wait_for_requests(&api, 6);
-        assert_eq!(api.face_requests(), 6);
+        assert_eq!(api.requests(Endpoint::Face), 6);
         for (i, file) in files.iter().enumerate().skip(2) {
             let attr = fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
             assert_eq!(attr.size, if i % 2 == 0 { 10 + i as u64 / 2 } else { 5 });
         }
         wait_for_requests(&api, 80);
         assert_eq!(
-            api.face_requests(),
+            api.requests(Endpoint::Face),
             80,
             "read-ahead and lookups shared every download"
         );
@@ -1107,7 +1200,11 @@ mod tests {
         let fs = fs_reading_ahead(&api);
         let dir = dir_ino(IdKind::OpenId);
         names(&fs, dir);
-        assert_eq!(api.face_requests(), 0, "a plain readdir downloads nothing");
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            0,
+            "a plain readdir downloads nothing"
+        );
         // Random access: every fourth file, backwards.
         for i in (0..40).rev().step_by(4) {
             fs.lookup(dir, name(&format!("ou_{i:03}.jpg")), Fetch::Allowed)
@@ -1115,7 +1212,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(50));
         assert_eq!(
-            api.face_requests(),
+            api.requests(Endpoint::Face),
             10,
             "no read-ahead for a walk that is not sequential"
         );
@@ -1124,7 +1221,8 @@ mod tests {
     #[test]
     fn the_kernel_keeps_its_page_cache_only_for_unchanged_bytes() {
         let api = tenant();
-        let fs = fs_with_ttl(&api, Duration::from_millis(30));
+        let clock = TestClock::default();
+        let fs = fs_with_ttl(&api, Duration::from_secs(30), &clock);
         let ino = fs
             .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
             .unwrap()
@@ -1132,13 +1230,13 @@ mod tests {
         let first = fs.open(ino, false, Fetch::Allowed).unwrap();
         let second = fs.open(ino, false, Fetch::Allowed).unwrap();
         assert!(!first.keep_cache && second.keep_cache);
-        std::thread::sleep(Duration::from_millis(40));
+        clock.advance(Duration::from_secs(30));
         assert!(
             fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache,
             "refetched, same bytes"
         );
-        api.set_faces("ou_a", Some(vec![5; 100]), None);
-        std::thread::sleep(Duration::from_millis(40));
+        api.inner().set_faces("ou_a", Some(vec![5; 100]), None);
+        clock.advance(Duration::from_secs(30));
         assert!(
             !fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache,
             "new bytes: drop the page cache"
@@ -1148,13 +1246,14 @@ mod tests {
     #[test]
     fn answers_carry_how_long_they_stay_true() {
         let api = tenant();
-        let fs = fs_with_ttl(&api, Duration::from_secs(100));
-        let attr = fs
-            .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
-            .unwrap();
-        assert!(
-            attr.valid_for <= Duration::from_secs(100) && attr.valid_for > Duration::from_secs(90)
-        );
+        let clock = TestClock::default();
+        let fs = fs_with_ttl(&api, Duration::from_secs(100), &clock);
+        let dir = dir_ino(IdKind::OpenId);
+        let attr = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+        assert_eq!(attr.valid_for, Duration::from_secs(100));
+        clock.advance(Duration::from_secs(40));
+        let attr = fs.getattr(attr.ino, Fetch::Never).unwrap();
+        assert_eq!(attr.valid_for, Duration::from_secs(60));
     }
 
     #[test]
@@ -1178,6 +1277,6 @@ mod tests {
         }
         // Whether the threads overlapped (one shared download) or not (the
         // later ones hit the cache), the API sees one request.
-        assert_eq!(api.face_requests(), 1);
+        assert_eq!(api.requests(Endpoint::Face), 1);
     }
 }

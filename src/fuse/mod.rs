@@ -14,9 +14,9 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::fs::FsError;
-use crate::fs::{Attr, FaceFs, Fetch, NodeKind};
-use crate::metrics::METRICS;
+use crate::fs::error::err;
+use crate::fs::{Answer, Attr, FaceFs, Fetch, FsError, NodeKind};
+use crate::metrics::{FuseOp, METRICS};
 use crate::sync::worker_pool::WorkerPool;
 
 pub struct FuseAdapter {
@@ -32,43 +32,62 @@ impl FuseAdapter {
         })
     }
 
-    /// Runs `op` without waiting for the API; if it must wait, runs it again
-    /// on a worker thread and replies from there. Counts it as `name`.
+    /// Runs `work` without waiting for the API; if it would block, runs it
+    /// again on a worker thread and finishes there.
     fn answer<T: 'static>(
         &self,
-        name: &'static str,
-        op: impl Fn(&FaceFs, Fetch) -> Result<T, FsError> + Send + 'static,
+        op: FuseOp,
+        work: impl Fn(&FaceFs, Fetch) -> Answer<T> + Send + 'static,
         reply: impl FnOnce(Result<T, FsError>) + Send + 'static,
     ) {
         let start = Instant::now();
-        let reply = move |result: Result<T, FsError>| {
-            record(name, start, &result);
-            reply(result);
-        };
-        match op(&self.core, Fetch::Never) {
-            Err(FsError::WouldBlock) => {
+        match work(&self.core, Fetch::Never) {
+            Answer::Done(result) => finish(op, start, result, reply),
+            Answer::WouldBlock => {
                 let core = self.core.clone();
-                self.workers.spawn(move || reply(op(&core, Fetch::Allowed)));
+                self.workers.spawn(move || {
+                    let result = match work(&core, Fetch::Allowed) {
+                        Answer::Done(result) => result,
+                        Answer::WouldBlock => Err(err!(
+                            libc::EIO,
+                            "{}: the core asked to wait where waiting is allowed (a bug)",
+                            op.as_str()
+                        )),
+                    };
+                    finish(op, start, result, reply);
+                });
             }
-            result => reply(result),
         }
     }
 }
 
-/// Runs an operation that never waits for the API, counted as `name`.
-fn counted<T>(name: &'static str, op: impl FnOnce() -> Result<T, FsError>) -> Result<T, FsError> {
-    let start = Instant::now();
-    let result = op();
-    record(name, start, &result);
-    result
+/// The one place where an operation's outcome is logged, counted and
+/// replied: every reply of the adapter but the fixed ones goes through here.
+fn finish<T>(
+    op: FuseOp,
+    start: Instant,
+    result: Result<T, FsError>,
+    reply: impl FnOnce(Result<T, FsError>),
+) {
+    let errno = match &result {
+        Ok(_) => 0,
+        Err(e) => {
+            log::log!(e.level(), "{}: {e}", op.as_str());
+            e.errno()
+        }
+    };
+    METRICS.op(op, start.elapsed(), errno);
+    reply(result);
 }
 
-fn record<T>(name: &'static str, start: Instant, result: &Result<T, FsError>) {
-    METRICS.op(
-        name,
-        start.elapsed(),
-        result.as_ref().err().map_or(0, FsError::errno),
-    );
+/// Runs an operation that never waits for the API and finishes it.
+fn inline<T>(
+    op: FuseOp,
+    work: impl FnOnce() -> Result<T, FsError>,
+    reply: impl FnOnce(Result<T, FsError>),
+) {
+    let start = Instant::now();
+    finish(op, start, work(), reply);
 }
 
 fn errno(err: &FsError) -> Errno {
@@ -117,7 +136,7 @@ impl Filesystem for FuseAdapter {
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
         self.answer(
-            "lookup",
+            FuseOp::Lookup,
             move |core, fetch| core.lookup(parent.0, &name, fetch),
             move |result| match result {
                 // The kernel may keep the answer as long as the core trusts it.
@@ -129,7 +148,7 @@ impl Filesystem for FuseAdapter {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.answer(
-            "getattr",
+            FuseOp::Getattr,
             move |core, fetch| core.getattr(ino.0, fetch),
             move |result| match result {
                 Ok(attr) => reply.attr(&attr.valid_for, &file_attr(&attr)),
@@ -141,7 +160,7 @@ impl Filesystem for FuseAdapter {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         self.answer(
-            "open",
+            FuseOp::Open,
             move |core, fetch| core.open(ino.0, write, fetch),
             move |result| match result {
                 Ok(opened) => {
@@ -168,10 +187,14 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match counted("read", || self.core.read(fh.0, offset, size)) {
-            Ok(slice) => reply.data(slice.bytes()),
-            Err(e) => reply.error(errno(&e)),
-        }
+        inline(
+            FuseOp::Read,
+            || self.core.read(fh.0, offset, size),
+            |result| match result {
+                Ok(slice) => reply.data(slice.bytes()),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn release(
@@ -184,11 +207,11 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let _ = counted("release", || {
-            self.core.release(fh.0);
-            Ok(())
-        });
-        reply.ok();
+        inline(
+            FuseOp::Release,
+            || Ok(self.core.release(fh.0)),
+            |_| reply.ok(),
+        );
     }
 
     /// No extended attributes; ENOSYS tells the kernel not to ask again.
@@ -221,10 +244,14 @@ impl Filesystem for FuseAdapter {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match counted("opendir", || self.core.opendir(ino.0)) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno(&e)),
-        }
+        inline(
+            FuseOp::Opendir,
+            || self.core.opendir(ino.0),
+            |result| match result {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn readdir(
@@ -236,7 +263,7 @@ impl Filesystem for FuseAdapter {
         mut reply: ReplyDirectory,
     ) {
         self.answer(
-            "readdir",
+            FuseOp::Readdir,
             move |core, fetch| core.readdir(ino.0, fh.0, offset, fetch),
             move |result| match result {
                 Ok(entries) => {
@@ -260,17 +287,23 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        let _ = counted("releasedir", || {
-            self.core.releasedir(fh.0);
-            Ok(())
-        });
-        reply.ok();
+        inline(
+            FuseOp::Releasedir,
+            || Ok(self.core.releasedir(fh.0)),
+            |_| reply.ok(),
+        );
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let (bytes, faces, _) =
-            counted("statfs", || Ok(self.core.cache_usage())).unwrap_or_default();
-        reply.statfs(bytes.div_ceil(4096), 0, 0, faces as u64, 0, 4096, 255, 4096);
+        inline(
+            FuseOp::Statfs,
+            || Ok(self.core.cache_usage()),
+            |result| {
+                let usage = result.unwrap_or_default();
+                let blocks = usage.bytes.div_ceil(4096);
+                reply.statfs(blocks, 0, 0, usage.entries as u64, 0, 4096, 255, 4096);
+            },
+        );
     }
 
     // Every write-type operation: a read-only filesystem.
@@ -293,7 +326,7 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn mknod(
@@ -306,7 +339,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn mkdir(
@@ -318,15 +351,15 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn symlink(
@@ -337,7 +370,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn rename(
@@ -350,7 +383,7 @@ impl Filesystem for FuseAdapter {
         _flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn link(
@@ -361,7 +394,7 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn write(
@@ -376,7 +409,7 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 
     fn create(
@@ -389,6 +422,6 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        reply.error(errno(&FsError::ReadOnly));
+        reply.error(Errno::EROFS);
     }
 }
