@@ -44,6 +44,7 @@ fn wait_gone(mountpoint: &Path) -> bool {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn detached_mount_is_ready_on_exit_and_umount_ends_it() {
     let emu = emulator(small_tenant(4));
     let dir = TempDir::new("detached");
@@ -80,6 +81,7 @@ fn detached_mount_is_ready_on_exit_and_umount_ends_it() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn a_detached_mount_stops_cleanly_on_sigterm() {
     let emu = emulator(small_tenant(2));
     let dir = TempDir::new("detached-term");
@@ -176,6 +178,10 @@ fn bad_flags_are_refused_before_mounting() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_identify)),
+    ignore = "needs FUSE, ImageMagick (scripts/test.sh runs it)"
+)]
 fn demo_mounts_without_credentials() {
     let dir = TempDir::new("demo");
     let _cleanup = Unmount(dir.path());
@@ -228,6 +234,7 @@ fn man_page_and_completions_cover_every_option_of_help() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn a_detached_mount_logs_to_the_system_log() {
     let emu = emulator(small_tenant(2));
     let dir = TempDir::new("syslog");

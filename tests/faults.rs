@@ -52,6 +52,7 @@ fn read_all(
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn thirty_percent_failing_face_requests_give_no_wrong_byte_and_no_enoent() {
     let faults = [
         WireFault::ServerError,
@@ -102,6 +103,7 @@ fn thirty_percent_failing_face_requests_give_no_wrong_byte_and_no_enoent() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn a_listing_fails_whole_or_shows_everything() {
     // 150 users are three pages; with 70% of list requests failing, some
     // listings fail after their retries, on the first page or a later one.
@@ -139,6 +141,10 @@ fn a_listing_fails_whole_or_shows_everything() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_rsync)),
+    ignore = "needs FUSE, rsync (scripts/test.sh runs it)"
+)]
 fn during_an_outage_rsync_delete_deletes_nothing() {
     let emu = emulator(small_tenant(12));
     let mnt = Mount::start(
@@ -146,8 +152,10 @@ fn during_an_outage_rsync_delete_deletes_nothing() {
         &[
             "--rate-limit",
             "1000",
+            // Every listing and face is stale at once: the outage below is
+            // seen by the next rsync, with no sleep past a TTL.
             "--ttl",
-            "1s",
+            "0s",
             "--retry-budget",
             "1s",
         ],
@@ -161,7 +169,6 @@ fn during_an_outage_rsync_delete_deletes_nothing() {
     assert_eq!(before, emu.ids_with_faces(IdKind::OpenId).len() * 2);
 
     emu.set_outage(true);
-    std::thread::sleep(Duration::from_millis(1100)); // every listing and face is stale now
     let out = run("rsync", &[&"-a", &"--delete", &src, &backup.path()]);
     assert!(!out.status.success(), "rsync must report the failure");
     assert_eq!(
@@ -194,6 +201,7 @@ fn spawn_cat(path: &Path) -> std::process::Child {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn a_hung_download_ends_in_eio_while_everything_else_answers() {
     let emu = emulator(small_tenant(6));
     // One attempt of 5 s: long enough to be sure it is still waiting below.
@@ -216,7 +224,7 @@ fn a_hung_download_ends_in_eio_while_everything_else_answers() {
 
     emu.inject(Route::Face, WireFault::Hang, 1.0);
     let mut hung = spawn_cat(&dir.join(face_file_name(&ids[1], false)));
-    std::thread::sleep(Duration::from_millis(200));
+    emu.wait_for_faulted(Route::Face, 1);
     // While it hangs, the root, the listing and a cached face answer.
     assert_eq!(ls_count(mnt.path()), 3);
     assert_eq!(ls_count(&dir), ids.len() * 2);
@@ -248,6 +256,7 @@ fn ls_count(path: &Path) -> usize {
 /// fuser 0.18 does not pass FUSE_INTERRUPT on, so a killed reader leaves
 /// once its operation's bound (here one 3 s attempt) is reached.
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn killed_readers_and_umount_during_hung_downloads() {
     let emu = emulator(small_tenant(6));
     let mut mnt = Mount::start(
@@ -266,14 +275,14 @@ fn killed_readers_and_umount_during_hung_downloads() {
     emu.inject(Route::Face, WireFault::Hang, 1.0);
     // A reader killed mid-download leaves a working mount behind.
     let mut killed = spawn_cat(&dir.join(face_file_name(&ids[0], false)));
-    std::thread::sleep(Duration::from_millis(300));
+    emu.wait_for_faulted(Route::Face, 1);
     killed.kill().unwrap();
     assert!(!wait_with_timeout(&mut killed, Duration::from_secs(15)).success());
     assert_eq!(ls_count(mnt.path()), 3);
 
     // With a download hanging, SIGTERM still unmounts and exits.
     let mut hung = spawn_cat(&dir.join(face_file_name(&ids[1], true)));
-    std::thread::sleep(Duration::from_millis(300));
+    emu.wait_for_faulted(Route::Face, 2);
     let status = mnt.signal_and_wait(libc::SIGTERM);
     assert_eq!(status.code(), Some(0), "{}", mnt.log_text());
     assert!(!is_mounted(mnt.path()));
@@ -281,19 +290,21 @@ fn killed_readers_and_umount_during_hung_downloads() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn lazy_umount_detaches_at_once_during_a_hung_download() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &["--request-timeout", "2s", "--retry-budget", "1s"]);
     emu.inject(Route::Face, WireFault::Hang, 1.0);
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     let mut hung = spawn_cat(&mnt.join("open_id").join(face_file_name(&id, false)));
-    std::thread::sleep(Duration::from_millis(300));
+    emu.wait_for_faulted(Route::Face, 1);
     assert!(run("umount", &[&"-l", &mnt.path()]).status.success());
     assert!(!is_mounted(mnt.path()));
     assert!(!wait_with_timeout(&mut hung, Duration::from_secs(20)).success());
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn twenty_cold_reads_at_the_servers_rate_limit() {
     let emu = emulator(small_tenant(12));
     emu.set_rate_limit(Some(5));
@@ -326,6 +337,7 @@ fn twenty_cold_reads_at_the_servers_rate_limit() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn a_throttling_answer_is_waited_out() {
     let emu = emulator(small_tenant(4));
     emu.inject(Route::Face, WireFault::Throttle, 1.0);
@@ -335,7 +347,7 @@ fn a_throttling_answer_is_waited_out() {
         let path = mnt.join("open_id").join(face_file_name(&id, false));
         std::thread::spawn(move || std::fs::read(path))
     };
-    std::thread::sleep(Duration::from_millis(300));
+    emu.wait_for_faulted(Route::Face, 1);
     emu.clear_faults();
     assert_eq!(
         reader.join().unwrap().unwrap(),
@@ -353,6 +365,7 @@ fn a_throttling_answer_is_waited_out() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn no_secret_or_token_in_a_trace_log_or_argv() {
     let emu = emulator(small_tenant(5));
     let mnt = Mount::start_with_env(&emu, &["--rate-limit", "1000"], &[("FACEFS_LOG", "trace")]);
@@ -394,6 +407,7 @@ fn no_secret_or_token_in_a_trace_log_or_argv() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn hostile_names_stay_one_path_segment() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &["--rate-limit", "1000"]);
@@ -441,6 +455,10 @@ fn hostile_names_stay_one_path_segment() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_root, facefs_setpriv)),
+    ignore = "needs FUSE, root, setpriv (scripts/test.sh runs it)"
+)]
 fn other_users_cannot_enter_the_mount() {
     let emu = emulator(small_tenant(2));
     let mnt = Mount::start(&emu, &[]);

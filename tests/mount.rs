@@ -31,6 +31,7 @@ fn ls(path: &std::path::Path) -> BTreeSet<String> {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn ls_shows_every_user_with_a_face_and_downloads_none() {
     // 75 users: two list pages of 50, users without faces among them.
     let emu = emulator(small_tenant(75));
@@ -58,6 +59,7 @@ fn ls_shows_every_user_with_a_face_and_downloads_none() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn cat_gives_the_api_bytes_in_every_directory() {
     let emu = emulator(small_tenant(12));
     let mnt = Mount::start(&emu, &["--rate-limit", "200"]);
@@ -100,6 +102,7 @@ fn cat_gives_the_api_bytes_in_every_directory() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn stat_reports_the_exact_size_before_any_read() {
     let emu = emulator(small_tenant(10));
     let mnt = Mount::start(&emu, &[]);
@@ -125,6 +128,7 @@ fn stat_reports_the_exact_size_before_any_read() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn missing_users_faces_and_foreign_names_are_enoent() {
     let emu = emulator(small_tenant(20));
     let mnt = Mount::start(&emu, &[]);
@@ -166,6 +170,7 @@ fn missing_users_faces_and_foreign_names_are_enoent() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn every_write_is_erofs() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &[]);
@@ -224,6 +229,10 @@ fn every_write_is_erofs() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_identify)),
+    ignore = "needs FUSE, ImageMagick (scripts/test.sh runs it)"
+)]
 fn identify_decodes_faces() {
     let emu = emulator(small_tenant(8));
     let mnt = Mount::start(&emu, &[]);
@@ -245,6 +254,10 @@ fn identify_decodes_faces() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_rsync)),
+    ignore = "needs FUSE, rsync (scripts/test.sh runs it)"
+)]
 fn rsync_copies_byte_exact_and_a_second_run_transfers_nothing() {
     let emu = emulator(small_tenant(40));
     let mnt = Mount::start(&emu, &["--rate-limit", "200"]);
@@ -281,6 +294,7 @@ fn rsync_copies_byte_exact_and_a_second_run_transfers_nothing() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn an_expired_token_mid_session_is_invisible_to_readers() {
     let emu = emulator(small_tenant(5));
     let mnt = Mount::start(&emu, &[]);
@@ -299,6 +313,7 @@ fn an_expired_token_mid_session_is_invisible_to_readers() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn a_missing_scope_is_permission_denied_and_logged() {
     let emu = emulator(EmulatorConfig {
         deny_user_id_scope: true,
@@ -330,6 +345,7 @@ fn a_missing_scope_is_permission_denied_and_logged() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn stat_walks_download_each_face_once_with_read_ahead() {
     // 150 users: enough for the read-ahead window to grow to its cap.
     let emu = emulator(small_tenant(150));
@@ -369,6 +385,7 @@ fn stat_walks_download_each_face_once_with_read_ahead() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn concurrent_readers_of_one_face_share_one_download() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(&emu, &[]);
@@ -393,6 +410,7 @@ fn concurrent_readers_of_one_face_share_one_download() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn sigterm_and_sigint_unmount_and_exit_zero() {
     for signal in [libc::SIGTERM, libc::SIGINT] {
         let emu = emulator(small_tenant(2));

@@ -48,6 +48,10 @@ impl Drop for InstalledLink {
 
 /// One test for both, since both need the link in /usr/local/bin.
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_root, facefs_mount_helper)),
+    ignore = "needs FUSE, root, mount.fuse3 (scripts/test.sh runs it)"
+)]
 fn mount_8_with_an_fstab_line_and_with_bad_options() {
     let _link = InstalledLink::new();
     an_fstab_line_mounts_with_mount_and_unmounts_with_umount();
@@ -132,6 +136,10 @@ fn mount_t_fuse_facefs_rejects_unknown_and_unsafe_options() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_root, facefs_setpriv)),
+    ignore = "needs FUSE, root, setpriv (scripts/test.sh runs it)"
+)]
 fn a_group_can_be_given_read_access() {
     let emu = emulator(small_tenant(3));
     let mnt = Mount::start(
@@ -178,6 +186,7 @@ fn a_group_can_be_given_read_access() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn systemd_hears_ready_once_the_mount_answers_and_stopping_on_sigterm() {
     let emu = emulator(small_tenant(2));
     let sockdir = TempDir::new("notify");
@@ -211,6 +220,10 @@ fn systemd_hears_ready_once_the_mount_answers_and_stopping_on_sigterm() {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_root)),
+    ignore = "needs FUSE, root (scripts/test.sh runs it)"
+)]
 fn a_dead_mount_point_is_named_and_recovered_only_when_asked() {
     let emu = emulator(small_tenant(2));
     let mut dead = Mount::start(&emu, &[]);
@@ -245,6 +258,7 @@ fn a_dead_mount_point_is_named_and_recovered_only_when_asked() {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn a_live_mount_point_is_never_stacked_over() {
     let emu = emulator(small_tenant(2));
     let first = Mount::start(&emu, &[]);
@@ -277,6 +291,7 @@ fn metric(text: &str, series: &str) -> f64 {
 }
 
 #[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn metrics_move_as_faces_are_read() {
     let emu = emulator(small_tenant(4));
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -4,6 +4,10 @@
 
 use std::ffi::OsString;
 
+use clap::CommandFactory;
+
+use super::cli::Cli;
+
 /// Generic mount(8) and FUSE options that need nothing from facefs: it is
 /// always read-only, nodev, nosuid and noexec, and the rest concern mount(8).
 const IGNORED: &[&str] = &[
@@ -32,28 +36,29 @@ const IGNORED: &[&str] = &[
     "default_permissions",
 ];
 
-/// `-o` options whose flag takes no value.
-const SWITCHES: &[&str] = &["allow_other", "allow_root", "foreground", "demo", "recover"];
+/// What an option name means as a flag of [`Cli`], read from clap's own
+/// definition so that every flag is an option and none is listed twice.
+enum Flag {
+    Switch,
+    Valued,
+}
 
-/// Options that are flags with a value: `name=value` becomes `--name value`.
-const VALUED: &[&str] = &[
-    "app_id",
-    "app_secret_file",
-    "base_url",
-    "cache_size",
-    "ttl",
-    "negative_ttl",
-    "request_timeout",
-    "retry_budget",
-    "rate_limit",
-    "max_parallel",
-    "log_file",
-    "metrics_listen",
-    "uid",
-    "gid",
-    "file_mode",
-    "dir_mode",
-];
+fn flag_of(name: &str) -> Option<Flag> {
+    let long = name.replace('_', "-");
+    let command = Cli::command();
+    let arg = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long.as_str()))?;
+    // --help and --version print and exit: nothing for a mount table.
+    if matches!(long.as_str(), "help" | "version") {
+        return None;
+    }
+    Some(if arg.get_action().takes_values() {
+        Flag::Valued
+    } else {
+        Flag::Switch
+    })
+}
 
 /// Rewrites every `-o LIST` (or `-oLIST`) in `args` into flags. Errors name
 /// the option that cannot be used. mount.fuse3 runs `facefs SOURCE
@@ -101,11 +106,14 @@ fn translate(option: &str) -> Result<Vec<OsString>, String> {
         // mount.fuse3 passes these through for the helper's own use.
         ("fsname" | "subtype", Some(_)) => Ok(vec![]),
         (n, None) if IGNORED.contains(&n) => Ok(vec![]),
-        (n, None) if SWITCHES.contains(&n) => Ok(vec![flag()]),
-        (n, Some(v)) if VALUED.contains(&n) => Ok(vec![flag(), OsString::from(v)]),
-        (n, None) if VALUED.contains(&n) => Err(format!("mount option `{n}` needs a value: {n}=...")),
-        (n, Some(_)) if SWITCHES.contains(&n) || IGNORED.contains(&n) => Err(format!("mount option `{n}` takes no value")),
-        (n, _) => Err(format!("unknown mount option `{n}` (see `facefs --help`; every option's name works as -o name=value)")),
+        (n, Some(_)) if IGNORED.contains(&n) => Err(format!("mount option `{n}` takes no value")),
+        (n, value) => match (flag_of(n), value) {
+            (Some(Flag::Switch), None) => Ok(vec![flag()]),
+            (Some(Flag::Valued), Some(v)) => Ok(vec![flag(), OsString::from(v)]),
+            (Some(Flag::Valued), None) => Err(format!("mount option `{n}` needs a value: {n}=...")),
+            (Some(Flag::Switch), Some(_)) => Err(format!("mount option `{n}` takes no value")),
+            (None, _) => Err(format!("unknown mount option `{n}` (see `facefs --help`; every option's name works as -o name=value)")),
+        },
     }
 }
 
@@ -179,5 +187,32 @@ mod tests {
             .unwrap_err()
             .contains("takes no value"));
         assert!(expand_str(&["facefs", "/m", "-o"]).is_err());
+        assert!(expand_str(&["facefs", "/m", "-o", "help"])
+            .unwrap_err()
+            .contains("unknown mount option"));
+    }
+
+    /// Every long flag of the command line works as an -o option, with a
+    /// value exactly when the flag takes one.
+    #[test]
+    fn every_flag_is_a_mount_option() {
+        let command = Cli::command();
+        let mut seen = 0;
+        for arg in command.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let name = long.replace('-', "_");
+            let option = if arg.get_action().takes_values() {
+                format!("{name}=1")
+            } else {
+                name.clone()
+            };
+            let got = expand_str(&["facefs", "/m", "-o", &option]).unwrap();
+            assert_eq!(got[2], format!("--{long}"), "{option}");
+            seen += 1;
+        }
+        assert!(seen >= 20, "only {seen} flags");
     }
 }

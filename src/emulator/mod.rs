@@ -6,7 +6,7 @@ pub mod face_image;
 pub mod http_server;
 pub mod tenant;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -157,6 +157,8 @@ struct State {
     tenant: Tenant,
     tokens: Mutex<HashMap<String, Instant>>,
     log: Mutex<Vec<LoggedRequest>>,
+    /// Signalled whenever a request is logged, for tests that wait for one.
+    logged: Condvar,
     serial: AtomicU64,
     behaviour: Mutex<Behaviour>,
     rng: Mutex<u64>,
@@ -174,6 +176,7 @@ impl Emulator {
             config,
             tokens: Mutex::new(HashMap::new()),
             log: Mutex::new(Vec::new()),
+            logged: Condvar::new(),
             serial: AtomicU64::new(0),
             behaviour: Mutex::new(Behaviour::default()),
             rng: Mutex::new(0x2545_f491_4f6c_dd1d),
@@ -248,6 +251,34 @@ impl Emulator {
         self.state.lock_log().clone()
     }
 
+    /// Waits until the request log satisfies `done`, at most `limit`;
+    /// returns whether it did. Tests wait on this rather than sleeping.
+    pub fn wait_for_log(&self, limit: Duration, done: impl Fn(&[LoggedRequest]) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        let mut log = self.state.lock_log();
+        while !done(&log) {
+            if self.state.logged.wait_until(&mut log, deadline).timed_out() {
+                return done(&log);
+            }
+        }
+        true
+    }
+
+    /// Waits until `n` requests of `route` have been given a fault: a hung
+    /// request is then hanging, a throttled one has its refusal.
+    pub fn wait_for_faulted(&self, route: Route, n: usize) {
+        let arrived = self.wait_for_log(Duration::from_secs(30), |log| {
+            log.iter()
+                .filter(|r| r.route == route && r.fault.is_some())
+                .count()
+                >= n
+        });
+        assert!(
+            arrived,
+            "{n} faulted {route:?} requests did not arrive within 30 s"
+        );
+    }
+
     pub fn count(&self, route: Route) -> usize {
         self.state
             .lock_log()
@@ -298,6 +329,19 @@ fn invalid_param(msg: &str) -> Response {
         codes::INVALID_PARAM,
         &format!("field validation failed: {msg}"),
     )
+}
+
+/// A query boolean as the service reads it. The official Python SDK sends
+/// `True`/`False`, and the service accepts them; the spellings of Go's
+/// strconv.ParseBool are what we take it to accept (an inference: the
+/// gateway is believed to be written in Go; only true/True/false/False are
+/// known from the SDKs).
+fn parse_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
+        _ => None,
+    }
 }
 
 fn encode_page_token(offset: usize) -> String {
@@ -394,6 +438,7 @@ impl State {
             fault,
             throttled: throttled.is_some(),
         });
+        self.logged.notify_all();
         let logid = format!("2026emulator{serial:08}");
         if outage {
             return Reply::Respond(
@@ -555,10 +600,10 @@ impl State {
                     let feature = json!({ "card": user.card, "face_uploaded": user.has_face });
                     return ok(json!({ "user": { "user_id": user.id(kind), "feature": feature } }));
                 }
-                let cropped = match param("is_cropped") {
-                    None | Some("false") => false,
-                    Some("true") => true,
-                    Some(_) => return invalid_param("is_cropped must be true or false"),
+                let cropped = match param("is_cropped").map(parse_bool) {
+                    None => false,
+                    Some(Some(cropped)) => cropped,
+                    Some(None) => return invalid_param("is_cropped must be true or false"),
                 };
                 match self.tenant.face(i, cropped) {
                     Some(face) => Response::new(200, "image/jpeg", face.to_vec()),
