@@ -6,7 +6,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use facefs::api::IdKind;
@@ -479,4 +479,62 @@ fn other_users_cannot_enter_the_mount() {
         stderr(&out)
     );
     assert_eq!(ls_count(mnt.path()), 3, "the owner still can");
+}
+
+/// A user list whose every page says "more" and names no new user: `ls`
+/// fails with EIO after a bounded number of pages, and facefs stops asking.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_listing_that_never_ends_is_eio_after_a_bounded_number_of_pages() {
+    let emu = emulator(small_tenant(6));
+    let mnt = Mount::start(&emu, &["--rate-limit", "1000"]);
+    emu.set_endless_listing(true);
+    let out = run("ls", &[&mnt.join("union_id")]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Input/output error"),
+        "{}",
+        stderr(&out)
+    );
+    let pages = emu.count(Route::ListUsers);
+    assert!((2..=20).contains(&pages), "{pages} pages");
+    assert!(
+        !emu.wait_for_log(Duration::from_millis(500), |log| log.len() > pages + 1),
+        "facefs went on listing"
+    );
+    assert!(
+        mnt.log_text().contains("named no new user"),
+        "{}",
+        mnt.log_text()
+    );
+}
+
+/// SIGTERM while a slow endless listing runs: facefs gives up the listing
+/// before its next page, unmounts and exits, and `ls` gets EIO.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn sigterm_ends_a_listing_in_flight() {
+    let emu = emulator(small_tenant(6));
+    let mut mnt = Mount::start(&emu, &["--rate-limit", "1000"]);
+    emu.set_endless_listing(true);
+    emu.set_latency(Duration::from_millis(400));
+    let lister = Command::new("ls")
+        .arg(mnt.join("open_id"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(emu.wait_for_log(Duration::from_secs(10), |log| log
+        .iter()
+        .any(|r| r.route == Route::ListUsers)));
+    let start = Instant::now();
+    let status = mnt.signal_and_wait(libc::SIGTERM);
+    let took = start.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", mnt.log_text());
+    // Ten stalled pages at 400 ms would take 4 s; stopping takes one page.
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let out = lister.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let pages = emu.count(Route::ListUsers);
+    assert!(pages < 8, "{pages} pages");
 }

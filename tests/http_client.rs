@@ -1,14 +1,14 @@
 //! The real HTTP client against the emulator: pagination, encoding of odd
 //! ids, error codes, token renewal and the emulator's strictness.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use facefs::api::http::{parse_base_url, HttpApi, HttpConfig};
 use facefs::api::secret::Secret;
 use facefs::api::IdKind;
 use facefs::api::{codes, ApiError, FaceApi};
 use facefs::emulator::tenant::{TenantSpec, ODD_USER_IDS};
-use facefs::emulator::{Emulator, EmulatorConfig, Route};
+use facefs::emulator::{Emulator, EmulatorConfig, Route, WireFault};
 
 fn emulator(users: usize) -> Emulator {
     let tenant = TenantSpec {
@@ -237,4 +237,60 @@ fn the_emulator_is_strict() {
         call("/open-apis/acs/v2/nothing", Some(token)),
         (404, codes::NO_SUCH_PATH)
     );
+}
+
+fn client_timing_out_after(emu: &Emulator, request_timeout: Duration) -> HttpApi {
+    HttpApi::new(HttpConfig {
+        base_url: parse_base_url(&emu.base_url()).unwrap(),
+        app_id: emu.config().app_id.clone(),
+        app_secret: Secret::new(emu.config().app_secret.clone()),
+        request_timeout,
+    })
+    .unwrap()
+}
+
+/// A body trickled one byte per 100 ms (the generated faces are kilobytes)
+/// must end at --request-timeout, not when the last byte arrives.
+#[test]
+fn request_timeout_bounds_the_whole_body() {
+    let emu = emulator(3);
+    let api = client_timing_out_after(&emu, Duration::from_secs(1));
+    api.check_credentials().unwrap();
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    emu.inject(Route::Face, WireFault::Trickle, 1.0);
+    let start = Instant::now();
+    let result = api.get_face(IdKind::OpenId, &id, false);
+    let took = start.elapsed();
+    assert!(matches!(result, Err(ApiError::Transient(_))), "{result:?}");
+    assert!(
+        took >= Duration::from_secs(1) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+/// A trickled token answer holds the renewal; a request waiting for it ends
+/// at its own deadline, and so does the renewal itself.
+#[test]
+fn a_slow_token_renewal_holds_no_one_past_their_deadline() {
+    let emu = emulator(3);
+    let api = std::sync::Arc::new(client_timing_out_after(&emu, Duration::from_secs(1)));
+    emu.inject(Route::Token, WireFault::Trickle, 1.0);
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let start = Instant::now();
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (api, id) = (api.clone(), id.clone());
+            std::thread::spawn(move || api.get_face(IdKind::OpenId, &id, false).map(drop))
+        })
+        .collect();
+    for reader in readers {
+        assert!(matches!(
+            reader.join().unwrap(),
+            Err(ApiError::Transient(_))
+        ));
+    }
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    emu.clear_faults();
+    assert!(api.get_face(IdKind::OpenId, &id, false).is_ok(), "recovers");
 }

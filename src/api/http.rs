@@ -1,13 +1,12 @@
 //! The real client: Feishu's HTTP API over reqwest.
 
-use std::io::Read;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
-use reqwest::blocking::{Client, RequestBuilder, Response};
 use reqwest::header::HeaderMap;
 use reqwest::Url;
+use reqwest::{Client, RequestBuilder};
 use serde::Deserialize;
 
 use super::codes;
@@ -24,6 +23,8 @@ pub const MAX_PAGE_SIZE: u32 = 50;
 pub const MAX_FACE_BYTES: u64 = 16 * 1024 * 1024;
 /// JSON answers (lists, errors, tokens) are small.
 const MAX_JSON_BYTES: u64 = 4 * 1024 * 1024;
+/// The longest token lifetime believed: the service promises at most 7200 s.
+const MAX_TOKEN_LIFETIME_SECS: u64 = 24 * 3600;
 
 /// Everything but RFC 3986's unreserved characters is escaped, so an id or a
 /// page token stays one path segment or one query value whatever it holds.
@@ -37,12 +38,16 @@ pub struct HttpConfig {
     pub base_url: Url,
     pub app_id: String,
     pub app_secret: Secret,
-    /// Bounds one HTTP exchange, connect to last body byte.
+    /// Bounds one request with everything it needs: waiting for the token,
+    /// renewing it, connect, and the last body byte.
     pub request_timeout: Duration,
 }
 
 pub struct HttpApi {
     client: Client,
+    /// Drives the exchanges; callers block on them from their own threads.
+    runtime: tokio::runtime::Runtime,
+    request_timeout: Duration,
     base: String,
     app_id: String,
     app_secret: Secret,
@@ -92,7 +97,6 @@ struct Envelope {
     #[serde(default)]
     msg: String,
     error: Option<ErrorDetail>,
-    data: Option<serde_json::Value>,
     tenant_access_token: Option<String>,
     expire: Option<u64>,
 }
@@ -101,6 +105,13 @@ struct Envelope {
 struct ErrorDetail {
     #[serde(alias = "logid")]
     log_id: Option<String>,
+}
+
+/// A user-list answer's `data`, read straight from the body: an id that is
+/// not text must cost that id, not the page (as a `serde_json::Value` would).
+#[derive(Deserialize)]
+struct ListEnvelope {
+    data: Option<ListData>,
 }
 
 #[derive(Deserialize)]
@@ -114,7 +125,10 @@ struct ListData {
 
 #[derive(Deserialize)]
 struct ListItem {
-    user_id: String,
+    /// Raw bytes: serde_json hands a string's bytes over unchecked here, so
+    /// invalid UTF-8 or a lone surrogate (as WTF-8) can be told apart.
+    #[serde(deserialize_with = "raw_string")]
+    user_id: Vec<u8>,
     #[serde(default)]
     feature: Feature,
 }
@@ -123,6 +137,23 @@ struct ListItem {
 struct Feature {
     #[serde(default)]
     face_uploaded: bool,
+}
+
+fn raw_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    struct Bytes;
+    impl serde::de::Visitor<'_> for Bytes {
+        type Value = Vec<u8>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+            Ok(v.to_vec())
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Vec<u8>, E> {
+            Ok(v.as_bytes().to_vec())
+        }
+    }
+    d.deserialize_bytes(Bytes)
 }
 
 /// One answer as it came off the wire.
@@ -178,7 +209,7 @@ impl Answer {
 
     /// The envelope of a JSON answer that reports success; any other answer
     /// becomes the matching error.
-    fn into_success(self) -> Result<Envelope, ApiError> {
+    fn success(&self) -> Result<Envelope, ApiError> {
         let envelope = self.envelope();
         match &envelope {
             Some(e) if e.code == Some(0) && (200..300).contains(&self.status) => {
@@ -203,15 +234,24 @@ impl Answer {
 impl HttpApi {
     pub fn new(config: HttpConfig) -> Result<HttpApi, String> {
         let client = Client::builder()
-            .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("facefs/", env!("CARGO_PKG_VERSION")))
             // The API has no redirects; following one could carry the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        // Two threads drive every connection; each caller waits on its own
+        // exchange, bounded by its own deadline.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("facefs-http")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the HTTP client's threads: {e}"))?;
         Ok(HttpApi {
             client,
+            runtime,
+            request_timeout: config.request_timeout,
             base: config.base_url.as_str().trim_end_matches('/').to_owned(),
             app_id: config.app_id,
             app_secret: config.app_secret,
@@ -221,11 +261,14 @@ impl HttpApi {
 
     /// Gets a token now, so that bad credentials fail the mount, not the first read.
     pub fn check_credentials(&self) -> Result<(), ApiError> {
-        self.tokens.get(|| self.fetch_token()).map(drop)
+        let deadline = Instant::now() + self.request_timeout;
+        self.tokens
+            .get(deadline, || self.fetch_token(deadline))
+            .map(drop)
     }
 
-    fn fetch_token(&self) -> Result<IssuedToken, ApiError> {
-        let result = self.request_token();
+    fn fetch_token(&self, deadline: Instant) -> Result<IssuedToken, ApiError> {
+        let result = self.request_token(deadline);
         METRICS.api_request(Endpoint::Token, Outcome::of(&result));
         result
     }
@@ -238,7 +281,7 @@ impl HttpApi {
         })
     }
 
-    fn request_token(&self) -> Result<IssuedToken, ApiError> {
+    fn request_token(&self, deadline: Instant) -> Result<IssuedToken, ApiError> {
         let url = self.url("/open-apis/auth/v3/tenant_access_token/internal")?;
         let body =
             serde_json::json!({ "app_id": self.app_id, "app_secret": self.app_secret.expose() });
@@ -247,11 +290,13 @@ impl HttpApi {
             .post(url)
             .header("content-type", "application/json; charset=utf-8")
             .body(body.to_string());
-        let envelope = send(request, MAX_JSON_BYTES)?.into_success()?;
+        let envelope = self.send(request, MAX_JSON_BYTES, deadline)?.success()?;
         match (envelope.tenant_access_token, envelope.expire) {
             (Some(token), Some(expire)) if !token.is_empty() && expire > 0 => Ok(IssuedToken {
                 token: Secret::new(token),
-                lifetime: Duration::from_secs(expire),
+                // The service promises at most 7200 s; a larger number is
+                // not trusted further than a day.
+                lifetime: Duration::from_secs(expire.min(MAX_TOKEN_LIFETIME_SECS)),
             }),
             _ => Err(ApiError::Transient(ApiFailure::message(
                 "the token endpoint answered without a token or expiry",
@@ -260,15 +305,16 @@ impl HttpApi {
     }
 
     /// Sends an authorised GET; on a token error, drops that token, gets a new
-    /// one and tries once more, so a reader never sees an expiry.
+    /// one and tries once more, so a reader never sees an expiry. One
+    /// deadline, `--request-timeout` from now, covers it all: waiting for
+    /// another thread's token renewal, the renewal, and every byte.
     fn get(&self, url: Url, limit: u64) -> Result<Answer, ApiError> {
+        let deadline = Instant::now() + self.request_timeout;
         let mut renewed = false;
         loop {
-            let token = self.tokens.get(|| self.fetch_token())?;
-            let answer = send(
-                self.client.get(url.clone()).bearer_auth(token.expose()),
-                limit,
-            )?;
+            let token = self.tokens.get(deadline, || self.fetch_token(deadline))?;
+            let request = self.client.get(url.clone()).bearer_auth(token.expose());
+            let answer = self.send(request, limit, deadline)?;
             match answer.token_error() {
                 Some(code) if !renewed => {
                     log::info!("the API refused the tenant token (code {code}); renewing it");
@@ -278,6 +324,27 @@ impl HttpApi {
                 _ => return Ok(answer),
             }
         }
+    }
+
+    /// Sends a request and reads its whole body, at most `limit` bytes, all
+    /// before `deadline`. A body cut short of its Content-Length, or by a
+    /// reset, is an error, never data.
+    fn send(
+        &self,
+        request: RequestBuilder,
+        limit: u64,
+        deadline: Instant,
+    ) -> Result<Answer, ApiError> {
+        let exchange = exchange(request, limit);
+        self.runtime.block_on(async {
+            match tokio::time::timeout_at(deadline.into(), exchange).await {
+                Ok(result) => result,
+                Err(_) => Err(ApiError::Transient(ApiFailure::message(format!(
+                    "no whole answer within {:?} (see --request-timeout)",
+                    self.request_timeout
+                )))),
+            }
+        })
     }
 }
 
@@ -305,42 +372,38 @@ fn encode(component: &str) -> String {
     utf8_percent_encode(component, COMPONENT).to_string()
 }
 
-/// Sends a request and reads its whole body, at most `limit` bytes. A body
-/// cut short of its Content-Length, or by a reset, is an error, never data.
-fn send(request: RequestBuilder, limit: u64) -> Result<Answer, ApiError> {
-    let response: Response = request
+async fn exchange(request: RequestBuilder, limit: u64) -> Result<Answer, ApiError> {
+    let mut response = request
         .send()
+        .await
         .map_err(|e| ApiError::Transient(ApiFailure::message(describe(&e))))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    if response.content_length().is_some_and(|n| n > limit) {
-        return Err(ApiError::Failed(ApiFailure {
+    let too_large = |size: String| {
+        ApiError::Failed(ApiFailure {
             status: Some(status),
-            msg: format!(
-                "answer of {} bytes exceeds the {limit}-byte limit",
-                response.content_length().unwrap_or(0)
-            ),
+            msg: format!("answer of {size} bytes exceeds the {limit}-byte limit"),
             ..ApiFailure::default()
-        }));
+        })
+    };
+    if let Some(announced) = response.content_length().filter(|n| *n > limit) {
+        return Err(too_large(announced.to_string()));
     }
     // Sized from Content-Length when announced, so a cached face holds no slack.
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
-    response
-        .take(limit + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| {
+    loop {
+        let chunk = response.chunk().await.map_err(|e| {
             ApiError::Transient(ApiFailure {
                 status: Some(status),
-                msg: format!("body cut short: {e}"),
+                msg: format!("body cut short: {}", describe(&e)),
                 ..ApiFailure::default()
             })
         })?;
-    if body.len() as u64 > limit {
-        return Err(ApiError::Failed(ApiFailure {
-            status: Some(status),
-            msg: format!("answer exceeds the {limit}-byte limit"),
-            ..ApiFailure::default()
-        }));
+        let Some(chunk) = chunk else { break };
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(too_large(format!("more than {limit}")));
+        }
+        body.extend_from_slice(&chunk);
     }
     Ok(Answer {
         status,
@@ -371,12 +434,10 @@ impl FaceApi for HttpApi {
 
 /// Reads a user-list answer. Anything but a well-formed success is an error.
 fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
-    let envelope = answer.into_success()?;
-    let data: ListData = envelope
-        .data
-        .map(serde_json::from_value)
-        .transpose()
+    answer.success()?;
+    let data: ListData = serde_json::from_slice::<ListEnvelope>(&answer.body)
         .map_err(|e| ApiError::Failed(ApiFailure::message(format!("unreadable user list: {e}"))))?
+        .data
         .ok_or_else(|| ApiError::Failed(ApiFailure::message("user list without data")))?;
     let next_page_token = match (data.has_more, data.page_token) {
         (true, Some(t)) if !t.is_empty() => Some(t),
@@ -387,17 +448,25 @@ fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
         }
         (false, _) => None,
     };
+    let mut unreadable_ids = 0;
     let users = data
         .items
         .into_iter()
-        .map(|item| ListedUser {
-            user_id: item.user_id,
-            face_uploaded: item.feature.face_uploaded,
+        .filter_map(|item| match String::from_utf8(item.user_id) {
+            Ok(user_id) => Some(ListedUser {
+                user_id,
+                face_uploaded: item.feature.face_uploaded,
+            }),
+            Err(_) => {
+                unreadable_ids += 1;
+                None
+            }
         })
         .collect();
     Ok(UserPage {
         users,
         next_page_token,
+        unreadable_ids,
     })
 }
 
@@ -529,6 +598,17 @@ mod tests {
                 .len(),
             100_000
         );
+    }
+
+    #[test]
+    fn ids_that_are_not_text_cost_only_themselves() {
+        let mut body = br#"{"code":0,"data":{"items":[{"user_id":"ou_a","feature":{"face_uploaded":true}},{"user_id":"ou_"#.to_vec();
+        body.push(0xff);
+        body.extend_from_slice(br#"","feature":{"face_uploaded":true}},{"user_id":"x\ud800y","feature":{"face_uploaded":true}},{"user_id":"\u5f20","feature":{"face_uploaded":true}}],"has_more":false}}"#);
+        let page = page_from_answer(answer(200, &body)).unwrap();
+        let ids: Vec<&str> = page.users.iter().map(|u| u.user_id.as_str()).collect();
+        assert_eq!(ids, ["ou_a", "张"]);
+        assert_eq!(page.unreadable_ids, 2);
     }
 
     #[test]

@@ -46,6 +46,9 @@ pub struct UserPage {
     pub users: Vec<ListedUser>,
     /// The token for the next page; `None` once `has_more` is false.
     pub next_page_token: Option<String>,
+    /// Ids on the page that are not text (invalid UTF-8, lone surrogates):
+    /// left out, since no file name could name them.
+    pub unreadable_ids: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::throttle::RateLimiter;
 use super::Endpoint;
-use super::{ApiError, FaceApi, UserPage};
+use super::{ApiError, ApiFailure, FaceApi, UserPage};
 use crate::api::IdKind;
 use crate::metrics::{Outcome, METRICS};
 
@@ -103,7 +103,14 @@ impl<A: FaceApi> RetryingApi<A> {
         let mut attempt = 1;
         loop {
             if let Some(limiter) = &self.limiter {
-                limiter.acquire();
+                // Waiting for a turn counts against the budget like any wait.
+                if limiter.acquire(start + self.policy.budget).is_err() {
+                    return Err(ApiError::Transient(ApiFailure::message(format!(
+                        "{} did not get a turn of --rate-limit within --retry-budget ({:?})",
+                        what(),
+                        self.policy.budget
+                    ))));
+                }
             }
             let result = call();
             METRICS.api_request(endpoint, Outcome::of(&result));
@@ -248,7 +255,7 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(20));
         let start = Instant::now();
-        limiter.acquire();
+        limiter.acquire(start + Duration::from_secs(5)).unwrap();
         assert!(
             start.elapsed() >= Duration::from_millis(250),
             "waited {:?}",
@@ -256,6 +263,22 @@ mod tests {
         );
         assert!(throttled.join().unwrap().is_ok());
         assert_eq!(api.inner().requests(Endpoint::Face), 2);
+    }
+
+    #[test]
+    fn a_rate_limit_turn_past_the_budget_fails_at_once_without_a_request() {
+        let limiter = Arc::new(RateLimiter::new(1.0));
+        let policy = RetryPolicy {
+            budget: Duration::from_millis(200),
+            ..quick()
+        };
+        let api = RetryingApi::new(api(), policy).with_rate_limit(limiter);
+        assert!(api.get_face(IdKind::OpenId, "ou_a", false).is_ok());
+        let start = Instant::now();
+        let queued = api.get_face(IdKind::OpenId, "ou_a", false);
+        assert!(matches!(queued, Err(ApiError::Transient(_))), "{queued:?}");
+        assert!(start.elapsed() < Duration::from_millis(150));
+        assert_eq!(api.inner().requests(Endpoint::Face), 1);
     }
 
     #[test]

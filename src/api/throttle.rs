@@ -6,6 +6,10 @@ use std::time::{Duration, Instant};
 
 const PACE: f64 = 0.95;
 
+/// The caller's turn would come after its deadline.
+#[derive(Debug, PartialEq, Eq)]
+pub struct QueueTooLong;
+
 pub struct RateLimiter {
     interval: Duration,
     state: Mutex<Slots>,
@@ -35,26 +39,37 @@ impl RateLimiter {
     }
 
     /// Takes the next free send time at or after `now`.
+    #[cfg(test)]
     fn reserve(&self, now: Instant) -> Instant {
-        let mut s = self.state.lock();
-        let slot = now.max(s.next_free).max(s.paused_until);
-        s.next_free = slot + self.interval;
-        slot
+        self.reserve_before(now, now + Duration::from_secs(1 << 30))
+            .expect("no deadline")
     }
 
-    /// Waits for this caller's turn.
-    pub fn acquire(&self) {
+    /// Takes the next free send time, unless it comes after `deadline`.
+    fn reserve_before(&self, now: Instant, deadline: Instant) -> Option<Instant> {
+        let mut s = self.state.lock();
+        let slot = now.max(s.next_free).max(s.paused_until);
+        if slot > deadline {
+            return None;
+        }
+        s.next_free = slot + self.interval;
+        Some(slot)
+    }
+
+    /// Waits for this caller's turn, if it comes before `deadline`; a turn
+    /// that would come later is not taken, and the caller is told at once.
+    pub fn acquire(&self, deadline: Instant) -> Result<(), QueueTooLong> {
         loop {
             let now = Instant::now();
-            let slot = self.reserve(now);
+            let slot = self.reserve_before(now, deadline).ok_or(QueueTooLong)?;
             if slot <= now {
-                return;
+                return Ok(());
             }
             std::thread::sleep(slot - now);
             // A pause announced while this caller slept applies to it too.
             let paused_until = self.state.lock().paused_until;
             if paused_until <= Instant::now() {
-                return;
+                return Ok(());
             }
         }
     }
@@ -101,7 +116,24 @@ mod tests {
         let limiter = RateLimiter::new(1000.0);
         limiter.pause_for(Duration::from_millis(100));
         let start = Instant::now();
-        limiter.acquire();
+        limiter.acquire(start + Duration::from_secs(5)).unwrap();
         assert!(start.elapsed() >= Duration::from_millis(95));
+    }
+
+    #[test]
+    fn a_turn_past_the_deadline_is_refused_at_once_and_not_taken() {
+        let limiter = RateLimiter::new(1.0);
+        let now = Instant::now();
+        limiter.acquire(now + Duration::from_secs(5)).unwrap();
+        // The next turn is about a second away: past a 100 ms deadline.
+        let start = Instant::now();
+        assert_eq!(
+            limiter.acquire(start + Duration::from_millis(100)),
+            Err(QueueTooLong)
+        );
+        assert!(start.elapsed() < Duration::from_millis(50));
+        // The refused caller did not push later callers back.
+        let next = limiter.reserve(Instant::now());
+        assert!(next - now < Duration::from_millis(1100), "{:?}", next - now);
     }
 }

@@ -4,7 +4,7 @@
 use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
-use super::ApiError;
+use super::{ApiError, ApiFailure};
 use crate::api::secret::Secret;
 
 /// A token as the token endpoint issued it.
@@ -24,6 +24,9 @@ struct Cached {
 /// to 10 minutes; a short-lived token renews at half its life instead.
 const RENEW_MARGIN: Duration = Duration::from_secs(5 * 60);
 
+/// No token is trusted longer than this, whatever its `expire` says.
+const MAX_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
 #[derive(Default)]
 pub struct TokenCache {
     // Held while fetching: concurrent callers wait for one renewal rather than
@@ -36,26 +39,36 @@ impl TokenCache {
         TokenCache::default()
     }
 
-    /// The current token, fetching a new one when there is none or it is due.
+    /// The current token, fetching a new one when there is none or it is
+    /// due. Waiting for another caller's renewal ends at `deadline`.
     pub fn get(
         &self,
+        deadline: Instant,
         fetch: impl FnOnce() -> Result<IssuedToken, ApiError>,
     ) -> Result<Secret, ApiError> {
-        self.get_at(Instant::now(), fetch)
+        self.get_at(Instant::now(), deadline, fetch)
     }
 
     fn get_at(
         &self,
         now: Instant,
+        deadline: Instant,
         fetch: impl FnOnce() -> Result<IssuedToken, ApiError>,
     ) -> Result<Secret, ApiError> {
-        let mut cached = self.cached.lock();
+        let Some(mut cached) = self.cached.try_lock_until(deadline) else {
+            return Err(ApiError::Transient(ApiFailure::message(
+                "another request's token renewal did not end in time (see --request-timeout)",
+            )));
+        };
         if let Some(c) = cached.as_ref().filter(|c| now < c.renew_at) {
             return Ok(c.token.clone());
         }
         let issued = fetch()?;
         let margin = RENEW_MARGIN.min(issued.lifetime / 2);
-        let renew_at = now + issued.lifetime.saturating_sub(margin);
+        // The lifetime comes from the network: no number it holds may panic.
+        let renew_at = now
+            .checked_add(issued.lifetime.saturating_sub(margin).min(MAX_LIFETIME))
+            .unwrap_or(now);
         log::debug!("tenant token renewed; next renewal in {:?}", renew_at - now);
         *cached = Some(Cached {
             token: issued.token.clone(),
@@ -79,6 +92,44 @@ mod tests {
     use super::*;
     use std::cell::Cell;
 
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(3600)
+    }
+
+    #[test]
+    fn waiting_for_another_renewal_ends_at_the_deadline() {
+        let cache = std::sync::Arc::new(TokenCache::new());
+        let (started, renewing) = std::sync::mpsc::channel();
+        let (finish, hold) = std::sync::mpsc::channel::<()>();
+        let slow = {
+            let cache = cache.clone();
+            std::thread::spawn(move || {
+                cache.get(far(), || {
+                    started.send(()).unwrap();
+                    let _ = hold.recv();
+                    issue(&Cell::new(0), 7200)
+                })
+            })
+        };
+        renewing.recv().unwrap();
+        let start = Instant::now();
+        let waited = cache.get(start + Duration::from_millis(100), || {
+            issue(&Cell::new(0), 7200)
+        });
+        assert!(
+            matches!(waited, Err(ApiError::Transient(_))),
+            "{:?}",
+            waited.map(|_| ())
+        );
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(100) && took < Duration::from_secs(5),
+            "{took:?}"
+        );
+        finish.send(()).unwrap();
+        assert!(slow.join().unwrap().is_ok());
+    }
+
     fn issue(n: &Cell<u32>, lifetime: u64) -> Result<IssuedToken, ApiError> {
         n.set(n.get() + 1);
         Ok(IssuedToken {
@@ -92,14 +143,14 @@ mod tests {
         let cache = TokenCache::new();
         let n = Cell::new(0);
         let t0 = Instant::now();
-        let a = cache.get_at(t0, || issue(&n, 7200)).unwrap();
+        let a = cache.get_at(t0, far(), || issue(&n, 7200)).unwrap();
         let b = cache
-            .get_at(t0 + Duration::from_secs(6000), || issue(&n, 7200))
+            .get_at(t0 + Duration::from_secs(6000), far(), || issue(&n, 7200))
             .unwrap();
         assert_eq!((a.expose(), b.expose(), n.get()), ("t-1", "t-1", 1));
         // 5 minutes before expiry it is renewed, before any request can see it expire.
         let c = cache
-            .get_at(t0 + Duration::from_secs(6901), || issue(&n, 7200))
+            .get_at(t0 + Duration::from_secs(6901), far(), || issue(&n, 7200))
             .unwrap();
         assert_eq!((c.expose(), n.get()), ("t-2", 2));
     }
@@ -109,39 +160,66 @@ mod tests {
         let cache = TokenCache::new();
         let n = Cell::new(0);
         let t0 = Instant::now();
-        cache.get_at(t0, || issue(&n, 60)).unwrap();
+        cache.get_at(t0, far(), || issue(&n, 60)).unwrap();
         cache
-            .get_at(t0 + Duration::from_secs(29), || issue(&n, 60))
+            .get_at(t0 + Duration::from_secs(29), far(), || issue(&n, 60))
             .unwrap();
         assert_eq!(n.get(), 1);
         cache
-            .get_at(t0 + Duration::from_secs(31), || issue(&n, 60))
+            .get_at(t0 + Duration::from_secs(31), far(), || issue(&n, 60))
             .unwrap();
         assert_eq!(n.get(), 2);
+    }
+
+    #[test]
+    fn an_absurd_lifetime_is_capped_not_a_panic() {
+        let cache = TokenCache::new();
+        let n = Cell::new(0);
+        let t0 = Instant::now();
+        let huge = |n: &Cell<u32>| {
+            n.set(n.get() + 1);
+            Ok(IssuedToken {
+                token: Secret::new(format!("t-{}", n.get())),
+                lifetime: Duration::MAX,
+            })
+        };
+        cache.get_at(t0, far(), || huge(&n)).unwrap();
+        cache
+            .get_at(t0 + Duration::from_secs(3600), far(), || huge(&n))
+            .unwrap();
+        assert_eq!(n.get(), 1);
+        cache.get_at(t0 + MAX_LIFETIME, far(), || huge(&n)).unwrap();
+        assert_eq!(n.get(), 2, "renewed within a day");
     }
 
     #[test]
     fn invalidate_drops_only_the_stale_token() {
         let cache = TokenCache::new();
         let n = Cell::new(0);
-        let first = cache.get(|| issue(&n, 7200)).unwrap();
+        let first = cache.get(far(), || issue(&n, 7200)).unwrap();
         cache.invalidate(&first);
-        let second = cache.get(|| issue(&n, 7200)).unwrap();
+        let second = cache.get(far(), || issue(&n, 7200)).unwrap();
         assert_eq!(second.expose(), "t-2");
         cache.invalidate(&first); // another thread's late report of the old token
-        assert_eq!(cache.get(|| issue(&n, 7200)).unwrap().expose(), "t-2");
+        assert_eq!(
+            cache.get(far(), || issue(&n, 7200)).unwrap().expose(),
+            "t-2"
+        );
     }
 
     #[test]
     fn a_failed_fetch_is_returned_and_not_cached() {
         let cache = TokenCache::new();
-        let err = cache.get(|| {
+        let err = cache.get(far(), || {
             Err(ApiError::Transient(super::super::ApiFailure::message(
                 "down",
             )))
         });
         assert!(err.is_err());
         let n = Cell::new(0);
-        assert_eq!(cache.get(|| issue(&n, 7200)).unwrap().expose(), "t-1");
+        assert_eq!(
+            cache.get(far(), || issue(&n, 7200)).unwrap().expose(),
+            "t-1"
+        );
     }
 }

@@ -86,7 +86,7 @@ pub fn run(settings: Settings) -> i32 {
         }
     };
     let (events, incoming) = channel();
-    let (mut unmounter, _servers) = match mount(&settings, events.clone()) {
+    let (mut unmounter, servers) = match mount(&settings, events.clone()) {
         Ok(mounted) => mounted,
         Err(message) => {
             readiness.failed(&message);
@@ -105,6 +105,8 @@ pub fn run(settings: Settings) -> i32 {
                 settings.mountpoint.display()
             );
             notify("STOPPING=1");
+            // Listings in flight give up, so the session can end.
+            servers.core.stop();
             if let Err(e) = unmounter.unmount() {
                 log::warn!("unmount failed ({e}); detaching the mount instead, open files keep working until closed");
                 if let Err(e) = mountpoint::detach(&settings.mountpoint) {
@@ -212,7 +214,7 @@ fn mount(
         }
         None => None,
     };
-    let adapter = FuseAdapter::new(core, settings.max_parallel)
+    let adapter = FuseAdapter::new(core.clone(), settings.max_parallel)
         .map_err(|e| format!("cannot start workers: {e}"))?;
     let mut config = Config::default();
     config.mount_options = vec![
@@ -254,14 +256,16 @@ fn mount(
     Ok((
         unmounter,
         Servers {
+            core,
             _emulator: emulator,
             _metrics: metrics,
         },
     ))
 }
 
-/// Servers that live as long as the mount.
+/// What lives as long as the mount.
 struct Servers {
+    core: Arc<FaceFs>,
     _emulator: Option<Emulator>,
     _metrics: Option<crate::emulator::http_server::Server>,
 }

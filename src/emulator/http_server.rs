@@ -96,6 +96,8 @@ pub enum Reply {
     Chunked(Response),
     /// Send nothing for this long, holding the connection open, then close it.
     Silence(Duration),
+    /// Send the head at once, then the body one byte per this long.
+    Trickle(Response, Duration),
 }
 
 pub type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
@@ -202,6 +204,17 @@ fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> 
             Reply::Reset => {
                 reset(&writer);
                 return Ok(());
+            }
+            Reply::Trickle(response, gap) => {
+                writer.write_all(&head(&response, Some(response.body.len()), &[]))?;
+                for byte in &response.body {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    writer.flush()?;
+                    std::thread::sleep(gap);
+                    writer.write_all(std::slice::from_ref(byte))?;
+                }
             }
             Reply::Silence(length) => {
                 let until = std::time::Instant::now() + length;

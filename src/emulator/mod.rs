@@ -84,6 +84,8 @@ pub enum WireFault {
     Hang,
     /// Every token expires, and this request is refused with 99991663.
     ExpiredToken,
+    /// A correct answer whose body comes one byte per 100 ms.
+    Trickle,
 }
 
 /// How long a hung answer holds its connection.
@@ -124,6 +126,7 @@ struct Behaviour {
     outage: bool,
     latency: Duration,
     rate_limit: Option<RateWindow>,
+    endless_listing: bool,
 }
 
 /// Fixed one-second windows, as the gateway's `x-ogw-ratelimit-reset` suggests.
@@ -225,6 +228,12 @@ impl Emulator {
     /// Every request, the token route's too, answers HTTP 503 while on.
     pub fn set_outage(&self, on: bool) {
         self.state.behave().outage = on;
+    }
+
+    /// While on, every user-list page says there is more, with a new page
+    /// token, and names only users already named: a list that never ends.
+    pub fn set_endless_listing(&self, on: bool) {
+        self.state.behave().endless_listing = on;
     }
 
     /// Delay every ACS answer by this long.
@@ -478,6 +487,7 @@ impl State {
                     .with_header("x-ogw-ratelimit-reset", "0.2"),
             ),
             Some(WireFault::Hang) => Reply::Silence(HANG),
+            Some(WireFault::Trickle) => Reply::Trickle(answer(req), Duration::from_millis(100)),
             Some(WireFault::ExpiredToken) => {
                 self.expire_tokens();
                 Reply::Respond(error(
@@ -620,6 +630,16 @@ impl State {
             Some(Ok(n)) if (1..=MAX_PAGE_SIZE).contains(&n) => n,
             Some(_) => return invalid_param("page_size must be between 1 and 50"),
         };
+        if self.behave().endless_listing {
+            let users = self.tenant.users();
+            let end = size.min(users.len());
+            let items: Vec<_> = users[..end]
+                .iter()
+                .map(|u| json!({ "user_id": u.id(kind), "feature": { "card": u.card, "face_uploaded": u.has_face } }))
+                .collect();
+            let next = format!("endless/{}", self.serial.fetch_add(1, Ordering::Relaxed));
+            return ok(json!({ "items": items, "has_more": true, "page_token": next }));
+        }
         let start = match page_token.filter(|t| !t.is_empty()) {
             None => 0,
             Some(token) => {

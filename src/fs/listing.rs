@@ -2,7 +2,8 @@
 //! all, so that no program ever sees a short directory.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use super::error::{err, FsError};
 use super::layout::{self, FaceKey};
@@ -12,6 +13,12 @@ use crate::api::{ApiError, FaceApi, IdKind};
 const LISTING_RESTARTS: u32 = 3;
 /// A listing longer than this is a broken API answer, not a tenant.
 const MAX_LISTED_USERS: usize = 2_000_000;
+/// Pages in a row that name no user not seen before: an API going round in
+/// circles, not a tenant (a real page names up to 50 users, each once).
+const MAX_PAGES_WITHOUT_NEW_USERS: u32 = 10;
+/// No listing takes longer than this; 2,000,000 users at 50 a page and 5
+/// requests a second would take under 2.3 hours, 100,000 under 7 minutes.
+const MAX_LISTING_TIME: Duration = Duration::from_secs(3600);
 
 pub struct Listing {
     /// Ids with a face, in the API's order, without repeats.
@@ -42,16 +49,37 @@ impl Listing {
 }
 
 /// All pages of the user list of `kind`. Any page failing fails the whole
-/// listing; a page token the API stops accepting restarts it.
-pub fn fetch(api: &dyn FaceApi, kind: IdKind, now: Instant) -> Result<Listing, FsError> {
+/// listing; a page token the API stops accepting restarts it. A listing that
+/// does not end — a page token repeated, pages naming no new user, more time
+/// than any tenant needs — fails with `EIO`, and so does one under way when
+/// `stopping` is set (the mount is going away).
+pub fn fetch(
+    api: &dyn FaceApi,
+    kind: IdKind,
+    now: Instant,
+    stopping: &AtomicBool,
+) -> Result<Listing, FsError> {
     let doing = format!("listing the {kind} users");
+    let started = Instant::now();
     let mut restarts = 0;
     'restart: loop {
+        // Every user listed, with a face or not: the measure of progress.
         let mut seen = HashSet::new();
+        let mut page_tokens = HashSet::new();
         let mut ids = Vec::new();
         let mut skipped = 0usize;
+        let mut stalled_pages = 0;
         let mut page_token: Option<String> = None;
         loop {
+            if stopping.load(Ordering::SeqCst) {
+                return Err(err!(libc::EIO, "{doing}: stopped, the mount is going away"));
+            }
+            if started.elapsed() > MAX_LISTING_TIME {
+                return Err(err!(
+                    libc::EIO,
+                    "{doing}: not done after {MAX_LISTING_TIME:?}; treating the answers as broken"
+                ));
+            }
             let page = match api.list_users(kind, page_token.as_deref()) {
                 Ok(page) => page,
                 Err(ApiError::InvalidPageToken) if restarts < LISTING_RESTARTS => {
@@ -61,26 +89,48 @@ pub fn fetch(api: &dyn FaceApi, kind: IdKind, now: Instant) -> Result<Listing, F
                 }
                 Err(e) => return Err(FsError::from_api(e, kind, &doing)),
             };
-            for user in page.users.into_iter().filter(|u| u.face_uploaded) {
-                if !layout::representable_id(&user.user_id) {
-                    skipped += 1;
-                } else if seen.insert(user.user_id.clone()) {
+            let known = seen.len();
+            for user in page.users {
+                if !seen.insert(user.user_id.clone()) || !user.face_uploaded {
+                    continue;
+                }
+                if layout::representable_id(&user.user_id) {
                     ids.push(user.user_id);
+                } else {
+                    skipped += 1;
                 }
             }
-            if ids.len() > MAX_LISTED_USERS {
+            skipped += page.unreadable_ids;
+            stalled_pages = if seen.len() > known {
+                0
+            } else {
+                stalled_pages + 1
+            };
+            if stalled_pages >= MAX_PAGES_WITHOUT_NEW_USERS {
+                return Err(err!(
+                    libc::EIO,
+                    "{doing}: {stalled_pages} pages in a row named no new user; treating the answers as broken"
+                ));
+            }
+            if seen.len() > MAX_LISTED_USERS {
                 return Err(err!(
                     libc::EIO,
                     "{doing}: more than {MAX_LISTED_USERS} users; treating the answer as broken"
                 ));
             }
             match page.next_page_token {
+                Some(next) if !page_tokens.insert(next.clone()) => {
+                    return Err(err!(
+                        libc::EIO,
+                        "{doing}: the API gave the same page token twice; treating the answers as broken"
+                    ));
+                }
                 Some(next) => page_token = Some(next),
                 None => break,
             }
         }
         if skipped > 0 {
-            log::warn!("{skipped} {kind} ids cannot be file names (they hold '/', are '.' or '..', end in '.cropped' or are too long) and are not listed");
+            log::warn!("{skipped} {kind} ids cannot be file names (they are not UTF-8, hold '/', are '.' or '..', end in '.cropped' or are too long) and are not listed");
         }
         let positions = ids
             .iter()
@@ -92,5 +142,107 @@ pub fn fetch(api: &dyn FaceApi, kind: IdKind, now: Instant) -> Result<Listing, F
             positions,
             fetched_at: now,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::api::{ListedUser, UserPage};
+
+    /// A user list that never ends, in one of the ways a broken API can.
+    struct Endless {
+        new_tokens: bool,
+        pages: AtomicUsize,
+        stop_after: Option<(usize, Arc<AtomicBool>)>,
+    }
+
+    use std::sync::Arc;
+
+    impl FaceApi for Endless {
+        fn list_users(&self, _: IdKind, _: Option<&str>) -> Result<UserPage, ApiError> {
+            let n = self.pages.fetch_add(1, Ordering::SeqCst);
+            if let Some((after, stopping)) = &self.stop_after {
+                if n + 1 >= *after {
+                    stopping.store(true, Ordering::SeqCst);
+                }
+            }
+            Ok(UserPage {
+                users: vec![ListedUser {
+                    user_id: "ou_same".into(),
+                    face_uploaded: true,
+                }],
+                next_page_token: Some(if self.new_tokens {
+                    format!("t{n}")
+                } else {
+                    "t".into()
+                }),
+                unreadable_ids: 0,
+            })
+        }
+
+        fn get_face(&self, _: IdKind, _: &str, _: bool) -> Result<Vec<u8>, ApiError> {
+            unreachable!("a listing downloads no face")
+        }
+    }
+
+    fn endless(new_tokens: bool) -> Endless {
+        Endless {
+            new_tokens,
+            pages: AtomicUsize::new(0),
+            stop_after: None,
+        }
+    }
+
+    #[test]
+    fn a_repeated_page_token_ends_the_listing() {
+        let api = endless(false);
+        let err = fetch(
+            &api,
+            IdKind::OpenId,
+            Instant::now(),
+            &AtomicBool::new(false),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(err.to_string().contains("same page token"), "{err}");
+        assert_eq!(api.pages.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn pages_without_new_users_end_the_listing() {
+        let api = endless(true);
+        let err = fetch(
+            &api,
+            IdKind::OpenId,
+            Instant::now(),
+            &AtomicBool::new(false),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.errno(), libc::EIO);
+        assert!(err.to_string().contains("no new user"), "{err}");
+        // The first page names a user; ten more that name no new one.
+        assert_eq!(
+            api.pages.load(Ordering::SeqCst),
+            1 + MAX_PAGES_WITHOUT_NEW_USERS as usize
+        );
+    }
+
+    #[test]
+    fn stopping_ends_a_listing_before_its_next_page() {
+        let stopping = Arc::new(AtomicBool::new(false));
+        let api = Endless {
+            stop_after: Some((3, stopping.clone())),
+            ..endless(true)
+        };
+        let err = fetch(&api, IdKind::OpenId, Instant::now(), &stopping)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("going away"), "{err}");
+        assert_eq!(api.pages.load(Ordering::SeqCst), 3);
     }
 }

@@ -20,7 +20,7 @@ pub mod readahead;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -184,6 +184,8 @@ pub struct FaceFs {
     next_handle: AtomicU64,
     readahead: Mutex<HashMap<IdKind, ReadAhead>>,
     prefetchers: Option<WorkerPool>,
+    /// Set when the mount is going away: long work in flight gives up.
+    stopping: AtomicBool,
 }
 
 impl FaceFs {
@@ -219,7 +221,14 @@ impl FaceFs {
             next_handle: AtomicU64::new(1),
             readahead: Mutex::new(HashMap::new()),
             prefetchers,
+            stopping: AtomicBool::new(false),
         })
+    }
+
+    /// The mount is going away: listings under way end with `EIO` before
+    /// their next page instead of running on.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
     }
 
     pub fn cache_usage(&self) -> CacheUsage {
@@ -619,7 +628,12 @@ impl FaceFs {
             if let Some(listing) = cached() {
                 return Ok(listing);
             }
-            let listing = Arc::new(listing::fetch(&*self.api, kind, self.now())?);
+            let listing = Arc::new(listing::fetch(
+                &*self.api,
+                kind,
+                self.now(),
+                &self.stopping,
+            )?);
             self.listings.lock().insert(kind, listing.clone());
             Ok(listing)
         });

@@ -45,7 +45,11 @@ fn work(queue: &Mutex<Receiver<Job>>) {
             Ok(job) => job,
             Err(_) => return,
         };
-        job();
+        // A bug costs the one operation (its unanswered reply answers EIO as
+        // it drops), never the worker: the pool must not shrink.
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            log::error!("an operation panicked (a bug; please report it); its caller gets EIO");
+        }
     }
 }
 
@@ -82,5 +86,16 @@ mod tests {
         got.sort();
         assert_eq!(got, [0, 1, 2, 3, 4]);
         release.send(()).unwrap();
+    }
+
+    #[test]
+    fn a_panicking_job_does_not_cost_a_worker() {
+        let pool = WorkerPool::new("test", 1).unwrap();
+        for _ in 0..3 {
+            pool.spawn(|| panic!("a bug"));
+        }
+        let (done, result) = channel();
+        pool.spawn(move || done.send(7).unwrap());
+        assert_eq!(result.recv_timeout(Duration::from_secs(10)), Ok(7));
     }
 }
