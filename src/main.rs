@@ -3,6 +3,7 @@ use clap::Parser;
 use facefs::daemon::cli::Cli;
 
 fn main() {
+    facefs::daemon::hardening::make_undumpable();
     // glibc gives each busy thread its own malloc arena, and freed face
     // buffers linger in them: two arenas keep RSS near what the cache holds.
     // SAFETY: mallopt only tunes the allocator, before any thread exists.

@@ -538,3 +538,43 @@ fn sigterm_ends_a_listing_in_flight() {
     let pages = emu.count(Route::ListUsers);
     assert!(pages < 8, "{pages} pages");
 }
+
+/// A core dump or another process of the same user reading /proc would get
+/// the app secret, the live token and cached faces: facefs is non-dumpable
+/// (so the kernel makes its /proc entries root's, whatever its group), and
+/// the secret it read from the environment is gone from /proc/PID/environ.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_root, facefs_setpriv)),
+    ignore = "needs FUSE, root, setpriv (scripts/test.sh runs it)"
+)]
+fn the_process_is_not_dumpable_and_its_environment_holds_no_secret() {
+    use std::os::unix::fs::MetadataExt;
+    let emu = emulator(small_tenant(2));
+    let mnt = Mount::start_wrapped(
+        &emu,
+        &["setpriv", "--regid=4242", "--clear-groups", "--"],
+        &[],
+        &[],
+    );
+    let pid = mnt.child.as_ref().unwrap().id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.lines().any(|l| l.starts_with("Gid:\t4242")),
+        "facefs runs under group 4242:\n{status}"
+    );
+    // The files in /proc/PID follow dumpability (the directory itself does not).
+    let environ_file = std::fs::metadata(format!("/proc/{pid}/environ")).unwrap();
+    assert_eq!(
+        environ_file.gid(),
+        0,
+        "a dumpable process's /proc entries would be group 4242's"
+    );
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let secret = emu.config().app_secret.as_bytes();
+    assert!(
+        !environ.windows(secret.len()).any(|w| w == secret),
+        "the app secret is still in the environment block"
+    );
+    assert!(is_mounted(mnt.path()));
+}

@@ -17,6 +17,17 @@ impl Secret {
     }
 }
 
+impl Drop for Secret {
+    /// Overwrites the value, so that freed memory holds no secret or token.
+    fn drop(&mut self) {
+        // SAFETY: NUL bytes keep the string valid UTF-8; volatile writes are
+        // not optimised away as dead stores.
+        for byte in unsafe { self.0.as_bytes_mut() } {
+            unsafe { std::ptr::write_volatile(byte, 0) };
+        }
+    }
+}
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")

@@ -279,20 +279,21 @@ impl Cli {
 }
 
 fn read_secret(file: Option<&std::path::Path>) -> Result<Secret, String> {
-    let text = match file {
+    // Held as a Secret from the first byte, so that this copy is wiped too.
+    let text = Secret::new(match file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read the app secret from {}: {e}", path.display()))?;
             warn_if_shared(path);
             text
         }
-        None => std::env::var(SECRET_ENV).map_err(|_| {
+        None => super::hardening::take_env_secret(SECRET_ENV).ok_or_else(|| {
             format!(
                 "no app secret: pass --app-secret-file PATH or set {SECRET_ENV} (or try --demo)"
             )
         })?,
-    };
-    let secret = text.trim();
+    });
+    let secret = text.expose().trim();
     if secret.is_empty() {
         return Err("the app secret is empty".into());
     }

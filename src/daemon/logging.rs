@@ -21,12 +21,7 @@ pub fn init(foreground: bool, log_file: Option<&Path>) -> Result<(), String> {
     logger.format_timestamp_millis();
     match log_file {
         Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(|e| format!("cannot open the log file {}: {e}", path.display()))?;
+            let file = open_log_file(path)?;
             logger.target(env_logger::Target::Pipe(Box::new(file)));
         }
         None if !foreground => {
@@ -56,6 +51,47 @@ pub fn init(foreground: bool, log_file: Option<&Path>) -> Result<(), String> {
     Ok(())
 }
 
+/// Opens `--log-file` for appending. The log names files and API failures
+/// of biometric data: the file is never reached through a symlink (one
+/// planted where the log goes would send it elsewhere), must belong to the
+/// user facefs runs as, and is made private (0600) whatever mode it had.
+fn open_log_file(path: &Path) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
+    let shown = path.display();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => format!(
+                "the log file {shown} is a symbolic link; give the real path (facefs does not follow links for its log)"
+            ),
+            _ => format!("cannot open the log file {shown}: {e}"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot inspect the log file {shown}: {e}"))?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !meta.is_file() {
+        return Err(format!("the log file {shown} is not a regular file"));
+    }
+    if meta.uid() != me {
+        return Err(format!(
+            "the log file {shown} belongs to uid {}, not to the user facefs runs as ({me}); remove it or give another path",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot make the log file {shown} private (chmod 600): {e}"))?;
+    }
+    Ok(file)
+}
+
 /// Sends each line written to the system log socket; drops it if there is none.
 #[derive(Default)]
 struct Syslog {
@@ -83,5 +119,37 @@ impl Write for Syslog {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_log_file_is_private_and_never_a_symlink() {
+        let d = std::env::temp_dir().join(format!("facefs-logfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        let log = d.join("facefs.log");
+        std::fs::write(&log, "old\n").unwrap();
+        std::fs::set_permissions(&log, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(open_log_file(&log).unwrap());
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            "old\n",
+            "appended, not truncated"
+        );
+
+        let target = d.join("elsewhere");
+        let link = d.join("link.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = open_log_file(&link).unwrap_err();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert!(!target.exists(), "nothing written through the link");
+        let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -3,6 +3,7 @@
 //! signal unmount cleanly.
 
 pub mod cli;
+pub mod hardening;
 pub mod logging;
 pub mod mount_options;
 pub mod mountpoint;

@@ -88,11 +88,36 @@ impl Mount {
     }
 
     pub fn start_with_env(emu: &Emulator, extra: &[&str], env: &[(&str, &str)]) -> Mount {
+        Mount::start_wrapped(emu, &[], extra, env)
+    }
+
+    /// facefs started through `wrapper` (a program that execs its
+    /// arguments, e.g. `setpriv --regid=N --`), so the child is facefs itself.
+    pub fn start_wrapped(
+        emu: &Emulator,
+        wrapper: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Mount {
         let dir = TempDir::new("mnt");
         let log = dir.path().with_extension("log");
         let mountpoint = dir.path().to_owned();
         let stderr = std::fs::File::create(&log).unwrap();
         let mut command = facefs_command(emu, &mountpoint);
+        if let Some((program, args)) = wrapper.split_first() {
+            let direct = command;
+            command = Command::new(program);
+            command
+                .args(args)
+                .arg(direct.get_program())
+                .args(direct.get_args());
+            for (key, value) in direct.get_envs() {
+                if let Some(value) = value {
+                    command.env(key, value);
+                }
+            }
+            command.stdin(Stdio::null());
+        }
         command
             .arg("-f")
             .args(extra)
