@@ -426,3 +426,63 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
         assert!(!is_mounted(mnt.path()));
     }
 }
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// 100,000 users listed in all three directories: every name shown, and the
+/// daemon's peak memory within 128 MiB with nothing in the face cache.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_hundred_thousand_users_list_in_bounded_memory() {
+    let emu = emulator(small_tenant(100_000));
+    let mnt = Mount::start(&emu, &["--rate-limit", "10000"]);
+    let mut shown = 0;
+    for kind in IdKind::ALL {
+        let out = run("ls", &[&"-f", &mnt.join(kind.as_str())]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let names = stdout(&out).lines().count() - 2;
+        assert_eq!(names, emu.ids_with_faces(kind).len() * 2, "{kind}");
+        shown += names;
+    }
+    assert!(shown > 500_000);
+    let peak = peak_rss_kib(mnt.child.as_ref().unwrap().id());
+    eprintln!("peak RSS after listing {shown} names: {peak} KiB");
+    assert!(peak <= 128 * 1024, "peak RSS {peak} KiB");
+    assert_eq!(emu.count(Route::Face), 0);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Every stat of a name that does not exist is one answer from the API and
+/// then nothing kept but a bounded negative cache: memory stops growing.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn stats_of_absent_names_do_not_grow_memory() {
+    let emu = emulator(small_tenant(3));
+    let mnt = Mount::start(&emu, &["--rate-limit", "10000"]);
+    let pid = mnt.child.as_ref().unwrap().id();
+    let dir = mnt.join("open_id");
+    let stat_absent = |range: std::ops::Range<u32>| {
+        for i in range {
+            let err = std::fs::metadata(dir.join(format!("ou_absent{i:08}.jpg"))).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        }
+    };
+    stat_absent(0..3000);
+    let after_warm_up = rss_kib(pid);
+    stat_absent(3000..20_000);
+    let after = rss_kib(pid);
+    assert_eq!(emu.count(Route::Face), 20_000, "each name asked once");
+    assert!(
+        after <= after_warm_up + 4 * 1024,
+        "RSS grew from {after_warm_up} to {after} KiB over 17,000 absent names"
+    );
+}

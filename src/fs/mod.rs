@@ -32,7 +32,7 @@ use self::error::err;
 pub use self::error::FsError;
 use self::face::{mtime_of, Face, FaceMeta};
 pub use self::inodes::ROOT_INO;
-use self::inodes::{dir_ino, dir_kind, InodeTable};
+use self::inodes::{dir_ino, dir_kind, face_ino, InodeTable};
 use self::layout::FaceKey;
 use self::listing::Listing;
 use self::readahead::ReadAhead;
@@ -147,6 +147,61 @@ impl<T> From<Step<T>> for Answer<T> {
     }
 }
 
+/// What one open directory shows, fixed at its first read.
+#[derive(Clone)]
+enum DirSnapshot {
+    Root,
+    Faces(IdKind, Arc<Listing>),
+}
+
+/// Entries of an open directory from an offset on. Nothing is copied: each
+/// entry is made from the listing as the caller takes it, so reading a
+/// directory of a million faces costs what the reader reads.
+pub struct DirPage {
+    dir: DirSnapshot,
+    ino: u64,
+    start: u64,
+}
+
+impl std::fmt::Debug for DirPage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DirPage(inode {} from {})", self.ino, self.start)
+    }
+}
+
+impl DirPage {
+    /// Each entry with the offset of the one after it.
+    pub fn entries(&self) -> impl Iterator<Item = (u64, DirEntry)> + '_ {
+        let total = match &self.dir {
+            DirSnapshot::Root => 2 + IdKind::ALL.len(),
+            DirSnapshot::Faces(_, listing) => 2 + listing.files(),
+        };
+        let start = usize::try_from(self.start).unwrap_or(usize::MAX);
+        (start..total).filter_map(move |i| Some((i as u64 + 1, self.entry(i)?)))
+    }
+
+    fn entry(&self, i: usize) -> Option<DirEntry> {
+        let dir = |name: &str, ino| DirEntry {
+            ino,
+            kind: NodeKind::Directory,
+            name: name.to_owned(),
+        };
+        match (i, &self.dir) {
+            (0, _) => Some(dir(".", self.ino)),
+            (1, _) => Some(dir("..", ROOT_INO)),
+            (i, DirSnapshot::Root) => IdKind::ALL.get(i - 2).map(|k| dir(k.as_str(), dir_ino(*k))),
+            (i, DirSnapshot::Faces(kind, listing)) => {
+                let key = listing.file_at(*kind, i - 2)?;
+                Some(DirEntry {
+                    ino: face_ino(&key),
+                    kind: NodeKind::File,
+                    name: key.file_name(),
+                })
+            }
+        }
+    }
+}
+
 pub struct ReadSlice {
     face: Arc<Face>,
     start: usize,
@@ -180,7 +235,7 @@ pub struct FaceFs {
     listing_flights: SingleFlight<IdKind, Result<Arc<Listing>, FsError>>,
     inodes: Mutex<InodeTable>,
     open_files: Mutex<HashMap<u64, Arc<Face>>>,
-    open_dirs: Mutex<HashMap<u64, Option<Arc<Vec<DirEntry>>>>>,
+    open_dirs: Mutex<HashMap<u64, Option<DirSnapshot>>>,
     next_handle: AtomicU64,
     readahead: Mutex<HashMap<IdKind, ReadAhead>>,
     prefetchers: Option<WorkerPool>,
@@ -372,16 +427,24 @@ impl FaceFs {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Answer::Done(Ok(self.dir_attr(ino)));
         }
-        let step = self
-            .face_key(ino)
-            .map_err(Stop::from)
-            .and_then(|key| self.stat_face(&key, fetch));
+        let step = self.face_key(ino).map_err(Stop::from).and_then(|key| {
+            let meta = self.face_meta(&key, fetch)?;
+            if let Some(node) = self.inodes.lock().node_mut(ino) {
+                node.meta = Some(meta);
+            }
+            Ok(self.face_attr(ino, meta))
+        });
         step.into()
     }
 
-    /// The attributes of a face: from what is known while it is fresh, else
-    /// by downloading it, since only the bytes tell the exact size.
-    fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {
+    /// The kernel forgets `lookups` lookups of `ino`.
+    pub fn forget(&self, ino: u64, lookups: u64) {
+        self.inodes.lock().forget(ino, lookups);
+    }
+
+    /// What `stat` shows of a face: from what is known while it is fresh,
+    /// else by downloading it, since only the bytes tell the exact size.
+    fn face_meta(&self, key: &FaceKey, fetch: Fetch) -> Step<FaceMeta> {
         if self.absent.contains(key, self.now()) {
             return Err(err!(
                 libc::ENOENT,
@@ -392,16 +455,23 @@ impl FaceFs {
         }
         {
             let inodes = self.inodes.lock();
-            if let Some(ino) = inodes.existing(key) {
-                let meta = inodes.node(ino).and_then(|n| n.meta);
-                if let Some(meta) = meta.filter(|m| self.fresh(m.fetched_at)) {
-                    return Ok(self.face_attr(ino, meta));
-                }
+            let known = inodes.existing(key).and_then(|ino| inodes.node(ino)?.meta);
+            if let Some(meta) = known.filter(|m| self.fresh(m.fetched_at)) {
+                return Ok(meta);
             }
         }
-        let face = self.load_face(key, fetch)?;
-        let ino = self.inodes.lock().ino_for(key);
-        Ok(self.face_attr(ino, face.meta()))
+        Ok(self.load_face(key, fetch)?.meta())
+    }
+
+    /// The attributes of a face, numbering its inode for the kernel.
+    fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {
+        let meta = self.face_meta(key, fetch)?;
+        let mut inodes = self.inodes.lock();
+        let ino = inodes.looked_up(key);
+        if let Some(node) = inodes.node_mut(ino) {
+            node.meta = Some(meta);
+        }
+        Ok(self.face_attr(ino, meta))
     }
 
     /// A face's bytes, from the cache while fresh, else downloaded once for
@@ -440,9 +510,10 @@ impl FaceFs {
                 let face = Arc::new(Face::new(bytes, self.now()));
                 {
                     let mut inodes = self.inodes.lock();
-                    let ino = inodes.ino_for(key);
-                    if let Some(node) = inodes.node_mut(ino) {
-                        node.meta = Some(face.meta());
+                    if let Some(ino) = inodes.existing(key) {
+                        if let Some(node) = inodes.node_mut(ino) {
+                            node.meta = Some(face.meta());
+                        }
                     }
                 }
                 self.faces
@@ -532,82 +603,49 @@ impl FaceFs {
         Ok(fh)
     }
 
-    /// Directory entries from `offset` on, each with the offset of the entry
-    /// after it. The first call of a handle takes a snapshot of the listing
-    /// that later calls page through, so one `ls` sees one consistent listing;
-    /// a listing that cannot be had whole fails instead of showing part.
-    pub fn readdir(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        fetch: Fetch,
-    ) -> Answer<Vec<(u64, DirEntry)>> {
+    /// Directory entries from `offset` on, made as the caller takes them.
+    /// The first call of a handle takes a snapshot of the listing that later
+    /// calls page through, so one `ls` sees one consistent listing; a
+    /// listing that cannot be had whole fails instead of showing part.
+    pub fn readdir(&self, ino: u64, fh: u64, offset: u64, fetch: Fetch) -> Answer<DirPage> {
         self.readdir_step(ino, fh, offset, fetch).into()
     }
 
-    fn readdir_step(
-        &self,
-        ino: u64,
-        fh: u64,
-        offset: u64,
-        fetch: Fetch,
-    ) -> Step<Vec<(u64, DirEntry)>> {
+    fn readdir_step(&self, ino: u64, fh: u64, offset: u64, fetch: Fetch) -> Step<DirPage> {
         let snapshot = self
             .open_dirs
             .lock()
             .get(&fh)
             .cloned()
             .ok_or_else(|| err!(libc::EBADF, "no open directory {fh}"))?;
-        let entries = match snapshot {
-            Some(entries) if offset > 0 => entries,
+        let dir = match snapshot {
+            Some(dir) if offset > 0 => dir,
             _ => {
-                let entries = Arc::new(self.dir_entries(ino, fetch)?);
+                let dir = self.dir_snapshot(ino, fetch)?;
                 if let Some(slot) = self.open_dirs.lock().get_mut(&fh) {
-                    *slot = Some(entries.clone());
+                    *slot = Some(dir.clone());
                 }
-                entries
+                dir
             }
         };
-        let skip = usize::try_from(offset).unwrap_or(usize::MAX);
-        Ok(entries
-            .iter()
-            .enumerate()
-            .skip(skip)
-            .map(|(i, e)| (i as u64 + 1, e.clone()))
-            .collect())
+        Ok(DirPage {
+            dir,
+            ino,
+            start: offset,
+        })
     }
 
     pub fn releasedir(&self, fh: u64) {
         self.open_dirs.lock().remove(&fh);
     }
 
-    fn dir_entries(&self, ino: u64, fetch: Fetch) -> Step<Vec<DirEntry>> {
-        let dot = |name: &str, ino| DirEntry {
-            ino,
-            kind: NodeKind::Directory,
-            name: name.to_owned(),
-        };
-        let mut entries = vec![dot(".", ino), dot("..", ROOT_INO)];
+    fn dir_snapshot(&self, ino: u64, fetch: Fetch) -> Step<DirSnapshot> {
         if ino == ROOT_INO {
-            entries.extend(IdKind::ALL.map(|k| dot(k.as_str(), dir_ino(k))));
-            return Ok(entries);
+            return Ok(DirSnapshot::Root);
         }
         let kind =
             dir_kind(ino).ok_or_else(|| err!(libc::ENOTDIR, "inode {ino} is not a directory"))?;
-        let listing = self.listing(kind, fetch)?;
-        let mut inodes = self.inodes.lock();
-        for id in &listing.ids {
-            for cropped in [false, true] {
-                let key = FaceKey::new(kind, id.as_str(), cropped);
-                entries.push(DirEntry {
-                    ino: inodes.ino_for(&key),
-                    kind: NodeKind::File,
-                    name: key.file_name(),
-                });
-            }
-        }
-        Ok(entries)
+        Ok(DirSnapshot::Faces(kind, self.listing(kind, fetch)?))
     }
 
     fn listing(&self, kind: IdKind, fetch: Fetch) -> Step<Arc<Listing>> {
@@ -739,9 +777,9 @@ mod tests {
 
     fn names(fs: &FaceFs, ino: u64) -> Vec<String> {
         let fh = fs.opendir(ino).unwrap();
-        let entries = fs.readdir(ino, fh, 0, Fetch::Allowed).unwrap();
+        let page = fs.readdir(ino, fh, 0, Fetch::Allowed).unwrap();
         fs.releasedir(fh);
-        entries.into_iter().map(|(_, e)| e.name).collect()
+        page.entries().map(|(_, e)| e.name).collect()
     }
 
     #[test]
@@ -1106,7 +1144,11 @@ mod tests {
             Some(WOULD_BLOCK)
         );
         assert!(fs.listings.lock().is_empty());
-        let entries = fs.readdir(dir, fh, 0, Fetch::Allowed).unwrap();
+        let entries: Vec<_> = fs
+            .readdir(dir, fh, 0, Fetch::Allowed)
+            .unwrap()
+            .entries()
+            .collect();
         assert_eq!(entries.len(), 2 + 20);
         let numbered = fs.inodes.lock().len();
         for file in ["ou_000.jpg", "ou_000.cropped.jpg"] {
@@ -1145,6 +1187,66 @@ mod tests {
             "answered from memory now"
         );
         fs.releasedir(fh);
+    }
+
+    #[test]
+    fn names_that_do_not_exist_cost_no_memory_and_forgotten_faces_go() {
+        let api = tenant();
+        let fs = fs(&api);
+        let dir = dir_ino(IdKind::OpenId);
+        for i in 0..500 {
+            let name = format!("ou_nobody{i}.jpg");
+            assert_eq!(
+                fs.lookup(dir, name.as_ref(), Fetch::Allowed).errno(),
+                Err(libc::ENOENT)
+            );
+        }
+        assert_eq!(fs.inodes.lock().len(), 0, "no inode for an absent name");
+        let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+        fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
+        assert_eq!(fs.inodes.lock().len(), 1);
+        fs.forget(a.ino, 2);
+        assert_eq!(fs.inodes.lock().len(), 0);
+        assert_eq!(fs.getattr(a.ino, Fetch::Never).errno(), Err(libc::ENOENT));
+        let again = fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
+        assert_eq!(again.ino, a.ino, "a name keeps its number");
+    }
+
+    #[test]
+    fn readdir_pages_through_one_snapshot_from_any_offset() {
+        let api = big_tenant(30);
+        let fs = fs(&api);
+        let dir = dir_ino(IdKind::UserId);
+        let fh = fs.opendir(dir).unwrap();
+        let all: Vec<(u64, DirEntry)> = fs
+            .readdir(dir, fh, 0, Fetch::Allowed)
+            .unwrap()
+            .entries()
+            .collect();
+        assert_eq!(all.len(), 2 + 60);
+        // The service changes; the open directory keeps its snapshot.
+        api.inner()
+            .add_user(&["ou_new", "on_new", "new"], Some(vec![1]), None);
+        for offset in [1, 2, 17, 61, 62, 63, 1000] {
+            let page: Vec<(u64, DirEntry)> = fs
+                .readdir(dir, fh, offset, Fetch::Never)
+                .unwrap()
+                .entries()
+                .collect();
+            assert_eq!(
+                page,
+                all[all.len().min(offset as usize)..],
+                "offset {offset}"
+            );
+        }
+        assert_eq!(all[2].1.name, "u000.jpg");
+        assert_eq!(all[3].1.name, "u000.cropped.jpg");
+        let looked_up = fs
+            .lookup(dir, name("u000.cropped.jpg"), Fetch::Allowed)
+            .unwrap();
+        assert_eq!(looked_up.ino, all[3].1.ino, "readdir and lookup agree");
+        fs.releasedir(fh);
+        assert_eq!(api.requests(Endpoint::List), 1);
     }
 
     fn big_tenant(users: usize) -> Arc<TestApi> {

@@ -146,6 +146,12 @@ impl Filesystem for FuseAdapter {
         );
     }
 
+    /// The kernel no longer holds `nlookup` lookups of `ino`: the core lets
+    /// go of what it kept for it.
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.answer(
             FuseOp::Getattr,
@@ -266,8 +272,8 @@ impl Filesystem for FuseAdapter {
             FuseOp::Readdir,
             move |core, fetch| core.readdir(ino.0, fh.0, offset, fetch),
             move |result| match result {
-                Ok(entries) => {
-                    for (next, entry) in entries {
+                Ok(page) => {
+                    for (next, entry) in page.entries() {
                         if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
                             break;
                         }
