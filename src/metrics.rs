@@ -4,11 +4,9 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::Endpoint;
-use crate::emulator::http_server::{Reply, Request, Response, Server};
 use crate::fs::cache::CacheUsage;
 
 impl Outcome {
@@ -333,26 +331,6 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
-}
-
-/// Serves `GET /metrics` on `addr` until the returned server is dropped.
-pub fn serve(
-    addr: &str,
-    cache_usage: Arc<dyn Fn() -> CacheUsage + Send + Sync>,
-) -> std::io::Result<Server> {
-    Server::start(
-        addr,
-        Arc::new(move |req: &Request| {
-            Reply::Respond(match (req.method.as_str(), req.path.as_str()) {
-                ("GET", "/metrics") => Response::new(
-                    200,
-                    "text/plain; version=0.0.4",
-                    METRICS.render(cache_usage()).into_bytes(),
-                ),
-                _ => Response::new(404, "text/plain", b"try /metrics\n".to_vec()),
-            })
-        }),
-    )
 }
 
 #[cfg(test)]

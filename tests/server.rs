@@ -385,3 +385,83 @@ fn metrics_move_as_faces_are_read() {
         "entry and attribute TTLs reach the kernel"
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Any local user can reach the metrics port: an endless header line, 500
+/// idle connections and 500 requests announcing a body they never send must
+/// not grow the daemon or silence it.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn the_metrics_port_survives_a_flood() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let emu = emulator(small_tenant(4));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mnt = Mount::start(&emu, &["--metrics-listen", &port.to_string()]);
+    let pid = mnt.child.as_ref().unwrap().id();
+    let addr = format!("127.0.0.1:{port}");
+    let scrape = || -> Option<String> {
+        let mut s = TcpStream::connect(&addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        text.contains("facefs_cache_faces").then_some(text)
+    };
+    assert!(scrape().is_some());
+    let before = rss_kib(pid);
+
+    // 64 MiB of one header line: refused once past 8 KiB, never held.
+    let mut endless = TcpStream::connect(&addr).unwrap();
+    endless
+        .write_all(b"GET /metrics HTTP/1.1\r\nX-Long: ")
+        .unwrap();
+    let chunk = vec![b'a'; 1 << 20];
+    let mut sent = 0;
+    for _ in 0..64 {
+        match endless.write_all(&chunk) {
+            Ok(()) => sent += 1,
+            Err(_) => break, // the server closed it: that is the point
+        }
+    }
+    assert!(sent < 64, "the server read a 64 MiB header line");
+    drop(endless);
+
+    // 500 idle connections and 500 that announce a body and send none.
+    let mut held = Vec::new();
+    for i in 0..1000 {
+        let Ok(mut s) = TcpStream::connect(&addr) else {
+            continue;
+        };
+        if i % 2 == 1 {
+            let _ = s
+                .write_all(b"POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1048576\r\n\r\n");
+        }
+        held.push(s);
+    }
+    let after = rss_kib(pid);
+    assert!(
+        after <= before + 4 * 1024,
+        "RSS grew from {before} to {after} KiB"
+    );
+    // Faces answer throughout, and /metrics once the held connections time out.
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    assert!(std::fs::read(mnt.join("open_id").join(face_file_name(&id, false))).is_ok());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut answered = false;
+    while std::time::Instant::now() < deadline && !answered {
+        answered = scrape().is_some();
+    }
+    assert!(answered, "/metrics silent with 1000 connections held");
+    drop(held);
+}

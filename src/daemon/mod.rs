@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod hardening;
 pub mod logging;
+pub mod metrics_server;
 pub mod mount_options;
 pub mod mountpoint;
 pub mod notify;
@@ -20,6 +21,7 @@ use std::time::Duration;
 use fuser::{Config, MountOption, SessionACL};
 
 use self::cli::{Access, Settings, Source};
+use self::metrics_server::MetricsServer;
 use self::notify::notify;
 use crate::api::http::{HttpApi, HttpConfig};
 use crate::api::retry::{RetryPolicy, RetryingApi};
@@ -208,7 +210,7 @@ fn mount(
     let metrics = match &settings.metrics_listen {
         Some(addr) => {
             let core = core.clone();
-            let server = crate::metrics::serve(addr, Arc::new(move || core.cache_usage()))
+            let server = MetricsServer::start(addr, Arc::new(move || core.cache_usage()))
                 .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
             log::info!("metrics at http://{}/metrics", server.addr());
             Some(server)
@@ -268,7 +270,7 @@ fn mount(
 struct Servers {
     core: Arc<FaceFs>,
     _emulator: Option<Emulator>,
-    _metrics: Option<crate::emulator::http_server::Server>,
+    _metrics: Option<MetricsServer>,
 }
 
 fn mount_hint(e: &std::io::Error) -> &'static str {
