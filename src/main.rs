@@ -6,8 +6,14 @@ fn main() {
     facefs::daemon::hardening::make_undumpable();
     // glibc gives each busy thread its own malloc arena, and freed face
     // buffers linger in them: two arenas keep RSS near what the cache holds.
+    // Buffers of 1 MiB and more (large faces) are mapped and unmapped on
+    // their own: glibc's default threshold rises after each such free, and
+    // heap memory freed later stays in RSS, outside every bound facefs keeps.
     // SAFETY: mallopt only tunes the allocator, before any thread exists.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     // mount(8) hands options over as `-o a=b,c`: make them flags first.
     let args = match facefs::daemon::mount_options::expand(std::env::args_os().collect()) {
         Ok(args) => args,

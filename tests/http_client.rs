@@ -9,6 +9,7 @@ use facefs::api::IdKind;
 use facefs::api::{codes, ApiError, FaceApi};
 use facefs::emulator::tenant::{TenantSpec, ODD_USER_IDS};
 use facefs::emulator::{Emulator, EmulatorConfig, Route, WireFault};
+use facefs::sync::byte_budget::ByteBudget;
 
 fn emulator(users: usize) -> Emulator {
     let tenant = TenantSpec {
@@ -30,6 +31,7 @@ fn client_with(emu: &Emulator, secret: &str) -> HttpApi {
         app_id: emu.config().app_id.clone(),
         app_secret: Secret::new(secret),
         request_timeout: Duration::from_secs(10),
+        memory: ByteBudget::new(64 << 20),
     })
     .unwrap()
 }
@@ -82,7 +84,7 @@ fn odd_user_ids_reach_the_face_endpoint_as_one_segment() {
     let api = client(&emu);
     for id in ODD_USER_IDS {
         for cropped in [false, true] {
-            let face = api.get_face(IdKind::UserId, id, cropped).unwrap();
+            let face = api.get_face(IdKind::UserId, id, cropped).unwrap().bytes;
             assert_eq!(Some(face), emu.face(IdKind::UserId, id, cropped), "{id:?}");
         }
     }
@@ -148,7 +150,7 @@ fn an_expired_token_is_renewed_and_the_request_retried() {
     api.get_face(IdKind::OpenId, &id, false).unwrap();
     emu.expire_tokens();
     assert_eq!(
-        api.get_face(IdKind::OpenId, &id, false).unwrap(),
+        api.get_face(IdKind::OpenId, &id, false).unwrap().bytes,
         emu.face(IdKind::OpenId, &id, false).unwrap()
     );
     assert_eq!(emu.count(Route::Token), 2);
@@ -245,6 +247,7 @@ fn client_timing_out_after(emu: &Emulator, request_timeout: Duration) -> HttpApi
         app_id: emu.config().app_id.clone(),
         app_secret: Secret::new(emu.config().app_secret.clone()),
         request_timeout,
+        memory: ByteBudget::new(64 << 20),
     })
     .unwrap()
 }

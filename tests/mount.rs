@@ -486,3 +486,52 @@ fn stats_of_absent_names_do_not_grow_memory() {
         "RSS grew from {after_warm_up} to {after} KiB over 17,000 absent names"
     );
 }
+
+/// 64 readers at once of faces of 8 MiB through an 8 MiB cache: every byte
+/// right, and the daemon's peak memory within what the README promises (the
+/// cache, plus 64 MiB of faces in flight or held by open files, plus up to
+/// 0.5 MiB of connection buffers per parallel download), not 64 x 8 MiB.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn large_answers_in_parallel_stay_within_the_memory_bound() {
+    let mut config = small_tenant(80);
+    config.tenant.pad_faces_to = 8 << 20;
+    let emu = emulator(config);
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--rate-limit",
+            "1000",
+            "--cache-size",
+            "8MiB",
+            "--max-parallel",
+            "64",
+        ],
+    );
+    let pid = mnt.child.as_ref().unwrap().id();
+    let baseline = peak_rss_kib(pid);
+    let ids: Vec<String> = emu
+        .ids_with_faces(IdKind::OpenId)
+        .into_iter()
+        .take(64)
+        .collect();
+    assert_eq!(ids.len(), 64);
+    let readers: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let path = mnt.join("open_id").join(face_file_name(id, false));
+            std::thread::spawn(move || std::fs::read(path))
+        })
+        .collect();
+    for (reader, id) in readers.into_iter().zip(&ids) {
+        let bytes = reader.join().unwrap().unwrap();
+        assert_eq!(Some(bytes), emu.face(IdKind::OpenId, id, false), "{id}");
+    }
+    let peak = peak_rss_kib(pid);
+    eprintln!("peak RSS {peak} KiB (baseline {baseline} KiB) after 64 parallel 8 MiB reads");
+    // The bound, plus 16 MiB for threads and the allocator.
+    assert!(
+        peak <= baseline + (8 + 64 + 32 + 16) * 1024,
+        "peak {peak} KiB, baseline {baseline} KiB"
+    );
+}

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{ApiError, ApiFailure, Endpoint, FaceApi, IdKind, UserPage};
+use super::{ApiError, ApiFailure, Endpoint, FaceApi, FaceBytes, IdKind, UserPage};
 
 /// What to answer instead of calling the wrapped client.
 #[derive(Clone, Debug)]
@@ -96,7 +96,7 @@ impl<A: FaceApi> FaceApi for FailureApi<A> {
         self.inner.list_users(kind, page_token)
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
+    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
         self.next_fault(Endpoint::Face)?;
         self.inner.get_face(kind, id, cropped)
     }
@@ -123,9 +123,9 @@ mod tests {
         api.fail_next(Endpoint::List, [Fault::InvalidPageToken]);
         let face = || api.get_face(IdKind::OpenId, "ou_a", false);
         assert!(matches!(face(), Err(ApiError::Transient(_))));
-        assert_eq!(face().unwrap(), b"face");
+        assert_eq!(face().unwrap().bytes, b"face");
         assert!(matches!(face(), Err(ApiError::PermissionDenied(_))));
-        assert_eq!(face().unwrap(), b"face", "the script is used up");
+        assert_eq!(face().unwrap().bytes, b"face", "the script is used up");
         assert_eq!(
             api.list_users(IdKind::OpenId, None),
             Err(ApiError::InvalidPageToken)

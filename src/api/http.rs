@@ -1,6 +1,7 @@
 //! The real client: Feishu's HTTP API over reqwest.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
@@ -12,10 +13,11 @@ use serde::Deserialize;
 use super::codes;
 use super::token::{IssuedToken, TokenCache};
 use super::Endpoint;
-use super::{ApiError, ApiFailure, FaceApi, ListedUser, UserPage};
+use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ListedUser, UserPage};
 use crate::api::secret::Secret;
 use crate::api::IdKind;
 use crate::metrics::{Outcome, METRICS};
+use crate::sync::byte_budget::{ByteBudget, MemoryHold};
 
 /// The API's own limit on `page_size`.
 pub const MAX_PAGE_SIZE: u32 = 50;
@@ -34,6 +36,12 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// Face bytes in memory beyond `--cache-size`: downloads being received and
+/// faces evicted while open files still read them.
+pub const IN_FLIGHT_BYTES: u64 = 64 << 20;
+/// What a body of unknown length takes from the budget at a time.
+const UNKNOWN_LENGTH_STEP: u64 = 512 * 1024;
+
 pub struct HttpConfig {
     pub base_url: Url,
     pub app_id: String,
@@ -41,6 +49,8 @@ pub struct HttpConfig {
     /// Bounds one request with everything it needs: waiting for the token,
     /// renewing it, connect, and the last body byte.
     pub request_timeout: Duration,
+    /// The budget every face's bytes are held in.
+    pub memory: Arc<ByteBudget>,
 }
 
 pub struct HttpApi {
@@ -48,6 +58,7 @@ pub struct HttpApi {
     /// Drives the exchanges; callers block on them from their own threads.
     runtime: tokio::runtime::Runtime,
     request_timeout: Duration,
+    memory: Arc<ByteBudget>,
     base: String,
     app_id: String,
     app_secret: Secret,
@@ -161,6 +172,8 @@ struct Answer {
     status: u16,
     headers: HeaderMap,
     body: Vec<u8>,
+    /// The body's share of the memory budget, for face downloads.
+    held: MemoryHold,
 }
 
 impl Answer {
@@ -252,6 +265,7 @@ impl HttpApi {
             client,
             runtime,
             request_timeout: config.request_timeout,
+            memory: config.memory,
             base: config.base_url.as_str().trim_end_matches('/').to_owned(),
             app_id: config.app_id,
             app_secret: config.app_secret,
@@ -290,7 +304,9 @@ impl HttpApi {
             .post(url)
             .header("content-type", "application/json; charset=utf-8")
             .body(body.to_string());
-        let envelope = self.send(request, MAX_JSON_BYTES, deadline)?.success()?;
+        let envelope = self
+            .send(request, MAX_JSON_BYTES, None, deadline)?
+            .success()?;
         match (envelope.tenant_access_token, envelope.expire) {
             (Some(token), Some(expire)) if !token.is_empty() && expire > 0 => Ok(IssuedToken {
                 token: Secret::new(token),
@@ -308,13 +324,13 @@ impl HttpApi {
     /// one and tries once more, so a reader never sees an expiry. One
     /// deadline, `--request-timeout` from now, covers it all: waiting for
     /// another thread's token renewal, the renewal, and every byte.
-    fn get(&self, url: Url, limit: u64) -> Result<Answer, ApiError> {
+    fn get(&self, url: Url, limit: u64, budget: Option<&ByteBudget>) -> Result<Answer, ApiError> {
         let deadline = Instant::now() + self.request_timeout;
         let mut renewed = false;
         loop {
             let token = self.tokens.get(deadline, || self.fetch_token(deadline))?;
             let request = self.client.get(url.clone()).bearer_auth(token.expose());
-            let answer = self.send(request, limit, deadline)?;
+            let answer = self.send(request, limit, budget, deadline)?;
             match answer.token_error() {
                 Some(code) if !renewed => {
                     log::info!("the API refused the tenant token (code {code}); renewing it");
@@ -333,15 +349,18 @@ impl HttpApi {
         &self,
         request: RequestBuilder,
         limit: u64,
+        budget: Option<&ByteBudget>,
         deadline: Instant,
     ) -> Result<Answer, ApiError> {
-        let exchange = exchange(request, limit);
+        let exchange = exchange(request, limit, budget);
         self.runtime.block_on(async {
             match tokio::time::timeout_at(deadline.into(), exchange).await {
                 Ok(result) => result,
                 Err(_) => Err(ApiError::Transient(ApiFailure::message(format!(
-                    "no whole answer within {:?} (see --request-timeout)",
-                    self.request_timeout
+                    "no whole answer within {:?} (see --request-timeout; a download also waits \
+                     here for memory while --cache-size plus {} MiB of faces are held)",
+                    self.request_timeout,
+                    IN_FLIGHT_BYTES >> 20
                 )))),
             }
         })
@@ -372,7 +391,15 @@ fn encode(component: &str) -> String {
     utf8_percent_encode(component, COMPONENT).to_string()
 }
 
-async fn exchange(request: RequestBuilder, limit: u64) -> Result<Answer, ApiError> {
+/// Reads one exchange. With a `budget` (face downloads), the body's bytes
+/// are taken from it before they arrive: the whole announced length at
+/// once, so that two downloads never each hold part and wait for the rest;
+/// a body of unknown length takes [`UNKNOWN_LENGTH_STEP`] at a time.
+async fn exchange(
+    request: RequestBuilder,
+    limit: u64,
+    budget: Option<&ByteBudget>,
+) -> Result<Answer, ApiError> {
     let mut response = request
         .send()
         .await
@@ -389,6 +416,14 @@ async fn exchange(request: RequestBuilder, limit: u64) -> Result<Answer, ApiErro
     if let Some(announced) = response.content_length().filter(|n| *n > limit) {
         return Err(too_large(announced.to_string()));
     }
+    let mut held = MemoryHold::none();
+    if let Some(budget) = budget {
+        let first = response
+            .content_length()
+            .unwrap_or(UNKNOWN_LENGTH_STEP)
+            .min(limit);
+        held = budget.hold(first).await;
+    }
     // Sized from Content-Length when announced, so a cached face holds no slack.
     let mut body = Vec::with_capacity(response.content_length().unwrap_or(0).min(limit) as usize);
     loop {
@@ -403,12 +438,19 @@ async fn exchange(request: RequestBuilder, limit: u64) -> Result<Answer, ApiErro
         if (body.len() + chunk.len()) as u64 > limit {
             return Err(too_large(format!("more than {limit}")));
         }
+        let needed = (body.len() + chunk.len()) as u64;
+        if let Some(budget) = budget.filter(|_| needed > held.bytes()) {
+            let more = budget.hold(needed.max(held.bytes() + UNKNOWN_LENGTH_STEP) - held.bytes());
+            held.merge(more.await);
+        }
         body.extend_from_slice(&chunk);
     }
+    held.shrink_to(body.len() as u64);
     Ok(Answer {
         status,
         headers,
         body,
+        held,
     })
 }
 
@@ -420,15 +462,15 @@ impl FaceApi for HttpApi {
             path.push_str("&page_token=");
             path.push_str(&encode(token));
         }
-        page_from_answer(self.get(self.url(&path)?, MAX_JSON_BYTES)?)
+        page_from_answer(self.get(self.url(&path)?, MAX_JSON_BYTES, None)?)
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
+    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
         let path = format!(
             "/open-apis/acs/v1/users/{}/face?is_cropped={cropped}&user_id_type={kind}",
             encode(id)
         );
-        face_from_answer(self.get(self.url(&path)?, MAX_FACE_BYTES)?)
+        face_from_answer(self.get(self.url(&path)?, MAX_FACE_BYTES, Some(&self.memory))?)
     }
 }
 
@@ -472,7 +514,7 @@ fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
 
 /// Reads a face download: the body is the image itself on success; errors
 /// come as JSON, sometimes with HTTP 200, and an image never starts with '{'.
-fn face_from_answer(answer: Answer) -> Result<Vec<u8>, ApiError> {
+fn face_from_answer(answer: Answer) -> Result<FaceBytes, ApiError> {
     if let Some(envelope) = answer.envelope().filter(|e| e.code.is_some()) {
         return Err(match envelope.code {
             Some(0) => ApiError::Failed(
@@ -487,7 +529,10 @@ fn face_from_answer(answer: Answer) -> Result<Vec<u8>, ApiError> {
     if answer.body.is_empty() {
         return Err(ApiError::Transient(answer.failure(None, "empty face body")));
     }
-    Ok(answer.body)
+    Ok(FaceBytes {
+        bytes: answer.body,
+        held: answer.held,
+    })
 }
 
 #[cfg(test)]
@@ -513,6 +558,7 @@ mod tests {
             status,
             headers: HeaderMap::new(),
             body: body.to_vec(),
+            held: MemoryHold::none(),
         }
     }
 
@@ -550,7 +596,7 @@ mod tests {
             }
             if status == 200 && body.first().is_some_and(|b| *b != b'{') {
                 assert_eq!(
-                    face_from_answer(answer(200, &body)).unwrap(),
+                    face_from_answer(answer(200, &body)).unwrap().bytes,
                     body,
                     "any 200 that is not JSON is the image"
                 );

@@ -5,7 +5,7 @@
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{ApiError, FaceApi, ListedUser, UserPage};
+use super::{ApiError, FaceApi, FaceBytes, ListedUser, UserPage};
 use crate::api::IdKind;
 
 struct User {
@@ -98,7 +98,7 @@ impl FaceApi for MemoryApi {
         })
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
+    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
         self.face_requests.fetch_add(1, Ordering::SeqCst);
         let users = self.users.lock();
         let user = users
@@ -106,6 +106,8 @@ impl FaceApi for MemoryApi {
             .find(|u| u.ids[slot(kind)] == id)
             .ok_or(ApiError::UserNotFound)?;
         let face = if cropped { &user.cropped } else { &user.full };
-        face.clone().ok_or(ApiError::FaceNotFound)
+        face.clone()
+            .map(FaceBytes::unbudgeted)
+            .ok_or(ApiError::FaceNotFound)
     }
 }

@@ -16,6 +16,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use self::id_kind::IdKind;
+use crate::sync::byte_budget::MemoryHold;
 
 /// The API's endpoints, as facefs's metrics, logs and fault injection name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -64,7 +65,36 @@ pub trait FaceApi: Send + Sync {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError>;
 
     /// The bytes of one face, exactly as the API sent them.
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError>;
+    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError>;
+}
+
+/// A face's bytes as downloaded, holding their share of the memory budget
+/// (see [`crate::sync::byte_budget`]) for as long as they are kept.
+pub struct FaceBytes {
+    pub bytes: Vec<u8>,
+    pub held: MemoryHold,
+}
+
+impl FaceBytes {
+    /// Bytes no budget counts: the in-memory fake's.
+    pub fn unbudgeted(bytes: Vec<u8>) -> FaceBytes {
+        FaceBytes {
+            bytes,
+            held: MemoryHold::none(),
+        }
+    }
+}
+
+impl fmt::Debug for FaceBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaceBytes({} bytes)", self.bytes.len())
+    }
+}
+
+impl PartialEq for FaceBytes {
+    fn eq(&self, other: &FaceBytes) -> bool {
+        self.bytes == other.bytes
+    }
 }
 
 /// What the API (or the way to it) answered instead of success.

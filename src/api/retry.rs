@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::throttle::RateLimiter;
 use super::Endpoint;
-use super::{ApiError, ApiFailure, FaceApi, UserPage};
+use super::{ApiError, ApiFailure, FaceApi, FaceBytes, UserPage};
 use crate::api::IdKind;
 use crate::metrics::{Outcome, METRICS};
 
@@ -154,7 +154,7 @@ impl<A: FaceApi> FaceApi for RetryingApi<A> {
         })
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<Vec<u8>, ApiError> {
+    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
         // The id itself is personal data: the log names only its kind.
         self.run(
             Endpoint::Face,
@@ -195,7 +195,7 @@ mod tests {
         api.inner()
             .fail_next(Endpoint::Face, [Fault::Transient, Fault::Transient]);
         assert_eq!(
-            api.get_face(IdKind::OpenId, "ou_a", false).unwrap(),
+            api.get_face(IdKind::OpenId, "ou_a", false).unwrap().bytes,
             b"full"
         );
         assert_eq!(api.inner().requests(Endpoint::Face), 3);

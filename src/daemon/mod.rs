@@ -23,7 +23,7 @@ use fuser::{Config, MountOption, SessionACL};
 use self::cli::{Access, Settings, Source};
 use self::metrics_server::MetricsServer;
 use self::notify::notify;
-use crate::api::http::{HttpApi, HttpConfig};
+use crate::api::http::{HttpApi, HttpConfig, IN_FLIGHT_BYTES};
 use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::secret::Secret;
 use crate::api::throttle::RateLimiter;
@@ -31,6 +31,7 @@ use crate::api::FaceApi;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::fs::{FaceFs, FsConfig, ROOT_INO};
 use crate::fuse::FuseAdapter;
+use crate::sync::byte_budget::ByteBudget;
 
 /// How long the new mount has to answer its first `stat`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -176,6 +177,8 @@ fn mount(
         app_id,
         app_secret,
         request_timeout: settings.request_timeout,
+        // Everything held in faces: the cache, and downloads and open files beyond it.
+        memory: ByteBudget::new(settings.cache_size.saturating_add(IN_FLIGHT_BYTES)),
     })?;
     http.check_credentials()
         .map_err(|e| format!("cannot get a tenant access token: {e}"))?;

@@ -28,6 +28,9 @@ pub struct TenantSpec {
     /// Full faces are this size; cropped ones a smaller square.
     pub face_width: u16,
     pub face_height: u16,
+    /// Faces shorter than this are padded after the image's end (decoders
+    /// ignore it), for tests of large answers.
+    pub pad_faces_to: usize,
 }
 
 impl Default for TenantSpec {
@@ -37,6 +40,7 @@ impl Default for TenantSpec {
             seed: 1,
             face_width: 120,
             face_height: 150,
+            pad_faces_to: 0,
         }
     }
 }
@@ -143,7 +147,11 @@ impl Tenant {
         } else {
             (self.spec.face_width, self.spec.face_height)
         };
-        let face = Arc::new(face_jpeg(user.seed ^ u64::from(cropped), w, h));
+        let mut face = face_jpeg(user.seed ^ u64::from(cropped), w, h);
+        if face.len() < self.spec.pad_faces_to {
+            face.resize(self.spec.pad_faces_to, 0);
+        }
+        let face = Arc::new(face);
         let mut faces = self.faces.lock();
         Some(faces.entry((i, cropped)).or_insert(face).clone())
     }

@@ -3,21 +3,29 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::api::FaceBytes;
+use crate::sync::byte_budget::MemoryHold;
+
 /// A downloaded face.
 pub struct Face {
     pub bytes: Vec<u8>,
     pub digest: u64,
     pub fetched_at: Instant,
+    /// The bytes' share of the memory budget, given back when the last
+    /// holder (the cache, an open file, a reader) lets go of the face.
+    _held: MemoryHold,
 }
 
 impl Face {
-    pub fn new(mut bytes: Vec<u8>, fetched_at: Instant) -> Face {
+    pub fn new(downloaded: FaceBytes, fetched_at: Instant) -> Face {
+        let FaceBytes { mut bytes, held } = downloaded;
         // The cache weighs faces by length: hold no more than that.
         bytes.shrink_to_fit();
         Face {
             digest: digest(&bytes),
             bytes,
             fetched_at,
+            _held: held,
         }
     }
 

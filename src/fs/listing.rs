@@ -186,7 +186,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::api::{ListedUser, UserPage};
+    use crate::api::{FaceBytes, ListedUser, UserPage};
 
     /// A user list that never ends, in one of the ways a broken API can.
     struct Endless {
@@ -219,7 +219,7 @@ mod tests {
             })
         }
 
-        fn get_face(&self, _: IdKind, _: &str, _: bool) -> Result<Vec<u8>, ApiError> {
+        fn get_face(&self, _: IdKind, _: &str, _: bool) -> Result<FaceBytes, ApiError> {
             unreachable!("a listing downloads no face")
         }
     }

@@ -1,5 +1,7 @@
 //! Concurrency plumbing shared by the layers: callers of one key sharing one
-//! computation, and a fixed pool of threads for work that waits.
+//! computation, a fixed pool of threads for work that waits, and the byte
+//! budget of faces in memory.
 
+pub mod byte_budget;
 pub mod single_flight;
 pub mod worker_pool;
