@@ -578,3 +578,47 @@ fn the_process_is_not_dumpable_and_its_environment_holds_no_secret() {
     );
     assert!(is_mounted(mnt.path()));
 }
+
+/// 30 threads probing names that do not exist, at the default rate limit of
+/// 5 a second: a face the listing shows is still read at once, not after
+/// the 30 probes queued ahead of it (6 s).
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn probes_of_absent_names_do_not_starve_a_listed_face() {
+    let emu = emulator(small_tenant(6));
+    let mnt = Arc::new(Mount::start(&emu, &["--rate-limit", "5"]));
+    let dir = mnt.join("open_id");
+    assert_eq!(ls_count(&dir), emu.ids_with_faces(IdKind::OpenId).len() * 2);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let probers: Vec<_> = (0..30)
+        .map(|t| {
+            let (dir, stop) = (dir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = std::fs::metadata(dir.join(format!("ou_probe{t}x{i}.jpg")));
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    // Let the probes fill the queue.
+    assert!(emu.wait_for_log(Duration::from_secs(10), |log| log
+        .iter()
+        .filter(|r| r.route == Route::Face)
+        .count()
+        >= 5));
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let start = Instant::now();
+    let bytes = std::fs::read(dir.join(face_file_name(&id, false))).unwrap();
+    let took = start.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for prober in probers {
+        prober.join().unwrap();
+    }
+    assert_eq!(Some(bytes), emu.face(IdKind::OpenId, &id, false));
+    assert!(
+        took < Duration::from_secs(3),
+        "the listed face waited {took:?}"
+    );
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use facefs::api::http::{parse_base_url, HttpApi, HttpConfig};
 use facefs::api::secret::Secret;
 use facefs::api::IdKind;
-use facefs::api::{codes, ApiError, FaceApi};
+use facefs::api::{codes, ApiError, FaceApi, Priority};
 use facefs::emulator::tenant::{TenantSpec, ODD_USER_IDS};
 use facefs::emulator::{Emulator, EmulatorConfig, Route, WireFault};
 use facefs::sync::byte_budget::ByteBudget;
@@ -84,7 +84,10 @@ fn odd_user_ids_reach_the_face_endpoint_as_one_segment() {
     let api = client(&emu);
     for id in ODD_USER_IDS {
         for cropped in [false, true] {
-            let face = api.get_face(IdKind::UserId, id, cropped).unwrap().bytes;
+            let face = api
+                .get_face(IdKind::UserId, id, cropped, Priority::Listed)
+                .unwrap()
+                .bytes;
             assert_eq!(Some(face), emu.face(IdKind::UserId, id, cropped), "{id:?}");
         }
     }
@@ -117,12 +120,12 @@ fn not_found_answers_are_distinct() {
     let emu = emulator(20);
     let api = client(&emu);
     assert_eq!(
-        api.get_face(IdKind::OpenId, "ou_nobody", false),
+        api.get_face(IdKind::OpenId, "ou_nobody", false, Priority::Listed),
         Err(ApiError::UserNotFound)
     );
     let faceless = emu.ids_without_faces(IdKind::OpenId)[0].clone();
     assert_eq!(
-        api.get_face(IdKind::OpenId, &faceless, true),
+        api.get_face(IdKind::OpenId, &faceless, true, Priority::Listed),
         Err(ApiError::FaceNotFound)
     );
 }
@@ -147,10 +150,13 @@ fn an_expired_token_is_renewed_and_the_request_retried() {
     let emu = emulator(3);
     let api = client(&emu);
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
-    api.get_face(IdKind::OpenId, &id, false).unwrap();
+    api.get_face(IdKind::OpenId, &id, false, Priority::Listed)
+        .unwrap();
     emu.expire_tokens();
     assert_eq!(
-        api.get_face(IdKind::OpenId, &id, false).unwrap().bytes,
+        api.get_face(IdKind::OpenId, &id, false, Priority::Listed)
+            .unwrap()
+            .bytes,
         emu.face(IdKind::OpenId, &id, false).unwrap()
     );
     assert_eq!(emu.count(Route::Token), 2);
@@ -262,7 +268,7 @@ fn request_timeout_bounds_the_whole_body() {
     let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     emu.inject(Route::Face, WireFault::Trickle, 1.0);
     let start = Instant::now();
-    let result = api.get_face(IdKind::OpenId, &id, false);
+    let result = api.get_face(IdKind::OpenId, &id, false, Priority::Listed);
     let took = start.elapsed();
     assert!(matches!(result, Err(ApiError::Transient(_))), "{result:?}");
     assert!(
@@ -283,7 +289,10 @@ fn a_slow_token_renewal_holds_no_one_past_their_deadline() {
     let readers: Vec<_> = (0..4)
         .map(|_| {
             let (api, id) = (api.clone(), id.clone());
-            std::thread::spawn(move || api.get_face(IdKind::OpenId, &id, false).map(drop))
+            std::thread::spawn(move || {
+                api.get_face(IdKind::OpenId, &id, false, Priority::Listed)
+                    .map(drop)
+            })
         })
         .collect();
     for reader in readers {
@@ -295,5 +304,9 @@ fn a_slow_token_renewal_holds_no_one_past_their_deadline() {
     let took = start.elapsed();
     assert!(took < Duration::from_secs(3), "{took:?}");
     emu.clear_faults();
-    assert!(api.get_face(IdKind::OpenId, &id, false).is_ok(), "recovers");
+    assert!(
+        api.get_face(IdKind::OpenId, &id, false, Priority::Listed)
+            .is_ok(),
+        "recovers"
+    );
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{ApiError, ApiFailure, Endpoint, FaceApi, FaceBytes, IdKind, UserPage};
+use super::{ApiError, ApiFailure, Endpoint, FaceApi, FaceBytes, IdKind, Priority, UserPage};
 
 /// What to answer instead of calling the wrapped client.
 #[derive(Clone, Debug)]
@@ -96,9 +96,15 @@ impl<A: FaceApi> FaceApi for FailureApi<A> {
         self.inner.list_users(kind, page_token)
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
+    fn get_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        cropped: bool,
+        priority: Priority,
+    ) -> Result<FaceBytes, ApiError> {
         self.next_fault(Endpoint::Face)?;
-        self.inner.get_face(kind, id, cropped)
+        self.inner.get_face(kind, id, cropped, priority)
     }
 }
 
@@ -121,7 +127,7 @@ mod tests {
             [Fault::Transient, Fault::Pass, Fault::PermissionDenied],
         );
         api.fail_next(Endpoint::List, [Fault::InvalidPageToken]);
-        let face = || api.get_face(IdKind::OpenId, "ou_a", false);
+        let face = || api.get_face(IdKind::OpenId, "ou_a", false, Priority::Listed);
         assert!(matches!(face(), Err(ApiError::Transient(_))));
         assert_eq!(face().unwrap().bytes, b"face");
         assert!(matches!(face(), Err(ApiError::PermissionDenied(_))));
@@ -148,6 +154,8 @@ mod tests {
             api.list_users(IdKind::UnionId, None),
             Err(ApiError::BadCredentials(_))
         ));
-        assert!(api.get_face(IdKind::OpenId, "ou_a", false).is_ok());
+        assert!(api
+            .get_face(IdKind::OpenId, "ou_a", false, Priority::Listed)
+            .is_ok());
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::codes;
 use super::token::{IssuedToken, TokenCache};
 use super::Endpoint;
-use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ListedUser, UserPage};
+use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ListedUser, Priority, UserPage};
 use crate::api::secret::Secret;
 use crate::api::IdKind;
 use crate::metrics::{Outcome, METRICS};
@@ -465,7 +465,13 @@ impl FaceApi for HttpApi {
         page_from_answer(self.get(self.url(&path)?, MAX_JSON_BYTES, None)?)
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
+    fn get_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        cropped: bool,
+        _priority: Priority,
+    ) -> Result<FaceBytes, ApiError> {
         let path = format!(
             "/open-apis/acs/v1/users/{}/face?is_cropped={cropped}&user_id_type={kind}",
             encode(id)

@@ -5,7 +5,7 @@
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{ApiError, FaceApi, FaceBytes, ListedUser, UserPage};
+use super::{ApiError, FaceApi, FaceBytes, ListedUser, Priority, UserPage};
 use crate::api::IdKind;
 
 struct User {
@@ -98,7 +98,13 @@ impl FaceApi for MemoryApi {
         })
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
+    fn get_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        cropped: bool,
+        _priority: Priority,
+    ) -> Result<FaceBytes, ApiError> {
         self.face_requests.fetch_add(1, Ordering::SeqCst);
         let users = self.users.lock();
         let user = users

@@ -16,6 +16,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use self::id_kind::IdKind;
+pub use self::throttle::Priority;
 use crate::sync::byte_budget::MemoryHold;
 
 /// The API's endpoints, as facefs's metrics, logs and fault injection name them.
@@ -64,8 +65,15 @@ pub trait FaceApi: Send + Sync {
     /// One page of users, ids in `kind`; `page_token` is `None` for the first page.
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError>;
 
-    /// The bytes of one face, exactly as the API sent them.
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError>;
+    /// The bytes of one face, exactly as the API sent them; `priority`
+    /// orders it against others waiting for a turn of the rate limit.
+    fn get_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        cropped: bool,
+        priority: Priority,
+    ) -> Result<FaceBytes, ApiError>;
 }
 
 /// A face's bytes as downloaded, holding their share of the memory budget

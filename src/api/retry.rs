@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::throttle::RateLimiter;
+use super::throttle::{Priority, RateLimiter};
 use super::Endpoint;
 use super::{ApiError, ApiFailure, FaceApi, FaceBytes, UserPage};
 use crate::api::IdKind;
@@ -96,6 +96,7 @@ impl<A: FaceApi> RetryingApi<A> {
     fn run<T>(
         &self,
         endpoint: Endpoint,
+        priority: Priority,
         what: &dyn Fn() -> String,
         call: impl Fn() -> Result<T, ApiError>,
     ) -> Result<T, ApiError> {
@@ -104,7 +105,10 @@ impl<A: FaceApi> RetryingApi<A> {
         loop {
             if let Some(limiter) = &self.limiter {
                 // Waiting for a turn counts against the budget like any wait.
-                if limiter.acquire(start + self.policy.budget).is_err() {
+                if limiter
+                    .acquire(start + self.policy.budget, priority)
+                    .is_err()
+                {
                     return Err(ApiError::Transient(ApiFailure::message(format!(
                         "{} did not get a turn of --rate-limit within --retry-budget ({:?})",
                         what(),
@@ -149,17 +153,27 @@ impl<A: FaceApi> RetryingApi<A> {
 
 impl<A: FaceApi> FaceApi for RetryingApi<A> {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
-        self.run(Endpoint::List, &|| format!("listing {kind} users"), || {
-            self.inner.list_users(kind, page_token)
-        })
+        self.run(
+            Endpoint::List,
+            Priority::Listed,
+            &|| format!("listing {kind} users"),
+            || self.inner.list_users(kind, page_token),
+        )
     }
 
-    fn get_face(&self, kind: IdKind, id: &str, cropped: bool) -> Result<FaceBytes, ApiError> {
+    fn get_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        cropped: bool,
+        priority: Priority,
+    ) -> Result<FaceBytes, ApiError> {
         // The id itself is personal data: the log names only its kind.
         self.run(
             Endpoint::Face,
+            priority,
             &|| format!("downloading a {kind} face"),
-            || self.inner.get_face(kind, id, cropped),
+            || self.inner.get_face(kind, id, cropped, priority),
         )
     }
 }
@@ -195,7 +209,9 @@ mod tests {
         api.inner()
             .fail_next(Endpoint::Face, [Fault::Transient, Fault::Transient]);
         assert_eq!(
-            api.get_face(IdKind::OpenId, "ou_a", false).unwrap().bytes,
+            api.get_face(IdKind::OpenId, "ou_a", false, Priority::Listed)
+                .unwrap()
+                .bytes,
             b"full"
         );
         assert_eq!(api.inner().requests(Endpoint::Face), 3);
@@ -205,7 +221,7 @@ mod tests {
             [Fault::Transient, Fault::Transient, Fault::Transient],
         );
         assert!(matches!(
-            api.get_face(IdKind::OpenId, "ou_a", false),
+            api.get_face(IdKind::OpenId, "ou_a", false, Priority::Listed),
             Err(ApiError::Transient(_))
         ));
         assert_eq!(
@@ -219,7 +235,7 @@ mod tests {
     fn definite_answers_are_not_retried() {
         let api = RetryingApi::new(api(), quick());
         assert_eq!(
-            api.get_face(IdKind::OpenId, "ou_missing", false),
+            api.get_face(IdKind::OpenId, "ou_missing", false, Priority::Listed),
             Err(ApiError::UserNotFound)
         );
         assert_eq!(api.inner().requests(Endpoint::Face), 1);
@@ -233,7 +249,9 @@ mod tests {
             [Fault::Throttled(Duration::from_millis(120))],
         );
         let start = Instant::now();
-        assert!(api.get_face(IdKind::OpenId, "ou_a", true).is_ok());
+        assert!(api
+            .get_face(IdKind::OpenId, "ou_a", true, Priority::Listed)
+            .is_ok());
         assert!(start.elapsed() >= Duration::from_millis(120));
     }
 
@@ -247,7 +265,9 @@ mod tests {
         );
         let throttled = {
             let api = api.clone();
-            std::thread::spawn(move || api.get_face(IdKind::OpenId, "ou_a", false))
+            std::thread::spawn(move || {
+                api.get_face(IdKind::OpenId, "ou_a", false, Priority::Listed)
+            })
         };
         // Once the throttled answer is in, a bystander must wait out the same pause.
         while api.inner().requests(Endpoint::Face) == 0 {
@@ -255,7 +275,9 @@ mod tests {
         }
         std::thread::sleep(Duration::from_millis(20));
         let start = Instant::now();
-        limiter.acquire(start + Duration::from_secs(5)).unwrap();
+        limiter
+            .acquire(start + Duration::from_secs(5), Priority::Listed)
+            .unwrap();
         assert!(
             start.elapsed() >= Duration::from_millis(250),
             "waited {:?}",
@@ -273,9 +295,11 @@ mod tests {
             ..quick()
         };
         let api = RetryingApi::new(api(), policy).with_rate_limit(limiter);
-        assert!(api.get_face(IdKind::OpenId, "ou_a", false).is_ok());
+        assert!(api
+            .get_face(IdKind::OpenId, "ou_a", false, Priority::Listed)
+            .is_ok());
         let start = Instant::now();
-        let queued = api.get_face(IdKind::OpenId, "ou_a", false);
+        let queued = api.get_face(IdKind::OpenId, "ou_a", false, Priority::Listed);
         assert!(matches!(queued, Err(ApiError::Transient(_))), "{queued:?}");
         assert!(start.elapsed() < Duration::from_millis(150));
         assert_eq!(api.inner().requests(Endpoint::Face), 1);

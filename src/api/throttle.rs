@@ -1,7 +1,9 @@
 //! The client's own request rate: one pacer shared by every thread, which a
 //! throttling answer from the API pauses for everyone, not just its caller.
+//! Requests for names a listing shows go before probes of other names, so
+//! a program stat-ing random names cannot starve the readers of real faces.
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 const PACE: f64 = 0.95;
@@ -10,9 +12,21 @@ const PACE: f64 = 0.95;
 #[derive(Debug, PartialEq, Eq)]
 pub struct QueueTooLong;
 
+/// Which requests go first when both wait for a turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Priority {
+    /// A name a fresh listing shows, a listing page, a token.
+    Listed,
+    /// A name no fresh listing shows: likely a probe of one that does not
+    /// exist. Takes only turns no listed request is waiting for.
+    Probe,
+}
+
 pub struct RateLimiter {
     interval: Duration,
     state: Mutex<Slots>,
+    /// Woken whenever a turn may have come free for probes.
+    turn: Condvar,
 }
 
 struct Slots {
@@ -20,6 +34,8 @@ struct Slots {
     next_free: Instant,
     /// No request goes before this (a throttling answer's reset time).
     paused_until: Instant,
+    /// Listed requests holding a turn not yet come: probes wait for them.
+    listed_ahead: usize,
 }
 
 impl RateLimiter {
@@ -34,43 +50,73 @@ impl RateLimiter {
             state: Mutex::new(Slots {
                 next_free: now,
                 paused_until: now,
+                listed_ahead: 0,
             }),
+            turn: Condvar::new(),
         }
     }
 
-    /// Takes the next free send time at or after `now`.
+    /// Takes the next free send time at or after `now`, as a listed caller.
     #[cfg(test)]
     fn reserve(&self, now: Instant) -> Instant {
-        self.reserve_before(now, now + Duration::from_secs(1 << 30))
-            .expect("no deadline")
-    }
-
-    /// Takes the next free send time, unless it comes after `deadline`.
-    fn reserve_before(&self, now: Instant, deadline: Instant) -> Option<Instant> {
         let mut s = self.state.lock();
         let slot = now.max(s.next_free).max(s.paused_until);
-        if slot > deadline {
-            return None;
-        }
         s.next_free = slot + self.interval;
-        Some(slot)
+        slot
     }
 
     /// Waits for this caller's turn, if it comes before `deadline`; a turn
     /// that would come later is not taken, and the caller is told at once.
-    pub fn acquire(&self, deadline: Instant) -> Result<(), QueueTooLong> {
+    /// Listed callers queue for turns in order; probes take a turn only when
+    /// it is due and no listed caller is waiting, so they never queue ahead.
+    pub fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), QueueTooLong> {
+        match priority {
+            Priority::Listed => self.acquire_listed(deadline),
+            Priority::Probe => self.acquire_probe(deadline),
+        }
+    }
+
+    fn acquire_listed(&self, deadline: Instant) -> Result<(), QueueTooLong> {
         loop {
             let now = Instant::now();
-            let slot = self.reserve_before(now, deadline).ok_or(QueueTooLong)?;
-            if slot <= now {
-                return Ok(());
+            let slot = {
+                let mut s = self.state.lock();
+                let slot = now.max(s.next_free).max(s.paused_until);
+                if slot > deadline {
+                    return Err(QueueTooLong);
+                }
+                s.next_free = slot + self.interval;
+                s.listed_ahead += 1;
+                slot
+            };
+            if slot > now {
+                std::thread::sleep(slot - now);
             }
-            std::thread::sleep(slot - now);
+            let mut s = self.state.lock();
+            s.listed_ahead -= 1;
+            self.turn.notify_all();
             // A pause announced while this caller slept applies to it too.
-            let paused_until = self.state.lock().paused_until;
-            if paused_until <= Instant::now() {
+            if s.paused_until <= Instant::now() {
                 return Ok(());
             }
+        }
+    }
+
+    fn acquire_probe(&self, deadline: Instant) -> Result<(), QueueTooLong> {
+        let mut s = self.state.lock();
+        loop {
+            let now = Instant::now();
+            let due = s.next_free.max(s.paused_until);
+            if s.listed_ahead == 0 && due <= now {
+                s.next_free = now + self.interval;
+                return Ok(());
+            }
+            if now >= deadline || due > deadline {
+                return Err(QueueTooLong);
+            }
+            // Until the turn is due, or until listed callers let it go.
+            let wake = if s.listed_ahead == 0 { due } else { deadline };
+            self.turn.wait_until(&mut s, wake.min(deadline));
         }
     }
 
@@ -78,6 +124,7 @@ impl RateLimiter {
     pub fn pause_for(&self, length: Duration) {
         let mut s = self.state.lock();
         s.paused_until = s.paused_until.max(Instant::now() + length);
+        self.turn.notify_all();
     }
 }
 
@@ -116,7 +163,9 @@ mod tests {
         let limiter = RateLimiter::new(1000.0);
         limiter.pause_for(Duration::from_millis(100));
         let start = Instant::now();
-        limiter.acquire(start + Duration::from_secs(5)).unwrap();
+        limiter
+            .acquire(start + Duration::from_secs(5), Priority::Listed)
+            .unwrap();
         assert!(start.elapsed() >= Duration::from_millis(95));
     }
 
@@ -124,16 +173,69 @@ mod tests {
     fn a_turn_past_the_deadline_is_refused_at_once_and_not_taken() {
         let limiter = RateLimiter::new(1.0);
         let now = Instant::now();
-        limiter.acquire(now + Duration::from_secs(5)).unwrap();
+        limiter
+            .acquire(now + Duration::from_secs(5), Priority::Listed)
+            .unwrap();
         // The next turn is about a second away: past a 100 ms deadline.
         let start = Instant::now();
         assert_eq!(
-            limiter.acquire(start + Duration::from_millis(100)),
+            limiter.acquire(start + Duration::from_millis(100), Priority::Listed),
             Err(QueueTooLong)
         );
         assert!(start.elapsed() < Duration::from_millis(50));
         // The refused caller did not push later callers back.
         let next = limiter.reserve(Instant::now());
         assert!(next - now < Duration::from_millis(1100), "{:?}", next - now);
+    }
+
+    /// 20 probes waiting at 10 requests a second, then one listed request:
+    /// it goes next, not after the probes (2 s later).
+    #[test]
+    fn a_listed_request_overtakes_waiting_probes() {
+        let limiter = Arc::new(RateLimiter::new(10.0));
+        let far = Instant::now() + Duration::from_secs(30);
+        limiter.acquire(far, Priority::Listed).unwrap();
+        let probes: Vec<_> = (0..20)
+            .map(|_| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || {
+                    limiter.acquire(far, Priority::Probe).unwrap();
+                    Instant::now()
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(250));
+        let start = Instant::now();
+        limiter.acquire(far, Priority::Listed).unwrap();
+        let listed = start.elapsed();
+        assert!(
+            listed < Duration::from_millis(400),
+            "the listed request waited {listed:?}"
+        );
+        let mut times: Vec<Instant> = probes.into_iter().map(|t| t.join().unwrap()).collect();
+        times.sort();
+        // The probes still went at the pace, one turn each.
+        for pair in times.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(90),
+                "{:?}",
+                pair[1] - pair[0]
+            );
+        }
+    }
+
+    #[test]
+    fn a_probe_past_its_deadline_is_refused() {
+        let limiter = RateLimiter::new(1.0);
+        let now = Instant::now();
+        limiter
+            .acquire(now + Duration::from_secs(5), Priority::Listed)
+            .unwrap();
+        let start = Instant::now();
+        assert_eq!(
+            limiter.acquire(start + Duration::from_millis(100), Priority::Probe),
+            Err(QueueTooLong)
+        );
+        assert!(start.elapsed() < Duration::from_millis(50));
     }
 }

@@ -186,7 +186,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::api::{FaceBytes, ListedUser, UserPage};
+    use crate::api::{FaceBytes, ListedUser, Priority, UserPage};
 
     /// A user list that never ends, in one of the ways a broken API can.
     struct Endless {
@@ -219,7 +219,13 @@ mod tests {
             })
         }
 
-        fn get_face(&self, _: IdKind, _: &str, _: bool) -> Result<FaceBytes, ApiError> {
+        fn get_face(
+            &self,
+            _: IdKind,
+            _: &str,
+            _: bool,
+            _priority: Priority,
+        ) -> Result<FaceBytes, ApiError> {
             unreachable!("a listing downloads no face")
         }
     }

@@ -36,7 +36,7 @@ use self::inodes::{dir_ino, dir_kind, face_ino, InodeTable};
 use self::layout::FaceKey;
 use self::listing::Listing;
 use self::readahead::ReadAhead;
-use crate::api::{FaceApi, IdKind};
+use crate::api::{FaceApi, IdKind, Priority};
 use crate::metrics::METRICS;
 use crate::sync::single_flight::SingleFlight;
 use crate::sync::worker_pool::WorkerPool;
@@ -505,7 +505,14 @@ impl FaceFs {
     fn download(&self, key: &FaceKey) -> Result<Arc<Face>, FsError> {
         METRICS.cache(false);
         let _in_flight = METRICS.download();
-        match self.api.get_face(key.kind, &key.id, key.cropped) {
+        // A name no fresh listing shows waits behind those one does: probes
+        // of names that do not exist must not hold up the faces that do.
+        let priority = if self.listed(key) {
+            Priority::Listed
+        } else {
+            Priority::Probe
+        };
+        match self.api.get_face(key.kind, &key.id, key.cropped, priority) {
             Ok(bytes) => {
                 let face = Arc::new(Face::new(bytes, self.now()));
                 {
@@ -532,6 +539,14 @@ impl FaceFs {
                 ))
             }
         }
+    }
+
+    /// Whether a fresh listing shows `key`.
+    fn listed(&self, key: &FaceKey) -> bool {
+        self.listings
+            .lock()
+            .get(&key.kind)
+            .is_some_and(|l| self.fresh(l.fetched_at) && l.place_of(key).is_some())
     }
 
     /// The API said this face does not exist: drop what was known of it.
