@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
+use std::time::Duration;
 
 use common::*;
 use facefs::api::IdKind;
@@ -534,4 +535,43 @@ fn large_answers_in_parallel_stay_within_the_memory_bound() {
         peak <= baseline + (8 + 64 + 32 + 16) * 1024,
         "peak {peak} KiB, baseline {baseline} KiB"
     );
+}
+
+/// An open file is one version of a face: re-enrolled while a program has
+/// it open, the program reads the old bytes to the end (or fails), never a
+/// mix, while the path shows the new face under a new inode.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn an_open_file_keeps_its_version_while_the_path_shows_the_new_one() {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let emu = emulator(small_tenant(4));
+    let mnt = Mount::start(&emu, &["--ttl", "1s", "--rate-limit", "1000"]);
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let path = mnt.join("open_id").join(face_file_name(&id, false));
+    let old = emu.face(IdKind::OpenId, &id, false).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let old_ino = file.metadata().unwrap().ino();
+    let mut first = vec![0; 100];
+    file.read_exact(&mut first).unwrap();
+    assert_eq!(first, old[..100]);
+
+    let new: Vec<u8> = old.iter().rev().copied().chain(*b"re-enrolled").collect();
+    emu.replace_face(IdKind::OpenId, &id, false, new.clone());
+    // Past the TTL the path shows the new face, under another inode.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&path).unwrap().ino() == old_ino {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the name never showed the new face"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read(&path).unwrap(), new);
+    // The old file reads on: the rest of the old bytes, or an error.
+    let mut rest = Vec::new();
+    match file.read_to_end(&mut rest) {
+        Ok(_) => assert_eq!([first, rest].concat(), old, "old bytes to the end"),
+        Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+    }
 }

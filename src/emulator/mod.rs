@@ -225,7 +225,7 @@ impl Emulator {
         self.state.behave().faults.clear();
     }
 
-    /// Every request, the token route's too, answers HTTP 503 while on.
+    /// Every request, the token endpoint's too, answers HTTP 503 while on.
     pub fn set_outage(&self, on: bool) {
         self.state.behave().outage = on;
     }
@@ -296,7 +296,7 @@ impl Emulator {
             .count()
     }
 
-    /// The ids of `kind` that the list route reports with a face.
+    /// The ids of `kind` that the list endpoint reports with a face.
     pub fn ids_with_faces(&self, kind: IdKind) -> Vec<String> {
         self.ids_where(kind, true)
     }
@@ -314,7 +314,14 @@ impl Emulator {
             .collect()
     }
 
-    /// The bytes the face route serves for this id.
+    /// From now on the face endpoint serves `bytes` for this id (a user with
+    /// a face), as after a re-enrolment.
+    pub fn replace_face(&self, kind: IdKind, id: &str, cropped: bool, bytes: Vec<u8>) {
+        let i = self.tenant().find(kind, id).expect("no such user");
+        self.tenant().replace_face(i, cropped, bytes);
+    }
+
+    /// The bytes the face endpoint serves for this id.
     pub fn face(&self, kind: IdKind, id: &str, cropped: bool) -> Option<Vec<u8>> {
         let i = self.tenant().find(kind, id)?;
         self.tenant().face(i, cropped).map(|f| f.to_vec())

@@ -4,6 +4,11 @@
 //! same number in every mount. The table holds only the faces the kernel
 //! knows (looked up and not yet forgotten), so names that were asked about
 //! and do not exist cost nothing.
+//!
+//! An inode is one version of a face (its digest): when a face's bytes
+//! change, its name gets a new inode, and a file opened before keeps the old
+//! one, so it reads the old bytes to the end or fails — never a mix. Since an
+//! inode's bytes never change, the kernel may keep its pages for good.
 
 use std::collections::HashMap;
 
@@ -28,10 +33,21 @@ pub fn dir_kind(ino: u64) -> Option<IdKind> {
 /// Two names mapping to one number is possible in principle (2^-63 per
 /// pair); the table then gives the later one the next free number.
 pub fn face_ino(key: &FaceKey) -> u64 {
+    number(key, &[])
+}
+
+/// The number for a later version of a face, while the kernel still holds
+/// the one of its name.
+fn version_ino(key: &FaceKey, digest: u64) -> u64 {
+    number(key, &digest.to_le_bytes())
+}
+
+fn number(key: &FaceKey, salt: &[u8]) -> u64 {
     let bytes = [key.kind.index() as u8, u8::from(key.cropped)];
     let hash = bytes
         .iter()
         .chain(key.id.as_bytes())
+        .chain(salt)
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
         });
@@ -40,10 +56,9 @@ pub fn face_ino(key: &FaceKey) -> u64 {
 
 pub struct FaceNode {
     pub key: FaceKey,
-    pub meta: Option<FaceMeta>,
-    /// The digest of the bytes the last open of this inode served: if the
-    /// next open serves the same, the kernel's page cache is still right.
-    pub opened_digest: Option<u64>,
+    /// The version this inode is: its size, digest, and when it was last
+    /// confirmed (the digest never changes for one inode).
+    pub meta: FaceMeta,
     /// Lookups answered and not yet forgotten by the kernel.
     lookups: u64,
 }
@@ -55,33 +70,44 @@ pub struct InodeTable {
 }
 
 impl InodeTable {
-    /// Notes a lookup of `key` answered to the kernel, numbering it if the
-    /// kernel does not know it yet; returns its inode.
-    pub fn looked_up(&mut self, key: &FaceKey) -> u64 {
-        let ino = match self.by_key.get(key) {
-            Some(ino) => *ino,
-            None => {
-                let mut ino = face_ino(key);
-                while self.nodes.contains_key(&ino) || ino < FIRST_FACE_INO {
-                    ino = ino.wrapping_add(1);
-                }
-                self.by_key.insert(key.clone(), ino);
-                self.nodes.insert(
-                    ino,
-                    FaceNode {
-                        key: key.clone(),
-                        meta: None,
-                        opened_digest: None,
-                        lookups: 0,
-                    },
-                );
-                ino
+    /// Notes a lookup of `key`, whose bytes are `meta`, answered to the
+    /// kernel; returns the inode of that version, numbering it if needed.
+    pub fn looked_up(&mut self, key: &FaceKey, meta: FaceMeta) -> u64 {
+        if let Some(&ino) = self.by_key.get(key) {
+            if let Some(node) = self
+                .nodes
+                .get_mut(&ino)
+                .filter(|n| n.meta.digest == meta.digest)
+            {
+                node.meta = meta;
+                node.lookups += 1;
+                return ino;
             }
-        };
-        if let Some(node) = self.nodes.get_mut(&ino) {
-            node.lookups += 1;
         }
+        let mut ino = face_ino(key);
+        if self.nodes.contains_key(&ino) {
+            ino = version_ino(key, meta.digest);
+        }
+        while self.nodes.contains_key(&ino) || ino < FIRST_FACE_INO {
+            ino = ino.wrapping_add(1);
+        }
+        self.by_key.insert(key.clone(), ino);
+        self.nodes.insert(
+            ino,
+            FaceNode {
+                key: key.clone(),
+                meta,
+                lookups: 1,
+            },
+        );
         ino
+    }
+
+    /// Whether `ino` is the version its name shows now.
+    pub fn is_current(&self, ino: u64) -> bool {
+        self.nodes
+            .get(&ino)
+            .is_some_and(|n| self.by_key.get(&n.key) == Some(&ino))
     }
 
     /// The kernel forgets `n` lookups of `ino`; at none left, so does the table.
@@ -92,7 +118,9 @@ impl InodeTable {
         node.lookups = node.lookups.saturating_sub(n);
         if node.lookups == 0 {
             if let Some(node) = self.nodes.remove(&ino) {
-                self.by_key.remove(&node.key);
+                if self.by_key.get(&node.key) == Some(&ino) {
+                    self.by_key.remove(&node.key);
+                }
             }
         }
     }
@@ -123,36 +151,53 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
+
+    fn meta(digest: u64) -> FaceMeta {
+        FaceMeta {
+            size: 10,
+            digest,
+            fetched_at: Instant::now(),
+        }
+    }
 
     #[test]
     fn numbers_come_from_names_and_go_when_forgotten() {
         let mut table = InodeTable::default();
         let a = FaceKey::new(IdKind::OpenId, "ou_a", false);
-        let ino = table.looked_up(&a);
+        let ino = table.looked_up(&a, meta(1));
         assert_eq!(ino, face_ino(&a));
         assert_ne!(ino, face_ino(&FaceKey::new(IdKind::OpenId, "ou_a", true)));
         assert_ne!(ino, face_ino(&FaceKey::new(IdKind::UnionId, "ou_a", false)));
-        assert_eq!(table.looked_up(&a), ino);
+        assert_eq!(table.looked_up(&a, meta(1)), ino);
         table.forget(ino, 1);
         assert_eq!(table.existing(&a), Some(ino), "one lookup left");
         table.forget(ino, 1);
         assert_eq!((table.existing(&a), table.len()), (None, 0));
-        assert_eq!(table.looked_up(&a), ino, "the same number again");
+        assert_eq!(table.looked_up(&a, meta(1)), ino, "the same number again");
     }
 
     #[test]
-    fn a_taken_number_moves_the_later_name_on() {
+    fn a_new_version_is_a_new_inode_and_the_old_one_stays_until_forgotten() {
         let mut table = InodeTable::default();
         let a = FaceKey::new(IdKind::OpenId, "ou_a", false);
-        let ino = table.looked_up(&a);
-        // Pretend another name hashed to the same number.
-        let b = FaceKey::new(IdKind::OpenId, "ou_b", false);
-        table.by_key.remove(&a);
-        table.nodes.get_mut(&ino).unwrap().key = b.clone();
-        table.by_key.insert(b.clone(), ino);
-        let moved = table.looked_up(&a);
-        assert_ne!(moved, ino);
-        assert_eq!(table.node(moved).unwrap().key, a);
-        assert_eq!(table.node(ino).unwrap().key, b);
+        let old = table.looked_up(&a, meta(1));
+        let new = table.looked_up(&a, meta(2));
+        assert_ne!(old, new);
+        assert_eq!(table.existing(&a), Some(new));
+        assert!(table.is_current(new) && !table.is_current(old));
+        assert_eq!(
+            table.node(old).unwrap().meta.digest,
+            1,
+            "the old inode keeps its version"
+        );
+        table.forget(old, 1);
+        assert_eq!(
+            table.existing(&a),
+            Some(new),
+            "forgetting the old one leaves the name"
+        );
+        table.forget(new, 1);
+        assert_eq!(table.len(), 0);
     }
 }

@@ -208,7 +208,20 @@ pub struct ReadSlice {
     end: usize,
 }
 
+impl std::fmt::Debug for ReadSlice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ReadSlice({}..{})", self.start, self.end)
+    }
+}
+
 impl ReadSlice {
+    fn of(face: Arc<Face>, offset: u64, size: u32) -> ReadSlice {
+        let len = face.bytes.len();
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
+        let end = start.saturating_add(size as usize).min(len);
+        ReadSlice { face, start, end }
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.face.bytes[self.start..self.end]
     }
@@ -428,9 +441,29 @@ impl FaceFs {
             return Answer::Done(Ok(self.dir_attr(ino)));
         }
         let step = self.face_key(ino).map_err(Stop::from).and_then(|key| {
+            let inodes = self.inodes.lock();
+            let node = inodes
+                .node(ino)
+                .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))?;
+            let version = node.meta;
+            // Not to be cached: the kernel asks again, and meanwhile the
+            // name's lookup finds the newer inode.
+            let old = |attr: Attr| Attr {
+                valid_for: Duration::ZERO,
+                ..attr
+            };
+            // An older version's inode describes its own bytes, for good; its
+            // name shows the newer one through a new lookup.
+            if !inodes.is_current(ino) {
+                return Ok(old(self.face_attr(ino, version)));
+            }
+            drop(inodes);
             let meta = self.face_meta(&key, fetch)?;
+            if meta.digest != version.digest {
+                return Ok(old(self.face_attr(ino, version)));
+            }
             if let Some(node) = self.inodes.lock().node_mut(ino) {
-                node.meta = Some(meta);
+                node.meta = meta;
             }
             Ok(self.face_attr(ino, meta))
         });
@@ -455,7 +488,10 @@ impl FaceFs {
         }
         {
             let inodes = self.inodes.lock();
-            let known = inodes.existing(key).and_then(|ino| inodes.node(ino)?.meta);
+            let known = inodes
+                .existing(key)
+                .and_then(|ino| inodes.node(ino))
+                .map(|n| n.meta);
             if let Some(meta) = known.filter(|m| self.fresh(m.fetched_at)) {
                 return Ok(meta);
             }
@@ -466,11 +502,7 @@ impl FaceFs {
     /// The attributes of a face, numbering its inode for the kernel.
     fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {
         let meta = self.face_meta(key, fetch)?;
-        let mut inodes = self.inodes.lock();
-        let ino = inodes.looked_up(key);
-        if let Some(node) = inodes.node_mut(ino) {
-            node.meta = Some(meta);
-        }
+        let ino = self.inodes.lock().looked_up(key, meta);
         Ok(self.face_attr(ino, meta))
     }
 
@@ -518,8 +550,11 @@ impl FaceFs {
                 {
                     let mut inodes = self.inodes.lock();
                     if let Some(ino) = inodes.existing(key) {
-                        if let Some(node) = inodes.node_mut(ino) {
-                            node.meta = Some(face.meta());
+                        if let Some(node) = inodes
+                            .node_mut(ino)
+                            .filter(|n| n.meta.digest == face.digest)
+                        {
+                            node.meta = face.meta();
                         }
                     }
                 }
@@ -553,12 +588,6 @@ impl FaceFs {
     fn forget_face(&self, key: &FaceKey) {
         self.absent.insert(key.clone(), self.now());
         self.faces.remove(key);
-        let mut inodes = self.inodes.lock();
-        if let Some(ino) = inodes.existing(key) {
-            if let Some(node) = inodes.node_mut(ino) {
-                node.meta = None;
-            }
-        }
     }
 
     fn handle(&self) -> u64 {
@@ -576,17 +605,51 @@ impl FaceFs {
         if write {
             return Err(err!(libc::EROFS, "faces are read-only").into());
         }
-        let face = self.load_face(&key, fetch)?;
-        let keep_cache = {
-            let mut inodes = self.inodes.lock();
-            let node = inodes
-                .node_mut(ino)
-                .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))?;
-            node.opened_digest.replace(face.digest) == Some(face.digest)
-        };
+        let face = self.version_bytes(ino, &key, fetch)?;
         let fh = self.handle();
         self.open_files.lock().insert(fh, face);
-        Ok(Opened { fh, keep_cache })
+        // An inode's bytes never change: the kernel may keep its pages.
+        Ok(Opened {
+            fh,
+            keep_cache: true,
+        })
+    }
+
+    /// The bytes of the version inode `ino` is: from the cache whatever its
+    /// age (a version's bytes never change), else downloaded if the API
+    /// still serves that version; a face changed since is `EIO`, never
+    /// other bytes under the old inode.
+    fn version_bytes(&self, ino: u64, key: &FaceKey, fetch: Fetch) -> Step<Arc<Face>> {
+        let digest = self
+            .inodes
+            .lock()
+            .node(ino)
+            .map(|n| n.meta.digest)
+            .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))?;
+        if let Some(face) = self.faces.get(key).filter(|f| f.digest == digest) {
+            METRICS.cache(true);
+            return Ok(face);
+        }
+        let face = self.load_face(key, fetch)?;
+        if face.digest != digest {
+            return Err(err!(
+                libc::EIO,
+                "this {} face changed while the file was open; open it again for the new one",
+                key.kind
+            )
+            .into());
+        }
+        Ok(face)
+    }
+
+    /// Reads inode `ino` without an open handle (the kernel opens files
+    /// itself once facefs answers `open` with ENOSYS): see [`Self::version_bytes`].
+    pub fn read_inode(&self, ino: u64, offset: u64, size: u32, fetch: Fetch) -> Answer<ReadSlice> {
+        let step = self.face_key(ino).map_err(Stop::from).and_then(|key| {
+            let face = self.version_bytes(ino, &key, fetch)?;
+            Ok(ReadSlice::of(face, offset, size))
+        });
+        step.into()
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadSlice, FsError> {
@@ -596,10 +659,7 @@ impl FaceFs {
             .get(&fh)
             .cloned()
             .ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
-        let len = face.bytes.len();
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
-        let end = start.saturating_add(size as usize).min(len);
-        Ok(ReadSlice { face, start, end })
+        Ok(ReadSlice::of(face, offset, size))
     }
 
     pub fn release(&self, fh: u64) {
@@ -1077,9 +1137,17 @@ mod tests {
         api.inner()
             .set_faces("ou_a", Some(vec![7; 120]), Some(vec![2; 40]));
         clock.advance(Duration::from_secs(30));
-        let after = fs.getattr(before.ino, Fetch::Allowed).unwrap();
+        // The old inode still describes the old bytes, and is not to be cached.
+        let old = fs.getattr(before.ino, Fetch::Allowed).unwrap();
+        assert_eq!(
+            (old.size, old.mtime, old.valid_for),
+            (100, before.mtime, Duration::ZERO)
+        );
+        // The name now shows the new bytes, under a new inode.
+        let after = fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
         assert_eq!(after.size, 120);
         assert_ne!(after.mtime, before.mtime);
+        assert_ne!(after.ino, before.ino);
     }
 
     #[test]
@@ -1350,28 +1418,36 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_keeps_its_page_cache_only_for_unchanged_bytes() {
+    fn an_inode_is_one_version_and_reads_its_own_bytes_or_eio() {
         let api = tenant();
         let clock = TestClock::default();
         let fs = fs_with_ttl(&api, Duration::from_secs(30), &clock);
-        let ino = fs
-            .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
-            .unwrap()
-            .ino;
-        let first = fs.open(ino, false, Fetch::Allowed).unwrap();
-        let second = fs.open(ino, false, Fetch::Allowed).unwrap();
-        assert!(!first.keep_cache && second.keep_cache);
-        clock.advance(Duration::from_secs(30));
-        assert!(
-            fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache,
-            "refetched, same bytes"
-        );
-        api.inner().set_faces("ou_a", Some(vec![5; 100]), None);
-        clock.advance(Duration::from_secs(30));
-        assert!(
-            !fs.open(ino, false, Fetch::Allowed).unwrap().keep_cache,
-            "new bytes: drop the page cache"
-        );
+        let dir = dir_ino(IdKind::OpenId);
+        let old = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+        // Read by inode, as the kernel does once it opens files itself.
+        let read = |ino, fetch| {
+            fs.read_inode(ino, 0, 4096, fetch)
+                .errno()
+                .map(|s| s.bytes().to_vec())
+        };
+        assert_eq!(read(old.ino, Fetch::Never), Ok(vec![1; 100]));
+        // Its bytes stay right past the TTL: a version never changes.
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(read(old.ino, Fetch::Never), Ok(vec![1; 100]));
+        assert_eq!(api.requests(Endpoint::Face), 1);
+        // Re-enrolled: the name gets a new inode with the new bytes...
+        api.inner().set_faces("ou_a", Some(vec![5; 120]), None);
+        let new = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+        assert_ne!(new.ino, old.ino);
+        assert_eq!(read(new.ino, Fetch::Never), Ok(vec![5; 120]));
+        // ...and the old inode, its bytes gone, fails rather than mixing.
+        assert_eq!(read(old.ino, Fetch::Allowed), Err(libc::EIO));
+        // An open handle of the old path keeps what it opened.
+        let opened = fs.open(new.ino, false, Fetch::Never).unwrap();
+        assert!(opened.keep_cache);
+        api.inner().set_faces("ou_a", Some(vec![6; 80]), None);
+        clock.advance(Duration::from_secs(60));
+        assert_eq!(fs.read(opened.fh, 0, 4096).unwrap().bytes(), &[5; 120][..]);
     }
 
     #[test]
