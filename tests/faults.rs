@@ -94,8 +94,10 @@ fn thirty_percent_failing_face_requests_give_no_wrong_byte_and_no_enoent() {
         if fault == WireFault::Chunked {
             assert_eq!(ok, results.len(), "a chunked answer is a correct answer");
         }
+        // 0.3^5 = 0.24% of requests fail five times in a row: about one
+        // read in 400; 97% leaves room for chance, not for a regression.
         assert!(
-            ok * 100 >= results.len() * 95,
+            ok * 100 >= results.len() * 97,
             "{fault:?}: {ok} of {} reads succeeded",
             results.len()
         );
