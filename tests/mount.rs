@@ -428,12 +428,6 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
     }
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// 100,000 users listed in all three directories: every name shown, and the
 /// daemon's peak memory within 128 MiB with nothing in the face cache.
 #[test]
@@ -450,16 +444,10 @@ fn a_hundred_thousand_users_list_in_bounded_memory() {
         shown += names;
     }
     assert!(shown > 500_000);
-    let peak = peak_rss_kib(mnt.child.as_ref().unwrap().id());
+    let peak = memory_kib(mnt.child.as_ref().unwrap().id(), "VmHWM");
     eprintln!("peak RSS after listing {shown} names: {peak} KiB");
     assert!(peak <= 128 * 1024, "peak RSS {peak} KiB");
     assert_eq!(emu.count(Route::Face), 0);
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Every stat of a name that does not exist is one answer from the API and
@@ -478,9 +466,9 @@ fn stats_of_absent_names_do_not_grow_memory() {
         }
     };
     stat_absent(0..3000);
-    let after_warm_up = rss_kib(pid);
+    let after_warm_up = memory_kib(pid, "VmRSS");
     stat_absent(3000..20_000);
-    let after = rss_kib(pid);
+    let after = memory_kib(pid, "VmRSS");
     assert_eq!(emu.count(Route::Face), 20_000, "each name asked once");
     assert!(
         after <= after_warm_up + 4 * 1024,
@@ -510,7 +498,7 @@ fn large_answers_in_parallel_stay_within_the_memory_bound() {
         ],
     );
     let pid = mnt.child.as_ref().unwrap().id();
-    let baseline = peak_rss_kib(pid);
+    let baseline = memory_kib(pid, "VmHWM");
     let ids: Vec<String> = emu
         .ids_with_faces(IdKind::OpenId)
         .into_iter()
@@ -528,7 +516,7 @@ fn large_answers_in_parallel_stay_within_the_memory_bound() {
         let bytes = reader.join().unwrap().unwrap();
         assert_eq!(Some(bytes), emu.face(IdKind::OpenId, id, false), "{id}");
     }
-    let peak = peak_rss_kib(pid);
+    let peak = memory_kib(pid, "VmHWM");
     eprintln!("peak RSS {peak} KiB (baseline {baseline} KiB) after 64 parallel 8 MiB reads");
     // The bound, plus 16 MiB for threads and the allocator.
     assert!(

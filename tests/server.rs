@@ -294,11 +294,7 @@ fn metric(text: &str, series: &str) -> f64 {
 #[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn metrics_move_as_faces_are_read() {
     let emu = emulator(small_tenant(4));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mnt = Mount::start(
         &emu,
         &[
@@ -392,12 +388,6 @@ fn metrics_move_as_faces_are_read() {
     );
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 /// Any local user can reach the metrics port: an endless header line, 500
 /// idle connections and 500 requests announcing a body they never send must
 /// not grow the daemon or silence it.
@@ -407,11 +397,7 @@ fn the_metrics_port_survives_a_flood() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     let emu = emulator(small_tenant(4));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mnt = Mount::start(&emu, &["--metrics-listen", &port.to_string()]);
     let pid = mnt.child.as_ref().unwrap().id();
     let addr = format!("127.0.0.1:{port}");
@@ -425,7 +411,7 @@ fn the_metrics_port_survives_a_flood() {
         text.contains("facefs_cache_faces").then_some(text)
     };
     assert!(scrape().is_some());
-    let before = rss_kib(pid);
+    let before = memory_kib(pid, "VmRSS");
 
     // 64 MiB of one header line: refused once past 8 KiB, never held.
     let mut endless = TcpStream::connect(&addr).unwrap();
@@ -455,7 +441,7 @@ fn the_metrics_port_survives_a_flood() {
         }
         held.push(s);
     }
-    let after = rss_kib(pid);
+    let after = memory_kib(pid, "VmRSS");
     assert!(
         after <= before + 4 * 1024,
         "RSS grew from {before} to {after} KiB"

@@ -171,21 +171,23 @@ mod tests {
 
     #[test]
     fn a_turn_past_the_deadline_is_refused_at_once_and_not_taken() {
-        let limiter = RateLimiter::new(1.0);
-        let now = Instant::now();
-        limiter
-            .acquire(now + Duration::from_secs(5), Priority::Listed)
-            .unwrap();
-        // The next turn is about a second away: past a 100 ms deadline.
-        let start = Instant::now();
-        assert_eq!(
-            limiter.acquire(start + Duration::from_millis(100), Priority::Listed),
-            Err(QueueTooLong)
-        );
-        assert!(start.elapsed() < Duration::from_millis(50));
-        // The refused caller did not push later callers back.
-        let next = limiter.reserve(Instant::now());
-        assert!(next - now < Duration::from_millis(1100), "{:?}", next - now);
+        for priority in [Priority::Listed, Priority::Probe] {
+            let limiter = RateLimiter::new(1.0);
+            let now = Instant::now();
+            limiter
+                .acquire(now + Duration::from_secs(5), Priority::Listed)
+                .unwrap();
+            // The next turn is about a second away: past a 100 ms deadline.
+            let start = Instant::now();
+            assert_eq!(
+                limiter.acquire(start + Duration::from_millis(100), priority),
+                Err(QueueTooLong)
+            );
+            assert!(start.elapsed() < Duration::from_millis(50), "{priority:?}");
+            // The refused caller did not push later callers back.
+            let next = limiter.reserve(Instant::now());
+            assert!(next - now < Duration::from_millis(1100), "{:?}", next - now);
+        }
     }
 
     /// 20 probes waiting at 10 requests a second, then one listed request:
@@ -222,20 +224,5 @@ mod tests {
                 pair[1] - pair[0]
             );
         }
-    }
-
-    #[test]
-    fn a_probe_past_its_deadline_is_refused() {
-        let limiter = RateLimiter::new(1.0);
-        let now = Instant::now();
-        limiter
-            .acquire(now + Duration::from_secs(5), Priority::Listed)
-            .unwrap();
-        let start = Instant::now();
-        assert_eq!(
-            limiter.acquire(start + Duration::from_millis(100), Priority::Probe),
-            Err(QueueTooLong)
-        );
-        assert!(start.elapsed() < Duration::from_millis(50));
     }
 }

@@ -93,6 +93,13 @@ impl Listing {
     }
 }
 
+/// Characters that make a file name print as something else: control
+/// characters (a newline splits `ls | while read`) and bidirectional
+/// overrides (which reorder what a terminal shows).
+fn misleading(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// All pages of the user list of `kind`. Any page failing fails the whole
 /// listing; a page token the API stops accepting restarts it. A listing that
 /// does not end — a page token repeated, pages naming no new user, more time
@@ -113,6 +120,7 @@ pub fn fetch(
         let mut page_tokens = HashSet::new();
         let mut ids = Vec::new();
         let mut skipped = 0usize;
+        let mut misleading_ids = 0usize;
         let mut stalled_pages = 0;
         let mut page_token: Option<String> = None;
         loop {
@@ -140,6 +148,9 @@ pub fn fetch(
                     continue;
                 }
                 if layout::representable_id(&user.user_id) {
+                    if user.user_id.chars().any(misleading) {
+                        misleading_ids += 1;
+                    }
                     ids.push(user.user_id);
                 } else {
                     skipped += 1;
@@ -176,6 +187,9 @@ pub fn fetch(
         }
         if skipped > 0 {
             log::warn!("{skipped} {kind} ids cannot be file names (they are not UTF-8, hold '/', are '.' or '..', end in '.cropped' or are too long) and are not listed");
+        }
+        if misleading_ids > 0 {
+            log::warn!("{misleading_ids} {kind} ids hold control or bidirectional-override characters; they are listed as they are (use find -print0 or ls -b in scripts)");
         }
         return Ok(Listing::new(ids, now));
     }
@@ -230,6 +244,13 @@ mod tests {
         }
     }
 
+    fn failure(api: &Endless, stopping: &AtomicBool) -> FsError {
+        match fetch(api, IdKind::OpenId, Instant::now(), stopping) {
+            Ok(_) => panic!("an endless listing ended"),
+            Err(e) => e,
+        }
+    }
+
     fn endless(new_tokens: bool) -> Endless {
         Endless {
             new_tokens,
@@ -261,16 +282,19 @@ mod tests {
     }
 
     #[test]
+    fn ids_that_print_as_something_else_are_recognised() {
+        for id in ["a\nb", "tab\there", "\u{202e}gpj.exe", "x\u{2066}y"] {
+            assert!(id.chars().any(misleading), "{id:?}");
+        }
+        for id in ["ou_abc", "emp 001", "张伟", "100%"] {
+            assert!(!id.chars().any(misleading), "{id:?}");
+        }
+    }
+
+    #[test]
     fn a_repeated_page_token_ends_the_listing() {
         let api = endless(false);
-        let err = fetch(
-            &api,
-            IdKind::OpenId,
-            Instant::now(),
-            &AtomicBool::new(false),
-        )
-        .err()
-        .unwrap();
+        let err = failure(&api, &AtomicBool::new(false));
         assert_eq!(err.errno(), libc::EIO);
         assert!(err.to_string().contains("same page token"), "{err}");
         assert_eq!(api.pages.load(Ordering::SeqCst), 2);
@@ -279,14 +303,7 @@ mod tests {
     #[test]
     fn pages_without_new_users_end_the_listing() {
         let api = endless(true);
-        let err = fetch(
-            &api,
-            IdKind::OpenId,
-            Instant::now(),
-            &AtomicBool::new(false),
-        )
-        .err()
-        .unwrap();
+        let err = failure(&api, &AtomicBool::new(false));
         assert_eq!(err.errno(), libc::EIO);
         assert!(err.to_string().contains("no new user"), "{err}");
         // The first page names a user; ten more that name no new one.
@@ -303,9 +320,7 @@ mod tests {
             stop_after: Some((3, stopping.clone())),
             ..endless(true)
         };
-        let err = fetch(&api, IdKind::OpenId, Instant::now(), &stopping)
-            .err()
-            .unwrap();
+        let err = failure(&api, &stopping);
         assert!(err.to_string().contains("going away"), "{err}");
         assert_eq!(api.pages.load(Ordering::SeqCst), 3);
     }

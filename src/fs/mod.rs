@@ -163,12 +163,6 @@ pub struct DirPage {
     start: u64,
 }
 
-impl std::fmt::Debug for DirPage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DirPage(inode {} from {})", self.ino, self.start)
-    }
-}
-
 impl DirPage {
     /// Each entry with the offset of the one after it.
     pub fn entries(&self) -> impl Iterator<Item = (u64, DirEntry)> + '_ {
@@ -206,12 +200,6 @@ pub struct ReadSlice {
     face: Arc<Face>,
     start: usize,
     end: usize,
-}
-
-impl std::fmt::Debug for ReadSlice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ReadSlice({}..{})", self.start, self.end)
-    }
 }
 
 impl ReadSlice {
@@ -767,10 +755,11 @@ mod tests {
     /// What an answer that must wait is, for comparing answers as errnos.
     const WOULD_BLOCK: i32 = -1;
 
-    impl<T: std::fmt::Debug> Answer<T> {
+    impl<T> Answer<T> {
         fn unwrap(self) -> T {
             match self {
-                Answer::Done(result) => result.unwrap(),
+                Answer::Done(Ok(value)) => value,
+                Answer::Done(Err(e)) => panic!("{e}"),
                 Answer::WouldBlock => panic!("the answer would block"),
             }
         }
