@@ -563,3 +563,31 @@ fn an_open_file_keeps_its_version_while_the_path_shows_the_new_one() {
         Err(e) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
     }
 }
+
+/// Python's `open()` asks every file whether it is a terminal (an ioctl):
+/// the answer is ENOTTY, and nothing is logged for it.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn ioctl_is_enotty_and_python_reads_faces_quietly() {
+    let emu = emulator(small_tenant(3));
+    let mnt = Mount::start(&emu, &[]);
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let path = mnt.join("open_id").join(face_file_name(&id, false));
+    let script = "import fcntl, sys, termios\n\
+                  f = open(sys.argv[1], 'rb')\n\
+                  data = f.read()\n\
+                  try:\n    fcntl.ioctl(f, termios.TCGETS)\n    print('no error')\n\
+                  except OSError as e:\n    print(e.errno, len(data))\n";
+    let out = run("python3", &[&"-c", &script, &path]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let face = emu.face(IdKind::OpenId, &id, false).unwrap();
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{} {}", libc::ENOTTY, face.len())
+    );
+    assert!(
+        !mnt.log_text().contains("Not Implemented"),
+        "{}",
+        mnt.log_text()
+    );
+}
