@@ -31,8 +31,10 @@ def say(msg):
 
 
 class Emulator:
-    def __init__(self, users, latency, limit, face_width):
+    def __init__(self, users, latency, limit, face_width, pad=None):
         args = [EMULATOR, "--users", str(users), "--latency", latency, "--face-width", str(face_width)]
+        if pad:
+            args += ["--pad-faces-to", pad]
         if limit:
             args += ["--rate-limit", str(limit)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
@@ -54,7 +56,7 @@ class Emulator:
 class Mount:
     def __init__(self, emu, path, *flags):
         self.path = path
-        env = dict(os.environ, FEISHU_APP_SECRET=emu.secret, FACEFS_LOG="warn")
+        env = dict(os.environ, FEISHU_APP_SECRET=emu.secret, FACEFS_LOG=os.environ.get("FACEFS_LOG", "warn"))
         args = [FACEFS, path, "-f", "--base-url", emu.url, "--app-id", emu.app_id, *flags]
         self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
         deadline = time.time() + 20
@@ -124,7 +126,8 @@ def main():
     ap.add_argument("--limit", type=int, default=50, help="the server's requests per second in the limited run")
     ap.add_argument("--face-width", type=int, default=240, help="pixels; 240 gives faces of tens of KB")
     ap.add_argument("--rss-cache-mib", type=int, default=8, help="--cache-size of the memory run, in MiB")
-    ap.add_argument("--only", choices=["rss"], help="run only this scenario")
+    ap.add_argument("--only", choices=["rss", "abuse"], help="run only this scenario ('abuse': the bounds of issue 11)")
+    ap.add_argument("--absent", type=int, default=1_000_000, help="stats of absent names in the abuse run")
     args = ap.parse_args()
 
     for tool in ("rsync", "curl"):
@@ -141,7 +144,7 @@ def main():
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt)
     try:
-        if args.only == "rss":
+        if args.only in ("rss", "abuse"):
             raise Skip()
         # 1. Cold rsync, no server limit, against one-by-one curl.
         say(f"cold rsync of {args.users * 2} files at {args.latency} latency, no server limit")
@@ -196,6 +199,9 @@ def main():
     except Skip:
         pass
     try:
+        if args.only == "abuse":
+            rows += abuse(args, work, shm, mnt)
+            raise Skip()
         # 4. Memory: read 10x the cache size.
         cache = f"{args.rss_cache_mib}MiB"
         say(f"peak RSS after reading 10x --cache-size {cache}")
@@ -220,6 +226,8 @@ def main():
                      emu.stats().get("Face", 0), peak))
         m.stop()
         emu.stop()
+    except Skip:
+        pass
     finally:
         for path in (mnt,):
             if os.path.ismount(path):
@@ -234,10 +242,115 @@ def main():
     print("| scenario | facefs | baseline | ratio | target | face requests | peak RSS |")
     print("|---|---|---|---|---|---|---|")
     for name, ours, base, ratio, target, requests, rss in rows:
-        unit = "MiB" if "RSS" in name else ("" if "requests" in name else "s")
+        unit = "MiB" if "RSS" in name else ("" if "requests" in name else ("%" if "faults" in name else "s"))
         print(f"| {name} | {ours:.2f} {unit} | {base:.2f} {unit} | {ratio:.2f} | {target} | {requests} | {rss // 1024} MiB |")
     if args.only is None:
         print(f"\n429 answers in the limited run: {throttled}")
+
+
+def rss_kib(pid, field="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def read_all(paths, threads):
+    """Reads every path on `threads` threads; returns {path: bytes or errno}."""
+    import concurrent.futures
+    def one(path):
+        try:
+            with open(path, "rb") as f:
+                return path, f.read()
+        except OSError as e:
+            return path, e.errno
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        return dict(pool.map(one, paths))
+
+
+def abuse(args, work, shm, mnt):
+    """The bounds facefs promises under abuse, measured (issue 11's targets)."""
+    import errno as errnos
+    rows = []
+    # a. Distinct absent names: memory must stop growing.
+    say(f"{args.absent} stats of distinct absent names")
+    emu = Emulator(40, "0s", None, 48)
+    m = Mount(emu, mnt, "--rate-limit", "10000")
+    d = os.path.join(mnt, "open_id")
+    start = time.perf_counter()
+    for i in range(args.absent):
+        try:
+            os.stat(os.path.join(d, f"ou_absent{i:09d}.jpg"))
+        except FileNotFoundError:
+            pass
+        if i == 10_000:
+            first = rss_kib(m.proc.pid)
+        if i % 100_000 == 99_999:
+            say(f"  {i + 1} stats, RSS {rss_kib(m.proc.pid) // 1024} MiB")
+    took = time.perf_counter() - start
+    growth = (rss_kib(m.proc.pid) - first) / 1024
+    rows.append((f"RSS growth over {args.absent:,} absent-name stats after the first 10,000 ({took:.0f} s)",
+                 growth, 8.0, growth / 8.0, "< 8 MiB", emu.stats().get("Face", 0), m.peak_rss_kib()))
+    m.stop()
+    emu.stop()
+
+    # b. 100,000 users listed in all three directories.
+    say("100,000 users listed in all three directories")
+    emu = Emulator(100_000, "0s", None, 48)
+    m = Mount(emu, mnt, "--rate-limit", "10000")
+    names = {}
+    for kind in ("open_id", "union_id", "user_id"):
+        names[kind] = os.listdir(os.path.join(mnt, kind))
+    peak = m.peak_rss_kib()
+    rows.append(("peak RSS with 100,000 users listed in three directories, empty face cache",
+                 peak / 1024, 128.0, peak / 1024 / 128, "<= 128 MiB", emu.stats().get("Face", 0), peak))
+    tmp = os.path.join(shm, "names")
+    os.makedirs(tmp)
+    for name in names["open_id"]:
+        open(os.path.join(tmp, name), "w").close()
+    ls_fuse = median_time(shell(f"ls -f {mnt}/open_id > /dev/null"))
+    ls_tmpfs = median_time(shell(f"ls -f {tmp} > /dev/null"))
+    rows.append((f"warm `ls -f` of {len(names['open_id'])} names", ls_fuse, ls_tmpfs, ls_fuse / ls_tmpfs,
+                 "within 3x of tmpfs", emu.stats().get("Face", 0), m.peak_rss_kib()))
+    shutil.rmtree(tmp)
+    m.stop()
+    emu.stop()
+
+    # c. 64 parallel answers of 16 MiB through a 32 MiB cache.
+    say("64 parallel answers of 16 MiB")
+    emu = Emulator(80, "0s", None, 48, pad="16MiB")
+    m = Mount(emu, mnt, "--rate-limit", "10000", "--cache-size", "32MiB", "--max-parallel", "64")
+    idle = rss_kib(m.proc.pid, "VmHWM")
+    files = sorted(f for f in os.listdir(os.path.join(mnt, "open_id")) if not f.endswith(".cropped.jpg"))[:64]
+    got = read_all([os.path.join(mnt, "open_id", f) for f in files], 64)
+    failed = sum(1 for v in got.values() if isinstance(v, int))
+    peak = m.peak_rss_kib()
+    bound = 32 + 64 + 64 * 0.5
+    rows.append((f"peak RSS above idle, 64 parallel 16 MiB answers, `--cache-size 32MiB` ({failed} failed)",
+                 (peak - idle) / 1024, bound, (peak - idle) / 1024 / bound,
+                 "<= cache + 64 MiB + 0.5 MiB per parallel download", emu.stats().get("Face", 0), peak))
+    m.stop()
+    emu.stop()
+
+    # d. 30% injected faults of each kind: reads that succeed, wrong bytes, ENOENT.
+    for fault in ("ServerError", "Reset", "CutShort", "Chunked", "EmptyBadRequest", "Throttle", "ExpiredToken", "Hang"):
+        emu = Emulator(240, "0s", None, 48)
+        m = Mount(emu, mnt, "--rate-limit", "10000", "--ttl", "0s", "--request-timeout", "1s")
+        paths = [os.path.join(mnt, "open_id", f) for f in sorted(os.listdir(os.path.join(mnt, "open_id")))]
+        truth = read_all(paths, 8)
+        urllib.request.urlopen(urllib.request.Request(f"{emu.url}/_emulator/faults?fault={fault}&rate=0.3", method="POST")).read()
+        got = read_all(paths, 8)
+        ok = sum(1 for p in paths if got[p] == truth[p])
+        wrong = sum(1 for p in paths if isinstance(got[p], bytes) and got[p] != truth[p])
+        enoent = sum(1 for p in paths if got[p] == errnos.ENOENT)
+        say(f"  {fault}: {ok}/{len(paths)} ok, {wrong} wrong, {enoent} ENOENT")
+        rows.append((f"reads at 30% `{fault}` faults ({wrong} wrong bytes, {enoent} ENOENT)",
+                     100.0 * ok / len(paths), 99.0, ok / len(paths) / 0.99, ">= 99% succeed, 0 wrong, 0 ENOENT",
+                     emu.stats().get("Face", 0), m.peak_rss_kib()))
+        m.stop()
+        emu.stop()
+    return rows
 
 
 if __name__ == "__main__":

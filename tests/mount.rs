@@ -513,11 +513,22 @@ fn large_answers_in_parallel_stay_within_the_memory_bound() {
         })
         .collect();
     for (reader, id) in readers.into_iter().zip(&ids) {
-        let bytes = reader.join().unwrap().unwrap();
+        let bytes = reader
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{id}: {e}\n{}", mnt.log_text()));
         assert_eq!(Some(bytes), emu.face(IdKind::OpenId, id, false), "{id}");
     }
     let peak = memory_kib(pid, "VmHWM");
     eprintln!("peak RSS {peak} KiB (baseline {baseline} KiB) after 64 parallel 8 MiB reads");
+    // Each face downloaded at most twice (once for the size at lookup, once
+    // for the bytes, as the cache holds one face): a read in progress keeps
+    // its face between its reads, and read-ahead stays within the cache.
+    let requests = emu.count(Route::Face);
+    assert!(
+        requests <= 2 * 64 + 8,
+        "{requests} face requests for 64 files"
+    );
     // The bound, plus 16 MiB for threads and the allocator.
     assert!(
         peak <= baseline + (8 + 64 + 32 + 16) * 1024,

@@ -31,6 +31,9 @@ struct Args {
     /// ACS requests admitted per second; more are refused with HTTP 429 / 99991400.
     #[arg(long)]
     rate_limit: Option<u32>,
+    /// Pad every face to at least this size (e.g. 16MiB), for tests of large answers.
+    #[arg(long, value_parser = facefs::daemon::cli::parse_size, default_value = "0")]
+    pad_faces_to: u64,
 }
 
 fn main() {
@@ -49,6 +52,7 @@ fn main() {
         users: args.users,
         face_width: args.face_width,
         face_height: args.face_width / 4 * 5,
+        pad_faces_to: usize::try_from(args.pad_faces_to).unwrap_or(usize::MAX),
         ..TenantSpec::default()
     };
     let config = EmulatorConfig {
@@ -64,8 +68,12 @@ fn main() {
             std::process::exit(1);
         }
     };
-    eprintln!("facefs-emulator: generating {} users' faces", args.users);
-    emulator.tenant().generate_all_faces();
+    // Beyond this, faces are made on first request (generating 200,000 at
+    // once would take minutes and gigabytes).
+    if args.users <= 20_000 {
+        eprintln!("facefs-emulator: generating {} users' faces", args.users);
+        emulator.tenant().generate_all_faces();
+    }
     emulator.set_latency(args.latency);
     println!("base_url={}", emulator.base_url());
     println!("app_id={}", emulator.config().app_id);

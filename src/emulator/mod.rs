@@ -88,6 +88,20 @@ pub enum WireFault {
     Trickle,
 }
 
+impl WireFault {
+    pub const ALL: [WireFault; 9] = [
+        WireFault::ServerError,
+        WireFault::Reset,
+        WireFault::CutShort,
+        WireFault::Chunked,
+        WireFault::EmptyBadRequest,
+        WireFault::Throttle,
+        WireFault::Hang,
+        WireFault::ExpiredToken,
+        WireFault::Trickle,
+    ];
+}
+
 /// How long a hung answer holds its connection.
 const HANG: Duration = Duration::from_secs(300);
 
@@ -675,6 +689,30 @@ impl State {
         match (req.method.as_str(), req.path.as_str()) {
             ("POST", "/_emulator/expire-tokens") => {
                 self.expire_tokens();
+                Response::json(200, &json!({ "ok": true }))
+            }
+            // `?fault=Reset&rate=0.3` fails that share of face requests;
+            // no query clears every fault.
+            ("POST", "/_emulator/faults") => {
+                let query = req.query_pairs().unwrap_or_default();
+                let param = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.as_str())
+                };
+                let Some(fault) = param("fault") else {
+                    self.behave().faults.clear();
+                    return Response::json(200, &json!({ "ok": true }));
+                };
+                let Some(fault) = WireFault::ALL
+                    .into_iter()
+                    .find(|f| format!("{f:?}") == fault)
+                else {
+                    return error(400, codes::INVALID_PARAM, "unknown fault");
+                };
+                let rate = param("rate").and_then(|r| r.parse().ok()).unwrap_or(1.0);
+                self.behave().faults.push((Route::Face, fault, rate));
                 Response::json(200, &json!({ "ok": true }))
             }
             ("GET", "/_emulator/stats") => {

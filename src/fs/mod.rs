@@ -197,7 +197,8 @@ impl DirPage {
 }
 
 pub struct ReadSlice {
-    face: Arc<Face>,
+    /// `None` for a read at or past the end, which needs no bytes.
+    face: Option<Arc<Face>>,
     start: usize,
     end: usize,
 }
@@ -207,11 +208,23 @@ impl ReadSlice {
         let len = face.bytes.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
         let end = start.saturating_add(size as usize).min(len);
-        ReadSlice { face, start, end }
+        ReadSlice {
+            face: Some(face),
+            start,
+            end,
+        }
     }
 
+    const EMPTY: ReadSlice = ReadSlice {
+        face: None,
+        start: 0,
+        end: 0,
+    };
+
     pub fn bytes(&self) -> &[u8] {
-        &self.face.bytes[self.start..self.end]
+        self.face
+            .as_ref()
+            .map_or(&[][..], |f| &f.bytes[self.start..self.end])
     }
 }
 
@@ -221,6 +234,81 @@ pub struct Opened {
     pub fh: u64,
     /// The bytes are those the previous open served: the kernel may keep its page cache.
     pub keep_cache: bool,
+}
+
+/// Faces being read by inode. With the kernel opening files itself there is
+/// no handle to hold a face between the reads of one file: without a pin, a
+/// cache smaller than what is being read at once would evict a face between
+/// two of its reads and download it again for each. A pin ends once as many
+/// bytes as the face has were read (the kernel's reads of one file may come
+/// out of order), on FORGET, after [`PIN_IDLE`] without a read, or when more
+/// than `limit` files are being read; its bytes stay inside the memory budget.
+struct ReadPins {
+    pins: HashMap<u64, Pin>,
+    limit: usize,
+}
+
+struct Pin {
+    face: Arc<Face>,
+    served: u64,
+    last_read: Instant,
+}
+
+/// A file not read for this long is taken as abandoned half-way.
+const PIN_IDLE: Duration = Duration::from_secs(2);
+
+impl ReadPins {
+    fn new(limit: usize) -> ReadPins {
+        ReadPins {
+            pins: HashMap::new(),
+            limit,
+        }
+    }
+
+    fn get(&mut self, ino: u64) -> Option<Arc<Face>> {
+        self.pins.get(&ino).map(|p| p.face.clone())
+    }
+
+    /// Drops pins of files no one has read for [`PIN_IDLE`].
+    fn sweep(&mut self, now: Instant) {
+        self.pins
+            .retain(|_, p| now.saturating_duration_since(p.last_read) < PIN_IDLE);
+    }
+
+    fn pin(&mut self, ino: u64, face: Arc<Face>, now: Instant) {
+        self.sweep(now);
+        if self.pins.len() >= self.limit {
+            let oldest = self
+                .pins
+                .iter()
+                .min_by_key(|(_, p)| p.last_read)
+                .map(|(i, _)| *i);
+            if let Some(oldest) = oldest {
+                self.pins.remove(&oldest);
+            }
+        }
+        self.pins.entry(ino).or_insert(Pin {
+            face,
+            served: 0,
+            last_read: now,
+        });
+    }
+
+    /// Notes `bytes` served from `ino`'s pin; ends the pin once the whole
+    /// face has been served.
+    fn served(&mut self, ino: u64, bytes: usize, now: Instant) {
+        if let Some(pin) = self.pins.get_mut(&ino) {
+            pin.served += bytes as u64;
+            pin.last_read = now;
+            if pin.served >= pin.face.bytes.len() as u64 {
+                self.pins.remove(&ino);
+            }
+        }
+    }
+
+    fn unpin(&mut self, ino: u64) {
+        self.pins.remove(&ino);
+    }
 }
 
 pub struct FaceFs {
@@ -242,6 +330,8 @@ pub struct FaceFs {
     prefetchers: Option<WorkerPool>,
     /// Set when the mount is going away: long work in flight gives up.
     stopping: AtomicBool,
+    /// Faces being read by inode, kept until their last byte is read.
+    reading: Mutex<ReadPins>,
 }
 
 impl FaceFs {
@@ -260,6 +350,7 @@ impl FaceFs {
                 pool.map_err(|e| log::warn!("read-ahead is off: cannot start its threads: {e}"))
                     .ok()
             });
+        let config_pins = config.prefetch_threads.max(8) * 2;
         Arc::new_cyclic(|me| FaceFs {
             me: me.clone(),
             api,
@@ -278,6 +369,7 @@ impl FaceFs {
             readahead: Mutex::new(HashMap::new()),
             prefetchers,
             stopping: AtomicBool::new(false),
+            reading: Mutex::new(ReadPins::new(config_pins)),
         })
     }
 
@@ -398,7 +490,7 @@ impl FaceFs {
             .lock()
             .entry(key.kind)
             .or_default()
-            .on_lookup(place, listing.files(), self.config.readahead);
+            .on_lookup(place, listing.files(), self.readahead_window());
         let Some(places) = places else { return };
         for next in places {
             let Some(next_key) = listing.file_at(key.kind, next) else {
@@ -422,6 +514,19 @@ impl FaceFs {
                 }
             });
         }
+    }
+
+    /// How far read-ahead may go: no further than half of what the cache
+    /// holds of faces of the size seen so far, or it would evict faces it
+    /// fetched before the walk reaches them.
+    fn readahead_window(&self) -> usize {
+        let usage = self.faces.usage();
+        if usage.entries == 0 {
+            return self.config.readahead;
+        }
+        let average = (usage.bytes / usage.entries as u64).max(1);
+        let fits = usize::try_from(self.config.cache_bytes / 2 / average).unwrap_or(usize::MAX);
+        self.config.readahead.min(fits)
     }
 
     pub fn getattr(&self, ino: u64, fetch: Fetch) -> Answer<Attr> {
@@ -461,6 +566,9 @@ impl FaceFs {
     /// The kernel forgets `lookups` lookups of `ino`.
     pub fn forget(&self, ino: u64, lookups: u64) {
         self.inodes.lock().forget(ino, lookups);
+        if self.inodes.lock().node(ino).is_none() {
+            self.reading.lock().unpin(ino);
+        }
     }
 
     /// What `stat` shows of a face: from what is known while it is fresh,
@@ -634,8 +742,29 @@ impl FaceFs {
     /// itself once facefs answers `open` with ENOSYS): see [`Self::version_bytes`].
     pub fn read_inode(&self, ino: u64, offset: u64, size: u32, fetch: Fetch) -> Answer<ReadSlice> {
         let step = self.face_key(ino).map_err(Stop::from).and_then(|key| {
-            let face = self.version_bytes(ino, &key, fetch)?;
-            Ok(ReadSlice::of(face, offset, size))
+            // The end of the file needs no bytes (and must not wait for a
+            // download: the reader may hold memory others wait for).
+            let length = self.inodes.lock().node(ino).map(|n| n.meta.size);
+            if length.is_some_and(|length| offset >= length) {
+                return Ok(ReadSlice::EMPTY);
+            }
+            let pinned = self.reading.lock().get(ino);
+            let face = match pinned {
+                Some(face) => face,
+                None => {
+                    // Abandoned reads give their memory back before this
+                    // one may wait for memory.
+                    self.reading.lock().sweep(self.now());
+                    let face = self.version_bytes(ino, &key, fetch)?;
+                    self.reading.lock().pin(ino, face.clone(), self.now());
+                    face
+                }
+            };
+            let slice = ReadSlice::of(face, offset, size);
+            self.reading
+                .lock()
+                .served(ino, slice.bytes().len().max(1), self.now());
+            Ok(slice)
         });
         step.into()
     }
@@ -1319,6 +1448,51 @@ mod tests {
         assert_eq!(looked_up.ino, all[3].1.ino, "readdir and lookup agree");
         fs.releasedir(fh);
         assert_eq!(api.requests(Endpoint::List), 1);
+    }
+
+    /// Read by inode with a cache that holds one face: a file being read
+    /// keeps its face between reads instead of downloading it again.
+    #[test]
+    fn a_face_being_read_is_not_downloaded_again_when_evicted() {
+        let api = tenant();
+        let fs = fs_with(
+            &api,
+            FsConfig {
+                cache_bytes: 100,
+                readahead: 0,
+                ..FsConfig::default()
+            },
+        );
+        let dir = dir_ino(IdKind::OpenId);
+        let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+        let b = fs.lookup(dir, name("ou_b.jpg"), Fetch::Allowed).unwrap();
+        assert_eq!(api.requests(Endpoint::Face), 2, "b evicted a");
+        let part = |ino, offset| {
+            fs.read_inode(ino, offset, 10, Fetch::Allowed)
+                .unwrap()
+                .bytes()
+                .to_vec()
+        };
+        assert_eq!(part(a.ino, 0), vec![1; 10]);
+        assert_eq!(part(b.ino, 0), vec![3; 10]);
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            4,
+            "each downloaded once more, evicting the other"
+        );
+        for offset in (10..100).step_by(10) {
+            assert_eq!(part(a.ino, offset), vec![1; 10]);
+            assert_eq!(part(b.ino, offset.min(50)), vec![3; 10]);
+        }
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            4,
+            "the reads in progress kept their faces"
+        );
+        assert!(
+            fs.reading.lock().pins.get(&a.ino).is_none(),
+            "unpinned once all was read"
+        );
     }
 
     fn big_tenant(users: usize) -> Arc<TestApi> {

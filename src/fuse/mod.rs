@@ -26,6 +26,8 @@ pub struct FuseAdapter {
     /// RELEASE reaches facefs, and reads come by inode. Safe because an inode
     /// is one version of a face, whose bytes never change.
     no_open: bool,
+    /// Threads of `workers`.
+    parallel: usize,
 }
 
 impl FuseAdapter {
@@ -34,6 +36,7 @@ impl FuseAdapter {
             core,
             workers: WorkerPool::new("facefs-worker", workers)?,
             no_open: false,
+            parallel: workers,
         })
     }
 
@@ -138,6 +141,15 @@ impl Filesystem for FuseAdapter {
             log::warn!(
                 "the kernel lacks {missing:?}: lookups in one directory will wait for each other"
             );
+        }
+        // The kernel sends read-ahead reads as background requests, 12 at a
+        // time by default. If all 12 wait for downloads (that wait for
+        // memory), the reads of faces already in memory could not even be
+        // sent, and those readers could never finish and give memory back:
+        // allow more background requests than there are workers to block.
+        let background = u16::try_from(self.parallel * 4 + 64).unwrap_or(u16::MAX);
+        if config.set_max_background(background).is_ok() {
+            let _ = config.set_congestion_threshold(background / 4 * 3);
         }
         // Two requests fewer per file read: a warm `cat` runs at page-cache speed.
         self.no_open = config
