@@ -334,12 +334,24 @@ def abuse(args, work, shm, mnt):
     emu.stop()
 
     # d. 30% injected faults of each kind: reads that succeed, wrong bytes, ENOENT.
+    #    The right bytes come straight from the emulator; each read is one
+    #    cold lookup and download through a fresh mount with the defaults.
     for fault in ("ServerError", "Reset", "CutShort", "Chunked", "EmptyBadRequest", "Throttle", "ExpiredToken", "Hang"):
         emu = Emulator(240, "0s", None, 48)
-        m = Mount(emu, mnt, "--rate-limit", "10000", "--ttl", "0s", "--request-timeout", "1s")
-        paths = [os.path.join(mnt, "open_id", f) for f in sorted(os.listdir(os.path.join(mnt, "open_id")))]
-        truth = read_all(paths, 8)
+        token = json.load(urllib.request.urlopen(urllib.request.Request(
+            f"{emu.url}/open-apis/auth/v3/tenant_access_token/internal", method="POST",
+            data=json.dumps({"app_id": emu.app_id, "app_secret": emu.secret}).encode(),
+            headers={"Content-Type": "application/json"})))["tenant_access_token"]
+        m = Mount(emu, mnt, "--rate-limit", "10000", "--request-timeout", "1s")
+        names = sorted(os.listdir(os.path.join(mnt, "open_id")))
+        truth = {}
+        for name in names:
+            user, cropped = (name[:-12], "true") if name.endswith(".cropped.jpg") else (name[:-4], "false")
+            url = f"{emu.url}/open-apis/acs/v1/users/{user}/face?is_cropped={cropped}&user_id_type=open_id"
+            req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+            truth[os.path.join(mnt, "open_id", name)] = urllib.request.urlopen(req).read()
         urllib.request.urlopen(urllib.request.Request(f"{emu.url}/_emulator/faults?fault={fault}&rate=0.3", method="POST")).read()
+        paths = list(truth)
         got = read_all(paths, 8)
         ok = sum(1 for p in paths if got[p] == truth[p])
         wrong = sum(1 for p in paths if isinstance(got[p], bytes) and got[p] != truth[p])

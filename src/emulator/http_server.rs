@@ -217,9 +217,18 @@ fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> 
                 }
             }
             Reply::Silence(length) => {
+                // Until the time is up, or the client gives up and closes
+                // (a hung answer must not hold a connection slot for minutes).
                 let until = std::time::Instant::now() + length;
+                let _ = writer.set_read_timeout(Some(Duration::from_millis(20)));
+                let mut probe = [0u8; 1];
                 while std::time::Instant::now() < until && !stop.load(Ordering::SeqCst) {
-                    std::thread::sleep(Duration::from_millis(20));
+                    match writer.peek(&mut probe) {
+                        Ok(0) => break,
+                        Ok(_) => std::thread::sleep(Duration::from_millis(20)),
+                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                        Err(_) => break,
+                    }
                 }
                 break;
             }
