@@ -26,6 +26,10 @@ FACEFS = os.path.join(ROOT, "target", "release", "facefs")
 EMULATOR = os.path.join(ROOT, "target", "release", "facefs-emulator")
 
 
+# Every emulator and mount started, so that a failure part-way stops them too.
+STARTED = []
+
+
 def say(msg):
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
@@ -38,6 +42,7 @@ class Emulator:
         if limit:
             args += ["--rate-limit", str(limit)]
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        STARTED.append(self)
         info = {}
         for _ in range(3):
             key, _, value = self.proc.stdout.readline().strip().partition("=")
@@ -49,8 +54,9 @@ class Emulator:
             return json.load(r)
 
     def stop(self):
-        self.proc.terminate()
-        self.proc.wait()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait()
 
 
 class Mount:
@@ -59,6 +65,7 @@ class Mount:
         env = dict(os.environ, FEISHU_APP_SECRET=emu.secret, FACEFS_LOG=os.environ.get("FACEFS_LOG", "warn"))
         args = [FACEFS, path, "-f", "--base-url", emu.url, "--app-id", emu.app_id, *flags]
         self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
+        STARTED.append(self)
         deadline = time.time() + 20
         while not os.path.ismount(path):
             if self.proc.poll() is not None or time.time() > deadline:
@@ -73,6 +80,8 @@ class Mount:
         return 0
 
     def stop(self):
+        if self.proc.poll() is not None:
+            return
         subprocess.run(["umount", self.path], check=False)
         try:
             self.proc.wait(timeout=15)
@@ -229,6 +238,8 @@ def main():
     except Skip:
         pass
     finally:
+        for started in reversed(STARTED):
+            started.stop()
         for path in (mnt,):
             if os.path.ismount(path):
                 subprocess.run(["umount", "-l", path], check=False)
