@@ -56,7 +56,9 @@ fn read_all(
 fn thirty_percent_failing_face_requests_give_no_wrong_byte_and_no_enoent() {
     // Every kind but the trickle, whose bound tests/http_client.rs checks
     // (at 30% it would spend a request timeout on every third request).
-    let faults = WireFault::ALL.into_iter().filter(|f| *f != WireFault::Trickle);
+    let faults = WireFault::ALL
+        .into_iter()
+        .filter(|f| *f != WireFault::Trickle);
     for fault in faults {
         let emu = emulator(small_tenant(100));
         emu.inject(Route::Face, fault, 0.3);

@@ -226,7 +226,11 @@ fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> 
                     match writer.peek(&mut probe) {
                         Ok(0) => break,
                         Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-                        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
+                        Err(e)
+                            if matches!(
+                                e.kind(),
+                                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                            ) => {}
                         Err(_) => break,
                     }
                 }

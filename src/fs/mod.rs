@@ -228,14 +228,6 @@ impl ReadSlice {
     }
 }
 
-/// What `open` gives the kernel.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Opened {
-    pub fh: u64,
-    /// The bytes are those the previous open served: the kernel may keep its page cache.
-    pub keep_cache: bool,
-}
-
 /// Faces being read by inode. With the kernel opening files itself there is
 /// no handle to hold a face between the reads of one file: without a pin, a
 /// cache smaller than what is being read at once would evict a face between
@@ -692,11 +684,13 @@ impl FaceFs {
 
     /// Opens a face for reading. The handle holds the bytes, so every read of
     /// one open file sees one version of the face, whatever the cache does.
-    pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Answer<Opened> {
+    /// Returns the handle. An inode's bytes never change, so the kernel may
+    /// always keep its pages.
+    pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Answer<u64> {
         self.open_step(ino, write, fetch).into()
     }
 
-    fn open_step(&self, ino: u64, write: bool, fetch: Fetch) -> Step<Opened> {
+    fn open_step(&self, ino: u64, write: bool, fetch: Fetch) -> Step<u64> {
         let key = self.face_key(ino)?;
         if write {
             return Err(err!(libc::EROFS, "faces are read-only").into());
@@ -704,11 +698,7 @@ impl FaceFs {
         let face = self.version_bytes(ino, &key, fetch)?;
         let fh = self.handle();
         self.open_files.lock().insert(fh, face);
-        // An inode's bytes never change: the kernel may keep its pages.
-        Ok(Opened {
-            fh,
-            keep_cache: true,
-        })
+        Ok(fh)
     }
 
     /// The bytes of the version inode `ino` is: from the cache whatever its
@@ -962,7 +952,7 @@ mod tests {
     }
 
     fn read_all(fs: &FaceFs, ino: u64) -> Vec<u8> {
-        let fh = fs.open(ino, false, Fetch::Allowed).unwrap().fh;
+        let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
         let bytes = fs.read(fh, 0, 1 << 20).unwrap().bytes().to_vec();
         fs.release(fh);
         bytes
@@ -1063,7 +1053,7 @@ mod tests {
             .lookup(dir_ino(IdKind::UnionId), name("on_b.jpg"), Fetch::Allowed)
             .unwrap()
             .ino;
-        let fh = fs.open(ino, false, Fetch::Allowed).unwrap().fh;
+        let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
         assert_eq!(fs.read(fh, 50, 100).unwrap().bytes().len(), 10);
         assert!(fs.read(fh, 60, 10).unwrap().bytes().is_empty());
         assert!(fs.read(fh, u64::MAX, 10).unwrap().bytes().is_empty());
@@ -1607,10 +1597,9 @@ mod tests {
         assert_eq!(read(old.ino, Fetch::Allowed), Err(libc::EIO));
         // An open handle of the old path keeps what it opened.
         let opened = fs.open(new.ino, false, Fetch::Never).unwrap();
-        assert!(opened.keep_cache);
         api.inner().set_faces("ou_a", Some(vec![6; 80]), None);
         clock.advance(Duration::from_secs(60));
-        assert_eq!(fs.read(opened.fh, 0, 4096).unwrap().bytes(), &[5; 120][..]);
+        assert_eq!(fs.read(opened, 0, 4096).unwrap().bytes(), &[5; 120][..]);
     }
 
     #[test]

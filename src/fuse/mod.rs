@@ -199,14 +199,8 @@ impl Filesystem for FuseAdapter {
             FuseOp::Open,
             move |core, fetch| core.open(ino.0, write, fetch),
             move |result| match result {
-                Ok(opened) => {
-                    let flags = if opened.keep_cache {
-                        FopenFlags::FOPEN_KEEP_CACHE
-                    } else {
-                        FopenFlags::empty()
-                    };
-                    reply.opened(FileHandle(opened.fh), flags);
-                }
+                // An inode is one version: its pages stay right.
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
                 Err(e) => reply.error(errno(&e)),
             },
         );
