@@ -110,18 +110,36 @@ impl InodeTable {
             .is_some_and(|n| self.by_key.get(&n.key) == Some(&ino))
     }
 
-    /// The kernel forgets `n` lookups of `ino`; at none left, so does the table.
-    pub fn forget(&mut self, ino: u64, n: u64) {
+    /// The kernel forgets `n` lookups of `ino`; at none left, so does the
+    /// table. Returns whether `ino` is gone.
+    pub fn forget(&mut self, ino: u64, n: u64) -> bool {
         let Some(node) = self.nodes.get_mut(&ino) else {
-            return;
+            return true;
         };
         node.lookups = node.lookups.saturating_sub(n);
-        if node.lookups == 0 {
-            if let Some(node) = self.nodes.remove(&ino) {
-                if self.by_key.get(&node.key) == Some(&ino) {
-                    self.by_key.remove(&node.key);
-                }
+        if node.lookups > 0 {
+            return false;
+        }
+        if let Some(node) = self.nodes.remove(&ino) {
+            if self.by_key.get(&node.key) == Some(&ino) {
+                self.by_key.remove(&node.key);
             }
+        }
+        true
+    }
+
+    /// Marks the current version of `key` confirmed by `meta`, if `meta`
+    /// is that version (same digest); a different version changes nothing.
+    pub fn confirm(&mut self, key: &FaceKey, meta: FaceMeta) {
+        let Some(&ino) = self.by_key.get(key) else {
+            return;
+        };
+        if let Some(node) = self
+            .nodes
+            .get_mut(&ino)
+            .filter(|n| n.meta.digest == meta.digest)
+        {
+            node.meta = meta;
         }
     }
 
@@ -132,10 +150,6 @@ impl InodeTable {
 
     pub fn node(&self, ino: u64) -> Option<&FaceNode> {
         self.nodes.get(&ino)
-    }
-
-    pub fn node_mut(&mut self, ino: u64) -> Option<&mut FaceNode> {
-        self.nodes.get_mut(&ino)
     }
 
     /// Faces the kernel knows.

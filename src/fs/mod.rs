@@ -322,7 +322,7 @@ pub struct FaceFs {
     prefetchers: Option<WorkerPool>,
     /// Set when the mount is going away: long work in flight gives up.
     stopping: AtomicBool,
-    /// Faces being read by inode, kept until their last byte is read.
+    /// Faces being read by inode (see [`ReadPins`]).
     reading: Mutex<ReadPins>,
 }
 
@@ -342,7 +342,7 @@ impl FaceFs {
                 pool.map_err(|e| log::warn!("read-ahead is off: cannot start its threads: {e}"))
                     .ok()
             });
-        let config_pins = config.prefetch_threads.max(8) * 2;
+        let pin_limit = config.prefetch_threads.max(8) * 2;
         Arc::new_cyclic(|me| FaceFs {
             me: me.clone(),
             api,
@@ -361,7 +361,7 @@ impl FaceFs {
             readahead: Mutex::new(HashMap::new()),
             prefetchers,
             stopping: AtomicBool::new(false),
-            reading: Mutex::new(ReadPins::new(config_pins)),
+            reading: Mutex::new(ReadPins::new(pin_limit)),
         })
     }
 
@@ -421,15 +421,16 @@ impl FaceFs {
         }
     }
 
-    /// The key of face inode `ino`; directories and unknown inodes are errors.
-    fn face_key(&self, ino: u64) -> Result<FaceKey, FsError> {
+    /// The face and version inode `ino` is; directories and unknown inodes
+    /// are errors.
+    fn face_version(&self, ino: u64) -> Result<(FaceKey, FaceMeta), FsError> {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Err(err!(libc::EISDIR, "inode {ino} is a directory"));
         }
         self.inodes
             .lock()
             .node(ino)
-            .map(|n| n.key.clone())
+            .map(|n| (n.key.clone(), n.meta))
             .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))
     }
 
@@ -525,55 +526,52 @@ impl FaceFs {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Answer::Done(Ok(self.dir_attr(ino)));
         }
-        let step = self.face_key(ino).map_err(Stop::from).and_then(|key| {
-            let inodes = self.inodes.lock();
-            let node = inodes
-                .node(ino)
-                .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))?;
-            let version = node.meta;
-            // Not to be cached: the kernel asks again, and meanwhile the
-            // name's lookup finds the newer inode.
-            let old = |attr: Attr| Attr {
-                valid_for: Duration::ZERO,
-                ..attr
-            };
-            // An older version's inode describes its own bytes, for good; its
-            // name shows the newer one through a new lookup.
-            if !inodes.is_current(ino) {
-                return Ok(old(self.face_attr(ino, version)));
-            }
-            drop(inodes);
-            let meta = self.face_meta(&key, fetch)?;
-            if meta.digest != version.digest {
-                return Ok(old(self.face_attr(ino, version)));
-            }
-            if let Some(node) = self.inodes.lock().node_mut(ino) {
-                node.meta = meta;
-            }
-            Ok(self.face_attr(ino, meta))
-        });
+        let step = self
+            .face_version(ino)
+            .map_err(Stop::from)
+            .and_then(|(key, version)| {
+                // An older version's inode describes its own bytes, for good;
+                // not to be cached, as the name's next lookup finds the newer one.
+                let old = || Attr {
+                    valid_for: Duration::ZERO,
+                    ..self.face_attr(ino, version)
+                };
+                if !self.inodes.lock().is_current(ino) {
+                    return Ok(old());
+                }
+                let meta = self.face_meta(&key, fetch)?;
+                if meta.digest != version.digest {
+                    return Ok(old());
+                }
+                self.inodes.lock().confirm(&key, meta);
+                Ok(self.face_attr(ino, meta))
+            });
         step.into()
     }
 
     /// The kernel forgets `lookups` lookups of `ino`.
     pub fn forget(&self, ino: u64, lookups: u64) {
-        self.inodes.lock().forget(ino, lookups);
-        if self.inodes.lock().node(ino).is_none() {
+        if self.inodes.lock().forget(ino, lookups) {
             self.reading.lock().unpin(ino);
         }
     }
 
-    /// What `stat` shows of a face: from what is known while it is fresh,
-    /// else by downloading it, since only the bytes tell the exact size.
-    fn face_meta(&self, key: &FaceKey, fetch: Fetch) -> Step<FaceMeta> {
+    /// `ENOENT` while the API's "does not exist" for `key` is remembered.
+    fn known_absent(&self, key: &FaceKey) -> Result<(), FsError> {
         if self.absent.contains(key, self.now()) {
             return Err(err!(
                 libc::ENOENT,
                 "the API said this {} face does not exist",
                 key.kind
-            )
-            .into());
+            ));
         }
+        Ok(())
+    }
+
+    /// What `stat` shows of a face: from what is known while it is fresh,
+    /// else by downloading it, since only the bytes tell the exact size.
+    fn face_meta(&self, key: &FaceKey, fetch: Fetch) -> Step<FaceMeta> {
+        self.known_absent(key)?;
         {
             let inodes = self.inodes.lock();
             let known = inodes
@@ -597,14 +595,7 @@ impl FaceFs {
     /// A face's bytes, from the cache while fresh, else downloaded once for
     /// all concurrent callers.
     fn load_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Arc<Face>> {
-        if self.absent.contains(key, self.now()) {
-            return Err(err!(
-                libc::ENOENT,
-                "the API said this {} face does not exist",
-                key.kind
-            )
-            .into());
-        }
+        self.known_absent(key)?;
         let cached = || self.faces.get(key).filter(|f| self.fresh(f.fetched_at));
         if let Some(face) = cached() {
             METRICS.cache(true);
@@ -635,17 +626,7 @@ impl FaceFs {
         match self.api.get_face(key.kind, &key.id, key.cropped, priority) {
             Ok(bytes) => {
                 let face = Arc::new(Face::new(bytes, self.now()));
-                {
-                    let mut inodes = self.inodes.lock();
-                    if let Some(ino) = inodes.existing(key) {
-                        if let Some(node) = inodes
-                            .node_mut(ino)
-                            .filter(|n| n.meta.digest == face.digest)
-                        {
-                            node.meta = face.meta();
-                        }
-                    }
-                }
+                self.inodes.lock().confirm(key, face.meta());
                 self.faces
                     .insert(key.clone(), face.clone(), face.bytes.len() as u64);
                 Ok(face)
@@ -682,36 +663,28 @@ impl FaceFs {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Opens a face for reading. The handle holds the bytes, so every read of
-    /// one open file sees one version of the face, whatever the cache does.
-    /// Returns the handle. An inode's bytes never change, so the kernel may
-    /// always keep its pages.
+    /// Opens a face for reading and returns the handle, which holds the bytes
+    /// of the inode's version for every read of this open file.
     pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Answer<u64> {
         self.open_step(ino, write, fetch).into()
     }
 
     fn open_step(&self, ino: u64, write: bool, fetch: Fetch) -> Step<u64> {
-        let key = self.face_key(ino)?;
+        let (key, version) = self.face_version(ino)?;
         if write {
             return Err(err!(libc::EROFS, "faces are read-only").into());
         }
-        let face = self.version_bytes(ino, &key, fetch)?;
+        let face = self.version_bytes(&key, version.digest, fetch)?;
         let fh = self.handle();
         self.open_files.lock().insert(fh, face);
         Ok(fh)
     }
 
-    /// The bytes of the version inode `ino` is: from the cache whatever its
+    /// The bytes of the version `digest` of `key`: from the cache whatever its
     /// age (a version's bytes never change), else downloaded if the API
     /// still serves that version; a face changed since is `EIO`, never
     /// other bytes under the old inode.
-    fn version_bytes(&self, ino: u64, key: &FaceKey, fetch: Fetch) -> Step<Arc<Face>> {
-        let digest = self
-            .inodes
-            .lock()
-            .node(ino)
-            .map(|n| n.meta.digest)
-            .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))?;
+    fn version_bytes(&self, key: &FaceKey, digest: u64, fetch: Fetch) -> Step<Arc<Face>> {
         if let Some(face) = self.faces.get(key).filter(|f| f.digest == digest) {
             METRICS.cache(true);
             return Ok(face);
@@ -731,31 +704,33 @@ impl FaceFs {
     /// Reads inode `ino` without an open handle (the kernel opens files
     /// itself once facefs answers `open` with ENOSYS): see [`Self::version_bytes`].
     pub fn read_inode(&self, ino: u64, offset: u64, size: u32, fetch: Fetch) -> Answer<ReadSlice> {
-        let step = self.face_key(ino).map_err(Stop::from).and_then(|key| {
-            // The end of the file needs no bytes (and must not wait for a
-            // download: the reader may hold memory others wait for).
-            let length = self.inodes.lock().node(ino).map(|n| n.meta.size);
-            if length.is_some_and(|length| offset >= length) {
-                return Ok(ReadSlice::EMPTY);
-            }
-            let pinned = self.reading.lock().get(ino);
-            let face = match pinned {
-                Some(face) => face,
-                None => {
-                    // Abandoned reads give their memory back before this
-                    // one may wait for memory.
-                    self.reading.lock().sweep(self.now());
-                    let face = self.version_bytes(ino, &key, fetch)?;
-                    self.reading.lock().pin(ino, face.clone(), self.now());
-                    face
+        let step = self
+            .face_version(ino)
+            .map_err(Stop::from)
+            .and_then(|(key, version)| {
+                // The end of the file needs no bytes (and must not wait for a
+                // download: the reader may hold memory others wait for).
+                if offset >= version.size {
+                    return Ok(ReadSlice::EMPTY);
                 }
-            };
-            let slice = ReadSlice::of(face, offset, size);
-            self.reading
-                .lock()
-                .served(ino, slice.bytes().len().max(1), self.now());
-            Ok(slice)
-        });
+                let pinned = self.reading.lock().get(ino);
+                let face = match pinned {
+                    Some(face) => face,
+                    None => {
+                        // Abandoned reads give their memory back before this
+                        // one may wait for memory.
+                        self.reading.lock().sweep(self.now());
+                        let face = self.version_bytes(&key, version.digest, fetch)?;
+                        self.reading.lock().pin(ino, face.clone(), self.now());
+                        face
+                    }
+                };
+                let slice = ReadSlice::of(face, offset, size);
+                self.reading
+                    .lock()
+                    .served(ino, slice.bytes().len().max(1), self.now());
+                Ok(slice)
+            });
         step.into()
     }
 

@@ -31,10 +31,6 @@ impl ByteBudget {
         })
     }
 
-    pub fn capacity(&self) -> u64 {
-        self.capacity
-    }
-
     /// Takes `bytes`, waiting until they are free. Callers bound the wait
     /// with their own deadline.
     pub async fn hold(&self, bytes: u64) -> MemoryHold {
