@@ -1,7 +1,7 @@
 //! A downloaded face and what `stat` shows of it: the exact size, and an
 //! mtime derived from the bytes.
 
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use crate::api::FaceBytes;
 use crate::sync::byte_budget::MemoryHold;
@@ -10,14 +10,14 @@ use crate::sync::byte_budget::MemoryHold;
 pub struct Face {
     pub bytes: Vec<u8>,
     pub digest: u64,
-    pub fetched_at: Instant,
+    pub fetched_at: SystemTime,
     /// The bytes' share of the memory budget, given back when the last
     /// holder (the cache, an open file, a reader) lets go of the face.
     _held: MemoryHold,
 }
 
 impl Face {
-    pub fn new(downloaded: FaceBytes, fetched_at: Instant) -> Face {
+    pub fn new(downloaded: FaceBytes, fetched_at: SystemTime) -> Face {
         let FaceBytes { mut bytes, held } = downloaded;
         // The cache weighs faces by length: hold no more than that.
         bytes.shrink_to_fit();
@@ -43,7 +43,7 @@ impl Face {
 pub struct FaceMeta {
     pub size: u64,
     pub digest: u64,
-    pub fetched_at: Instant,
+    pub fetched_at: SystemTime,
 }
 
 /// FNV-1a: a digest that is the same in every process and on every machine.

@@ -165,13 +165,13 @@ impl InodeTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Instant;
+    use std::time::SystemTime;
 
     fn meta(digest: u64) -> FaceMeta {
         FaceMeta {
             size: 10,
             digest,
-            fetched_at: Instant::now(),
+            fetched_at: SystemTime::now(),
         }
     }
 

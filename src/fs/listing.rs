@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{err, FsError};
 use super::layout::{self, FaceKey};
@@ -28,12 +28,12 @@ pub struct Listing {
     ends: Vec<u32>,
     /// Places in `ends`, sorted by their ids.
     by_id: Vec<u32>,
-    pub fetched_at: Instant,
+    pub fetched_at: SystemTime,
 }
 
 impl Listing {
     /// Packs `ids`, which must hold no repeats.
-    pub fn new(ids: Vec<String>, fetched_at: Instant) -> Listing {
+    pub fn new(ids: Vec<String>, fetched_at: SystemTime) -> Listing {
         let mut text = String::with_capacity(ids.iter().map(String::len).sum());
         let mut ends = Vec::with_capacity(ids.len());
         for id in &ids {
@@ -108,7 +108,7 @@ fn misleading(c: char) -> bool {
 pub fn fetch(
     api: &dyn FaceApi,
     kind: IdKind,
-    now: Instant,
+    now: SystemTime,
     stopping: &AtomicBool,
 ) -> Result<Listing, FsError> {
     let doing = format!("listing the {kind} users");
@@ -245,7 +245,7 @@ mod tests {
     }
 
     fn failure(api: &Endless, stopping: &AtomicBool) -> FsError {
-        match fetch(api, IdKind::OpenId, Instant::now(), stopping) {
+        match fetch(api, IdKind::OpenId, SystemTime::now(), stopping) {
             Ok(_) => panic!("an endless listing ended"),
             Err(e) => e,
         }
@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn a_packed_listing_finds_every_id_and_costs_eight_bytes_an_id() {
         let ids: Vec<String> = (0..1000).rev().map(|i| format!("ou_{i:04}")).collect();
-        let listing = Listing::new(ids.clone(), Instant::now());
+        let listing = Listing::new(ids.clone(), SystemTime::now());
         assert_eq!(listing.len(), 1000);
         for (i, id) in ids.iter().enumerate() {
             assert_eq!(listing.id(i), id);

@@ -379,14 +379,19 @@ impl FaceFs {
         self.clock.now()
     }
 
-    fn fresh(&self, at: Instant) -> bool {
-        self.now().saturating_duration_since(at) < self.config.ttl
+    /// How long ago `at` was on the wall clock; `None` for a time in the
+    /// future (the clock was stepped back), which is never fresh.
+    fn age(&self, at: SystemTime) -> Option<Duration> {
+        self.clock.wall().duration_since(at).ok()
     }
 
-    fn remaining(&self, at: Instant) -> Duration {
-        self.config
-            .ttl
-            .saturating_sub(self.now().saturating_duration_since(at))
+    fn fresh(&self, at: SystemTime) -> bool {
+        self.age(at).is_some_and(|age| age < self.config.ttl)
+    }
+
+    fn remaining(&self, at: SystemTime) -> Duration {
+        self.age(at)
+            .map_or(Duration::ZERO, |age| self.config.ttl.saturating_sub(age))
     }
 
     fn dir_attr(&self, ino: u64) -> Attr {
@@ -625,7 +630,7 @@ impl FaceFs {
         };
         match self.api.get_face(key.kind, &key.id, key.cropped, priority) {
             Ok(bytes) => {
-                let face = Arc::new(Face::new(bytes, self.now()));
+                let face = Arc::new(Face::new(bytes, self.clock.wall()));
                 self.inodes.lock().confirm(key, face.meta());
                 self.faces
                     .insert(key.clone(), face.clone(), face.bytes.len() as u64);
@@ -826,7 +831,7 @@ impl FaceFs {
             let listing = Arc::new(listing::fetch(
                 &*self.api,
                 kind,
-                self.now(),
+                self.clock.wall(),
                 &self.stopping,
             )?);
             self.listings.lock().insert(kind, listing.clone());
