@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::api::Endpoint;
+use crate::fs::Usage;
+#[cfg(test)]
 use crate::fs::cache::CacheUsage;
 
 impl Outcome {
@@ -100,6 +102,11 @@ pub struct Metrics {
     cache_hits: AtomicU64,
     cache_misses: AtomicU64,
     downloads_in_flight: AtomicU64,
+    store_hits: AtomicU64,
+    store_writes: AtomicU64,
+    store_discarded: AtomicU64,
+    store_evictions: AtomicU64,
+    stale_served: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
     latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
@@ -131,6 +138,11 @@ impl Metrics {
             cache_hits: ZERO,
             cache_misses: ZERO,
             downloads_in_flight: ZERO,
+            store_hits: ZERO,
+            store_writes: ZERO,
+            store_discarded: ZERO,
+            store_evictions: ZERO,
+            stale_served: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
             latency_sum_us: [ZERO; OPS],
@@ -152,6 +164,29 @@ impl Metrics {
         } else {
             &self.cache_misses
         });
+    }
+
+    /// A face read from the on-disk store.
+    pub fn store_read(&self) {
+        add(&self.store_hits);
+    }
+
+    pub fn store_write(&self) {
+        add(&self.store_writes);
+    }
+
+    /// A stored entry that failed verification and was deleted.
+    pub fn store_discarded(&self) {
+        add(&self.store_discarded);
+    }
+
+    pub fn store_evicted(&self) {
+        add(&self.store_evictions);
+    }
+
+    /// A face past its TTL served because refreshing it failed.
+    pub fn stale_served(&self) {
+        add(&self.stale_served);
     }
 
     /// Counts a download while the returned guard lives.
@@ -181,7 +216,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self, cache: CacheUsage) -> String {
+    pub fn render(&self, usage: &Usage) -> String {
+        let cache = usage.cache;
+        let store = usage.store.unwrap_or_default();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::new();
         fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -204,7 +241,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 8] = [
+        let simple: [(&str, &str, &str, u64); 15] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -252,6 +289,48 @@ impl Metrics {
                 "gauge",
                 "Face downloads under way.",
                 get(&self.downloads_in_flight),
+            ),
+            (
+                "facefs_store_hits_total",
+                "counter",
+                "Faces read from the on-disk store (--cache-dir), verified.",
+                get(&self.store_hits),
+            ),
+            (
+                "facefs_store_writes_total",
+                "counter",
+                "Faces written to the on-disk store.",
+                get(&self.store_writes),
+            ),
+            (
+                "facefs_store_discarded_total",
+                "counter",
+                "Stored faces and listings that failed verification and were deleted.",
+                get(&self.store_discarded),
+            ),
+            (
+                "facefs_store_evictions_total",
+                "counter",
+                "Stored faces deleted to stay within --cache-dir-size or the free-space floor.",
+                get(&self.store_evictions),
+            ),
+            (
+                "facefs_store_bytes",
+                "gauge",
+                "Bytes the on-disk store takes (faces and listings).",
+                store.bytes,
+            ),
+            (
+                "facefs_store_faces",
+                "gauge",
+                "Faces in the on-disk store.",
+                store.faces as u64,
+            ),
+            (
+                "facefs_stale_served_total",
+                "counter",
+                "Faces served past their TTL because refreshing them failed (--max-stale).",
+                get(&self.stale_served),
             ),
         ];
         for (name, kind, help, value) in simple {
@@ -347,13 +426,16 @@ mod tests {
         {
             let _d = m.download();
             assert!(m
-                .render(CacheUsage::default())
+                .render(&Usage::default())
                 .contains("facefs_downloads_in_flight 1\n"));
         }
-        let text = m.render(CacheUsage {
-            bytes: 100,
-            entries: 2,
-            evictions: 3,
+        let text = m.render(&Usage {
+            cache: CacheUsage {
+                bytes: 100,
+                entries: 2,
+                evictions: 3,
+            },
+            store: None,
         });
         for line in [
             "facefs_api_requests_total{endpoint=\"face\",outcome=\"ok\"} 1",

@@ -21,6 +21,8 @@ pub enum Fault {
     PermissionDenied,
     InvalidPageToken,
     BadCredentials,
+    /// The tenant's monthly quota is used up (99991403).
+    QuotaExhausted,
 }
 
 impl Fault {
@@ -36,6 +38,10 @@ impl Fault {
             Fault::PermissionDenied => ApiError::PermissionDenied(failure()),
             Fault::InvalidPageToken => ApiError::InvalidPageToken,
             Fault::BadCredentials => ApiError::BadCredentials(failure()),
+            Fault::QuotaExhausted => ApiError::Failed(ApiFailure {
+                code: Some(super::codes::QUOTA_EXHAUSTED),
+                ..failure()
+            }),
         })
     }
 }

@@ -143,6 +143,17 @@ impl ApiError {
         matches!(self, ApiError::UserNotFound | ApiError::FaceNotFound)
     }
 
+    /// The service gave no answer about the face itself: it is down,
+    /// throttling past the retry budget, or out of monthly quota. (Not
+    /// found, a refused permission or credentials are answers.)
+    pub fn is_outage(&self) -> bool {
+        match self {
+            ApiError::Transient(_) | ApiError::Throttled { .. } => true,
+            ApiError::Failed(failure) => failure.code == Some(codes::QUOTA_EXHAUSTED),
+            _ => false,
+        }
+    }
+
     pub fn is_retryable(&self) -> bool {
         matches!(self, ApiError::Transient(_) | ApiError::Throttled { .. })
     }

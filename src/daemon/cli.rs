@@ -54,6 +54,21 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub ttl: Duration,
 
+    /// Keep downloaded faces and listings on disk here, across remounts and
+    /// reboots (created 0700; one mount per tenant at a time).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+
+    /// Disk space the --cache-dir store may take for this tenant; the least
+    /// recently used faces go first, and 5% of the file system stays free.
+    #[arg(long, value_name = "SIZE", default_value = "2GiB", value_parser = parse_size)]
+    pub cache_dir_size: u64,
+
+    /// How long past its TTL a face may still be served when the API fails
+    /// (outage, throttling, quota used up); 0 turns it off. Never listings.
+    #[arg(long, value_name = "DURATION", default_value = "3d", value_parser = parse_duration)]
+    pub max_stale: Duration,
+
     /// How long "does not exist" is remembered.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub negative_ttl: Duration,
@@ -222,6 +237,9 @@ pub struct Settings {
     pub cache_size: u64,
     pub ttl: Duration,
     pub negative_ttl: Duration,
+    pub cache_dir: Option<PathBuf>,
+    pub cache_dir_size: u64,
+    pub max_stale: Duration,
     pub request_timeout: Duration,
     pub retry_budget: Duration,
     pub rate_limit: f64,
@@ -260,6 +278,11 @@ impl Cli {
             cache_size: self.cache_size,
             ttl: self.ttl,
             negative_ttl: self.negative_ttl,
+            cache_dir: self
+                .cache_dir
+                .map(|dir| std::path::absolute(&dir).unwrap_or(dir)),
+            cache_dir_size: self.cache_dir_size,
+            max_stale: self.max_stale,
             request_timeout: self.request_timeout,
             retry_budget: self.retry_budget,
             rate_limit: self.rate_limit,

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::fs::cache::CacheUsage;
+use crate::fs::Usage;
 use crate::metrics::METRICS;
 
 /// hyper's smallest read buffer, and so the largest request head.
@@ -25,7 +25,7 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECTION_TIME: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
 
-type Usage = Arc<dyn Fn() -> CacheUsage + Send + Sync>;
+type UsageFn = Arc<dyn Fn() -> Usage + Send + Sync>;
 
 /// The running server; dropping it stops it.
 pub struct MetricsServer {
@@ -34,7 +34,7 @@ pub struct MetricsServer {
 }
 
 impl MetricsServer {
-    pub fn start(addr: &str, cache_usage: Usage) -> std::io::Result<MetricsServer> {
+    pub fn start(addr: &str, usage: UsageFn) -> std::io::Result<MetricsServer> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -48,7 +48,7 @@ impl MetricsServer {
             .spawn(move || {
                 runtime.block_on(async {
                     tokio::select! {
-                        _ = accept(listener, cache_usage) => {}
+                        _ = accept(listener, usage) => {}
                         _ = stopped => {}
                     }
                 });
@@ -72,7 +72,7 @@ impl Drop for MetricsServer {
     }
 }
 
-async fn accept(listener: TcpListener, cache_usage: Usage) {
+async fn accept(listener: TcpListener, usage: UsageFn) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -84,11 +84,11 @@ async fn accept(listener: TcpListener, cache_usage: Usage) {
             drop(stream);
             continue;
         };
-        let cache_usage = cache_usage.clone();
+        let usage = usage.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let cache_usage = cache_usage.clone();
-                async move { Ok::<_, Infallible>(answer(&request, &*cache_usage)) }
+                let usage = usage.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &*usage)) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -103,9 +103,9 @@ async fn accept(listener: TcpListener, cache_usage: Usage) {
     }
 }
 
-fn answer(request: &Request<Incoming>, cache_usage: &dyn Fn() -> CacheUsage) -> Response<String> {
+fn answer(request: &Request<Incoming>, usage: &dyn Fn() -> Usage) -> Response<String> {
     let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/metrics") => (StatusCode::OK, METRICS.render(cache_usage())),
+        (&Method::GET, "/metrics") => (StatusCode::OK, METRICS.render(&usage())),
         _ => (StatusCode::NOT_FOUND, "try /metrics\n".to_owned()),
     };
     let mut response = Response::new(body);

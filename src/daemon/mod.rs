@@ -29,6 +29,7 @@ use crate::api::secret::Secret;
 use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
 use crate::emulator::{Emulator, EmulatorConfig};
+use crate::fs::store::{FaceStore, StoreConfig};
 use crate::fs::{FaceFs, FsConfig, ROOT_INO};
 use crate::fuse::FuseAdapter;
 use crate::sync::byte_budget::ByteBudget;
@@ -172,13 +173,32 @@ fn mount(
             )
         }
     };
+    // Everything held in faces: the cache, and downloads, stored faces being
+    // read and open files beyond it.
+    let memory = ByteBudget::new(settings.cache_size.saturating_add(IN_FLIGHT_BYTES));
+    // Faces are kept apart by tenant: the API origin and the app.
+    let tenant = format!("{base_url}\n{app_id}");
+    let store = match &settings.cache_dir {
+        Some(dir) => Some(
+            FaceStore::open(
+                StoreConfig {
+                    dir: dir.clone(),
+                    max_bytes: settings.cache_dir_size,
+                    tenant,
+                    memory_wait: settings.request_timeout,
+                },
+                memory.clone(),
+            )
+            .map_err(|e| format!("cannot use --cache-dir: {e}"))?,
+        ),
+        None => None,
+    };
     let http = HttpApi::new(HttpConfig {
         base_url,
         app_id,
         app_secret,
         request_timeout: settings.request_timeout,
-        // Everything held in faces: the cache, and downloads and open files beyond it.
-        memory: ByteBudget::new(settings.cache_size.saturating_add(IN_FLIGHT_BYTES)),
+        memory,
     })?;
     http.check_credentials()
         .map_err(|e| format!("cannot get a tenant access token: {e}"))?;
@@ -201,6 +221,7 @@ fn mount(
         FsConfig {
             cache_bytes: settings.cache_size,
             ttl: settings.ttl,
+            max_stale: settings.max_stale,
             negative_ttl: settings.negative_ttl,
             uid,
             gid,
@@ -209,11 +230,12 @@ fn mount(
             readahead: settings.max_parallel * 2,
             prefetch_threads: settings.max_parallel,
         },
+        store,
     );
     let metrics = match &settings.metrics_listen {
         Some(addr) => {
             let core = core.clone();
-            let server = MetricsServer::start(addr, Arc::new(move || core.cache_usage()))
+            let server = MetricsServer::start(addr, Arc::new(move || core.usage()))
                 .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
             log::info!("metrics at http://{}/metrics", server.addr());
             Some(server)

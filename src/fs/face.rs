@@ -18,11 +18,18 @@ pub struct Face {
 
 impl Face {
     pub fn new(downloaded: FaceBytes, fetched_at: SystemTime) -> Face {
-        let FaceBytes { mut bytes, held } = downloaded;
+        let digest = digest(&downloaded.bytes);
+        Face::verified(downloaded, digest, fetched_at)
+    }
+
+    /// A face whose `digest` the caller has just checked against its bytes
+    /// (the on-disk store does, as it reads them).
+    pub fn verified(bytes: FaceBytes, digest: u64, fetched_at: SystemTime) -> Face {
+        let FaceBytes { mut bytes, held } = bytes;
         // The cache weighs faces by length: hold no more than that.
         bytes.shrink_to_fit();
         Face {
-            digest: digest(&bytes),
+            digest,
             bytes,
             fetched_at,
             _held: held,

@@ -48,10 +48,49 @@ impl Listing {
             by_id: Vec::new(),
             fetched_at,
         };
-        let mut by_id: Vec<u32> = (0..listing.ends.len() as u32).collect();
-        by_id.sort_unstable_by(|a, b| listing.id(*a as usize).cmp(listing.id(*b as usize)));
-        listing.by_id = by_id;
+        listing.index();
         listing
+    }
+
+    /// The packed ids and where each ends, for the on-disk store.
+    pub fn parts(&self) -> (&str, &[u32]) {
+        (&self.text, &self.ends)
+    }
+
+    /// A listing from [`Listing::parts`] read back, if they are parts of a
+    /// listing: ids that are file names, each once.
+    pub fn from_parts(text: String, ends: Vec<u32>, fetched_at: SystemTime) -> Option<Listing> {
+        let mut start = 0usize;
+        for end in &ends {
+            let end = *end as usize;
+            let id = text.get(start..end)?;
+            if !layout::representable_id(id) {
+                return None;
+            }
+            start = end;
+        }
+        if start != text.len() {
+            return None;
+        }
+        let mut listing = Listing {
+            text,
+            ends,
+            by_id: Vec::new(),
+            fetched_at,
+        };
+        listing.index();
+        let repeated = listing
+            .by_id
+            .windows(2)
+            .any(|w| listing.id(w[0] as usize) == listing.id(w[1] as usize));
+        (!repeated).then_some(listing)
+    }
+
+    /// Orders the places by id, for lookups by name.
+    fn index(&mut self) {
+        let mut by_id: Vec<u32> = (0..self.ends.len() as u32).collect();
+        by_id.sort_unstable_by(|a, b| self.id(*a as usize).cmp(self.id(*b as usize)));
+        self.by_id = by_id;
     }
 
     /// Users listed.

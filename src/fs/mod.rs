@@ -17,6 +17,7 @@ pub mod inodes;
 pub mod layout;
 pub mod listing;
 pub mod readahead;
+pub mod store;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -36,13 +37,18 @@ use self::inodes::{dir_ino, dir_kind, face_ino, InodeTable};
 use self::layout::FaceKey;
 use self::listing::Listing;
 use self::readahead::ReadAhead;
-use crate::api::{FaceApi, IdKind, Priority};
+use self::store::{FaceStore, StoreUsage};
+use crate::api::{ApiError, FaceApi, IdKind, Priority};
 use crate::metrics::METRICS;
 use crate::sync::single_flight::SingleFlight;
 use crate::sync::worker_pool::WorkerPool;
 
 /// Absent names remembered at most; beyond it the oldest are forgotten.
 const NEGATIVE_ENTRIES: usize = 16_384;
+/// After a refresh fails for an outage, faces that can be served stale are,
+/// without asking the API again, for this long: otherwise every read during
+/// an outage would wait out the whole retry budget first.
+const OUTAGE_BACKOFF: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct FsConfig {
@@ -50,6 +56,9 @@ pub struct FsConfig {
     pub cache_bytes: u64,
     /// How long a fetched face or listing is trusted.
     pub ttl: Duration,
+    /// How long past its TTL a face may still be served when refreshing it
+    /// fails for an outage (never a listing: see `listing`).
+    pub max_stale: Duration,
     /// How long "does not exist" is remembered.
     pub negative_ttl: Duration,
     pub uid: u32,
@@ -68,6 +77,7 @@ impl Default for FsConfig {
         FsConfig {
             cache_bytes: 256 << 20,
             ttl: Duration::from_secs(600),
+            max_stale: Duration::from_secs(3 * 24 * 3600),
             negative_ttl: Duration::from_secs(30),
             uid: 0,
             gid: 0,
@@ -77,6 +87,13 @@ impl Default for FsConfig {
             prefetch_threads: 32,
         }
     }
+}
+
+/// What the caches hold, for the metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cache: CacheUsage,
+    pub store: Option<StoreUsage>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -310,6 +327,10 @@ pub struct FaceFs {
     clock: Arc<dyn Clock>,
     mounted_at: SystemTime,
     faces: ByteLru<FaceKey, Face>,
+    /// The on-disk tier behind `faces` (`--cache-dir`).
+    store: Option<Arc<FaceStore>>,
+    /// Until when stale faces are served without asking (see [`OUTAGE_BACKOFF`]).
+    outage_until: Mutex<Option<Instant>>,
     absent: NegativeCache<FaceKey>,
     downloads: SingleFlight<FaceKey, Result<Arc<Face>, FsError>>,
     listings: Mutex<HashMap<IdKind, Arc<Listing>>>,
@@ -327,13 +348,18 @@ pub struct FaceFs {
 }
 
 impl FaceFs {
-    pub fn new(api: Arc<dyn FaceApi>, config: FsConfig) -> Arc<FaceFs> {
-        FaceFs::with_clock(api, config, Arc::new(SystemClock))
+    pub fn new(
+        api: Arc<dyn FaceApi>,
+        config: FsConfig,
+        store: Option<Arc<FaceStore>>,
+    ) -> Arc<FaceFs> {
+        FaceFs::with_clock(api, config, store, Arc::new(SystemClock))
     }
 
     pub fn with_clock(
         api: Arc<dyn FaceApi>,
         config: FsConfig,
+        store: Option<Arc<FaceStore>>,
         clock: Arc<dyn Clock>,
     ) -> Arc<FaceFs> {
         let prefetchers = (config.readahead > 0)
@@ -347,6 +373,8 @@ impl FaceFs {
             me: me.clone(),
             api,
             faces: ByteLru::new(config.cache_bytes),
+            store,
+            outage_until: Mutex::new(None),
             absent: NegativeCache::new(config.negative_ttl, NEGATIVE_ENTRIES),
             config,
             clock,
@@ -373,6 +401,13 @@ impl FaceFs {
 
     pub fn cache_usage(&self) -> CacheUsage {
         self.faces.usage()
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            cache: self.faces.usage(),
+            store: self.store.as_ref().map(|s| s.usage()),
+        }
     }
 
     fn now(&self) -> Instant {
@@ -597,8 +632,8 @@ impl FaceFs {
         Ok(self.face_attr(ino, meta))
     }
 
-    /// A face's bytes, from the cache while fresh, else downloaded once for
-    /// all concurrent callers.
+    /// A face's bytes, from memory while fresh, else (once for all
+    /// concurrent callers) from the store or the API: see [`Self::refresh`].
     fn load_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Arc<Face>> {
         self.known_absent(key)?;
         let cached = || self.faces.get(key).filter(|f| self.fresh(f.fetched_at));
@@ -606,6 +641,7 @@ impl FaceFs {
             METRICS.cache(true);
             return Ok(face);
         }
+        // The store is a disk read: not on the kernel's thread either.
         if fetch == Fetch::Never {
             return Err(Stop::WouldBlock);
         }
@@ -613,28 +649,52 @@ impl FaceFs {
             if let Some(face) = cached() {
                 return Ok(face);
             }
-            self.download(key)
+            self.refresh(key)
         });
         Ok(result?)
     }
 
-    fn download(&self, key: &FaceKey) -> Result<Arc<Face>, FsError> {
-        METRICS.cache(false);
-        let _in_flight = METRICS.download();
-        // A name no fresh listing shows waits behind those one does: probes
-        // of names that do not exist must not hold up the faces that do.
-        let priority = if self.listed(key) {
-            Priority::Listed
-        } else {
-            Priority::Probe
-        };
-        match self.api.get_face(key.kind, &key.id, key.cropped, priority) {
-            Ok(bytes) => {
-                let face = Arc::new(Face::new(bytes, self.clock.wall()));
-                self.inodes.lock().confirm(key, face.meta());
-                self.faces
-                    .insert(key.clone(), face.clone(), face.bytes.len() as u64);
+    /// A face not fresh in memory: the stored one while it is fresh, else a
+    /// download. When the download fails for an outage, the newest bytes at
+    /// hand (memory or store) are served if they are within `max_stale` of
+    /// their TTL; "not found" is never covered up.
+    fn refresh(&self, key: &FaceKey) -> Result<Arc<Face>, FsError> {
+        let mut stale = self.faces.get(key);
+        if let Some(store) = &self.store {
+            let stored = store
+                .face(key)
+                .map_err(|message| err!(libc::EIO, "reading a stored {} face: {message}", key.kind))?;
+            if let Some(face) = stored.map(Arc::new) {
+                if self.fresh(face.fetched_at) {
+                    METRICS.cache(true);
+                    self.keep_in_memory(key, face.clone());
+                    return Ok(face);
+                }
+                if stale.as_ref().is_none_or(|m| m.fetched_at < face.fetched_at) {
+                    stale = Some(face);
+                }
+            }
+        }
+        let stale = stale.filter(|f| self.servable_stale(f));
+        if let Some(face) = &stale {
+            if self.outage_until.lock().is_some_and(|until| self.now() < until) {
+                return Ok(self.serve_stale(key, face.clone()));
+            }
+        }
+        match self.download(key) {
+            Ok(face) => {
+                *self.outage_until.lock() = None;
                 Ok(face)
+            }
+            Err(e) if e.is_outage() && stale.is_some() => {
+                let backoff = self.now() + OUTAGE_BACKOFF;
+                if self.outage_until.lock().replace(backoff).is_none() {
+                    log::warn!(
+                        "the API is failing ({e}); serving faces up to {} past their TTL from what facefs holds, and asking the API again every {OUTAGE_BACKOFF:?}",
+                        humantime::format_duration(self.config.max_stale)
+                    );
+                }
+                Ok(self.serve_stale(key, stale.unwrap()))
             }
             Err(e) => {
                 if e.is_not_found() {
@@ -650,6 +710,44 @@ impl FaceFs {
         }
     }
 
+    /// Whether `face`, past its TTL, may still stand in for a refresh.
+    fn servable_stale(&self, face: &Face) -> bool {
+        self.age(face.fetched_at)
+            .is_some_and(|age| age < self.config.ttl.saturating_add(self.config.max_stale))
+    }
+
+    fn serve_stale(&self, key: &FaceKey, face: Arc<Face>) -> Arc<Face> {
+        log::debug!("serving a stale {} face: the API is failing", key.kind);
+        METRICS.stale_served();
+        self.keep_in_memory(key, face.clone());
+        face
+    }
+
+    /// A face now known good: for `stat`, in memory.
+    fn keep_in_memory(&self, key: &FaceKey, face: Arc<Face>) {
+        self.inodes.lock().confirm(key, face.meta());
+        self.faces.insert(key.clone(), face.clone(), face.bytes.len() as u64);
+    }
+
+    fn download(&self, key: &FaceKey) -> Result<Arc<Face>, ApiError> {
+        METRICS.cache(false);
+        let _in_flight = METRICS.download();
+        // A name no fresh listing shows waits behind those one does: probes
+        // of names that do not exist must not hold up the faces that do.
+        let priority = if self.listed(key) {
+            Priority::Listed
+        } else {
+            Priority::Probe
+        };
+        let bytes = self.api.get_face(key.kind, &key.id, key.cropped, priority)?;
+        let face = Arc::new(Face::new(bytes, self.clock.wall()));
+        self.keep_in_memory(key, face.clone());
+        if let Some(store) = &self.store {
+            store.put_face(key, &face);
+        }
+        Ok(face)
+    }
+
     /// Whether a fresh listing shows `key`.
     fn listed(&self, key: &FaceKey) -> bool {
         self.listings
@@ -662,6 +760,9 @@ impl FaceFs {
     fn forget_face(&self, key: &FaceKey) {
         self.absent.insert(key.clone(), self.now());
         self.faces.remove(key);
+        if let Some(store) = &self.store {
+            store.remove_face(key);
+        }
     }
 
     fn handle(&self) -> u64 {
@@ -828,12 +929,24 @@ impl FaceFs {
             if let Some(listing) = cached() {
                 return Ok(listing);
             }
+            let stored = self.store.as_ref().and_then(|s| s.listing(kind));
+            if let Some(listing) = stored.filter(|l| self.fresh(l.fetched_at)) {
+                let listing = Arc::new(listing);
+                self.listings.lock().insert(kind, listing.clone());
+                return Ok(listing);
+            }
+            // Never a stale listing, even when the API is down: a listing
+            // missing faces added since would make `rsync --delete` delete
+            // them from a backup. Failing the directory fails the rsync.
             let listing = Arc::new(listing::fetch(
                 &*self.api,
                 kind,
                 self.clock.wall(),
                 &self.stopping,
             )?);
+            if let Some(store) = &self.store {
+                store.put_listing(kind, &listing);
+            }
             self.listings.lock().insert(kind, listing.clone());
             Ok(listing)
         });
@@ -842,780 +955,4 @@ impl FaceFs {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::api::failure::{FailureApi, Fault};
-    use crate::api::memory::MemoryApi;
-    use crate::api::Endpoint;
-    use crate::fs::clock::TestClock;
-
-    type TestApi = FailureApi<MemoryApi>;
-
-    /// What an answer that must wait is, for comparing answers as errnos.
-    const WOULD_BLOCK: i32 = -1;
-
-    impl<T> Answer<T> {
-        fn unwrap(self) -> T {
-            match self {
-                Answer::Done(Ok(value)) => value,
-                Answer::Done(Err(e)) => panic!("{e}"),
-                Answer::WouldBlock => panic!("the answer would block"),
-            }
-        }
-
-        fn errno(self) -> Result<T, i32> {
-            match self {
-                Answer::Done(result) => result.map_err(|e| e.errno()),
-                Answer::WouldBlock => Err(WOULD_BLOCK),
-            }
-        }
-    }
-
-    fn tenant() -> Arc<TestApi> {
-        let api = MemoryApi::new();
-        api.add_user(
-            &["ou_a", "on_a", "emp a"],
-            Some(vec![1; 100]),
-            Some(vec![2; 40]),
-        );
-        api.add_user(
-            &["ou_b", "on_b", "100%"],
-            Some(vec![3; 60]),
-            Some(vec![4; 30]),
-        );
-        api.add_user(&["ou_c", "on_c", "c"], None, None);
-        Arc::new(FailureApi::new(api))
-    }
-
-    /// A core on a clock that moves only when the test moves it.
-    fn fs_with(api: &Arc<TestApi>, config: FsConfig) -> Arc<FaceFs> {
-        fs_on_clock(api, config, &TestClock::default())
-    }
-
-    fn fs_on_clock(api: &Arc<TestApi>, config: FsConfig, clock: &TestClock) -> Arc<FaceFs> {
-        FaceFs::with_clock(api.clone(), config, Arc::new(clock.clone()))
-    }
-
-    fn fs_with_ttl(api: &Arc<TestApi>, ttl: Duration, clock: &TestClock) -> Arc<FaceFs> {
-        fs_on_clock(
-            api,
-            FsConfig {
-                ttl,
-                readahead: 0,
-                ..FsConfig::default()
-            },
-            clock,
-        )
-    }
-
-    /// Without read-ahead, so request counts are the reader's own.
-    fn fs(api: &Arc<TestApi>) -> Arc<FaceFs> {
-        fs_with(
-            api,
-            FsConfig {
-                readahead: 0,
-                ..FsConfig::default()
-            },
-        )
-    }
-
-    fn name(s: &str) -> &OsStr {
-        OsStr::new(s)
-    }
-
-    /// An answer without its time to live, which moves on its own.
-    fn stable(attr: Attr) -> Attr {
-        Attr {
-            valid_for: Duration::ZERO,
-            ..attr
-        }
-    }
-
-    fn read_all(fs: &FaceFs, ino: u64) -> Vec<u8> {
-        let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
-        let bytes = fs.read(fh, 0, 1 << 20).unwrap().bytes().to_vec();
-        fs.release(fh);
-        bytes
-    }
-
-    fn names(fs: &FaceFs, ino: u64) -> Vec<String> {
-        let fh = fs.opendir(ino).unwrap();
-        let page = fs.readdir(ino, fh, 0, Fetch::Allowed).unwrap();
-        fs.releasedir(fh);
-        page.entries().map(|(_, e)| e.name).collect()
-    }
-
-    #[test]
-    fn root_holds_the_three_directories() {
-        let api = tenant();
-        let fs = fs(&api);
-        assert_eq!(
-            names(&fs, ROOT_INO),
-            [".", "..", "open_id", "union_id", "user_id"]
-        );
-        for kind in IdKind::ALL {
-            assert_eq!(
-                fs.lookup(ROOT_INO, name(kind.as_str()), Fetch::Never)
-                    .unwrap()
-                    .kind,
-                NodeKind::Directory
-            );
-        }
-        assert_eq!(
-            fs.lookup(ROOT_INO, name("faces"), Fetch::Allowed).errno(),
-            Err(libc::ENOENT)
-        );
-        assert_eq!(
-            api.requests(Endpoint::Face) + api.requests(Endpoint::List),
-            0
-        );
-    }
-
-    #[test]
-    fn listing_shows_both_files_of_users_with_faces_and_downloads_nothing() {
-        let api = tenant();
-        let fs = fs(&api);
-        let user_dir = fs
-            .lookup(ROOT_INO, name("user_id"), Fetch::Never)
-            .unwrap()
-            .ino;
-        assert_eq!(
-            names(&fs, user_dir),
-            [
-                ".",
-                "..",
-                "emp a.jpg",
-                "emp a.cropped.jpg",
-                "100%.jpg",
-                "100%.cropped.jpg"
-            ]
-        );
-        assert_eq!(api.requests(Endpoint::Face), 0);
-        assert_eq!(api.requests(Endpoint::List), 2, "two pages of two users");
-        names(&fs, user_dir);
-        assert_eq!(
-            api.requests(Endpoint::List),
-            2,
-            "the listing is cached for the TTL"
-        );
-    }
-
-    #[test]
-    fn stat_is_exact_and_read_returns_the_api_bytes() {
-        let api = tenant();
-        let fs = fs(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        let full = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        let cropped = fs
-            .lookup(dir, name("ou_a.cropped.jpg"), Fetch::Allowed)
-            .unwrap();
-        assert_eq!((full.size, cropped.size), (100, 40));
-        assert_eq!(full.perm, 0o400);
-        assert_eq!(read_all(&fs, full.ino), vec![1; 100]);
-        assert_eq!(read_all(&fs, cropped.ino), vec![2; 40]);
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            2,
-            "stat fetched; reads used the cache"
-        );
-        assert_eq!(
-            stable(fs.getattr(full.ino, Fetch::Never).unwrap()),
-            stable(full),
-            "same inode and mtime"
-        );
-    }
-
-    #[test]
-    fn reads_at_offsets_and_past_the_end() {
-        let api = tenant();
-        let fs = fs(&api);
-        let ino = fs
-            .lookup(dir_ino(IdKind::UnionId), name("on_b.jpg"), Fetch::Allowed)
-            .unwrap()
-            .ino;
-        let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
-        assert_eq!(fs.read(fh, 50, 100).unwrap().bytes().len(), 10);
-        assert!(fs.read(fh, 60, 10).unwrap().bytes().is_empty());
-        assert!(fs.read(fh, u64::MAX, 10).unwrap().bytes().is_empty());
-        fs.release(fh);
-        assert_eq!(
-            fs.read(fh, 0, 1).err().map(|e| e.errno()),
-            Some(libc::EBADF)
-        );
-    }
-
-    #[test]
-    fn missing_users_and_faces_are_enoent_and_remembered() {
-        let api = tenant();
-        let fs = fs(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(
-            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Allowed)
-                .errno(),
-            Err(libc::ENOENT)
-        );
-        assert_eq!(
-            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed).errno(),
-            Err(libc::ENOENT)
-        );
-        assert_eq!(api.requests(Endpoint::Face), 2);
-        assert_eq!(
-            fs.lookup(dir, name("ou_nobody.jpg"), Fetch::Never).errno(),
-            Err(libc::ENOENT)
-        );
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            2,
-            "negative answers are remembered"
-        );
-    }
-
-    #[test]
-    fn negative_ttl_expires() {
-        let api = tenant();
-        let clock = TestClock::default();
-        let fs = fs_on_clock(
-            &api,
-            FsConfig {
-                negative_ttl: Duration::from_secs(30),
-                ..FsConfig::default()
-            },
-            &clock,
-        );
-        let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(
-            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed).errno(),
-            Err(libc::ENOENT)
-        );
-        api.inner()
-            .set_faces("ou_c", Some(vec![9; 10]), Some(vec![8; 5]));
-        clock.advance(Duration::from_secs(29));
-        assert_eq!(
-            fs.lookup(dir, name("ou_c.jpg"), Fetch::Never).errno(),
-            Err(libc::ENOENT),
-            "still remembered as absent"
-        );
-        clock.advance(Duration::from_secs(1));
-        assert_eq!(
-            fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed)
-                .unwrap()
-                .size,
-            10
-        );
-    }
-
-    #[test]
-    fn names_outside_the_layout_cost_no_request() {
-        let api = tenant();
-        let fs = fs(&api);
-        for bad in ["x.png", "abc", ".jpg", "ou_a.jpeg"] {
-            assert_eq!(
-                fs.lookup(dir_ino(IdKind::OpenId), name(bad), Fetch::Allowed)
-                    .errno(),
-                Err(libc::ENOENT)
-            );
-        }
-        assert_eq!(api.requests(Endpoint::Face), 0);
-    }
-
-    #[test]
-    fn transient_failures_are_eio_and_not_remembered() {
-        let api = tenant();
-        let fs = fs(&api);
-        api.fail_next(Endpoint::Face, [Fault::Transient]);
-        let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(
-            fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).errno(),
-            Err(libc::EIO)
-        );
-        assert_eq!(
-            fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed)
-                .unwrap()
-                .size,
-            100
-        );
-    }
-
-    #[test]
-    fn missing_scope_is_eacces() {
-        let api = tenant();
-        let fs = fs(&api);
-        api.fail_next(Endpoint::Face, [Fault::PermissionDenied]);
-        assert_eq!(
-            fs.lookup(dir_ino(IdKind::UserId), name("c.jpg"), Fetch::Allowed)
-                .errno(),
-            Err(libc::EACCES)
-        );
-    }
-
-    #[test]
-    fn a_listing_failing_part_way_fails_whole() {
-        let api = tenant();
-        let fs = fs(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        // The first page succeeds, the second fails.
-        let fh = fs.opendir(dir).unwrap();
-        api.fail_next(Endpoint::List, [Fault::Pass, Fault::Transient]);
-        assert_eq!(
-            fs.readdir(dir, fh, 0, Fetch::Allowed).errno().err(),
-            Some(libc::EIO)
-        );
-    }
-
-    #[test]
-    fn an_invalid_page_token_restarts_the_listing() {
-        let api = tenant();
-        let fs = fs(&api);
-        api.fail_next(Endpoint::List, [Fault::InvalidPageToken]);
-        assert_eq!(names(&fs, dir_ino(IdKind::OpenId)).len(), 2 + 4);
-        assert_eq!(
-            api.requests(Endpoint::List),
-            3,
-            "one refused page, then two pages"
-        );
-    }
-
-    #[test]
-    fn cache_evicts_by_bytes_and_refetches() {
-        let api = tenant();
-        let fs = fs_with(
-            &api,
-            FsConfig {
-                cache_bytes: 150,
-                ..FsConfig::default()
-            },
-        );
-        let dir = dir_ino(IdKind::OpenId);
-        let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        fs.lookup(dir, name("ou_b.jpg"), Fetch::Allowed).unwrap();
-        assert_eq!(
-            fs.cache_usage().bytes,
-            60,
-            "100 + 60 > 150: ou_a was evicted"
-        );
-        // stat still answers from what is known, the bytes are downloaded again.
-        assert_eq!(fs.getattr(a.ino, Fetch::Never).unwrap().size, 100);
-        assert_eq!(
-            fs.open(a.ino, false, Fetch::Never).errno(),
-            Err(WOULD_BLOCK)
-        );
-        assert_eq!(read_all(&fs, a.ino), vec![1; 100]);
-        assert_eq!(api.requests(Endpoint::Face), 3);
-        assert!(fs.cache_usage().bytes <= 150);
-    }
-
-    #[test]
-    fn ttl_expiry_refetches_and_mtime_follows_the_bytes() {
-        let api = tenant();
-        let clock = TestClock::default();
-        let fs = fs_with_ttl(&api, Duration::from_secs(30), &clock);
-        let dir = dir_ino(IdKind::OpenId);
-        let before = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        clock.advance(Duration::from_secs(29));
-        fs.getattr(before.ino, Fetch::Never).unwrap();
-        assert_eq!(api.requests(Endpoint::Face), 1, "fresh until the TTL");
-        clock.advance(Duration::from_secs(1));
-        let same = fs.getattr(before.ino, Fetch::Allowed).unwrap();
-        assert_eq!(api.requests(Endpoint::Face), 2);
-        assert_eq!(
-            stable(same),
-            stable(before.clone()),
-            "same bytes: same inode, size and mtime"
-        );
-        api.inner()
-            .set_faces("ou_a", Some(vec![7; 120]), Some(vec![2; 40]));
-        clock.advance(Duration::from_secs(30));
-        // The old inode still describes the old bytes, and is not to be cached.
-        let old = fs.getattr(before.ino, Fetch::Allowed).unwrap();
-        assert_eq!(
-            (old.size, old.mtime, old.valid_for),
-            (100, before.mtime, Duration::ZERO)
-        );
-        // The name now shows the new bytes, under a new inode.
-        let after = fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
-        assert_eq!(after.size, 120);
-        assert_ne!(after.mtime, before.mtime);
-        assert_ne!(after.ino, before.ino);
-    }
-
-    #[test]
-    fn mtime_is_the_same_in_every_mount() {
-        let api = tenant();
-        let one = fs(&api)
-            .lookup(dir_ino(IdKind::OpenId), name("ou_b.jpg"), Fetch::Allowed)
-            .unwrap();
-        let two = fs(&api)
-            .lookup(dir_ino(IdKind::OpenId), name("ou_b.jpg"), Fetch::Allowed)
-            .unwrap();
-        assert_eq!(one.mtime, two.mtime);
-    }
-
-    #[test]
-    fn writes_and_directory_misuse() {
-        let api = tenant();
-        let fs = fs(&api);
-        let ino = fs
-            .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
-            .unwrap()
-            .ino;
-        assert_eq!(fs.open(ino, true, Fetch::Allowed).errno(), Err(libc::EROFS));
-        assert_eq!(
-            fs.open(ROOT_INO, false, Fetch::Allowed).errno(),
-            Err(libc::EISDIR)
-        );
-        assert_eq!(fs.opendir(ino).map_err(|e| e.errno()), Err(libc::ENOTDIR));
-        assert_eq!(
-            fs.lookup(ino, name("x.jpg"), Fetch::Allowed).errno(),
-            Err(libc::ENOTDIR)
-        );
-        assert_eq!(
-            fs.getattr(999_999, Fetch::Allowed).errno(),
-            Err(libc::ENOENT)
-        );
-    }
-
-    #[test]
-    fn never_fetch_reports_would_block() {
-        let api = tenant();
-        let fs = fs(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        assert_eq!(
-            fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).errno(),
-            Err(WOULD_BLOCK)
-        );
-        let fh = fs.opendir(dir).unwrap();
-        assert_eq!(
-            fs.readdir(dir, fh, 0, Fetch::Never).errno().err(),
-            Some(WOULD_BLOCK)
-        );
-        assert_eq!(
-            api.requests(Endpoint::Face) + api.requests(Endpoint::List),
-            0
-        );
-    }
-
-    /// The adapter's contract: a first pass that answers WouldBlock numbers
-    /// no inode, notes no read-ahead and sends no request; the second pass
-    /// then answers as if it were the only one.
-    #[test]
-    fn a_first_pass_that_would_block_changes_nothing() {
-        let api = big_tenant(10);
-        let fs = fs_reading_ahead(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        for file in ["ou_000.jpg", "ou_000.cropped.jpg", "ou_001.jpg"] {
-            assert_eq!(
-                fs.lookup(dir, name(file), Fetch::Never).errno(),
-                Err(WOULD_BLOCK)
-            );
-        }
-        assert_eq!(fs.inodes.lock().len(), 0, "no inode numbered");
-        let fh = fs.opendir(dir).unwrap();
-        assert_eq!(
-            fs.readdir(dir, fh, 0, Fetch::Never).errno().err(),
-            Some(WOULD_BLOCK)
-        );
-        assert!(fs.listings.lock().is_empty());
-        let entries: Vec<_> = fs
-            .readdir(dir, fh, 0, Fetch::Allowed)
-            .unwrap()
-            .entries()
-            .collect();
-        assert_eq!(entries.len(), 2 + 20);
-        let numbered = fs.inodes.lock().len();
-        for file in ["ou_000.jpg", "ou_000.cropped.jpg"] {
-            assert_eq!(
-                fs.lookup(dir, name(file), Fetch::Never).errno(),
-                Err(WOULD_BLOCK)
-            );
-        }
-        assert!(
-            fs.readahead.lock().is_empty(),
-            "lookups that would block note no read-ahead"
-        );
-        assert_eq!(fs.inodes.lock().len(), numbered);
-        assert_eq!(api.requests(Endpoint::Face), 0);
-        // Never, then Allowed, as the adapter does: the same inode as readdir
-        // gave, and read-ahead as for a walk that asked only once.
-        let first = fs.lookup(dir, name("ou_000.jpg"), Fetch::Allowed).unwrap();
-        assert_eq!(
-            Some(first.ino),
-            entries
-                .iter()
-                .find(|(_, e)| e.name == "ou_000.jpg")
-                .map(|(_, e)| e.ino)
-        );
-        fs.lookup(dir, name("ou_000.cropped.jpg"), Fetch::Allowed)
-            .unwrap();
-        wait_for_requests(&api, 6);
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            6,
-            "two lookups, four read ahead"
-        );
-        assert_eq!(
-            fs.getattr(first.ino, Fetch::Never).errno().map(|a| a.size),
-            Ok(10),
-            "answered from memory now"
-        );
-        fs.releasedir(fh);
-    }
-
-    #[test]
-    fn names_that_do_not_exist_cost_no_memory_and_forgotten_faces_go() {
-        let api = tenant();
-        let fs = fs(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        for i in 0..500 {
-            let name = format!("ou_nobody{i}.jpg");
-            assert_eq!(
-                fs.lookup(dir, name.as_ref(), Fetch::Allowed).errno(),
-                Err(libc::ENOENT)
-            );
-        }
-        assert_eq!(fs.inodes.lock().len(), 0, "no inode for an absent name");
-        let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
-        assert_eq!(fs.inodes.lock().len(), 1);
-        fs.forget(a.ino, 2);
-        assert_eq!(fs.inodes.lock().len(), 0);
-        assert_eq!(fs.getattr(a.ino, Fetch::Never).errno(), Err(libc::ENOENT));
-        let again = fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
-        assert_eq!(again.ino, a.ino, "a name keeps its number");
-    }
-
-    #[test]
-    fn readdir_pages_through_one_snapshot_from_any_offset() {
-        let api = big_tenant(30);
-        let fs = fs(&api);
-        let dir = dir_ino(IdKind::UserId);
-        let fh = fs.opendir(dir).unwrap();
-        let all: Vec<(u64, DirEntry)> = fs
-            .readdir(dir, fh, 0, Fetch::Allowed)
-            .unwrap()
-            .entries()
-            .collect();
-        assert_eq!(all.len(), 2 + 60);
-        // The service changes; the open directory keeps its snapshot.
-        api.inner()
-            .add_user(&["ou_new", "on_new", "new"], Some(vec![1]), None);
-        for offset in [1, 2, 17, 61, 62, 63, 1000] {
-            let page: Vec<(u64, DirEntry)> = fs
-                .readdir(dir, fh, offset, Fetch::Never)
-                .unwrap()
-                .entries()
-                .collect();
-            assert_eq!(
-                page,
-                all[all.len().min(offset as usize)..],
-                "offset {offset}"
-            );
-        }
-        assert_eq!(all[2].1.name, "u000.jpg");
-        assert_eq!(all[3].1.name, "u000.cropped.jpg");
-        let looked_up = fs
-            .lookup(dir, name("u000.cropped.jpg"), Fetch::Allowed)
-            .unwrap();
-        assert_eq!(looked_up.ino, all[3].1.ino, "readdir and lookup agree");
-        fs.releasedir(fh);
-        assert_eq!(api.requests(Endpoint::List), 1);
-    }
-
-    /// Read by inode with a cache that holds one face: a file being read
-    /// keeps its face between reads instead of downloading it again.
-    #[test]
-    fn a_face_being_read_is_not_downloaded_again_when_evicted() {
-        let api = tenant();
-        let fs = fs_with(
-            &api,
-            FsConfig {
-                cache_bytes: 100,
-                readahead: 0,
-                ..FsConfig::default()
-            },
-        );
-        let dir = dir_ino(IdKind::OpenId);
-        let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        let b = fs.lookup(dir, name("ou_b.jpg"), Fetch::Allowed).unwrap();
-        assert_eq!(api.requests(Endpoint::Face), 2, "b evicted a");
-        let part = |ino, offset| {
-            fs.read_inode(ino, offset, 10, Fetch::Allowed)
-                .unwrap()
-                .bytes()
-                .to_vec()
-        };
-        assert_eq!(part(a.ino, 0), vec![1; 10]);
-        assert_eq!(part(b.ino, 0), vec![3; 10]);
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            4,
-            "each downloaded once more, evicting the other"
-        );
-        for offset in (10..100).step_by(10) {
-            assert_eq!(part(a.ino, offset), vec![1; 10]);
-            assert_eq!(part(b.ino, offset.min(50)), vec![3; 10]);
-        }
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            4,
-            "the reads in progress kept their faces"
-        );
-        assert!(
-            fs.reading.lock().pins.get(&a.ino).is_none(),
-            "unpinned once all was read"
-        );
-    }
-
-    fn big_tenant(users: usize) -> Arc<TestApi> {
-        let api = MemoryApi::with_page_size(50);
-        for i in 0..users {
-            let ids = [
-                format!("ou_{i:03}"),
-                format!("on_{i:03}"),
-                format!("u{i:03}"),
-            ];
-            api.add_user(
-                &[&ids[0], &ids[1], &ids[2]],
-                Some(vec![i as u8; 10 + i]),
-                Some(vec![i as u8; 5]),
-            );
-        }
-        Arc::new(FailureApi::new(api))
-    }
-
-    fn fs_reading_ahead(api: &Arc<TestApi>) -> Arc<FaceFs> {
-        fs_with(
-            api,
-            FsConfig {
-                readahead: 16,
-                prefetch_threads: 4,
-                ..FsConfig::default()
-            },
-        )
-    }
-
-    /// Waits until the prefetchers have made `n` requests (they run on threads).
-    fn wait_for_requests(api: &TestApi, n: usize) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while api.requests(Endpoint::Face) < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    #[test]
-    fn a_sequential_walk_is_read_ahead_with_one_request_per_file() {
-        let api = big_tenant(40);
-        let fs = fs_reading_ahead(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        let entries = names(&fs, dir);
-        let files: Vec<&String> = entries.iter().skip(2).collect();
-        assert_eq!(files.len(), 80);
-        fs.lookup(dir, name(files[0]), Fetch::Allowed).unwrap();
-        fs.lookup(dir, name(files[1]), Fetch::Allowed).unwrap();
-        // Two lookups in listing order start read-ahead of the next four.
-        wait_for_requests(&api, 6);
-        assert_eq!(api.requests(Endpoint::Face), 6);
-        for (i, file) in files.iter().enumerate().skip(2) {
-            let attr = fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
-            assert_eq!(attr.size, if i % 2 == 0 { 10 + i as u64 / 2 } else { 5 });
-        }
-        wait_for_requests(&api, 80);
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            80,
-            "read-ahead and lookups shared every download"
-        );
-    }
-
-    #[test]
-    fn read_ahead_needs_lookups_in_listing_order() {
-        let api = big_tenant(40);
-        let fs = fs_reading_ahead(&api);
-        let dir = dir_ino(IdKind::OpenId);
-        names(&fs, dir);
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            0,
-            "a plain readdir downloads nothing"
-        );
-        // Random access: every fourth file, backwards.
-        for i in (0..40).rev().step_by(4) {
-            fs.lookup(dir, name(&format!("ou_{i:03}.jpg")), Fetch::Allowed)
-                .unwrap();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(
-            api.requests(Endpoint::Face),
-            10,
-            "no read-ahead for a walk that is not sequential"
-        );
-    }
-
-    #[test]
-    fn an_inode_is_one_version_and_reads_its_own_bytes_or_eio() {
-        let api = tenant();
-        let clock = TestClock::default();
-        let fs = fs_with_ttl(&api, Duration::from_secs(30), &clock);
-        let dir = dir_ino(IdKind::OpenId);
-        let old = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        // Read by inode, as the kernel does once it opens files itself.
-        let read = |ino, fetch| {
-            fs.read_inode(ino, 0, 4096, fetch)
-                .errno()
-                .map(|s| s.bytes().to_vec())
-        };
-        assert_eq!(read(old.ino, Fetch::Never), Ok(vec![1; 100]));
-        // Its bytes stay right past the TTL: a version never changes.
-        clock.advance(Duration::from_secs(60));
-        assert_eq!(read(old.ino, Fetch::Never), Ok(vec![1; 100]));
-        assert_eq!(api.requests(Endpoint::Face), 1);
-        // Re-enrolled: the name gets a new inode with the new bytes...
-        api.inner().set_faces("ou_a", Some(vec![5; 120]), None);
-        let new = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        assert_ne!(new.ino, old.ino);
-        assert_eq!(read(new.ino, Fetch::Never), Ok(vec![5; 120]));
-        // ...and the old inode, its bytes gone, fails rather than mixing.
-        assert_eq!(read(old.ino, Fetch::Allowed), Err(libc::EIO));
-        // An open handle of the old path keeps what it opened.
-        let opened = fs.open(new.ino, false, Fetch::Never).unwrap();
-        api.inner().set_faces("ou_a", Some(vec![6; 80]), None);
-        clock.advance(Duration::from_secs(60));
-        assert_eq!(fs.read(opened, 0, 4096).unwrap().bytes(), &[5; 120][..]);
-    }
-
-    #[test]
-    fn answers_carry_how_long_they_stay_true() {
-        let api = tenant();
-        let clock = TestClock::default();
-        let fs = fs_with_ttl(&api, Duration::from_secs(100), &clock);
-        let dir = dir_ino(IdKind::OpenId);
-        let attr = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
-        assert_eq!(attr.valid_for, Duration::from_secs(100));
-        clock.advance(Duration::from_secs(40));
-        let attr = fs.getattr(attr.ino, Fetch::Never).unwrap();
-        assert_eq!(attr.valid_for, Duration::from_secs(60));
-    }
-
-    #[test]
-    fn concurrent_readers_share_one_download() {
-        let api = tenant();
-        let fs = fs(&api);
-        let threads: Vec<_> = (0..8)
-            .map(|_| {
-                let fs = fs.clone();
-                std::thread::spawn(move || {
-                    fs.lookup(
-                        dir_ino(IdKind::OpenId),
-                        OsStr::new("ou_b.jpg"),
-                        Fetch::Allowed,
-                    )
-                })
-            })
-            .collect();
-        for t in threads {
-            assert_eq!(t.join().unwrap().unwrap().size, 60);
-        }
-        // Whether the threads overlapped (one shared download) or not (the
-        // later ones hit the cache), the API sees one request.
-        assert_eq!(api.requests(Endpoint::Face), 1);
-    }
-}
+mod tests;

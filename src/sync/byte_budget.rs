@@ -42,6 +42,16 @@ impl ByteBudget {
         }
     }
 
+    /// Takes `bytes` if they are free now.
+    pub fn try_hold(&self, bytes: u64) -> Option<MemoryHold> {
+        let wanted = units(bytes).min(units(self.capacity));
+        self.units
+            .clone()
+            .try_acquire_many_owned(wanted)
+            .ok()
+            .map(|permit| MemoryHold(Some(permit)))
+    }
+
     /// Bytes held now (in KiB units, rounded up per hold).
     pub fn in_use(&self) -> u64 {
         (u64::from(units(self.capacity)) - self.units.available_permits() as u64) * UNIT

@@ -1,0 +1,183 @@
+//! The store's directories: private to the mounting user, checked before use,
+//! and locked so that one process at a time writes a tenant's store.
+
+use std::fs::{DirBuilder, File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The cache directory the user named: created `0700` if missing. One that
+/// exists must be a directory of the mounting user that no one else can
+/// write to, or another user could swap faces in.
+pub fn prepare_top(dir: &Path) -> Result<(), String> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display())),
+        Err(e) => Err(format!("cannot use the cache directory {}: {e}", dir.display())),
+        Ok(meta) => check_private(dir, &meta, false),
+    }
+}
+
+/// A directory of the store's own, below the top: created `0700`, and if it
+/// exists, a real directory (no symlink) of the mounting user, `0700`.
+pub fn prepare_own(dir: &Path) -> Result<(), String> {
+    match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let meta = std::fs::symlink_metadata(dir)
+                .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
+            check_private(dir, &meta, true)
+        }
+        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
+    }
+}
+
+fn check_private(dir: &Path, meta: &std::fs::Metadata, own: bool) -> Result<(), String> {
+    let shown = dir.display();
+    if !meta.is_dir() {
+        return Err(format!(
+            "the cache directory {shown} is not a directory{}",
+            if own { " (the store's own directories are never symlinks); remove it" } else { "" }
+        ));
+    }
+    if meta.uid() != euid() {
+        return Err(format!(
+            "the cache directory {shown} belongs to uid {}, not to the mounting user (uid {}): faces are biometric data; run `chown {} {shown}` or choose another --cache-dir",
+            meta.uid(),
+            euid(),
+            euid()
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    let loose = if own { mode & 0o077 != 0 } else { mode & 0o022 != 0 };
+    if loose {
+        return Err(format!(
+            "the cache directory {shown} has mode {mode:04o}, so other users can {} it: faces are biometric data; run `chmod 700 {shown}` or choose another --cache-dir",
+            if own { "reach into" } else { "write to" }
+        ));
+    }
+    Ok(())
+}
+
+/// Opens a file of the store for writing: never through a symlink, `0600`.
+pub fn create_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Opens a file of the store for reading: never through a symlink.
+pub fn open_private(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+/// Whether an opened file is one the store could have written.
+pub fn is_own_file(meta: &std::fs::Metadata) -> bool {
+    meta.is_file() && meta.uid() == euid() && meta.permissions().mode() & 0o077 == 0
+}
+
+/// The lock on one tenant's store, held for the life of the mount; the
+/// kernel lets go of it however the process ends (`kill -9` too).
+pub struct StoreLock {
+    _file: File,
+}
+
+/// Takes the lock in `dir`, or says which process holds it.
+pub fn lock(dir: &Path) -> Result<StoreLock, String> {
+    let path = dir.join("lock");
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            let who = if holder.is_empty() {
+                "another facefs".to_owned()
+            } else {
+                format!("another facefs (pid {holder})")
+            };
+            return Err(format!(
+                "{who} is using the store in {} for this tenant; two mounts cannot share one store: give this mount its own --cache-dir, or unmount the other",
+                dir.display()
+            ));
+        }
+        return Err(format!("cannot lock {}: {e}", path.display()));
+    }
+    // Who holds it, for the message above; the lock itself is the flock.
+    let _ = file.set_len(0);
+    let _ = file.rewind();
+    let _ = write!(file, "{}", std::process::id());
+    Ok(StoreLock { _file: file })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("facefs-dir-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn directories_are_created_private_and_loose_ones_are_refused_with_the_fix() {
+        let top = temp_dir("private");
+        prepare_top(&top.join("a/b")).unwrap();
+        let mode = std::fs::metadata(top.join("a/b")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let refused = prepare_top(&top).unwrap_err();
+        assert!(refused.contains("mode 0777") && refused.contains("chmod 700"), "{refused}");
+        // Readable by others is fine for the top: the store's own are 0700.
+        std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_top(&top).unwrap();
+        let own = top.join("own");
+        prepare_own(&own).unwrap();
+        std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o750)).unwrap();
+        assert!(prepare_own(&own).unwrap_err().contains("reach into"));
+        std::fs::remove_dir(&own).unwrap();
+        std::os::unix::fs::symlink(&top, &own).unwrap();
+        assert!(prepare_own(&own).unwrap_err().contains("not a directory"));
+        std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn a_second_lock_is_refused_and_names_the_holder() {
+        let dir = temp_dir("lock");
+        prepare_top(&dir).unwrap();
+        let held = lock(&dir).unwrap();
+        let refused = lock(&dir).err().unwrap();
+        assert!(
+            refused.contains(&format!("pid {}", std::process::id())) && refused.contains("--cache-dir"),
+            "{refused}"
+        );
+        drop(held);
+        lock(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,585 @@
+//! The on-disk store: the tier behind the memory cache that outlives the
+//! mount. It keeps each downloaded face with what `stat` shows of it, and
+//! each directory listing, so that a remount, a reboot or a crash costs no
+//! download for what is still fresh.
+//!
+//! Layout, under the `--cache-dir` the user names:
+//!
+//! ```text
+//! facefs-v1/<tenant>/tenant           base URL and app id, in full
+//! facefs-v1/<tenant>/lock             flock of the mount using it, and its pid
+//! facefs-v1/<tenant>/faces/<hh>/<h>   one face: see entry.rs
+//! facefs-v1/<tenant>/listings/<kind>  one listing: see entry.rs
+//! ```
+//!
+//! `<tenant>` and `<h>` are FNV-1a hashes of the tenant and of the face's
+//! key; a hash names a file, what the file says is checked against the full
+//! key, so a collision is a miss, never another face. Each file is written
+//! to a temporary name and renamed into place, and verified whole at every
+//! read; whatever does not verify is deleted and downloaded again. Nothing
+//! is fsynced: a power cut may lose the newest entries, and the checksums
+//! make sure that a torn one is discarded rather than served.
+//!
+//! There is no index file to lose: at start a background thread scans the
+//! face files (their sizes and last use, kept as mtime) into the in-memory
+//! LRU that bounds the store, so mounting does not wait for the scan, and
+//! reads need no index (a face's path comes from its key).
+
+mod directory;
+pub mod entry;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+use self::directory::{create_private, is_own_file, open_private, StoreLock};
+use self::entry::Damage;
+use super::face::{digest, Face};
+use super::layout::FaceKey;
+use super::listing::Listing;
+use crate::api::{FaceBytes, IdKind};
+use crate::metrics::METRICS;
+use crate::sync::byte_budget::{ByteBudget, MemoryHold};
+
+/// The store's own directory under `--cache-dir`; a new format gets a new one.
+const FORMAT_DIR: &str = "facefs-v1";
+/// The store never leaves less than this share of its file system free.
+const FREE_SPACE_FLOOR: f64 = 0.05;
+/// No stored file is believed to be larger: a face, its header, some slack.
+const MAX_FACE_FILE: u64 = crate::api::http::MAX_FACE_BYTES + 4096;
+/// Nor any listing: 2,000,000 ids of at most 243 bytes and their ends.
+const MAX_LISTING_FILE: u64 = 2_000_000 * (243 + 4) + 4096;
+/// A face read within this of its last recorded use is not touched again:
+/// the LRU order across remounts needs hours, not every read.
+const TOUCH_EVERY: Duration = Duration::from_secs(3600);
+
+pub struct StoreConfig {
+    /// The `--cache-dir` the user named.
+    pub dir: PathBuf,
+    /// Bytes on disk this tenant's store may take.
+    pub max_bytes: u64,
+    /// Who the faces belong to: the API base URL and the app id.
+    pub tenant: String,
+    /// How long a read may wait for room in the memory budget.
+    pub memory_wait: Duration,
+}
+
+/// What the store holds, for `statfs`-style reports and the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    pub bytes: u64,
+    pub faces: usize,
+    pub evictions: u64,
+    /// Whether the start-up scan is done (before it, the totals count only
+    /// what this mount wrote).
+    pub scanned: bool,
+}
+
+pub struct FaceStore {
+    root: PathBuf,
+    max_bytes: u64,
+    memory: Arc<ByteBudget>,
+    memory_wait: Duration,
+    index: Arc<Mutex<Index>>,
+    next_temp: AtomicU64,
+    /// Whether "no room" was logged since the last write that found room.
+    warned_full: AtomicBool,
+    _lock: StoreLock,
+}
+
+/// The faces on disk by file name, least recently used first out.
+struct Index {
+    lru: LruCache<u64, u64>,
+    /// Bytes on disk of the faces in `lru` and of the listings.
+    bytes: u64,
+    listings: [u64; 3],
+    evictions: u64,
+    scanned: bool,
+}
+
+impl Index {
+    fn put(&mut self, name: u64, bytes: u64) {
+        if let Some(old) = self.lru.put(name, bytes) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+    }
+
+    fn remove(&mut self, name: u64) {
+        if let Some(old) = self.lru.pop(&name) {
+            self.bytes -= old;
+        }
+    }
+}
+
+/// The file name of a face: its key, hashed.
+fn face_name(key: &FaceKey) -> u64 {
+    let mut text = Vec::with_capacity(key.id.len() + 2);
+    text.push(key.kind.index() as u8);
+    text.push(u8::from(key.cropped));
+    text.extend_from_slice(key.id.as_bytes());
+    digest(&text)
+}
+
+fn face_path(root: &Path, name: u64) -> PathBuf {
+    let hex = format!("{name:016x}");
+    root.join("faces").join(&hex[..2]).join(&hex[2..])
+}
+
+fn listing_path(root: &Path, kind: IdKind) -> PathBuf {
+    root.join("listings").join(kind.as_str())
+}
+
+/// Bytes a file takes on disk (blocks, not length: what the bound is about).
+fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
+    meta.blocks() * 512
+}
+
+impl FaceStore {
+    /// Opens (creating it if need be) the tenant's store under the cache
+    /// directory, takes its lock and starts the scan that sizes it.
+    pub fn open(config: StoreConfig, memory: Arc<ByteBudget>) -> Result<Arc<FaceStore>, String> {
+        directory::prepare_top(&config.dir)?;
+        let format_dir = config.dir.join(FORMAT_DIR);
+        directory::prepare_own(&format_dir)?;
+        let root = format_dir.join(format!("{:016x}", digest(config.tenant.as_bytes())));
+        directory::prepare_own(&root)?;
+        let lock = directory::lock(&root)?;
+        check_tenant(&root, &config.tenant)?;
+        for dir in ["faces", "listings"] {
+            directory::prepare_own(&root.join(dir))?;
+        }
+        let index = Arc::new(Mutex::new(Index {
+            lru: LruCache::unbounded(),
+            bytes: 0,
+            listings: [0; 3],
+            evictions: 0,
+            scanned: false,
+        }));
+        let store = Arc::new(FaceStore {
+            root,
+            max_bytes: config.max_bytes,
+            memory,
+            memory_wait: config.memory_wait,
+            index,
+            next_temp: AtomicU64::new(0),
+            warned_full: AtomicBool::new(false),
+            _lock: lock,
+        });
+        let scanner = Arc::downgrade(&store);
+        std::thread::Builder::new()
+            .name("facefs-store-scan".into())
+            .spawn(move || {
+                let started = Instant::now();
+                let Some(root) = scanner.upgrade().map(|s| s.root.clone()) else {
+                    return;
+                };
+                let found = scan(&root);
+                if let Some(store) = scanner.upgrade() {
+                    store.scanned(found, started);
+                }
+            })
+            .map_err(|e| format!("cannot start the store's scan: {e}"))?;
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn usage(&self) -> StoreUsage {
+        let index = self.index.lock();
+        StoreUsage {
+            bytes: index.bytes,
+            faces: index.lru.len(),
+            evictions: index.evictions,
+            scanned: index.scanned,
+        }
+    }
+
+    /// Merges what the scan found under what this mount wrote meanwhile
+    /// (which is newer), then evicts down to the bound.
+    fn scanned(&self, mut found: Scan, started: Instant) {
+        found.faces.sort_by_key(|f| f.2);
+        let mut index = self.index.lock();
+        let written = std::mem::replace(&mut index.lru, LruCache::unbounded());
+        index.bytes = index.listings.iter().sum();
+        for (name, bytes, _) in found.faces {
+            index.put(name, bytes);
+        }
+        for (name, bytes) in written.iter().rev() {
+            index.put(*name, *bytes);
+        }
+        index.scanned = true;
+        let faces = index.lru.len();
+        let bytes = index.bytes;
+        self.evict(&mut index, 0);
+        drop(index);
+        log::info!(
+            "store {}: {faces} faces, {} MiB, scanned in {:?}{}",
+            self.root.display(),
+            bytes >> 20,
+            started.elapsed(),
+            if found.removed > 0 {
+                format!("; removed {} unfinished or foreign files", found.removed)
+            } else {
+                String::new()
+            }
+        );
+    }
+
+    /// The stored face of `key`, verified, or `None` (missing or damaged:
+    /// damaged entries are deleted). `Err` only when no memory could be had
+    /// for its bytes within the wait.
+    pub fn face(&self, key: &FaceKey) -> Result<Option<Face>, String> {
+        let name = face_name(key);
+        let path = face_path(&self.root, name);
+        let file = match open_private(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                self.discard(name, &path, key, &format!("cannot be opened ({e})"));
+                return Ok(None);
+            }
+        };
+        let meta = match file.metadata() {
+            Ok(meta) if is_own_file(&meta) && meta.len() <= MAX_FACE_FILE => meta,
+            Ok(_) => {
+                self.discard(name, &path, key, "not a private file of the right size");
+                return Ok(None);
+            }
+            Err(e) => {
+                self.discard(name, &path, key, &format!("cannot be read ({e})"));
+                return Ok(None);
+            }
+        };
+        let held = self.hold(meta.len())?;
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        // One byte more than the length: a file grown since fails the check.
+        if let Err(e) = (&file).take(meta.len() + 1).read_to_end(&mut bytes) {
+            self.discard(name, &path, key, &format!("cannot be read ({e})"));
+            return Ok(None);
+        }
+        let header = match entry::verify_face(key, &bytes) {
+            Ok(header) => header,
+            Err(damage) => {
+                self.damaged(name, &path, key, damage);
+                return Ok(None);
+            }
+        };
+        bytes.drain(..header.data_start);
+        self.index.lock().lru.promote(&name);
+        let last_use = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+        if SystemTime::now().duration_since(last_use).unwrap_or_default() > TOUCH_EVERY {
+            // The order eviction follows after a remount.
+            let _ = file.set_modified(SystemTime::now());
+        }
+        METRICS.store_read();
+        Ok(Some(Face::verified(
+            FaceBytes { bytes, held },
+            header.digest,
+            header.fetched_at,
+        )))
+    }
+
+    /// Memory for `bytes` from the same budget as downloads. The budget is
+    /// async (the HTTP client waits on it); a store read is not, and waits
+    /// for room by polling, which only happens when memory is short.
+    fn hold(&self, bytes: u64) -> Result<MemoryHold, String> {
+        let deadline = Instant::now() + self.memory_wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if let Some(held) = self.memory.try_hold(bytes) {
+                return Ok(held);
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "no memory for a stored face within {:?}: every byte of --cache-size is held by faces being read",
+                    self.memory_wait
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    fn damaged(&self, name: u64, path: &Path, key: &FaceKey, damage: Damage) {
+        self.discard(name, path, key, &damage.to_string());
+    }
+
+    fn discard(&self, name: u64, path: &Path, key: &FaceKey, why: &str) {
+        // The id is personal data: the log names the kind and the file.
+        log::warn!(
+            "discarding the stored {} face {}: {why}; it is downloaded again when needed",
+            key.kind,
+            path.display()
+        );
+        METRICS.store_discarded();
+        let _ = std::fs::remove_file(path);
+        self.index.lock().remove(name);
+    }
+
+    /// Keeps `face` as the stored face of `key`. A failure to write is
+    /// logged and costs only the next download.
+    pub fn put_face(&self, key: &FaceKey, face: &Face) {
+        let name = face_name(key);
+        let path = face_path(&self.root, name);
+        let header = entry::face_header(key, &face.bytes, face.digest, face.fetched_at);
+        let size = (header.len() + face.bytes.len()) as u64;
+        if !self.make_room(name, size) {
+            return;
+        }
+        let written = path
+            .parent()
+            .map_or(Ok(()), |dir| directory::prepare_own(dir).map_err(std::io::Error::other))
+            .and_then(|()| {
+                self.write_then_rename(&path, |file| {
+                    file.write_all(&header)?;
+                    file.write_all(&face.bytes)
+                })
+            });
+        match written {
+            Ok(bytes) => {
+                self.index.lock().put(name, bytes);
+                METRICS.store_write();
+            }
+            Err(e) => log::warn!(
+                "cannot store a {} face in {}: {e}",
+                key.kind,
+                self.root.display()
+            ),
+        }
+    }
+
+    /// Forgets the stored face of `key` (the API said it does not exist).
+    pub fn remove_face(&self, key: &FaceKey) {
+        let name = face_name(key);
+        let _ = std::fs::remove_file(face_path(&self.root, name));
+        self.index.lock().remove(name);
+    }
+
+    /// The stored listing of `kind`, verified, or `None`.
+    pub fn listing(&self, kind: IdKind) -> Option<Listing> {
+        let path = listing_path(&self.root, kind);
+        let file = match open_private(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                self.discard_listing(kind, &path, &format!("cannot be opened ({e})"));
+                return None;
+            }
+        };
+        let fits = file
+            .metadata()
+            .is_ok_and(|m| is_own_file(&m) && m.len() <= MAX_LISTING_FILE);
+        let mut bytes = Vec::new();
+        if !fits || file.take(MAX_LISTING_FILE + 1).read_to_end(&mut bytes).is_err() {
+            self.discard_listing(kind, &path, "not a private file of a listing's size");
+            return None;
+        }
+        match entry::decode_listing(kind, &bytes) {
+            Ok(listing) => Some(listing),
+            Err(damage) => {
+                self.discard_listing(kind, &path, &damage.to_string());
+                None
+            }
+        }
+    }
+
+    fn discard_listing(&self, kind: IdKind, path: &Path, why: &str) {
+        log::warn!(
+            "discarding the stored {kind} listing {}: {why}; it is listed again when needed",
+            path.display()
+        );
+        METRICS.store_discarded();
+        let _ = std::fs::remove_file(path);
+        let mut index = self.index.lock();
+        index.bytes -= std::mem::take(&mut index.listings[kind.index()]);
+    }
+
+    pub fn put_listing(&self, kind: IdKind, listing: &Listing) {
+        let encoded = entry::encode_listing(kind, listing);
+        let path = listing_path(&self.root, kind);
+        match self.write_then_rename(&path, |file| file.write_all(&encoded)) {
+            Ok(bytes) => {
+                let mut index = self.index.lock();
+                index.bytes -= std::mem::replace(&mut index.listings[kind.index()], bytes);
+                index.bytes += bytes;
+            }
+            Err(e) => log::warn!(
+                "cannot store the {kind} listing in {}: {e}",
+                self.root.display()
+            ),
+        }
+    }
+
+    /// Writes a new file beside `path` and renames it onto `path`; returns
+    /// the bytes it takes on disk.
+    fn write_then_rename(
+        &self,
+        path: &Path,
+        write: impl FnOnce(&mut File) -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let temp = path.with_extension(format!(
+            "{}.{}.tmp",
+            std::process::id(),
+            self.next_temp.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = create_private(&temp).and_then(|mut file| {
+            write(&mut file)?;
+            let bytes = disk_bytes(&file.metadata()?);
+            std::fs::rename(&temp, path)?;
+            Ok(bytes)
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Evicts until `incoming` more bytes fit the bound and the free-space
+    /// floor; `false` if they cannot (the face is then not stored).
+    fn make_room(&self, name: u64, incoming: u64) -> bool {
+        let mut index = self.index.lock();
+        // The face it replaces makes room for it.
+        index.remove(name);
+        let fits = self.evict(&mut index, incoming);
+        if !fits && !self.warned_full.swap(true, Ordering::Relaxed) {
+            log::warn!(
+                "the store in {} is full (--cache-dir-size, or its file system is {:.0}% from full): new faces are not stored until room is made",
+                self.root.display(),
+                FREE_SPACE_FLOOR * 100.0
+            );
+        }
+        if fits {
+            self.warned_full.store(false, Ordering::Relaxed);
+        }
+        fits
+    }
+
+    fn evict(&self, index: &mut Index, incoming: u64) -> bool {
+        if incoming > self.max_bytes {
+            return false;
+        }
+        // Before the scan the total is unknown: only the floor is kept.
+        while index.scanned && index.bytes + incoming > self.max_bytes {
+            if !self.evict_one(index) {
+                return false;
+            }
+        }
+        loop {
+            match free_space(&self.root) {
+                Some((free, floor)) if free < floor + incoming => {
+                    if !self.evict_one(index) {
+                        return false;
+                    }
+                }
+                _ => return true,
+            }
+        }
+    }
+
+    fn evict_one(&self, index: &mut Index) -> bool {
+        let Some((name, bytes)) = index.lru.pop_lru() else {
+            return false;
+        };
+        index.bytes -= bytes;
+        index.evictions += 1;
+        METRICS.store_evicted();
+        let _ = std::fs::remove_file(face_path(&self.root, name));
+        true
+    }
+}
+
+/// The tenant the store holds must be this one (the directory name is a
+/// hash, this is the proof).
+fn check_tenant(root: &Path, tenant: &str) -> Result<(), String> {
+    let path = root.join("tenant");
+    match std::fs::read(&path) {
+        Ok(found) if found == tenant.as_bytes() => Ok(()),
+        Ok(_) => Err(format!(
+            "{} holds another tenant's faces under the same hash; choose another --cache-dir",
+            root.display()
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let temp = root.join("tenant.tmp");
+            let _ = std::fs::remove_file(&temp);
+            create_private(&temp)
+                .and_then(|mut f| f.write_all(tenant.as_bytes()))
+                .and_then(|()| std::fs::rename(&temp, &path))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// Free bytes of the store's file system, and the floor to keep free.
+fn free_space(root: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes into the zeroed struct; path is NUL-terminated.
+    let stats = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut stats) == 0).then_some(stats)
+    }?;
+    let block = stats.f_frsize;
+    let total = stats.f_blocks.saturating_mul(block);
+    Some((
+        stats.f_bavail.saturating_mul(block),
+        (total as f64 * FREE_SPACE_FLOOR) as u64,
+    ))
+}
+
+/// What the start-up scan found: faces as (name, bytes on disk, last use).
+struct Scan {
+    faces: Vec<(u64, u64, SystemTime)>,
+    removed: usize,
+}
+
+/// Walks the face files. Leftovers of writes that never finished (a crash)
+/// and files that cannot be the store's are removed: the lock says no one
+/// else writes here.
+fn scan(root: &Path) -> Scan {
+    let mut found = Scan {
+        faces: Vec::new(),
+        removed: 0,
+    };
+    let Ok(dirs) = std::fs::read_dir(root.join("faces")) else {
+        return found;
+    };
+    for dir in dirs.flatten() {
+        let prefix = dir.file_name().to_string_lossy().into_owned();
+        let Ok(files) = std::fs::read_dir(dir.path()) else {
+            continue;
+        };
+        for file in files.flatten() {
+            let rest = file.file_name().to_string_lossy().into_owned();
+            let name = (prefix.len() == 2 && rest.len() == 14)
+                .then(|| u64::from_str_radix(&format!("{prefix}{rest}"), 16).ok())
+                .flatten();
+            match (name, file.metadata()) {
+                (Some(name), Ok(meta)) if meta.is_file() => found.faces.push((
+                    name,
+                    disk_bytes(&meta),
+                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                )),
+                _ => {
+                    if std::fs::remove_file(file.path()).is_ok() {
+                        found.removed += 1;
+                    }
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+pub mod tests;

@@ -1,0 +1,246 @@
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::*;
+
+/// A store directory of its own under the system's temp dir, removed on drop.
+pub struct TempStoreDir(pub PathBuf);
+
+impl TempStoreDir {
+    pub fn new(name: &str) -> TempStoreDir {
+        let dir = std::env::temp_dir().join(format!(
+            "facefs-store-{name}-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        TempStoreDir(dir)
+    }
+
+    pub fn open(&self, tenant: &str, max_bytes: u64) -> Arc<FaceStore> {
+        FaceStore::open(
+            StoreConfig {
+                dir: self.0.clone(),
+                max_bytes,
+                tenant: tenant.to_owned(),
+                memory_wait: Duration::from_secs(1),
+            },
+            ByteBudget::new(64 << 20),
+        )
+        .unwrap()
+    }
+}
+
+impl Drop for TempStoreDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn face(bytes: &[u8]) -> Face {
+    Face::new(
+        FaceBytes {
+            bytes: bytes.to_vec(),
+            held: MemoryHold::none(),
+        },
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+    )
+}
+
+fn key(id: &str) -> FaceKey {
+    FaceKey::new(IdKind::OpenId, id, false)
+}
+
+/// Waits for the start-up scan, which runs on its own thread.
+fn scanned(store: &FaceStore) -> StoreUsage {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let usage = store.usage();
+        if usage.scanned {
+            return usage;
+        }
+        assert!(Instant::now() < deadline, "the scan did not end");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn file_of(store: &FaceStore, key: &FaceKey) -> PathBuf {
+    face_path(store.root(), face_name(key))
+}
+
+#[test]
+fn faces_and_listings_outlive_the_store_that_wrote_them() {
+    let dir = TempStoreDir::new("outlive");
+    let listing = Listing::new(vec!["ou_a".into(), "ou_b".into()], SystemTime::now());
+    {
+        let store = dir.open("tenant", 1 << 30);
+        assert!(store.face(&key("ou_a")).unwrap().is_none());
+        store.put_face(&key("ou_a"), &face(b"face a"));
+        store.put_listing(IdKind::OpenId, &listing);
+    }
+    let store = dir.open("tenant", 1 << 30);
+    let back = store.face(&key("ou_a")).unwrap().unwrap();
+    assert_eq!(back.bytes, b"face a");
+    assert_eq!(back.digest, digest(b"face a"));
+    assert_eq!(back.fetched_at, face(b"face a").fetched_at);
+    let listed = store.listing(IdKind::OpenId).unwrap();
+    assert_eq!(listed.parts(), listing.parts());
+    assert!(store.listing(IdKind::UserId).is_none());
+    let usage = scanned(&store);
+    assert_eq!(usage.faces, 1);
+    assert!(usage.bytes > 0);
+}
+
+#[test]
+fn files_are_private_and_tenants_never_see_each_other() {
+    let dir = TempStoreDir::new("private");
+    let a = dir.open("https://open.feishu.cn\ncli_a", 1 << 30);
+    let b = dir.open("https://open.feishu.cn\ncli_b", 1 << 30);
+    a.put_face(&key("ou_a"), &face(b"tenant a's face"));
+    assert!(b.face(&key("ou_a")).unwrap().is_none());
+    assert!(a.face(&key("ou_a")).unwrap().is_some());
+    let file = file_of(&a, &key("ou_a"));
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    let mut dir_of = file.parent();
+    while let Some(d) = dir_of.filter(|d| d.starts_with(&dir.0)) {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+        dir_of = d.parent();
+    }
+}
+
+#[test]
+fn a_second_store_of_one_tenant_in_one_directory_is_refused() {
+    let dir = TempStoreDir::new("twice");
+    let first = dir.open("tenant", 1 << 30);
+    let refused = FaceStore::open(
+        StoreConfig {
+            dir: dir.0.clone(),
+            max_bytes: 1 << 30,
+            tenant: "tenant".into(),
+            memory_wait: Duration::from_secs(1),
+        },
+        ByteBudget::new(1 << 20),
+    )
+    .err()
+    .unwrap();
+    assert!(refused.contains("two mounts cannot share one store"), "{refused}");
+    drop(first);
+    dir.open("tenant", 1 << 30);
+}
+
+#[test]
+fn damaged_entries_are_deleted_never_served() {
+    let dir = TempStoreDir::new("damage");
+    let store = dir.open("tenant", 1 << 30);
+    let bytes = vec![9u8; 5000];
+    type Damager = fn(&Path);
+    let damages: [(&str, Damager); 5] = [
+        ("torn", |p| {
+            let len = std::fs::metadata(p).unwrap().len();
+            std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len / 2).unwrap();
+        }),
+        ("emptied", |p| {
+            std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(0).unwrap();
+        }),
+        ("zeroed", |p| {
+            let len = std::fs::metadata(p).unwrap().len() as usize;
+            std::fs::write(p, vec![0; len]).unwrap();
+        }),
+        ("garbage", |p| std::fs::write(p, b"<html>not a face</html>").unwrap()),
+        ("flipped", |p| {
+            let mut all = std::fs::read(p).unwrap();
+            let last = all.len() - 1;
+            all[last] ^= 0x80;
+            std::fs::write(p, all).unwrap();
+        }),
+    ];
+    for (what, damage) in damages {
+        store.put_face(&key("ou_a"), &face(&bytes));
+        let file = file_of(&store, &key("ou_a"));
+        damage(&file);
+        assert!(store.face(&key("ou_a")).unwrap().is_none(), "{what} entry served");
+        assert!(!file.exists(), "{what} entry kept");
+    }
+    store.put_listing(IdKind::OpenId, &Listing::new(vec!["ou_a".into()], SystemTime::now()));
+    let listing = listing_path(store.root(), IdKind::OpenId);
+    std::fs::write(&listing, b"facefsL1 and then nonsense").unwrap();
+    assert!(store.listing(IdKind::OpenId).is_none());
+    assert!(!listing.exists());
+}
+
+#[test]
+fn the_bound_evicts_the_least_recently_used_faces_across_reopens() {
+    let dir = TempStoreDir::new("bound");
+    let one = vec![1u8; 10_000];
+    {
+        let store = dir.open("tenant", 1 << 30);
+        for id in ["ou_1", "ou_2", "ou_3", "ou_4"] {
+            store.put_face(&key(id), &face(&one));
+        }
+        // Recorded use survives the remount as the files' mtimes.
+        let old = SystemTime::now() - Duration::from_secs(7200);
+        for (i, id) in ["ou_2", "ou_1", "ou_3", "ou_4"].iter().enumerate() {
+            let file = std::fs::File::options().write(true).open(file_of(&store, &key(id))).unwrap();
+            file.set_modified(old + Duration::from_secs(i as u64)).unwrap();
+        }
+    }
+    let store = dir.open("tenant", 1 << 30);
+    let per_face = scanned(&store).bytes / 4;
+    drop(store);
+    // Room for three: the scan evicts the least recently used one.
+    let store = dir.open("tenant", 3 * per_face + per_face / 2);
+    assert_eq!(scanned(&store).faces, 3);
+    assert!(store.face(&key("ou_2")).unwrap().is_none(), "least recently used kept");
+    // Reading ou_1 makes ou_3 the least recently used.
+    assert!(store.face(&key("ou_1")).unwrap().is_some());
+    store.put_face(&key("ou_5"), &face(&one));
+    let usage = store.usage();
+    assert_eq!((usage.faces, usage.evictions), (3, 2));
+    assert!(usage.bytes <= 3 * per_face + per_face / 2);
+    assert!(store.face(&key("ou_3")).unwrap().is_none());
+    for id in ["ou_1", "ou_4", "ou_5"] {
+        assert!(store.face(&key(id)).unwrap().is_some(), "{id} evicted");
+    }
+}
+
+#[test]
+fn the_scan_removes_unfinished_writes_and_foreign_files() {
+    let dir = TempStoreDir::new("scan");
+    let leftover;
+    {
+        let store = dir.open("tenant", 1 << 30);
+        store.put_face(&key("ou_a"), &face(b"a face"));
+        let file = file_of(&store, &key("ou_a"));
+        leftover = file.with_extension("1234.0.tmp");
+        std::fs::write(&leftover, b"half a face").unwrap();
+    }
+    let store = dir.open("tenant", 1 << 30);
+    assert_eq!(scanned(&store).faces, 1);
+    assert!(!leftover.exists());
+    assert!(store.face(&key("ou_a")).unwrap().is_some());
+}
+
+#[test]
+fn a_store_reading_into_a_full_memory_budget_waits_then_fails() {
+    let dir = TempStoreDir::new("memory");
+    let budget = ByteBudget::new(64 << 10);
+    let store = FaceStore::open(
+        StoreConfig {
+            dir: dir.0.clone(),
+            max_bytes: 1 << 30,
+            tenant: "tenant".into(),
+            memory_wait: Duration::from_millis(100),
+        },
+        budget.clone(),
+    )
+    .unwrap();
+    store.put_face(&key("ou_a"), &face(&[5u8; 40 << 10]));
+    let held = budget.try_hold(40 << 10).unwrap();
+    assert!(store.face(&key("ou_a")).is_err(), "read beyond the memory budget");
+    drop(held);
+    let back = store.face(&key("ou_a")).unwrap().unwrap();
+    assert!(budget.in_use() >= 40 << 10, "the stored face's bytes are not counted");
+    drop(back);
+    assert_eq!(budget.in_use(), 0);
+}
