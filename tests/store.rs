@@ -1,0 +1,312 @@
+//! The on-disk store (--cache-dir) over real mounts: remounts that download
+//! nothing, damage and crashes that are never served, outages, permissions.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use facefs::api::IdKind;
+use facefs::emulator::{Emulator, Route};
+use facefs::fs::layout::face_file_name;
+
+/// Every face file of the store under `cache_dir` (unfinished writes too).
+fn stored_faces(cache_dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(tenants) = std::fs::read_dir(cache_dir.join("facefs-v1")) else {
+        return files;
+    };
+    for tenant in tenants.flatten() {
+        for prefix in std::fs::read_dir(tenant.path().join("faces")).into_iter().flatten().flatten() {
+            for file in std::fs::read_dir(prefix.path()).unwrap().flatten() {
+                files.push(file.path());
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+fn listing_file(cache_dir: &Path, kind: IdKind) -> PathBuf {
+    let tenant = std::fs::read_dir(cache_dir.join("facefs-v1"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    tenant.join("listings").join(kind.as_str())
+}
+
+fn mount_with_store(emu: &Emulator, cache_dir: &Path, extra: &[&str]) -> Mount {
+    let mut args = vec!["--rate-limit", "500", "--cache-dir", cache_dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Mount::start(emu, &args)
+}
+
+/// Reads every face of `kind` through the mount and checks it against the
+/// emulator's bytes.
+fn read_and_check_all(emu: &Emulator, mnt: &Mount, kind: IdKind) {
+    for id in emu.ids_with_faces(kind) {
+        for cropped in [false, true] {
+            let path = mnt.join(kind.as_str()).join(face_file_name(&id, cropped));
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            assert!(Some(bytes) == emu.face(kind, &id, cropped), "{} differs", path.display());
+        }
+    }
+}
+
+/// Waits until the mount's store has been scanned (its log says so).
+fn wait_for_scan(mnt: &Mount) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !mnt.log_text().contains("scanned in") {
+        assert!(std::time::Instant::now() < deadline, "no scan:\n{}", mnt.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn rsync(src: &str, dest: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"-a", &"--stats"];
+    for arg in extra {
+        args.push(arg);
+    }
+    args.push(&src);
+    args.push(&dest);
+    run("rsync", &args)
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_rsync)),
+    ignore = "needs FUSE, rsync (scripts/test.sh runs it)"
+)]
+fn a_remount_over_a_warm_store_downloads_nothing_and_rsync_copies_nothing() {
+    let emu = emulator(small_tenant(30));
+    let cache = TempDir::new("store");
+    let backup = TempDir::new("backup");
+    let files = emu.ids_with_faces(IdKind::OpenId).len() * 2;
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &[]);
+        let src = format!("{}/", mnt.join("open_id").display());
+        let first = rsync(&src, backup.path(), &[]);
+        assert!(first.status.success(), "{}", stderr(&first));
+        assert_eq!(emu.count(Route::Face), files);
+    }
+    assert_eq!(stored_faces(cache.path()).len(), files);
+    let lists = emu.count(Route::ListUsers);
+
+    let mnt = mount_with_store(&emu, cache.path(), &[]);
+    let src = format!("{}/", mnt.join("open_id").display());
+    let second = rsync(&src, backup.path(), &[]);
+    assert!(second.status.success(), "{}", stderr(&second));
+    assert!(
+        stdout(&second).contains("Number of regular files transferred: 0"),
+        "same sizes and mtimes after the remount:\n{}",
+        stdout(&second)
+    );
+    assert_eq!(emu.count(Route::Face), files, "no face downloaded again");
+    assert_eq!(emu.count(Route::ListUsers), lists, "nor the listing");
+    read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    assert_eq!(emu.count(Route::Face), files);
+}
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn damaged_entries_are_downloaded_again_and_never_served() {
+    let emu = emulator(small_tenant(20));
+    let cache = TempDir::new("store");
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &[]);
+        read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    }
+    let downloads = emu.count(Route::Face);
+    let files = stored_faces(cache.path());
+    assert_eq!(files.len(), downloads);
+    // Torn, truncated to nothing, zeroed, garbage, one bit flipped, and an
+    // entry of another format version.
+    let len = |p: &Path| std::fs::metadata(p).unwrap().len();
+    let open = |p: &Path| std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    open(&files[0]).set_len(len(&files[0]) / 2).unwrap();
+    open(&files[1]).set_len(0).unwrap();
+    std::fs::write(&files[2], vec![0u8; len(&files[2]) as usize]).unwrap();
+    std::fs::write(&files[3], b"GIF89a not what was stored").unwrap();
+    let mut flipped = std::fs::read(&files[4]).unwrap();
+    let middle = flipped.len() / 2 + 40;
+    flipped[middle] ^= 0x01;
+    std::fs::write(&files[4], flipped).unwrap();
+    let mut older = std::fs::read(&files[5]).unwrap();
+    older[7] = b'0';
+    std::fs::write(&files[5], older).unwrap();
+    // And the listing, garbled.
+    std::fs::write(listing_file(cache.path(), IdKind::OpenId), b"facefsL1\x00\x01").unwrap();
+    let lists = emu.count(Route::ListUsers);
+
+    let mnt = mount_with_store(&emu, cache.path(), &[]);
+    let names = std::fs::read_dir(mnt.join("open_id")).unwrap().count();
+    assert_eq!(names, downloads, "the listing is whole again");
+    assert!(emu.count(Route::ListUsers) > lists, "listed again");
+    read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    assert_eq!(
+        emu.count(Route::Face),
+        downloads + 6,
+        "exactly the six damaged faces were downloaded again"
+    );
+    let log = mnt.log_text();
+    assert_eq!(log.matches("discarding the stored open_id face").count(), 6, "{log}");
+    assert!(log.contains("discarding the stored open_id listing"), "{log}");
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_rsync)),
+    ignore = "needs FUSE, rsync (scripts/test.sh runs it)"
+)]
+fn kill_9_in_the_middle_of_a_backup_leaves_nothing_wrong_behind() {
+    let emu = emulator(small_tenant(60));
+    emu.set_latency(Duration::from_millis(30));
+    let cache = TempDir::new("store");
+    let backup = TempDir::new("backup");
+    let files = emu.ids_with_faces(IdKind::UserId).len() * 2;
+    {
+        let mut mnt = mount_with_store(&emu, cache.path(), &["--max-parallel", "8"]);
+        let src = format!("{}/", mnt.join("user_id").display());
+        let mut backup_run = std::process::Command::new("rsync")
+            .args(["-a", &src])
+            .arg(backup.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(emu.wait_for_log(Duration::from_secs(30), |log| {
+            log.iter().filter(|r| r.route == Route::Face).count() >= files / 3
+        }));
+        mnt.child.as_mut().unwrap().kill().unwrap();
+        mnt.child.as_mut().unwrap().wait().unwrap();
+        let status = wait_with_timeout(&mut backup_run, Duration::from_secs(30));
+        assert!(!status.success(), "rsync must notice the mount died");
+    }
+    let stored_before = stored_faces(cache.path())
+        .iter()
+        .filter(|p| p.extension().is_none())
+        .count();
+    assert!(stored_before > 0 && stored_before < files, "{stored_before} of {files}");
+    let downloads = emu.count(Route::Face);
+
+    let mnt = mount_with_store(&emu, cache.path(), &[]);
+    read_and_check_all(&emu, &mnt, IdKind::UserId);
+    wait_for_scan(&mnt);
+    let again = emu.count(Route::Face) - downloads;
+    assert_eq!(again, files - stored_before, "what was stored whole is served from the store");
+    // The scan removed whatever the killed process left half-written.
+    assert!(
+        !stored_faces(cache.path()).iter().any(|p| p.extension().is_some()),
+        "{:?}",
+        stored_faces(cache.path())
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_rsync)),
+    ignore = "needs FUSE, rsync (scripts/test.sh runs it)"
+)]
+fn during_an_outage_stored_faces_are_served_but_rsync_delete_deletes_nothing() {
+    let emu = emulator(small_tenant(12));
+    let cache = TempDir::new("store");
+    let backup = TempDir::new("backup");
+    // Everything is stale at once, so the outage is seen with no sleep.
+    let stale_at_once = ["--ttl", "0s", "--retry-budget", "1s"];
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &stale_at_once);
+        let src = format!("{}/", mnt.join("open_id").display());
+        assert!(rsync(&src, backup.path(), &["--delete"]).status.success());
+    }
+    let before = std::fs::read_dir(backup.path()).unwrap().count();
+    let id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let file = face_file_name(&id, false);
+
+    let mnt = mount_with_store(&emu, cache.path(), &stale_at_once);
+    emu.set_outage(true);
+    let served = std::fs::read(mnt.join("open_id").join(&file)).unwrap();
+    assert!(Some(served) == emu.face(IdKind::OpenId, &id, false), "the stored bytes");
+    let src = format!("{}/", mnt.join("open_id").display());
+    let out = rsync(&src, backup.path(), &["--delete"]);
+    assert!(!out.status.success(), "a listing is never served stale");
+    assert_eq!(std::fs::read_dir(backup.path()).unwrap().count(), before, "nothing deleted");
+    assert!(mnt.log_text().contains("serving faces up to 3days past their TTL"), "{}", mnt.log_text());
+    drop(mnt);
+
+    // With --max-stale 0 the same read is EIO.
+    emu.set_outage(false);
+    let strict = mount_with_store(&emu, cache.path(), &[&stale_at_once[..], &["--max-stale", "0s"]].concat());
+    emu.set_outage(true);
+    let err = std::fs::read(strict.join("open_id").join(&file)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+}
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn the_store_is_private_and_a_shared_or_loose_one_is_refused() {
+    let emu = emulator(small_tenant(4));
+    let parent = TempDir::new("store-parent");
+    let cache = parent.path().join("new/cache");
+    let mnt = mount_with_store(&emu, &cache, &[]);
+    read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&cache), 0o700);
+    for file in stored_faces(&cache) {
+        assert_eq!(mode(&file), 0o600, "{}", file.display());
+        let mut dir = file.parent().unwrap();
+        while dir != cache {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+            dir = dir.parent().unwrap();
+        }
+    }
+
+    // A second mount of the tenant on the same store is refused.
+    let other = TempDir::new("mnt2");
+    let out = facefs_command(&emu, other.path())
+        .args(["-f", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("two mounts cannot share one store"),
+        "{}",
+        stderr(&out)
+    );
+    drop(mnt);
+
+    // A cache directory others can write to is refused, with the fix.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = facefs_command(&emu, other.path())
+        .args(["-f", "--cache-dir"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("chmod 700"), "{}", stderr(&out));
+    assert!(!is_mounted(other.path()));
+}
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn the_store_stays_within_its_size() {
+    let emu = emulator(small_tenant(40));
+    let cache = TempDir::new("store");
+    let limit = 256 * 1024;
+    let mnt = mount_with_store(&emu, cache.path(), &["--cache-dir-size", "256KiB"]);
+    read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    let used: u64 = stored_faces(cache.path())
+        .iter()
+        .map(|p| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(p).unwrap().blocks() * 512
+        })
+        .sum();
+    assert!(used > 0 && used <= limit, "{used} bytes stored, limit {limit}");
+    let metrics_free = mnt.log_text();
+    assert!(!metrics_free.contains("cannot store"), "{metrics_free}");
+}
