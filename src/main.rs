@@ -14,6 +14,12 @@ fn main() {
         libc::mallopt(libc::M_ARENA_MAX, 2);
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
+    // `facefs prefetch MOUNTPOINT`; a mount point named "prefetch" is `./prefetch`.
+    let mut args = std::env::args_os();
+    if args.nth(1).is_some_and(|first| first == "prefetch") {
+        let cli = facefs::prefetch::PrefetchCli::parse_from(std::env::args_os().skip(1));
+        std::process::exit(facefs::prefetch::run(cli));
+    }
     // mount(8) hands options over as `-o a=b,c`: make them flags first.
     let args = match facefs::daemon::mount_options::expand(std::env::args_os().collect()) {
         Ok(args) => args,

@@ -310,3 +310,91 @@ fn the_store_stays_within_its_size() {
     let metrics_free = mnt.log_text();
     assert!(!metrics_free.contains("cannot store"), "{metrics_free}");
 }
+
+fn prefetch(mnt: &Mount, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(FACEFS)
+        .arg("prefetch")
+        .arg(mnt.path())
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn prefetch_fills_the_store_resumes_and_lists_what_failed() {
+    let emu = emulator(small_tenant(30));
+    let cache = TempDir::new("store");
+    let files = emu.ids_with_faces(IdKind::OpenId).len() * 2;
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &["--retry-budget", "100ms"]);
+        let out = prefetch(&mnt, &["open_id"]);
+        assert!(out.status.success(), "{}\n{}", stderr(&out), mnt.log_text());
+        let report = stderr(&out);
+        assert!(report.contains(&format!("{files} of {files} faces read")), "{report}");
+        assert_eq!(emu.count(Route::Face), files);
+        assert_eq!(stored_faces(cache.path()).len(), files);
+        // Run again: everything is fresh, nothing is downloaded.
+        assert!(prefetch(&mnt, &["open_id"]).status.success());
+        assert_eq!(emu.count(Route::Face), files);
+
+        // Failures are listed by name and make the exit code 1.
+        emu.inject(Route::Face, facefs::emulator::WireFault::ServerError, 1.0);
+        let out = prefetch(&mnt, &["union_id", "--jobs", "8"]);
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        let report = stderr(&out);
+        assert!(report.contains(&format!("{files} failed")), "{report}");
+        let first = emu.ids_with_faces(IdKind::UnionId)[0].clone();
+        assert!(report.contains(&face_file_name(&first, false)), "{report}");
+        emu.clear_faults();
+    }
+    // A remount's prefetch finds the store full.
+    let downloads = emu.count(Route::Face);
+    let mnt = mount_with_store(&emu, cache.path(), &[]);
+    assert!(prefetch(&mnt, &["open_id"]).status.success());
+    assert_eq!(emu.count(Route::Face), downloads);
+
+    let elsewhere = TempDir::new("not-a-mount");
+    let out = std::process::Command::new(FACEFS)
+        .args(["prefetch"])
+        .arg(elsewhere.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("is not a facefs mount; mount it first"), "{}", stderr(&out));
+}
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {
+    let emu = emulator(small_tenant(30));
+    let cache = TempDir::new("store");
+    let files = emu.ids_with_faces(IdKind::UserId).len() * 2;
+    // Slow enough that the interrupt comes in the middle.
+    let mnt = Mount::start(&emu, &["--rate-limit", "20", "--cache-dir", cache.path().to_str().unwrap()]);
+    let mut run = std::process::Command::new(FACEFS)
+        .arg("prefetch")
+        .arg(mnt.path())
+        .args(["user_id", "--jobs", "2"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(emu.wait_for_log(Duration::from_secs(20), |log| {
+        log.iter().filter(|r| r.route == Route::Face).count() >= 5
+    }));
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
+    let status = wait_with_timeout(&mut run, Duration::from_secs(20));
+    let mut report = String::new();
+    std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut report).unwrap();
+    assert_eq!(status.code(), Some(130), "{report}");
+    assert!(report.contains("run it again to go on"), "{report}");
+    let stopped_at = emu.count(Route::Face);
+    assert!(stopped_at < files, "stopped early: {stopped_at} of {files}");
+
+    let out = prefetch(&mnt, &["user_id"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(emu.count(Route::Face), files, "each face downloaded once over both runs");
+}

@@ -19,7 +19,8 @@ pub const SECRET_ENV: &str = "FEISHU_APP_SECRET";
     about = "Mount a Feishu tenant's access-control faces as read-only files",
     after_help = "The app secret is read from --app-secret-file or from $FEISHU_APP_SECRET, never from a flag: \
                   command lines are visible to every user of the machine.\n\
-                  Logs: set FACEFS_LOG (e.g. FACEFS_LOG=debug); unmount with `umount MOUNTPOINT`."
+                  Logs: set FACEFS_LOG (e.g. FACEFS_LOG=debug); unmount with `umount MOUNTPOINT`.\n\
+                  Fill a --cache-dir store ahead of a backup: `facefs prefetch MOUNTPOINT` (see `facefs prefetch --help`)."
 )]
 pub struct Cli {
     /// Where to mount: an existing, empty directory.
