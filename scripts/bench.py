@@ -135,7 +135,9 @@ def main():
     ap.add_argument("--limit", type=int, default=50, help="the server's requests per second in the limited run")
     ap.add_argument("--face-width", type=int, default=240, help="pixels; 240 gives faces of tens of KB")
     ap.add_argument("--rss-cache-mib", type=int, default=8, help="--cache-size of the memory run, in MiB")
-    ap.add_argument("--only", choices=["rss", "abuse"], help="run only this scenario ('abuse': the bounds of issue 11)")
+    ap.add_argument("--only", choices=["rss", "abuse", "store"],
+                    help="run only this scenario ('abuse': the bounds of issue 11; 'store': the on-disk store)")
+    ap.add_argument("--stored", type=int, default=100_000, help="entries in the store whose mount time is measured")
     ap.add_argument("--absent", type=int, default=1_000_000, help="stats of absent names in the abuse run")
     args = ap.parse_args()
 
@@ -153,7 +155,7 @@ def main():
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt)
     try:
-        if args.only in ("rss", "abuse"):
+        if args.only in ("rss", "abuse", "store"):
             raise Skip()
         # 1. Cold rsync, no server limit, against one-by-one curl.
         say(f"cold rsync of {args.users * 2} files at {args.latency} latency, no server limit")
@@ -211,6 +213,9 @@ def main():
         if args.only == "abuse":
             rows += abuse(args, work, shm, mnt)
             raise Skip()
+        if args.only == "store":
+            rows += store(args, work, shm, mnt, tenant)
+            raise Skip()
         # 4. Memory: read 10x the cache size.
         cache = f"{args.rss_cache_mib}MiB"
         say(f"peak RSS after reading 10x --cache-size {cache}")
@@ -253,7 +258,16 @@ def main():
     print("| scenario | facefs | baseline | ratio | target | face requests | peak RSS |")
     print("|---|---|---|---|---|---|---|")
     for name, ours, base, ratio, target, requests, rss in rows:
-        unit = "MiB" if "RSS" in name else ("" if "requests" in name else ("%" if "faults" in name else "s"))
+        if "RSS" in name:
+            unit = "MiB"
+        elif "bytes per" in name:
+            unit = "B"
+        elif "faults" in name or "byte-identical" in name:
+            unit = "%"
+        elif "requests" in name:
+            unit = ""
+        else:
+            unit = "s"
         print(f"| {name} | {ours:.2f} {unit} | {base:.2f} {unit} | {ratio:.2f} | {target} | {requests} | {rss // 1024} MiB |")
     if args.only is None:
         print(f"\n429 answers in the limited run: {throttled}")
@@ -278,6 +292,142 @@ def read_all(paths, threads):
             return path, e.errno
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         return dict(pool.map(one, paths))
+
+
+def drop_page_cache():
+    subprocess.run(["sync"], check=True)
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3\n")
+
+
+def api_truth(emu, names, mnt, kind="open_id"):
+    """The emulator's bytes for each file name, fetched straight from it."""
+    token = json.load(urllib.request.urlopen(urllib.request.Request(
+        f"{emu.url}/open-apis/auth/v3/tenant_access_token/internal", method="POST",
+        data=json.dumps({"app_id": emu.app_id, "app_secret": emu.secret}).encode(),
+        headers={"Content-Type": "application/json"})))["tenant_access_token"]
+    truth = {}
+    for name in names:
+        user, cropped = (name[:-12], "true") if name.endswith(".cropped.jpg") else (name[:-4], "false")
+        url = f"{emu.url}/open-apis/acs/v1/users/{user}/face?is_cropped={cropped}&user_id_type={kind}"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+        truth[os.path.join(mnt, kind, name)] = urllib.request.urlopen(req).read()
+    return truth
+
+
+def store(args, work, shm, mnt, tenant):
+    """The on-disk store (--cache-dir): remounts, cold page cache, mount time, overhead, kill -9."""
+    rows = []
+    cache_dir = os.path.join(work, "store")
+    with_store = ("--rate-limit", "10000", "--cache-dir", cache_dir)
+
+    # a. rsync into an existing backup after a remount over a warm store.
+    say(f"remount over a warm store of {args.users * 2} faces, {args.latency} latency")
+    emu = Emulator(tenant, args.latency, None, args.face_width)
+    m = Mount(emu, mnt, *with_store)
+    backup = os.path.join(work, "backup")
+    subprocess.run(["rsync", "-a", f"{mnt}/open_id/", backup], check=True)
+    m.stop()
+    files = len(os.listdir(backup))
+    tmpfs = os.path.join(shm, "faces")
+    shutil.copytree(backup, tmpfs)
+    tmpfs_backup = os.path.join(work, "backup-of-tmpfs")
+    shutil.copytree(backup, tmpfs_backup)
+    before = emu.stats().get("Face", 0)
+    m = Mount(emu, mnt, *with_store)
+    warm = timed(["rsync", "-a", f"{mnt}/open_id/", backup])
+    downloads = emu.stats().get("Face", 0) - before
+    base = median_time(["rsync", "-a", f"{tmpfs}/", tmpfs_backup], runs=3)
+    rows.append((f"`rsync -a` of {files} faces into an existing backup after a remount (warm store)",
+                 warm, base, warm / base, "0 downloads, within 2x of the same rsync from tmpfs", downloads,
+                 m.peak_rss_kib()))
+    m.stop()
+
+    # b. Every face read from the store with a cold page cache.
+    say("reading every face from the store after dropping the page cache")
+    m = Mount(emu, mnt, *with_store)
+    before = emu.stats().get("Face", 0)
+    drop_page_cache()
+    from_store = timed(shell(f"cat {mnt}/open_id/* > /dev/null"))
+    downloads = emu.stats().get("Face", 0) - before
+    drop_page_cache()
+    from_disk = timed(shell(f"cat {backup}/* > /dev/null"))
+    rows.append(("`cat` of every face from the store, page cache dropped", from_store, from_disk,
+                 from_store / from_disk, "within 2x of the same files read from the same disk", downloads,
+                 m.peak_rss_kib()))
+    m.stop()
+
+    # c. Disk bytes per stored face beyond the face.
+    stored = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(cache_dir, "facefs-v1"))
+              if "/faces/" in r + "/" for n in ns]
+    face_bytes = sum(os.path.getsize(os.path.join(backup, n)) for n in os.listdir(backup))
+    apparent = sum(os.stat(p).st_size for p in stored)
+    on_disk = sum(os.stat(p).st_blocks * 512 for p in stored)
+    rows.append((f"disk bytes per stored face beyond the face ({len(stored)} faces; header alone "
+                 f"{(apparent - face_bytes) / len(stored):.0f} B)",
+                 (on_disk - face_bytes) / len(stored), 4096.0, (on_disk - face_bytes) / len(stored) / 4096,
+                 "under one 4 KiB block", 0, 0))
+
+    # d. kill -9 in the middle of a backup, then a remount.
+    say("kill -9 of facefs in the middle of a backup")
+    shutil.rmtree(cache_dir)
+    m = Mount(emu, mnt, *with_store)
+    names = sorted(os.listdir(os.path.join(mnt, "open_id")))
+    killed_backup = os.path.join(work, "backup-killed")
+    rsync = subprocess.Popen(["rsync", "-a", f"{mnt}/open_id/", killed_backup],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    start = emu.stats().get("Face", 0)
+    while emu.stats().get("Face", 0) - start < files // 3:
+        time.sleep(0.01)
+    m.proc.kill()
+    m.proc.wait()
+    rsync.wait()
+    subprocess.run(["umount", "-l", mnt], check=False)
+    truth = api_truth(emu, names, mnt)
+    m = Mount(emu, mnt, *with_store)
+    before = emu.stats().get("Face", 0)
+    got = read_all(list(truth), 8)
+    same = sum(1 for p in truth if got[p] == truth[p])
+    rows.append((f"faces byte-identical to the API's after `kill -9` mid-backup and a remount",
+                 100.0 * same / len(truth), 100.0, same / len(truth), "100%",
+                 emu.stats().get("Face", 0) - before, m.peak_rss_kib()))
+    m.stop()
+    emu.stop()
+
+    # e. Mount time over a large store, filled by `facefs prefetch`.
+    users = args.stored // 2 + args.stored // 12 + 8
+    say(f"filling a store of {args.stored} faces with facefs prefetch (tiny faces, no latency)")
+    big = os.path.join(work, "big-store")
+    emu = Emulator(users, "0s", None, 16)
+    m = Mount(emu, mnt, "--rate-limit", "10000", "--cache-dir", big)
+    filled = timed([FACEFS, "prefetch", mnt, "open_id", "--jobs", "16"], stderr=subprocess.DEVNULL)
+    count = len(os.listdir(os.path.join(mnt, "open_id")))
+    rows.append((f"`facefs prefetch` of {count} faces, no server latency, `--rate-limit 10000`",
+                 filled, count / 10000, filled / (count / 10000), "(the rate-limit floor)", emu.stats().get("Face", 0),
+                 m.peak_rss_kib()))
+    m.stop()
+    log = os.path.join(work, "big-store.log")
+    drop_page_cache()
+    start = time.perf_counter()
+    m = Mount(emu, mnt, "--rate-limit", "10000", "--cache-dir", big, "--log-file", log)
+    mounted = time.perf_counter() - start
+    first = sorted(os.listdir(os.path.join(mnt, "open_id")))[0]
+    with open(os.path.join(mnt, "open_id", first), "rb") as f:
+        f.read()
+    first_face = time.perf_counter() - start
+    scan = None
+    deadline = time.time() + 60
+    while scan is None and time.time() < deadline:
+        for line in open(log):
+            if "scanned in" in line:
+                scan = line.split("scanned in", 1)[1].split(";")[0].strip()
+        time.sleep(0.1)
+    rows.append((f"mount answering over a store of {count} faces, page cache dropped (first face read at "
+                 f"{first_face:.2f} s; background scan took {scan})", mounted, 1.0, mounted, "within 1 s",
+                 0, m.peak_rss_kib()))
+    m.stop()
+    emu.stop()
+    return rows
 
 
 def abuse(args, work, shm, mnt):

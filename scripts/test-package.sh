@@ -40,7 +40,9 @@ base_url=$(sed -n 's/^base_url=//p' "$work/emulator.txt")
 install -m 600 /dev/null "$work/secret"
 sed -n 's/^app_secret=//p' "$work/emulator.txt" | tr -d '\n' > "$work/secret"
 mkdir "$work/mnt"
-echo "facefs $work/mnt fuse.facefs _netdev,noauto,app_id=cli_emulator,app_secret_file=$work/secret,base_url=$base_url,rate_limit=100 0 0" > "$work/fstab"
+echo "facefs $work/mnt fuse.facefs _netdev,noauto,app_id=cli_emulator,app_secret_file=$work/secret,base_url=$base_url,rate_limit=100,cache_dir=$work/cache 0 0" > "$work/fstab"
+grep -q '^CacheDirectory=facefs$' /lib/systemd/system/facefs.service \
+  || { echo "FAIL: the unit does not keep its store in /var/cache/facefs" >&2; exit 1; }
 
 echo "==> mount $work/mnt (fstab, installed /usr/bin/facefs)"
 mount --fstab "$work/fstab" "$work/mnt"
@@ -49,6 +51,9 @@ files=$(ls "$work/mnt/open_id" | wc -l)
 first=$(ls "$work/mnt/open_id" | head -n 1)
 head -c 2 "$work/mnt/open_id/$first" | od -An -tx1 | grep -q "ff d8" || { echo "FAIL: not a JPEG" >&2; exit 1; }
 grep " $work/mnt " /proc/mounts | grep -q "^facefs " || { echo "FAIL: not in /proc/mounts" >&2; exit 1; }
+[ "$(stat -c %a "$work/cache")" = 700 ] || { echo "FAIL: the store is not private" >&2; exit 1; }
+[ -n "$(find "$work/cache" -type f -path '*/faces/*' -perm 600)" ] \
+  || { echo "FAIL: the face read was not stored (0600) under cache_dir" >&2; exit 1; }
 umount "$work/mnt"
 ! mountpoint -q "$work/mnt" || { echo "FAIL: still mounted" >&2; exit 1; }
 echo "package: 1 passed, 0 failed"
