@@ -60,9 +60,10 @@ class Emulator:
 
 
 class Mount:
-    def __init__(self, emu, path, *flags):
+    def __init__(self, emu, path, *flags, log_level=None):
         self.path = path
-        env = dict(os.environ, FEISHU_APP_SECRET=emu.secret, FACEFS_LOG=os.environ.get("FACEFS_LOG", "warn"))
+        env = dict(os.environ, FEISHU_APP_SECRET=emu.secret,
+                   FACEFS_LOG=log_level or os.environ.get("FACEFS_LOG", "warn"))
         args = [FACEFS, path, "-f", "--base-url", emu.url, "--app-id", emu.app_id, *flags]
         self.proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL)
         STARTED.append(self)
@@ -409,7 +410,7 @@ def store(args, work, shm, mnt, tenant):
     log = os.path.join(work, "big-store.log")
     drop_page_cache()
     start = time.perf_counter()
-    m = Mount(emu, mnt, "--rate-limit", "10000", "--cache-dir", big, "--log-file", log)
+    m = Mount(emu, mnt, "--rate-limit", "10000", "--cache-dir", big, "--log-file", log, log_level="info")
     mounted = time.perf_counter() - start
     first = sorted(os.listdir(os.path.join(mnt, "open_id")))[0]
     with open(os.path.join(mnt, "open_id", first), "rb") as f:

@@ -540,6 +540,11 @@ impl FaceFs {
             let me = self.me.clone();
             prefetchers.spawn(move || {
                 if let Some(fs) = me.upgrade() {
+                    // A fresh stored face costs the walk a header read, not
+                    // a download: nothing to fetch ahead.
+                    if fs.stored_meta(&next_key).is_some() {
+                        return;
+                    }
                     // Failures are the reader's to see (and log) when it gets there.
                     if let Err(Stop::Failed(e)) = fs.load_face(&next_key, Fetch::Allowed) {
                         log::debug!("read-ahead: {e}");
@@ -622,8 +627,21 @@ impl FaceFs {
                 return Ok(meta);
             }
         }
+        if fetch == Fetch::Allowed && self.faces.get(key).is_none() {
+            // A fresh stored face answers `stat` from its header alone.
+            if let Some(meta) = self.stored_meta(key) {
+                return Ok(meta);
+            }
+        }
         Ok(self.load_face(key, fetch)?.meta())
     }
+
+    /// What the store's header says of `key`, if it is fresh.
+    fn stored_meta(&self, key: &FaceKey) -> Option<FaceMeta> {
+        let meta = self.store.as_ref()?.meta(key)?;
+        self.fresh(meta.fetched_at).then_some(meta)
+    }
+
 
     /// The attributes of a face, numbering its inode for the kernel.
     fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {

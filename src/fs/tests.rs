@@ -835,6 +835,37 @@ mod with_a_store {
     }
 
     #[test]
+    fn stat_reads_only_the_stored_header_and_a_damaged_body_is_fetched_at_read() {
+        let api = tenant();
+        let dir = TempStoreDir::new("core-header");
+        let clock = TestClock::default();
+        let first = mount(&api, &dir, &clock);
+        let attr = look(&first, "ou_a.jpg").unwrap();
+        drop(first);
+        // One bit of the face's bytes (its last byte) flipped on disk.
+        let file = std::fs::read_dir(dir.0.join("facefs-v1"))
+            .unwrap()
+            .flatten()
+            .flat_map(|tenant| std::fs::read_dir(tenant.path().join("faces")).unwrap())
+            .flatten()
+            .flat_map(|prefix| std::fs::read_dir(prefix.path()).unwrap())
+            .flatten()
+            .next()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&file, bytes).unwrap();
+
+        let fs = mount(&api, &dir, &clock);
+        let again = look(&fs, "ou_a.jpg").unwrap();
+        assert_eq!(stable(again.clone()), stable(attr));
+        assert_eq!(api.requests(Endpoint::Face), 1, "stat from the header alone");
+        assert_eq!(read_all(&fs, again.ino), vec![1; 100], "the API's bytes, not the damaged ones");
+        assert_eq!(api.requests(Endpoint::Face), 2, "downloaded again at the read");
+    }
+
+    #[test]
     fn a_stored_face_past_its_ttl_stands_in_when_the_api_fails() {
         let api = tenant();
         let dir = TempStoreDir::new("core-stale");

@@ -26,9 +26,8 @@ use crate::fs::listing::Listing;
 pub const FACE_MAGIC: [u8; 8] = *b"facefsF1";
 pub const LISTING_MAGIC: [u8; 8] = *b"facefsL1";
 
-/// No face header is longer: the magic, fixed fields and an id of at most
-/// 255 bytes.
-const MAX_HEADER: usize = 512;
+/// No id in a header this code wrote is longer (ids are at most 243 bytes).
+const MAX_HEADER: usize = 255;
 
 /// Why a stored file was not believed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,9 +153,19 @@ fn magic(fields: &mut Fields, expected: &[u8; 8]) -> Result<(), Damage> {
     }
 }
 
-/// Verifies a whole face file as the entry of `key`.
-pub fn verify_face(key: &FaceKey, file: &[u8]) -> Result<StoredFaceHeader, Damage> {
-    let mut fields = Fields { all: file, at: 0 };
+/// No face header is longer than this; reading this much of a file is
+/// enough for [`verify_face_header`].
+pub const FACE_HEADER_MAX: usize = 8 + 1 + 1 + 2 + 255 + 8 * 5;
+
+/// Verifies the header at the start of a face file (`start` may be just the
+/// first [`FACE_HEADER_MAX`] bytes) as that of `key`, in a file `file_len`
+/// bytes long: everything `stat` shows is then checked, the bytes are not.
+pub fn verify_face_header(
+    key: &FaceKey,
+    start: &[u8],
+    file_len: u64,
+) -> Result<(StoredFaceHeader, u64), Damage> {
+    let mut fields = Fields { all: start, at: 0 };
     magic(&mut fields, &FACE_MAGIC)?;
     let kind = fields.u8()?;
     let cropped = fields.u8()?;
@@ -177,20 +186,28 @@ pub fn verify_face(key: &FaceKey, file: &[u8]) -> Result<StoredFaceHeader, Damag
     if cropped > 1 || mtime != mtime_secs(digest) {
         return Err(Damage::Inconsistent);
     }
-    let data = &file[fields.at..];
-    match (data.len() as u64).cmp(&size) {
+    let data_len = file_len.checked_sub(fields.at as u64).ok_or(Damage::Truncated)?;
+    match data_len.cmp(&size) {
         std::cmp::Ordering::Less => return Err(Damage::Truncated),
         std::cmp::Ordering::Greater => return Err(Damage::Length),
         std::cmp::Ordering::Equal => {}
     }
-    if self::digest(data) != digest {
-        return Err(Damage::DataChecksum);
-    }
-    Ok(StoredFaceHeader {
+    let header = StoredFaceHeader {
         data_start: fields.at,
         digest,
         fetched_at: from_millis(fetched_ms),
-    })
+    };
+    Ok((header, size))
+}
+
+/// Verifies a whole face file as the entry of `key`: its header, and its
+/// bytes against their digest.
+pub fn verify_face(key: &FaceKey, file: &[u8]) -> Result<StoredFaceHeader, Damage> {
+    let (header, _) = verify_face_header(key, file, file.len() as u64)?;
+    if self::digest(&file[header.data_start..]) != header.digest {
+        return Err(Damage::DataChecksum);
+    }
+    Ok(header)
 }
 
 /// A listing as one file.
@@ -271,6 +288,20 @@ mod tests {
         assert_eq!(&file[header.data_start..], bytes);
         assert_eq!(header.digest, digest(bytes));
         assert_eq!(header.fetched_at, at(1_700_000_000_123));
+    }
+
+    #[test]
+    fn the_header_alone_says_what_stat_shows_and_catches_a_torn_file() {
+        let bytes = vec![3u8; 300];
+        let file = face_file(&key(), &bytes);
+        let start = &file[..FACE_HEADER_MAX.min(file.len())];
+        let (header, size) = verify_face_header(&key(), start, file.len() as u64).unwrap();
+        assert_eq!((size, header.digest), (300, digest(&bytes)));
+        let torn = verify_face_header(&key(), start, file.len() as u64 - 1);
+        assert_eq!(torn.err(), Some(Damage::Truncated));
+        let long = FaceKey::new(IdKind::OpenId, "x".repeat(243), true);
+        let file = face_file(&long, &bytes);
+        assert!(verify_face_header(&long, &file[..FACE_HEADER_MAX], file.len() as u64).is_ok());
     }
 
     #[test]

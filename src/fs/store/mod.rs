@@ -41,7 +41,7 @@ use parking_lot::Mutex;
 
 use self::directory::{create_private, is_own_file, open_private, StoreLock};
 use self::entry::Damage;
-use super::face::{digest, Face};
+use super::face::{digest, Face, FaceMeta};
 use super::layout::FaceKey;
 use super::listing::Listing;
 use crate::api::{FaceBytes, IdKind};
@@ -287,6 +287,33 @@ impl FaceStore {
             header.digest,
             header.fetched_at,
         )))
+    }
+
+    /// What `stat` shows of the stored face of `key`, from its verified
+    /// header alone (a backup's walk stats every file and reads few). The
+    /// bytes are verified when they are read; if they fail then, the face
+    /// is downloaded again and its inode keeps the version its header named.
+    pub fn meta(&self, key: &FaceKey) -> Option<FaceMeta> {
+        let name = face_name(key);
+        let path = face_path(&self.root, name);
+        let file = open_private(&path).ok()?;
+        let meta = file.metadata().ok().filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)?;
+        let mut start = Vec::with_capacity(entry::FACE_HEADER_MAX);
+        (&file)
+            .take(entry::FACE_HEADER_MAX as u64)
+            .read_to_end(&mut start)
+            .ok()?;
+        match entry::verify_face_header(key, &start, meta.len()) {
+            Ok((header, size)) => Some(FaceMeta {
+                size,
+                digest: header.digest,
+                fetched_at: header.fetched_at,
+            }),
+            Err(damage) => {
+                self.damaged(name, &path, key, damage);
+                None
+            }
+        }
     }
 
     /// Memory for `bytes` from the same budget as downloads. The budget is
