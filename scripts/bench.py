@@ -336,6 +336,8 @@ def store(args, work, shm, mnt, tenant):
     shutil.copytree(backup, tmpfs_backup)
     before = emu.stats().get("Face", 0)
     m = Mount(emu, mnt, *with_store)
+    # The first run after the remount is the one that matters (later ones
+    # are served from memory): one run, against the median of tmpfs runs.
     warm = timed(["rsync", "-a", f"{mnt}/open_id/", backup])
     downloads = emu.stats().get("Face", 0) - before
     base = median_time(["rsync", "-a", f"{tmpfs}/", tmpfs_backup], runs=3)
@@ -344,16 +346,27 @@ def store(args, work, shm, mnt, tenant):
                  m.peak_rss_kib()))
     m.stop()
 
-    # b. Every face read from the store with a cold page cache.
+    # b. Every face read from the store with a cold page cache, as after a
+    #    reboot: the page cache is dropped, then facefs mounts (its start-up
+    #    scan runs beside the reads), against the same files read straight
+    #    from the same disk after the same drop. Median of three each.
     say("reading every face from the store after dropping the page cache")
-    m = Mount(emu, mnt, *with_store)
     before = emu.stats().get("Face", 0)
-    drop_page_cache()
-    from_store = timed(shell(f"cat {mnt}/open_id/* > /dev/null"))
+    runs = []
+    for _ in range(3):
+        drop_page_cache()
+        m = Mount(emu, mnt, *with_store)
+        runs.append(timed(shell(f"cat {mnt}/open_id/* > /dev/null")))
+        if len(runs) < 3:
+            m.stop()
+    from_store = statistics.median(runs)
     downloads = emu.stats().get("Face", 0) - before
-    drop_page_cache()
-    from_disk = timed(shell(f"cat {backup}/* > /dev/null"))
-    rows.append(("`cat` of every face from the store, page cache dropped", from_store, from_disk,
+    runs = []
+    for _ in range(3):
+        drop_page_cache()
+        runs.append(timed(shell(f"cat {backup}/* > /dev/null")))
+    from_disk = statistics.median(runs)
+    rows.append(("`cat` of every face from the store: page cache dropped, then mounted (median of 3)", from_store, from_disk,
                  from_store / from_disk, "within 2x of the same files read from the same disk", downloads,
                  m.peak_rss_kib()))
     m.stop()

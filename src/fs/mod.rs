@@ -541,8 +541,9 @@ impl FaceFs {
             prefetchers.spawn(move || {
                 if let Some(fs) = me.upgrade() {
                     // A fresh stored face costs the walk a header read, not
-                    // a download: nothing to fetch ahead.
-                    if fs.stored_meta(&next_key).is_some() {
+                    // a download: only the disk is asked to read it ahead.
+                    let stored = fs.store.as_ref().and_then(|s| s.meta_ahead(&next_key));
+                    if stored.is_some_and(|m| fs.fresh(m.fetched_at)) {
                         return;
                     }
                     // Failures are the reader's to see (and log) when it gets there.

@@ -30,6 +30,7 @@ pub mod entry;
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -294,9 +295,24 @@ impl FaceStore {
     /// bytes are verified when they are read; if they fail then, the face
     /// is downloaded again and its inode keeps the version its header named.
     pub fn meta(&self, key: &FaceKey) -> Option<FaceMeta> {
+        self.header(key, false)
+    }
+
+    /// [`Self::meta`], for a face a reader is about to reach: the kernel is
+    /// also asked to read the whole file in (asynchronously), so that the
+    /// stat and read that follow do not wait for the disk one by one.
+    pub fn meta_ahead(&self, key: &FaceKey) -> Option<FaceMeta> {
+        self.header(key, true)
+    }
+
+    fn header(&self, key: &FaceKey, ahead: bool) -> Option<FaceMeta> {
         let name = face_name(key);
         let path = face_path(&self.root, name);
         let file = open_private(&path).ok()?;
+        if ahead {
+            // SAFETY: advice on a descriptor this function owns.
+            unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
+        }
         let meta = file.metadata().ok().filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)?;
         let mut start = Vec::with_capacity(entry::FACE_HEADER_MAX);
         (&file)
@@ -581,6 +597,8 @@ fn scan(root: &Path) -> Scan {
     let Ok(dirs) = std::fs::read_dir(root.join("faces")) else {
         return found;
     };
+    // This process's own writes in flight, which the scan runs beside.
+    let own_temp = format!(".{}.", std::process::id());
     for dir in dirs.flatten() {
         let prefix = dir.file_name().to_string_lossy().into_owned();
         let Ok(files) = std::fs::read_dir(dir.path()) else {
@@ -597,6 +615,7 @@ fn scan(root: &Path) -> Scan {
                     disk_bytes(&meta),
                     meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 )),
+                _ if rest.contains(&own_temp) && rest.ends_with(".tmp") => {}
                 _ => {
                     if std::fs::remove_file(file.path()).is_ok() {
                         found.removed += 1;

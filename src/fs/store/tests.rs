@@ -207,17 +207,22 @@ fn the_bound_evicts_the_least_recently_used_faces_across_reopens() {
 #[test]
 fn the_scan_removes_unfinished_writes_and_foreign_files() {
     let dir = TempStoreDir::new("scan");
-    let leftover;
+    let (leftover, in_flight);
     {
         let store = dir.open("tenant", 1 << 30);
         store.put_face(&key("ou_a"), &face(b"a face"));
         let file = file_of(&store, &key("ou_a"));
-        leftover = file.with_extension("1234.0.tmp");
+        let other_pid = if std::process::id() == 1234 { 1235 } else { 1234 };
+        leftover = file.with_extension(format!("{other_pid}.0.tmp"));
         std::fs::write(&leftover, b"half a face").unwrap();
+        // A write this process has under way while the scan runs.
+        in_flight = file.with_extension(format!("{}.99.tmp", std::process::id()));
+        std::fs::write(&in_flight, b"being written").unwrap();
     }
     let store = dir.open("tenant", 1 << 30);
     assert_eq!(scanned(&store).faces, 1);
     assert!(!leftover.exists());
+    assert!(in_flight.exists(), "the scan removed a write in flight");
     assert!(store.face(&key("ou_a")).unwrap().is_some());
 }
 
