@@ -398,3 +398,47 @@ fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(emu.count(Route::Face), files, "each face downloaded once over both runs");
 }
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_root)),
+    ignore = "needs FUSE and root, to mount a small tmpfs (scripts/test.sh runs it)"
+)]
+fn the_store_never_takes_the_last_5_percent_of_its_file_system() {
+    let emu = emulator(small_tenant(20));
+    let fs_dir = TempDir::new("small-fs");
+    let ok = run("mount", &[&"-t", &"tmpfs", &"-o", &"size=4m,mode=0700", &"tmpfs", &fs_dir.path()]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let _unmount = Unmount(fs_dir.path());
+    // Leave about 300 KiB of the 4 MiB free: room for a few faces above the
+    // 5% floor (205 KiB), not for all of them.
+    let filler = vec![0u8; 4096 * 1024 - 300 * 1024];
+    std::fs::write(fs_dir.path().join("filler"), filler).unwrap();
+    let cache = fs_dir.path().join("cache");
+    let mnt = mount_with_store(&emu, &cache, &[]);
+    read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    let stats = nix_statvfs(fs_dir.path());
+    assert!(
+        stats.0 * 20 >= stats.1,
+        "free {} of {} bytes: under 5%",
+        stats.0,
+        stats.1
+    );
+    let stored = stored_faces(&cache).len();
+    let files = emu.ids_with_faces(IdKind::OpenId).len() * 2;
+    // The least recently used were deleted to keep the floor.
+    assert!(stored > 0 && stored < files, "{stored} of {files} stored");
+}
+
+/// Free and total bytes of the file system holding `path`.
+fn nix_statvfs(path: &Path) -> (u64, u64) {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: statvfs fills the zeroed struct; c is NUL-terminated.
+    let stats = unsafe {
+        let mut stats: libc::statvfs = std::mem::zeroed();
+        assert_eq!(libc::statvfs(c.as_ptr(), &mut stats), 0);
+        stats
+    };
+    (stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize)
+}

@@ -20,7 +20,7 @@ pub const SECRET_ENV: &str = "FEISHU_APP_SECRET";
     after_help = "The app secret is read from --app-secret-file or from $FEISHU_APP_SECRET, never from a flag: \
                   command lines are visible to every user of the machine.\n\
                   Logs: set FACEFS_LOG (e.g. FACEFS_LOG=debug); unmount with `umount MOUNTPOINT`.\n\
-                  Fill a --cache-dir store ahead of a backup: `facefs prefetch MOUNTPOINT` (see `facefs prefetch --help`)."
+                  Fill a --cache-dir store ahead of a backup: facefs prefetch MOUNTPOINT [open_id|union_id|user_id] (facefs prefetch -h tells more)."
 )]
 pub struct Cli {
     /// Where to mount: an existing, empty directory.

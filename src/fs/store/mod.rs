@@ -221,7 +221,7 @@ impl FaceStore {
         index.scanned = true;
         let faces = index.lru.len();
         let bytes = index.bytes;
-        self.evict(&mut index, 0);
+        self.evict(&mut index, 0, 0);
         drop(index);
         log::info!(
             "store {}: {faces} faces, {} MiB, scanned in {:?}{}",
@@ -376,7 +376,7 @@ impl FaceStore {
         let path = face_path(&self.root, name);
         let header = entry::face_header(key, &face.bytes, face.digest, face.fetched_at);
         let size = (header.len() + face.bytes.len()) as u64;
-        if !self.make_room(name, size) {
+        if !self.make_room(Some(name), size, 0) {
             return;
         }
         let written = path
@@ -450,6 +450,10 @@ impl FaceStore {
     pub fn put_listing(&self, kind: IdKind, listing: &Listing) {
         let encoded = entry::encode_listing(kind, listing);
         let path = listing_path(&self.root, kind);
+        let old = self.index.lock().listings[kind.index()];
+        if !self.make_room(None, encoded.len() as u64, old) {
+            return;
+        }
         match self.write_then_rename(&path, |file| file.write_all(&encoded)) {
             Ok(bytes) => {
                 let mut index = self.index.lock();
@@ -488,12 +492,17 @@ impl FaceStore {
     }
 
     /// Evicts until `incoming` more bytes fit the bound and the free-space
-    /// floor; `false` if they cannot (the face is then not stored).
-    fn make_room(&self, name: u64, incoming: u64) -> bool {
+    /// floor; `false` if they cannot (the entry is then not stored). A face
+    /// being replaced (`name`) leaves the bound at once, but its old file
+    /// stays on disk until the new one is renamed over it, and so does an
+    /// old listing: `still_on_disk` bytes the floor must allow for.
+    fn make_room(&self, name: Option<u64>, incoming: u64, still_on_disk: u64) -> bool {
         let mut index = self.index.lock();
-        // The face it replaces makes room for it.
-        index.remove(name);
-        let fits = self.evict(&mut index, incoming);
+        let replaced = name.and_then(|name| index.lru.peek(&name).copied());
+        if let Some(name) = name {
+            index.remove(name);
+        }
+        let fits = self.evict(&mut index, incoming, still_on_disk + replaced.unwrap_or(0));
         if !fits && !self.warned_full.swap(true, Ordering::Relaxed) {
             log::warn!(
                 "the store in {} is full (--cache-dir-size, or its file system is {:.0}% from full): new faces are not stored until room is made",
@@ -507,64 +516,83 @@ impl FaceStore {
         fits
     }
 
-    fn evict(&self, index: &mut Index, incoming: u64) -> bool {
+    fn evict(&self, index: &mut Index, incoming: u64, still_on_disk: u64) -> bool {
+        let Some(space) = free_space(&self.root) else {
+            return false;
+        };
+        // Files take whole blocks, and a new directory may take one more.
+        let incoming = incoming.div_ceil(space.block) * space.block;
         if incoming > self.max_bytes {
             return false;
         }
         // Before the scan the total is unknown: only the floor is kept.
         while index.scanned && index.bytes + incoming > self.max_bytes {
-            if !self.evict_one(index) {
+            if self.evict_one(index).is_none() {
                 return false;
             }
         }
-        loop {
-            match free_space(&self.root) {
-                Some((free, floor)) if free < floor + incoming => {
-                    if !self.evict_one(index) {
-                        return false;
-                    }
-                }
-                _ => return true,
-            }
+        let needed = space.floor + incoming + space.block + still_on_disk;
+        let mut free = space.free;
+        while free < needed {
+            let Some(bytes) = self.evict_one(index) else {
+                return false;
+            };
+            free += bytes;
         }
+        true
     }
 
-    fn evict_one(&self, index: &mut Index) -> bool {
-        let Some((name, bytes)) = index.lru.pop_lru() else {
-            return false;
-        };
+    /// Deletes the least recently used face; the bytes it took on disk.
+    fn evict_one(&self, index: &mut Index) -> Option<u64> {
+        let (name, bytes) = index.lru.pop_lru()?;
         index.bytes -= bytes;
         index.evictions += 1;
         METRICS.store_evicted();
         let _ = std::fs::remove_file(face_path(&self.root, name));
-        true
+        Some(bytes)
     }
 }
 
-/// The tenant the store holds must be this one (the directory name is a
-/// hash, this is the proof).
+/// The tenant the store holds must be this one: the directory name is a
+/// hash, the `tenant` file the proof. A store whose proof is missing,
+/// damaged or names another tenant cannot be trusted to hold this tenant's
+/// faces: it is emptied (it is a cache) and claimed, and the mount starts.
 fn check_tenant(root: &Path, tenant: &str) -> Result<(), String> {
     let path = root.join("tenant");
-    match std::fs::read(&path) {
-        Ok(found) if found == tenant.as_bytes() => Ok(()),
-        Ok(_) => Err(format!(
-            "{} holds another tenant's faces under the same hash; choose another --cache-dir",
-            root.display()
-        )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let temp = root.join("tenant.tmp");
-            let _ = std::fs::remove_file(&temp);
-            create_private(&temp)
-                .and_then(|mut f| f.write_all(tenant.as_bytes()))
-                .and_then(|()| std::fs::rename(&temp, &path))
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    let why = match std::fs::read(&path) {
+        Ok(found) if found == tenant.as_bytes() => return Ok(()),
+        Ok(_) => "its tenant file names another tenant or is damaged",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "it has no tenant file",
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut emptied = false;
+    for dir in ["faces", "listings"] {
+        match std::fs::remove_dir_all(root.join(dir)) {
+            Ok(()) => emptied = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot empty {}: {e}", root.join(dir).display())),
         }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display())),
     }
+    if emptied {
+        log::warn!("emptying the store in {}: {why}; its faces are downloaded again when needed", root.display());
+    }
+    let temp = root.join("tenant.tmp");
+    let _ = std::fs::remove_file(&temp);
+    create_private(&temp)
+        .and_then(|mut f| f.write_all(tenant.as_bytes()))
+        .and_then(|()| std::fs::rename(&temp, &path))
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
-/// Free bytes of the store's file system, and the floor to keep free.
-fn free_space(root: &Path) -> Option<(u64, u64)> {
+/// What the store's file system has free, in bytes.
+struct Space {
+    free: u64,
+    /// What must stay free.
+    floor: u64,
+    block: u64,
+}
+
+fn free_space(root: &Path) -> Option<Space> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
     // SAFETY: statvfs writes into the zeroed struct; path is NUL-terminated.
@@ -572,12 +600,13 @@ fn free_space(root: &Path) -> Option<(u64, u64)> {
         let mut stats: libc::statvfs = std::mem::zeroed();
         (libc::statvfs(path.as_ptr(), &mut stats) == 0).then_some(stats)
     }?;
-    let block = stats.f_frsize;
+    let block = stats.f_frsize.max(512);
     let total = stats.f_blocks.saturating_mul(block);
-    Some((
-        stats.f_bavail.saturating_mul(block),
-        (total as f64 * FREE_SPACE_FLOOR) as u64,
-    ))
+    Some(Space {
+        free: stats.f_bavail.saturating_mul(block),
+        floor: (total as f64 * FREE_SPACE_FLOOR) as u64,
+        block,
+    })
 }
 
 /// What the start-up scan found: faces as (name, bytes on disk, last use).

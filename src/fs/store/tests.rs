@@ -249,3 +249,25 @@ fn a_store_reading_into_a_full_memory_budget_waits_then_fails() {
     drop(back);
     assert_eq!(budget.in_use(), 0);
 }
+
+#[test]
+fn a_store_without_a_valid_tenant_proof_is_emptied_and_claimed() {
+    let dir = TempStoreDir::new("tenant-proof");
+    let root = {
+        let store = dir.open("tenant", 1 << 30);
+        store.put_face(&key("ou_a"), &face(b"a face"));
+        store.root().to_owned()
+    };
+    for damage in ["garbage", "missing"] {
+        match damage {
+            "garbage" => std::fs::write(root.join("tenant"), b"\0\0\0").unwrap(),
+            _ => std::fs::remove_file(root.join("tenant")).unwrap(),
+        }
+        let store = dir.open("tenant", 1 << 30);
+        assert!(store.face(&key("ou_a")).unwrap().is_none(), "{damage}: served");
+        assert_eq!(std::fs::read(root.join("tenant")).unwrap(), b"tenant");
+        store.put_face(&key("ou_a"), &face(b"a face"));
+        drop(store);
+        assert!(dir.open("tenant", 1 << 30).face(&key("ou_a")).unwrap().is_some());
+    }
+}
