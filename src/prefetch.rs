@@ -117,48 +117,16 @@ fn prefetch(cli: &PrefetchCli) -> Result<i32, String> {
 
 /// A facefs mount, or the command has nothing to do.
 fn check_mount(mountpoint: &Path) -> Result<(), String> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
     let wanted = std::fs::canonicalize(mountpoint)
         .map_err(|e| format!("cannot use {}: {e}", mountpoint.display()))?;
-    let is_facefs = mounts.lines().any(|line| {
-        let mut fields = line.split(' ');
-        let (source, at, fstype) = (fields.next(), fields.next(), fields.next());
-        // Mounted by root the type is plain "fuse"; through fusermount3, "fuse.facefs".
-        source == Some("facefs")
-            && matches!(fstype, Some("fuse" | "fuse.facefs"))
-            && at.map(unescape_mount_path).as_deref() == Some(wanted.as_path())
-    });
-    if !is_facefs {
-        return Err(format!(
+    // Mounted by root the type is plain "fuse"; through fusermount3, "fuse.facefs".
+    match crate::daemon::mountpoint::mounted_at(&wanted) {
+        Some((fstype, source)) if source == "facefs" && matches!(fstype.as_str(), "fuse" | "fuse.facefs") => Ok(()),
+        _ => Err(format!(
             "{} is not a facefs mount; mount it first, e.g. `facefs {0} --cache-dir /var/cache/facefs ...`",
             mountpoint.display()
-        ));
+        )),
     }
-    Ok(())
-}
-
-/// /proc/self/mounts writes space, tab, newline and backslash as octal escapes.
-fn unescape_mount_path(field: &str) -> PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d).ok().and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
 }
 
 fn work(queue: &Mutex<std::vec::IntoIter<PathBuf>>, progress: &Progress) {
@@ -274,14 +242,6 @@ fn summary(progress: &Progress, total: usize, started: Instant) -> Result<i32, S
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn mount_paths_are_unescaped_like_the_kernel_escapes_them() {
-        assert_eq!(unescape_mount_path("/mnt/my\\040faces"), PathBuf::from("/mnt/my faces"));
-        assert_eq!(unescape_mount_path("/a\\134b"), PathBuf::from("/a\\b"));
-        assert_eq!(unescape_mount_path("/plain"), PathBuf::from("/plain"));
-        assert_eq!(unescape_mount_path("/cut\\04"), PathBuf::from("/cut\\04"));
-    }
 
     #[test]
     fn kinds_are_the_three_directories() {

@@ -89,13 +89,19 @@ pub fn detach(path: &Path) -> std::io::Result<()> {
 
 /// The filesystem type mounted exactly at `path`, if any (from mountinfo).
 fn mounted_fstype(path: &Path) -> Option<String> {
+    mounted_at(path).map(|(fstype, _)| fstype)
+}
+
+/// The filesystem type and source mounted exactly at `path`, if any.
+pub fn mounted_at(path: &Path) -> Option<(String, String)> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let wanted = path.as_os_str().as_bytes();
     mountinfo.lines().find_map(|line| {
         let mut fields = line.split(' ');
         let mount_point = fields.nth(4)?;
-        let fstype = line.split(" - ").nth(1)?.split(' ').next()?;
-        (unescape(mount_point) == wanted).then(|| fstype.to_owned())
+        let mut after = line.split(" - ").nth(1)?.split(' ');
+        let (fstype, source) = (after.next()?, after.next()?);
+        (unescape(mount_point) == wanted).then(|| (fstype.to_owned(), source.to_owned()))
     })
 }
 

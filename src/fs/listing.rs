@@ -42,13 +42,20 @@ impl Listing {
             ends.push(text.len() as u32);
         }
         drop(ids);
+        Listing::packed(text, ends, fetched_at)
+    }
+
+    /// The listing of these packed ids, ordered for lookups by name.
+    fn packed(text: String, ends: Vec<u32>, fetched_at: SystemTime) -> Listing {
         let mut listing = Listing {
             text,
             ends,
             by_id: Vec::new(),
             fetched_at,
         };
-        listing.index();
+        let mut by_id: Vec<u32> = (0..listing.ends.len() as u32).collect();
+        by_id.sort_unstable_by(|a, b| listing.id(*a as usize).cmp(listing.id(*b as usize)));
+        listing.by_id = by_id;
         listing
     }
 
@@ -72,25 +79,12 @@ impl Listing {
         if start != text.len() {
             return None;
         }
-        let mut listing = Listing {
-            text,
-            ends,
-            by_id: Vec::new(),
-            fetched_at,
-        };
-        listing.index();
+        let listing = Listing::packed(text, ends, fetched_at);
         let repeated = listing
             .by_id
             .windows(2)
             .any(|w| listing.id(w[0] as usize) == listing.id(w[1] as usize));
         (!repeated).then_some(listing)
-    }
-
-    /// Orders the places by id, for lookups by name.
-    fn index(&mut self) {
-        let mut by_id: Vec<u32> = (0..self.ends.len() as u32).collect();
-        by_id.sort_unstable_by(|a, b| self.id(*a as usize).cmp(self.id(*b as usize)));
-        self.by_id = by_id;
     }
 
     /// Users listed.

@@ -18,16 +18,26 @@ impl TempStoreDir {
     }
 
     pub fn open(&self, tenant: &str, max_bytes: u64) -> Arc<FaceStore> {
+        self.open_with(tenant, max_bytes, ByteBudget::new(64 << 20), Duration::from_secs(1))
+            .unwrap()
+    }
+
+    pub fn open_with(
+        &self,
+        tenant: &str,
+        max_bytes: u64,
+        memory: Arc<ByteBudget>,
+        memory_wait: Duration,
+    ) -> Result<Arc<FaceStore>, String> {
         FaceStore::open(
             StoreConfig {
                 dir: self.0.clone(),
                 max_bytes,
                 tenant: tenant.to_owned(),
-                memory_wait: Duration::from_secs(1),
+                memory_wait,
             },
-            ByteBudget::new(64 << 20),
+            memory,
         )
-        .unwrap()
     }
 }
 
@@ -113,17 +123,10 @@ fn files_are_private_and_tenants_never_see_each_other() {
 fn a_second_store_of_one_tenant_in_one_directory_is_refused() {
     let dir = TempStoreDir::new("twice");
     let first = dir.open("tenant", 1 << 30);
-    let refused = FaceStore::open(
-        StoreConfig {
-            dir: dir.0.clone(),
-            max_bytes: 1 << 30,
-            tenant: "tenant".into(),
-            memory_wait: Duration::from_secs(1),
-        },
-        ByteBudget::new(1 << 20),
-    )
-    .err()
-    .unwrap();
+    let refused = dir
+        .open_with("tenant", 1 << 30, ByteBudget::new(1 << 20), Duration::from_secs(1))
+        .err()
+        .unwrap();
     assert!(refused.contains("two mounts cannot share one store"), "{refused}");
     drop(first);
     dir.open("tenant", 1 << 30);
@@ -230,16 +233,9 @@ fn the_scan_removes_unfinished_writes_and_foreign_files() {
 fn a_store_reading_into_a_full_memory_budget_waits_then_fails() {
     let dir = TempStoreDir::new("memory");
     let budget = ByteBudget::new(64 << 10);
-    let store = FaceStore::open(
-        StoreConfig {
-            dir: dir.0.clone(),
-            max_bytes: 1 << 30,
-            tenant: "tenant".into(),
-            memory_wait: Duration::from_millis(100),
-        },
-        budget.clone(),
-    )
-    .unwrap();
+    let store = dir
+        .open_with("tenant", 1 << 30, budget.clone(), Duration::from_millis(100))
+        .unwrap();
     store.put_face(&key("ou_a"), &face(&[5u8; 40 << 10]));
     let held = budget.try_hold(40 << 10).unwrap();
     assert!(store.face(&key("ou_a")).is_err(), "read beyond the memory budget");
