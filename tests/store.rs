@@ -442,3 +442,17 @@ fn nix_statvfs(path: &Path) -> (u64, u64) {
     };
     (stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize)
 }
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn umount_then_mount_at_once_finds_the_store_free() {
+    let emu = emulator(small_tenant(4));
+    let cache = TempDir::new("store");
+    let mut first = mount_with_store(&emu, cache.path(), &[]);
+    read_and_check_all(&emu, &first, IdKind::OpenId);
+    // umount returns before the old process has exited.
+    assert!(run("umount", &[&first.path()]).status.success());
+    let second = mount_with_store(&emu, cache.path(), &[]);
+    read_and_check_all(&emu, &second, IdKind::OpenId);
+    assert_eq!(first.signal_and_wait(0).code(), Some(0));
+}

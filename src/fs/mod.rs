@@ -37,7 +37,7 @@ use self::inodes::{dir_ino, dir_kind, face_ino, InodeTable};
 use self::layout::FaceKey;
 use self::listing::Listing;
 use self::readahead::ReadAhead;
-use self::store::{FaceStore, StoreUsage};
+use self::store::{FaceStore, Peek, StoreUsage};
 use crate::api::{ApiError, FaceApi, IdKind, Priority};
 use crate::metrics::METRICS;
 use crate::sync::single_flight::SingleFlight;
@@ -628,19 +628,22 @@ impl FaceFs {
                 return Ok(meta);
             }
         }
-        if fetch == Fetch::Allowed && self.faces.get(key).is_none() {
-            // A fresh stored face answers `stat` from its header alone.
-            if let Some(meta) = self.stored_meta(key) {
+        if let (Some(store), None) = (&self.store, self.faces.get(key)) {
+            // A fresh stored face answers `stat` from its header alone; on
+            // the kernel's thread only if the header is in the page cache.
+            let stored = match fetch {
+                Fetch::Allowed => store.meta(key),
+                Fetch::Never => match store.meta_now(key) {
+                    Peek::Found(meta) => Some(meta),
+                    Peek::Absent => None,
+                    Peek::WouldBlock => return Err(Stop::WouldBlock),
+                },
+            };
+            if let Some(meta) = stored.filter(|m| self.fresh(m.fetched_at)) {
                 return Ok(meta);
             }
         }
         Ok(self.load_face(key, fetch)?.meta())
-    }
-
-    /// What the store's header says of `key`, if it is fresh.
-    fn stored_meta(&self, key: &FaceKey) -> Option<FaceMeta> {
-        let meta = self.store.as_ref()?.meta(key)?;
-        self.fresh(meta.fetched_at).then_some(meta)
     }
 
 

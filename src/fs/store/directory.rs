@@ -91,6 +91,9 @@ pub fn is_own_file(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.uid() == euid() && meta.permissions().mode() & 0o077 == 0
 }
 
+/// How long a mount waits for the store's lock before it is refused.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The lock on one tenant's store, held for the life of the mount; the
 /// kernel lets go of it however the process ends (`kill -9` too).
 pub struct StoreLock {
@@ -108,9 +111,21 @@ pub fn lock(dir: &Path) -> Result<StoreLock, String> {
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    // SAFETY: flock on a descriptor this function owns.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+    // `umount` returns before the process of the old mount has exited and
+    // let go of the lock: `umount && mount` must not be refused for it.
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let locked = loop {
+        // SAFETY: flock on a descriptor this function owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            break Ok(());
+        }
         let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
+            break Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    if let Err(e) = locked {
         if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);

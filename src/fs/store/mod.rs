@@ -120,6 +120,62 @@ impl Index {
     }
 }
 
+/// What [`FaceStore::meta_now`] found.
+#[derive(Debug, Clone, Copy)]
+pub enum Peek {
+    Found(FaceMeta),
+    /// No stored face (or none this store would serve).
+    Absent,
+    /// Answering needs the disk.
+    WouldBlock,
+}
+
+impl Peek {
+    fn found(self) -> Option<FaceMeta> {
+        match self {
+            Peek::Found(meta) => Some(meta),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HeaderRead {
+    Wait,
+    Ahead,
+    Now,
+}
+
+/// Reads the start of `file` into `buf`; how many bytes it holds.
+fn read_prefix(file: &File, buf: &mut [u8]) -> Option<usize> {
+    let mut read = 0;
+    while read < buf.len() {
+        match std::os::unix::fs::FileExt::read_at(file, &mut buf[read..], read as u64) {
+            Ok(0) => break,
+            Ok(n) => read += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(read)
+}
+
+/// [`read_prefix`] from the page cache only: `None` if that needs the disk.
+fn read_cached(file: &File, buf: &mut [u8]) -> Option<usize> {
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: one iovec over `buf`, which outlives the call; a descriptor owned by `file`.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+    // A short read may mean the rest is not cached: only a whole header or
+    // the whole (short) file counts.
+    let len = file.metadata().ok()?.len();
+    usize::try_from(n)
+        .ok()
+        .filter(|n| *n == buf.len() || *n as u64 == len)
+}
+
 /// The file name of a face: its key, hashed.
 fn face_name(key: &FaceKey) -> u64 {
     let mut text = Vec::with_capacity(key.id.len() + 2);
@@ -211,6 +267,12 @@ impl FaceStore {
         found.faces.sort_by_key(|f| f.2);
         let mut index = self.index.lock();
         let written = std::mem::replace(&mut index.lru, LruCache::unbounded());
+        // A listing written since the scan looked is the one on disk now.
+        for (kind, bytes) in found.listings.iter().enumerate() {
+            if index.listings[kind] == 0 {
+                index.listings[kind] = *bytes;
+            }
+        }
         index.bytes = index.listings.iter().sum();
         for (name, bytes, _) in found.faces {
             index.put(name, bytes);
@@ -245,8 +307,14 @@ impl FaceStore {
         let file = match open_private(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            // A symlink where a face should be: planted, never followed.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.discard(name, &path, key, "a symbolic link");
+                return Ok(None);
+            }
+            // Out of descriptors, an I/O error: the entry may be good.
             Err(e) => {
-                self.discard(name, &path, key, &format!("cannot be opened ({e})"));
+                log::warn!("cannot open the stored {} face {}: {e}", key.kind, path.display());
                 return Ok(None);
             }
         };
@@ -295,39 +363,61 @@ impl FaceStore {
     /// bytes are verified when they are read; if they fail then, the face
     /// is downloaded again and its inode keeps the version its header named.
     pub fn meta(&self, key: &FaceKey) -> Option<FaceMeta> {
-        self.header(key, false)
+        self.header(key, HeaderRead::Wait).found()
     }
 
     /// [`Self::meta`], for a face a reader is about to reach: the kernel is
     /// also asked to read the whole file in (asynchronously), so that the
     /// stat and read that follow do not wait for the disk one by one.
     pub fn meta_ahead(&self, key: &FaceKey) -> Option<FaceMeta> {
-        self.header(key, true)
+        self.header(key, HeaderRead::Ahead).found()
     }
 
-    fn header(&self, key: &FaceKey, ahead: bool) -> Option<FaceMeta> {
+    /// [`Self::meta`] without waiting for the disk's data, for the kernel's
+    /// own thread: the header is read only if it is in the page cache
+    /// (`RWF_NOWAIT`), and damage is left for a call that may wait to
+    /// handle, so that this one changes nothing. (Opening the file may
+    /// still wait for directory blocks, as any local file system lookup;
+    /// the start-up scan has usually brought those in. Keep `--cache-dir`
+    /// on a local disk.)
+    pub fn meta_now(&self, key: &FaceKey) -> Peek {
+        self.header(key, HeaderRead::Now)
+    }
+
+    fn header(&self, key: &FaceKey, how: HeaderRead) -> Peek {
         let name = face_name(key);
         let path = face_path(&self.root, name);
-        let file = open_private(&path).ok()?;
-        if ahead {
+        let file = match open_private(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Peek::Absent,
+            Err(_) if how == HeaderRead::Now => return Peek::WouldBlock,
+            Err(_) => return Peek::Absent,
+        };
+        if how == HeaderRead::Ahead {
             // SAFETY: advice on a descriptor this function owns.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
         }
-        let meta = file.metadata().ok().filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)?;
-        let mut start = Vec::with_capacity(entry::FACE_HEADER_MAX);
-        (&file)
-            .take(entry::FACE_HEADER_MAX as u64)
-            .read_to_end(&mut start)
-            .ok()?;
-        match entry::verify_face_header(key, &start, meta.len()) {
-            Ok((header, size)) => Some(FaceMeta {
+        let Some(meta) = file.metadata().ok().filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE) else {
+            return if how == HeaderRead::Now { Peek::WouldBlock } else { Peek::Absent };
+        };
+        let mut start = [0u8; entry::FACE_HEADER_MAX];
+        let read = match how {
+            HeaderRead::Now => read_cached(&file, &mut start),
+            _ => read_prefix(&file, &mut start),
+        };
+        let Some(read) = read else {
+            return if how == HeaderRead::Now { Peek::WouldBlock } else { Peek::Absent };
+        };
+        match entry::verify_face_header(key, &start[..read], meta.len()) {
+            Ok((header, size)) => Peek::Found(FaceMeta {
                 size,
                 digest: header.digest,
                 fetched_at: header.fetched_at,
             }),
+            Err(_) if how == HeaderRead::Now => Peek::WouldBlock,
             Err(damage) => {
                 self.damaged(name, &path, key, damage);
-                None
+                Peek::Absent
             }
         }
     }
@@ -414,8 +504,12 @@ impl FaceStore {
         let file = match open_private(&path) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                self.discard_listing(kind, &path, "a symbolic link");
+                return None;
+            }
             Err(e) => {
-                self.discard_listing(kind, &path, &format!("cannot be opened ({e})"));
+                log::warn!("cannot open the stored {kind} listing {}: {e}", path.display());
                 return None;
             }
         };
@@ -612,6 +706,8 @@ fn free_space(root: &Path) -> Option<Space> {
 /// What the start-up scan found: faces as (name, bytes on disk, last use).
 struct Scan {
     faces: Vec<(u64, u64, SystemTime)>,
+    /// Bytes on disk of each kind's listing.
+    listings: [u64; 3],
     removed: usize,
 }
 
@@ -621,6 +717,9 @@ struct Scan {
 fn scan(root: &Path) -> Scan {
     let mut found = Scan {
         faces: Vec::new(),
+        listings: IdKind::ALL.map(|kind| {
+            std::fs::symlink_metadata(listing_path(root, kind)).map_or(0, |m| disk_bytes(&m))
+        }),
         removed: 0,
     };
     let Ok(dirs) = std::fs::read_dir(root.join("faces")) else {

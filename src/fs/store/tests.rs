@@ -267,3 +267,22 @@ fn a_store_without_a_valid_tenant_proof_is_emptied_and_claimed() {
         assert!(dir.open("tenant", 1 << 30).face(&key("ou_a")).unwrap().is_some());
     }
 }
+
+#[test]
+fn a_peek_from_the_kernels_thread_never_changes_the_store() {
+    let dir = TempStoreDir::new("peek");
+    let store = dir.open("tenant", 1 << 30);
+    assert!(matches!(store.meta_now(&key("ou_a")), Peek::Absent));
+    store.put_face(&key("ou_a"), &face(b"a face"));
+    // Just written: in the page cache.
+    match store.meta_now(&key("ou_a")) {
+        Peek::Found(meta) => assert_eq!((meta.size, meta.digest), (6, digest(b"a face"))),
+        other => panic!("{other:?}"),
+    }
+    let file = file_of(&store, &key("ou_a"));
+    std::fs::write(&file, b"garbage").unwrap();
+    assert!(matches!(store.meta_now(&key("ou_a")), Peek::WouldBlock));
+    assert!(file.exists(), "a peek deleted the damaged entry");
+    assert!(store.meta(&key("ou_a")).is_none());
+    assert!(!file.exists(), "the call that may wait deletes it");
+}
