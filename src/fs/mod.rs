@@ -542,7 +542,7 @@ impl FaceFs {
                 if let Some(fs) = me.upgrade() {
                     // A fresh stored face costs the walk a header read, not
                     // a download: only the disk is asked to read it ahead.
-                    let stored = fs.store.as_ref().and_then(|s| s.meta_ahead(&next_key));
+                    let stored = fs.store.as_ref().and_then(|s| s.meta(&next_key));
                     if stored.is_some_and(|m| fs.fresh(m.fetched_at)) {
                         return;
                     }

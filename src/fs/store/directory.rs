@@ -86,6 +86,34 @@ pub fn open_private(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
+/// Opens one of the store's directories, to open files relative to it.
+pub fn open_dir(dir: &Path) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir)
+        .map_err(|e| format!("cannot open {}: {e}", dir.display()))
+}
+
+/// [`open_private`] of `relative` below the open directory `dir`.
+pub fn open_private_at(dir: &File, relative: &str) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let path = std::ffi::CString::new(relative).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated path below a directory descriptor `dir` owns.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor, owned by no one else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
 /// Whether an opened file is one the store could have written.
 pub fn is_own_file(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.uid() == euid() && meta.permissions().mode() & 0o077 == 0

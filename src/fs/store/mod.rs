@@ -85,6 +85,8 @@ pub struct StoreUsage {
 
 pub struct FaceStore {
     root: PathBuf,
+    /// `root/faces`, open.
+    faces_dir: File,
     max_bytes: u64,
     memory: Arc<ByteBudget>,
     memory_wait: Duration,
@@ -142,7 +144,6 @@ impl Peek {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HeaderRead {
     Wait,
-    Ahead,
     Now,
 }
 
@@ -161,7 +162,7 @@ fn read_prefix(file: &File, buf: &mut [u8]) -> Option<usize> {
 }
 
 /// [`read_prefix`] from the page cache only: `None` if that needs the disk.
-fn read_cached(file: &File, buf: &mut [u8]) -> Option<usize> {
+fn read_cached(file: &File, len: u64, buf: &mut [u8]) -> Option<usize> {
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
@@ -170,7 +171,6 @@ fn read_cached(file: &File, buf: &mut [u8]) -> Option<usize> {
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
     // A short read may mean the rest is not cached: only a whole header or
     // the whole (short) file counts.
-    let len = file.metadata().ok()?.len();
     usize::try_from(n)
         .ok()
         .filter(|n| *n == buf.len() || *n as u64 == len)
@@ -186,8 +186,13 @@ fn face_name(key: &FaceKey) -> u64 {
 }
 
 fn face_path(root: &Path, name: u64) -> PathBuf {
+    root.join("faces").join(face_relative(name))
+}
+
+/// A face's path below `faces/`.
+fn face_relative(name: u64) -> String {
     let hex = format!("{name:016x}");
-    root.join("faces").join(&hex[..2]).join(&hex[2..])
+    format!("{}/{}", &hex[..2], &hex[2..])
 }
 
 fn listing_path(root: &Path, kind: IdKind) -> PathBuf {
@@ -213,6 +218,7 @@ impl FaceStore {
         for dir in ["faces", "listings"] {
             directory::prepare_own(&root.join(dir))?;
         }
+        let faces_dir = directory::open_dir(&root.join("faces"))?;
         let index = Arc::new(Mutex::new(Index {
             lru: LruCache::unbounded(),
             bytes: 0,
@@ -222,6 +228,7 @@ impl FaceStore {
         }));
         let store = Arc::new(FaceStore {
             root,
+            faces_dir,
             max_bytes: config.max_bytes,
             memory,
             memory_wait: config.memory_wait,
@@ -362,15 +369,12 @@ impl FaceStore {
     /// header alone (a backup's walk stats every file and reads few). The
     /// bytes are verified when they are read; if they fail then, the face
     /// is downloaded again and its inode keeps the version its header named.
+    ///
+    /// The kernel is also asked to read the whole file in, asynchronously:
+    /// the read that usually follows a stat then finds it in the page cache
+    /// instead of waiting for the disk a second time.
     pub fn meta(&self, key: &FaceKey) -> Option<FaceMeta> {
         self.header(key, HeaderRead::Wait).found()
-    }
-
-    /// [`Self::meta`], for a face a reader is about to reach: the kernel is
-    /// also asked to read the whole file in (asynchronously), so that the
-    /// stat and read that follow do not wait for the disk one by one.
-    pub fn meta_ahead(&self, key: &FaceKey) -> Option<FaceMeta> {
-        self.header(key, HeaderRead::Ahead).found()
     }
 
     /// [`Self::meta`] without waiting for the disk's data, for the kernel's
@@ -387,13 +391,14 @@ impl FaceStore {
     fn header(&self, key: &FaceKey, how: HeaderRead) -> Peek {
         let name = face_name(key);
         let path = face_path(&self.root, name);
-        let file = match open_private(&path) {
+        // Relative to the open faces directory: a stat walk opens every face.
+        let file = match directory::open_private_at(&self.faces_dir, &face_relative(name)) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Peek::Absent,
             Err(_) if how == HeaderRead::Now => return Peek::WouldBlock,
             Err(_) => return Peek::Absent,
         };
-        if how == HeaderRead::Ahead {
+        if how == HeaderRead::Wait {
             // SAFETY: advice on a descriptor this function owns.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
         }
@@ -402,7 +407,7 @@ impl FaceStore {
         };
         let mut start = [0u8; entry::FACE_HEADER_MAX];
         let read = match how {
-            HeaderRead::Now => read_cached(&file, &mut start),
+            HeaderRead::Now => read_cached(&file, meta.len(), &mut start),
             _ => read_prefix(&file, &mut start),
         };
         let Some(read) = read else {
