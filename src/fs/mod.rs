@@ -663,8 +663,14 @@ impl FaceFs {
             METRICS.cache(true);
             return Ok(face);
         }
-        // The store is a disk read: not on the kernel's thread either.
         if fetch == Fetch::Never {
+            // The store, on the kernel's thread, only from the page cache.
+            let stored = self.store.as_ref().and_then(|s| s.face_now(key, |at| self.fresh(at)));
+            if let Some(face) = stored.map(Arc::new) {
+                METRICS.cache(true);
+                self.keep_in_memory(key, face.clone());
+                return Ok(face);
+            }
             return Err(Stop::WouldBlock);
         }
         let result = self.downloads.run(key, || {

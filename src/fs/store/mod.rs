@@ -350,19 +350,36 @@ impl FaceStore {
                 return Ok(None);
             }
         };
-        bytes.drain(..header.data_start);
-        self.index.lock().lru.promote(&name);
         let last_use = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
         if SystemTime::now().duration_since(last_use).unwrap_or_default() > TOUCH_EVERY {
             // The order eviction follows after a remount.
             let _ = file.set_modified(SystemTime::now());
         }
+        Ok(Some(self.served(name, bytes, held, header)))
+    }
+
+    /// [`Self::face`] without waiting, for the kernel's own thread: only if
+    /// the whole file is in the page cache (`RWF_NOWAIT`), memory is free
+    /// now, and `wanted` accepts when it was fetched. Anything else, damage
+    /// included, is `None` for a call that may wait to handle; this one
+    /// then changed nothing.
+    pub fn face_now(&self, key: &FaceKey, wanted: impl Fn(SystemTime) -> bool) -> Option<Face> {
+        let name = face_name(key);
+        let file = directory::open_private_at(&self.faces_dir, &face_relative(name)).ok()?;
+        let meta = file.metadata().ok().filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)?;
+        let held = self.memory.try_hold(meta.len())?;
+        let mut bytes = vec![0u8; meta.len() as usize];
+        let read = read_cached(&file, meta.len(), &mut bytes)?;
+        bytes.truncate(read);
+        let header = entry::verify_face(key, &bytes).ok().filter(|h| wanted(h.fetched_at))?;
+        Some(self.served(name, bytes, held, header))
+    }
+
+    fn served(&self, name: u64, mut bytes: Vec<u8>, held: MemoryHold, header: entry::StoredFaceHeader) -> Face {
+        bytes.drain(..header.data_start);
+        self.index.lock().lru.promote(&name);
         METRICS.store_read();
-        Ok(Some(Face::verified(
-            FaceBytes { bytes, held },
-            header.digest,
-            header.fetched_at,
-        )))
+        Face::verified(FaceBytes { bytes, held }, header.digest, header.fetched_at)
     }
 
     /// What `stat` shows of the stored face of `key`, from its verified
