@@ -8,6 +8,7 @@
 //!   caches (memory, and the on-disk [`fs::store`]), read-ahead, and
 //!   [`fs::FsError`], the one errno mapping. It knows nothing of FUSE.
 //! - [`fuse`]: the thin adapter from the kernel (fuser) to the core.
+//! - [`events`]: the event long connection (`--events`) and what an event does.
 //! - [`daemon`]: the command — flags, `-o` options, mount points, detaching,
 //!   signals, systemd notify, logging.
 //! - [`sync`]: plumbing the layers share (single-flight, worker pool);
@@ -18,6 +19,7 @@
 pub mod api;
 pub mod daemon;
 pub mod emulator;
+pub mod events;
 pub mod fs;
 pub mod fuse;
 pub mod metrics;

@@ -4,6 +4,7 @@
 
 pub mod face_image;
 pub mod http_server;
+pub mod long_connection;
 pub mod tenant;
 
 use parking_lot::{Condvar, Mutex};
@@ -62,6 +63,8 @@ pub enum Route {
     GetUser,
     Face,
     Control,
+    /// `POST /callback/ws/endpoint`: the event long connection's bootstrap.
+    EventsEndpoint,
     Unknown,
 }
 
@@ -141,6 +144,10 @@ struct Behaviour {
     latency: Duration,
     rate_limit: Option<RateWindow>,
     endless_listing: bool,
+    /// The `code` the bootstrap answers instead of 0.
+    bootstrap_code: Option<i64>,
+    /// The ClientConfig the bootstrap hands out (None: short test intervals).
+    client_config: Option<serde_json::Value>,
 }
 
 /// Fixed one-second windows, as the gateway's `x-ogw-ratelimit-reset` suggests.
@@ -179,6 +186,7 @@ struct State {
     serial: AtomicU64,
     behaviour: Mutex<Behaviour>,
     rng: Mutex<u64>,
+    long_connection: long_connection::LongConnection,
 }
 
 pub struct Emulator {
@@ -197,6 +205,7 @@ impl Emulator {
             serial: AtomicU64::new(0),
             behaviour: Mutex::new(Behaviour::default()),
             rng: Mutex::new(0x2545_f491_4f6c_dd1d),
+            long_connection: long_connection::LongConnection::start()?,
         });
         let handler_state = state.clone();
         let server = Server::start(
@@ -335,6 +344,58 @@ impl Emulator {
         self.tenant().replace_face(i, cropped, bytes);
     }
 
+    /// The event long connection's server side: acks, pings, connections,
+    /// and the knobs that make it misbehave.
+    pub fn long_connection(&self) -> &long_connection::Shared {
+        &self.state.long_connection.shared
+    }
+
+    /// The next bootstraps answer this `code` (None: 0, a URL).
+    pub fn set_bootstrap_code(&self, code: Option<i64>) {
+        self.state.behave().bootstrap_code = code;
+    }
+
+    /// The ClientConfig the next bootstraps hand out.
+    pub fn set_client_config(&self, config: serde_json::Value) {
+        self.state.behave().client_config = Some(config);
+    }
+
+    /// Sends an `acs.user.updated_v1` event for the user with this open_id
+    /// to one connected client, in `fragments` frames; the message id, or
+    /// `None` if no client is connected.
+    pub fn push_user_updated(&self, open_id: &str, face_uploaded: bool, fragments: usize) -> Option<String> {
+        let i = self.tenant().find(IdKind::OpenId, open_id).expect("no such user");
+        let user = &self.tenant().users()[i];
+        let n = self.state.serial.fetch_add(1, Ordering::Relaxed);
+        let event = json!({
+            "schema": "2.0",
+            "header": {
+                "event_id": format!("ev{n:012}"),
+                "event_type": "acs.user.updated_v1",
+                "create_time": format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()),
+                "token": "",
+                "app_id": self.config().app_id,
+                "tenant_key": "emulator",
+            },
+            "event": {
+                "user_id": {
+                    "open_id": user.id(IdKind::OpenId),
+                    "union_id": user.id(IdKind::UnionId),
+                    "user_id": user.id(IdKind::UserId),
+                },
+                "card": user.card,
+                "face_uploaded": face_uploaded,
+            },
+        });
+        self.push_event(&serde_json::to_vec(&event).unwrap(), fragments)
+    }
+
+    /// Sends any event payload to one connected client.
+    pub fn push_event(&self, payload: &[u8], fragments: usize) -> Option<String> {
+        let pick = self.state.random();
+        self.long_connection().push(payload, fragments, fragments > 1, pick)
+    }
+
     /// The bytes the face endpoint serves for this id.
     pub fn face(&self, kind: IdKind, id: &str, cropped: bool) -> Option<Vec<u8>> {
         let i = self.tenant().find(kind, id)?;
@@ -446,6 +507,7 @@ impl State {
                 (Route::Face, Some(*id))
             }
             (_, ["", "_emulator", ..]) => (Route::Control, None),
+            ("POST", ["", "callback", "ws", "endpoint"]) => (Route::EventsEndpoint, None),
             _ => (Route::Unknown, None),
         };
         let user_id = raw_id.and_then(decode);
@@ -524,6 +586,7 @@ impl State {
         match route {
             Route::Token => self.token(req),
             Route::Control => self.control(req),
+            Route::EventsEndpoint => self.events_endpoint(req),
             Route::Unknown => error(404, codes::NO_SUCH_PATH, "404 page not found"),
             _ => match (self.authorize(req), req.query_pairs()) {
                 (Err(refusal), _) => refusal,
@@ -531,6 +594,41 @@ impl State {
                 (Ok(()), Some(query)) => self.acs(route, user_id, &query),
             },
         }
+    }
+
+    /// The long connection's bootstrap, as the SDKs call it: the app's id and
+    /// secret (not a token) in, a one-use connection URL and a ClientConfig out.
+    fn events_endpoint(&self, req: &Request) -> Response {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            #[serde(rename = "AppID")]
+            app_id: String,
+            #[serde(rename = "AppSecret")]
+            app_secret: String,
+        }
+        let Ok(body) = serde_json::from_slice::<Body>(&req.body) else {
+            return Response::json(200, &json!({ "code": 1000040345, "msg": "invalid param" }));
+        };
+        if body.app_id != self.config.app_id || body.app_secret != self.config.app_secret {
+            return Response::json(200, &json!({ "code": 1000040344, "msg": "app auth failed" }));
+        }
+        let (code, config) = {
+            let behaviour = self.behave();
+            (behaviour.bootstrap_code, behaviour.client_config.clone())
+        };
+        if let Some(code) = code {
+            return Response::json(200, &json!({ "code": code, "msg": "refused by the emulator" }));
+        }
+        let config = config.unwrap_or_else(|| {
+            json!({ "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 2 })
+        });
+        Response::json(
+            200,
+            &json!({ "code": 0, "msg": "ok", "data": {
+                "URL": self.long_connection.issue_url(),
+                "ClientConfig": config,
+            }}),
+        )
     }
 
     fn token(&self, req: &Request) -> Response {

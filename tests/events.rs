@@ -1,0 +1,135 @@
+//! The event long connection's client against the emulator's server: real
+//! HTTP bootstrap, a real WebSocket, pbbp2 frames on the wire.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use facefs::api::secret::Secret;
+use facefs::api::IdKind;
+use facefs::emulator::long_connection::Refusal;
+use facefs::emulator::Emulator;
+use facefs::events::connection::{ChangeSink, EventConnection, EventsConfig};
+use facefs::events::message::UserChange;
+use parking_lot::Mutex;
+
+#[derive(Default)]
+struct Recorder {
+    changes: Mutex<Vec<UserChange>>,
+    ups: Mutex<Vec<bool>>,
+}
+
+impl ChangeSink for Recorder {
+    fn user_changed(&self, change: &UserChange) {
+        self.changes.lock().push(change.clone());
+    }
+
+    fn connected(&self, up: bool) {
+        self.ups.lock().push(up);
+    }
+}
+
+fn connect(emu: &Emulator) -> (EventConnection, Arc<Recorder>) {
+    let recorder = Arc::new(Recorder::default());
+    let connection = EventConnection::start(
+        EventsConfig {
+            base_url: reqwest::Url::parse(&emu.base_url()).unwrap(),
+            app_id: emu.config().app_id.clone(),
+            app_secret: Secret::new(emu.config().app_secret.clone()),
+            timeout: Duration::from_secs(5),
+        },
+        recorder.clone(),
+    )
+    .unwrap();
+    (connection, recorder)
+}
+
+fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_fragmented_event_arrives_whole_once_and_is_acknowledged() {
+    let emu = emulator(small_tenant(10));
+    let (connection, recorder) = connect(&emu);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "a ping", || server.pings() >= 1);
+    let open_id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    let message = emu.push_user_updated(&open_id, true, 3).unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)), "acked within 3 s");
+    let changes = recorder.changes.lock().clone();
+    assert_eq!(changes.len(), 1);
+    let user = &emu.tenant().users()[emu.tenant().find(IdKind::OpenId, &open_id).unwrap()];
+    assert_eq!(changes[0].open_id.as_deref(), Some(open_id.as_str()));
+    assert_eq!(changes[0].union_id.as_deref(), Some(user.id(IdKind::UnionId)));
+    assert_eq!(changes[0].user_id.as_deref(), Some(user.id(IdKind::UserId)));
+    assert_eq!(changes[0].face_uploaded, Some(true));
+    let acks = server.acks();
+    assert_eq!(acks.len(), 1, "only the completing fragment is acknowledged");
+    assert_eq!(acks[0].code, Some(200));
+    assert!(acks[0].biz_rt.as_deref().is_some_and(|ms| ms.parse::<u64>().is_ok()));
+
+    // The same event again (a re-push): acknowledged, not done twice.
+    let payload = serde_json::json!({
+        "schema": "2.0",
+        "header": {"event_id": "ev-dup", "event_type": "acs.user.updated_v1"},
+        "event": {"user_id": {"open_id": open_id}, "face_uploaded": false},
+    })
+    .to_string();
+    for _ in 0..2 {
+        let message = emu.push_event(payload.as_bytes(), 1).unwrap();
+        assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    }
+    assert_eq!(recorder.changes.lock().len(), 2);
+    // Another event type: acknowledged with 200, nothing done.
+    let other = r#"{"schema":"2.0","header":{"event_id":"ev-o","event_type":"acs.access_record.created_v1"},"event":{}}"#;
+    let message = emu.push_event(other.as_bytes(), 1).unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    assert_eq!(server.acks().last().unwrap().code, Some(200));
+    assert_eq!(recorder.changes.lock().len(), 2);
+    assert!(connection.status.fatal.lock().is_none());
+}
+
+#[test]
+fn a_dropped_or_silent_connection_is_made_again() {
+    let emu = emulator(small_tenant(4));
+    emu.set_client_config(serde_json::json!({
+        "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 1,
+    }));
+    let (connection, recorder) = connect(&emu);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    server.drop_clients();
+    wait_until(Duration::from_secs(10), "reconnected", || server.connections() >= 2 && server.clients() == 1);
+    // A server that stops answering: the watchdog (2 pings + 5 s) ends it.
+    server.answer_pings.store(false, std::sync::atomic::Ordering::SeqCst);
+    let before = server.connections();
+    wait_until(Duration::from_secs(20), "watchdog reconnect", || server.connections() > before);
+    assert!(recorder.ups.lock().contains(&false));
+    assert!(connection.status.fatal.lock().is_none());
+}
+
+#[test]
+fn refusals_that_retrying_cannot_change_end_the_connection_for_good() {
+    let emu = emulator(small_tenant(4));
+    emu.set_bootstrap_code(Some(1_000_040_344));
+    let (connection, _) = connect(&emu);
+    wait_until(Duration::from_secs(10), "fatal", || connection.status.fatal.lock().is_some());
+    assert!(connection.status.fatal.lock().as_deref().unwrap().contains("1000040344"));
+
+    emu.set_bootstrap_code(None);
+    *emu.long_connection().refusal.lock() = Some(Refusal::TooManyConnections);
+    let (connection, _) = connect(&emu);
+    wait_until(Duration::from_secs(10), "fatal", || connection.status.fatal.lock().is_some());
+    let why = connection.status.fatal.lock().clone().unwrap();
+    assert!(why.contains("1000040350"), "{why}");
+    // The URL's access key and ticket are in no message.
+    assert!(!why.contains("access_key") && !why.contains("ticket-"), "{why}");
+}
