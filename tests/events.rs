@@ -133,3 +133,52 @@ fn refusals_that_retrying_cannot_change_end_the_connection_for_good() {
     // The URL's access key and ticket are in no message.
     assert!(!why.contains("access_key") && !why.contains("ticket-"), "{why}");
 }
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
+    use facefs::emulator::Route;
+    use facefs::fs::layout::face_file_name;
+    let emu = emulator(small_tenant(10));
+    let mnt = Mount::start(&emu, &["--events", "--ttl", "1h", "--rate-limit", "100"]);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let (who, other) = (&ids[0], &ids[1]);
+    let file = mnt.join("open_id").join(face_file_name(who, false));
+    let old = std::fs::read(&file).unwrap();
+    assert_eq!(Some(old.clone()), emu.face(IdKind::OpenId, who, false));
+    // Read twice: the second comes from the kernel's page cache.
+    std::fs::read(&file).unwrap();
+    let downloads = emu.count(Route::Face);
+
+    let new = emu.face(IdKind::OpenId, other, false).unwrap();
+    emu.replace_face(IdKind::OpenId, who, false, new.clone());
+    let message = emu.push_user_updated(who, true, 2).unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    wait_until(Duration::from_secs(5), "the new bytes", || std::fs::read(&file).ok() == Some(new.clone()));
+    assert_eq!(emu.count(Route::Face), downloads + 1, "downloaded once more, within the TTL");
+    // The same face under the user's union_id changes too.
+    let user = &emu.tenant().users()[emu.tenant().find(IdKind::OpenId, who).unwrap()];
+    let union = mnt.join("union_id").join(face_file_name(user.id(IdKind::UnionId), false));
+    assert_eq!(std::fs::read(&union).unwrap(), emu.face(IdKind::UnionId, user.id(IdKind::UnionId), false).unwrap());
+
+    // face_uploaded false: gone from `ls` at once, without a listing request.
+    let name = face_file_name(other, false);
+    assert!(std::fs::read_dir(mnt.join("open_id")).unwrap().flatten().any(|e| e.file_name() == name.as_str()));
+    let lists = emu.count(Route::ListUsers);
+    let message = emu.push_user_updated(other, false, 1).unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    let listed = |n: &str| {
+        std::fs::read_dir(mnt.join("open_id")).unwrap().flatten().any(|e| e.file_name() == n)
+    };
+    wait_until(Duration::from_secs(5), "the user gone from ls", || !listed(&name));
+    let message = emu.push_user_updated(other, true, 1).unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    wait_until(Duration::from_secs(5), "the user back in ls", || listed(&name));
+    assert_eq!(emu.count(Route::ListUsers), lists);
+
+    let log = mnt.log_text();
+    assert!(log.contains("event long connection up"), "{log}");
+    assert!(!log.contains("access_key=") && !log.contains("ticket-"), "the URL's secrets in the log");
+}

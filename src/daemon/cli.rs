@@ -130,6 +130,12 @@ pub struct Cli {
     #[arg(long)]
     pub recover: bool,
 
+    /// Hear about changed faces as they happen over Feishu's event long
+    /// connection (acs.user.updated_v1); needs the app subscribed to the event
+    /// in long-connection mode. Without it, changes show after --ttl.
+    #[arg(long)]
+    pub events: bool,
+
     /// Serve built-in demo faces from an embedded emulator; needs no credentials.
     #[arg(long, conflicts_with_all = ["app_id", "app_secret_file"])]
     pub demo: bool,
@@ -241,6 +247,7 @@ pub struct Settings {
     pub cache_dir: Option<PathBuf>,
     pub cache_dir_size: u64,
     pub max_stale: Duration,
+    pub events: bool,
     pub request_timeout: Duration,
     pub retry_budget: Duration,
     pub rate_limit: f64,
@@ -284,6 +291,7 @@ impl Cli {
                 .map(|dir| std::path::absolute(&dir).unwrap_or(dir)),
             cache_dir_size: self.cache_dir_size,
             max_stale: self.max_stale,
+            events: self.events,
             request_timeout: self.request_timeout,
             retry_budget: self.retry_budget,
             rate_limit: self.rate_limit,

@@ -18,7 +18,7 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Config, MountOption, SessionACL};
+use fuser::{Config, INodeNo, MountOption, SessionACL};
 
 use self::cli::{Access, Settings, Source};
 use self::metrics_server::MetricsServer;
@@ -30,7 +30,10 @@ use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::fs::store::{FaceStore, StoreConfig};
-use crate::fs::{FaceFs, FsConfig, ROOT_INO};
+use crate::api::IdKind;
+use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
+use crate::events::message::UserChange;
+use crate::fs::{FaceFs, FsConfig, Invalidation, ROOT_INO};
 use crate::fuse::FuseAdapter;
 use crate::sync::byte_budget::ByteBudget;
 
@@ -193,6 +196,12 @@ fn mount(
         ),
         None => None,
     };
+    let events_config = settings.events.then(|| EventsConfig {
+        base_url: base_url.clone(),
+        app_id: app_id.clone(),
+        app_secret: app_secret.clone(),
+        timeout: settings.request_timeout,
+    });
     let http = HttpApi::new(HttpConfig {
         base_url,
         app_id,
@@ -269,6 +278,19 @@ fn mount(
         )
     })?;
     let mut unmounter = session.unmount_callable();
+    let long_connection = match events_config {
+        Some(config) => {
+            let sink = Arc::new(
+                KernelSink::new(core.clone(), session.notifier())
+                    .map_err(|e| format!("cannot start the invalidation thread: {e}"))?,
+            );
+            Some(
+                EventConnection::start(config, sink)
+                    .map_err(|e| format!("cannot start the event connection: {e}"))?,
+            )
+        }
+        None => None,
+    };
     std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
@@ -285,15 +307,72 @@ fn mount(
         unmounter,
         Servers {
             core,
+            _events: long_connection,
             _emulator: emulator,
             _metrics: metrics,
         },
     ))
 }
 
+/// Events reach the core, and what the core drops reaches the kernel: on a
+/// thread of its own, because the kernel may hold a notification until a
+/// lookup of that name ends (a download, up to the retry budget), and the
+/// event's ack, sent once the core is done, must go within 3 s.
+struct KernelSink {
+    core: Arc<FaceFs>,
+    kernel: Sender<Vec<Invalidation>>,
+}
+
+impl KernelSink {
+    fn new(core: Arc<FaceFs>, notifier: fuser::Notifier) -> std::io::Result<KernelSink> {
+        let (tx, rx) = channel::<Vec<Invalidation>>();
+        std::thread::Builder::new()
+            .name("facefs-invalidate".into())
+            .spawn(move || {
+                for batch in rx {
+                    for forget in batch {
+                        // ENOENT: the kernel did not hold it, nothing to forget.
+                        let _ = match forget {
+                            Invalidation::Entry { parent, name } => notifier
+                                .inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name)),
+                            Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+                        };
+                    }
+                }
+            })?;
+        Ok(KernelSink {
+            core,
+            kernel: tx,
+        })
+    }
+}
+
+impl ChangeSink for KernelSink {
+    fn user_changed(&self, change: &UserChange) {
+        let ids: Vec<(IdKind, &str)> = [
+            (IdKind::OpenId, &change.open_id),
+            (IdKind::UnionId, &change.union_id),
+            (IdKind::UserId, &change.user_id),
+        ]
+        .into_iter()
+        .filter_map(|(kind, id)| Some((kind, id.as_deref()?)))
+        .collect();
+        log::info!(
+            "event {}: a user's faces changed (face_uploaded {:?}); dropping them",
+            change.event_id,
+            change.face_uploaded
+        );
+        let forget = self.core.user_changed(&ids, change.face_uploaded);
+        let _ = self.kernel.send(forget);
+    }
+
+    fn connected(&self, _up: bool) {}
+}
+
 /// What lives as long as the mount.
 struct Servers {
     core: Arc<FaceFs>,
+    _events: Option<EventConnection>,
     _emulator: Option<Emulator>,
     _metrics: Option<MetricsServer>,
 }

@@ -113,6 +113,10 @@ impl<K: Hash + Eq> NegativeCache<K> {
         self.entries.lock().put(key, now + self.ttl);
     }
 
+    pub fn remove(&self, key: &K) {
+        self.entries.lock().pop(key);
+    }
+
     pub fn contains(&self, key: &K, now: Instant) -> bool {
         let mut entries = self.entries.lock();
         match entries.peek(key) {

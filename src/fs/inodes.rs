@@ -144,6 +144,14 @@ impl InodeTable {
     }
 
     /// The inode of `key`, if the kernel knows it.
+    /// What is known of `key`'s current version is no longer fresh: the
+    /// next `stat` asks again (the face changed, says an event).
+    pub fn expire(&mut self, key: &FaceKey) {
+        if let Some(node) = self.by_key.get(key).and_then(|ino| self.nodes.get_mut(ino)) {
+            node.meta.fetched_at = std::time::SystemTime::UNIX_EPOCH;
+        }
+    }
+
     pub fn existing(&self, key: &FaceKey) -> Option<u64> {
         self.by_key.get(key).copied()
     }

@@ -87,6 +87,34 @@ impl Listing {
         (!repeated).then_some(listing)
     }
 
+    /// This listing with `id` added at the end (`None` if it is listed or
+    /// cannot be a file name), as of the same fetch.
+    pub fn with(&self, id: &str) -> Option<Listing> {
+        if !layout::representable_id(id) || self.position(id).is_some() {
+            return None;
+        }
+        let (mut text, mut ends) = (self.text.clone(), self.ends.clone());
+        text.push_str(id);
+        ends.push(text.len() as u32);
+        Some(Listing::packed(text, ends, self.fetched_at))
+    }
+
+    /// This listing without `id` (`None` if it is not listed).
+    pub fn without(&self, id: &str) -> Option<Listing> {
+        let gone = self.position(id)?;
+        let ids = (0..self.len()).filter(|i| *i != gone).map(|i| self.id(i).to_owned());
+        Some(Listing::new(ids.collect(), self.fetched_at))
+    }
+
+    /// The place of `id` in the API's order.
+    fn position(&self, id: &str) -> Option<usize> {
+        let found = self
+            .by_id
+            .binary_search_by(|i| self.id(*i as usize).cmp(id))
+            .ok()?;
+        Some(self.by_id[found] as usize)
+    }
+
     /// Users listed.
     pub fn len(&self) -> usize {
         self.ends.len()
@@ -113,11 +141,7 @@ impl Listing {
     }
 
     pub fn place_of(&self, key: &FaceKey) -> Option<usize> {
-        let found = self
-            .by_id
-            .binary_search_by(|i| self.id(*i as usize).cmp(key.id.as_str()))
-            .ok()?;
-        Some(2 * self.by_id[found] as usize + usize::from(key.cropped))
+        Some(2 * self.position(&key.id)? + usize::from(key.cropped))
     }
 
     /// Bytes this listing holds.

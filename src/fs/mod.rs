@@ -96,6 +96,14 @@ pub struct Usage {
     pub store: Option<StoreUsage>,
 }
 
+/// What the kernel must forget after a change: a name in a directory, or
+/// the attributes and pages of an inode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Invalidation {
+    Entry { parent: u64, name: String },
+    Inode(u64),
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeKind {
     Directory,
@@ -791,6 +799,49 @@ impl FaceFs {
         if let Some(store) = &self.store {
             store.remove_face(key);
         }
+    }
+
+    /// A user's faces changed (an event said so): both faces under each id
+    /// given are dropped from memory and the store, what `stat` knew of them
+    /// expires, and the listings gain or lose the user as `face_uploaded`
+    /// says. Returns what the kernel must forget. Ids the event does not
+    /// name (`user_id` without its field scope) stay until their TTL.
+    pub fn user_changed(&self, ids: &[(IdKind, &str)], face_uploaded: Option<bool>) -> Vec<Invalidation> {
+        let mut forget = Vec::new();
+        for (kind, id) in ids {
+            for cropped in [false, true] {
+                let key = FaceKey::new(*kind, *id, cropped);
+                self.faces.remove(&key);
+                self.absent.remove(&key);
+                if let Some(store) = &self.store {
+                    store.remove_face(&key);
+                }
+                let ino = {
+                    let mut inodes = self.inodes.lock();
+                    inodes.expire(&key);
+                    inodes.existing(&key)
+                };
+                forget.push(Invalidation::Entry {
+                    parent: dir_ino(*kind),
+                    name: key.file_name(),
+                });
+                if let Some(ino) = ino {
+                    self.reading.lock().unpin(ino);
+                    forget.push(Invalidation::Inode(ino));
+                }
+            }
+            let Some(listed) = face_uploaded else { continue };
+            let mut listings = self.listings.lock();
+            let Some(listing) = listings.get(kind) else { continue };
+            let changed = if listed { listing.with(id) } else { listing.without(id) };
+            if let Some(changed) = changed.map(Arc::new) {
+                if let Some(store) = &self.store {
+                    store.put_listing(*kind, &changed);
+                }
+                listings.insert(*kind, changed);
+            }
+        }
+        forget
     }
 
     fn handle(&self) -> u64 {

@@ -959,3 +959,41 @@ mod with_a_store {
         assert_eq!(names(&fs, ino).len(), 2 + 4, "listed again once the API answers");
     }
 }
+
+#[test]
+fn an_event_drops_a_users_faces_and_edits_the_listing_without_a_request() {
+    let api = tenant();
+    let fs = fs(&api);
+    let dir = dir_ino(IdKind::OpenId);
+    let before = names(&fs, dir);
+    let attr = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+    assert_eq!(attr.size, 100);
+    let lists = api.requests(Endpoint::List);
+
+    api.inner().set_faces("ou_a", Some(vec![7; 120]), Some(vec![8; 50]));
+    let forget = fs.user_changed(&[(IdKind::OpenId, "ou_a"), (IdKind::UnionId, "on_a")], Some(true));
+    for file in ["ou_a.jpg", "ou_a.cropped.jpg"] {
+        assert!(forget.contains(&Invalidation::Entry { parent: dir, name: file.into() }), "{forget:?}");
+    }
+    assert!(forget.contains(&Invalidation::Inode(attr.ino)));
+    assert!(forget.contains(&Invalidation::Entry {
+        parent: dir_ino(IdKind::UnionId),
+        name: "on_a.cropped.jpg".into()
+    }));
+    // Well within the TTL, the next stat asks the API again and sees the new face.
+    let again = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+    assert_eq!(again.size, 120);
+    assert_eq!(fs.getattr(attr.ino, Fetch::Allowed).unwrap().size, 100, "the old inode keeps its version");
+
+    // face_uploaded false takes the user out of the listing, true puts it back.
+    fs.user_changed(&[(IdKind::OpenId, "ou_b")], Some(false));
+    let without: Vec<String> = names(&fs, dir);
+    assert!(!without.iter().any(|n| n.starts_with("ou_b")), "{without:?}");
+    fs.user_changed(&[(IdKind::OpenId, "ou_b")], Some(true));
+    let mut with = names(&fs, dir);
+    let mut expected = before.clone();
+    with.sort();
+    expected.sort();
+    assert_eq!(with, expected);
+    assert_eq!(api.requests(Endpoint::List), lists, "no listing was fetched again");
+}
