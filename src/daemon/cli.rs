@@ -136,6 +136,11 @@ pub struct Cli {
     #[arg(long)]
     pub events: bool,
 
+    /// With --events: how long a face or listing is trusted while the event
+    /// connection has been up since it was fetched (the bound on a lost event).
+    #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
+    pub ttl_with_events: Duration,
+
     /// Serve built-in demo faces from an embedded emulator; needs no credentials.
     #[arg(long, conflicts_with_all = ["app_id", "app_secret_file"])]
     pub demo: bool,
@@ -248,6 +253,7 @@ pub struct Settings {
     pub cache_dir_size: u64,
     pub max_stale: Duration,
     pub events: bool,
+    pub ttl_with_events: Duration,
     pub request_timeout: Duration,
     pub retry_budget: Duration,
     pub rate_limit: f64,
@@ -292,6 +298,8 @@ impl Cli {
             cache_dir_size: self.cache_dir_size,
             max_stale: self.max_stale,
             events: self.events,
+            // Without the connection nothing vouches for longer than --ttl.
+            ttl_with_events: if self.events { self.ttl_with_events.max(self.ttl) } else { self.ttl },
             request_timeout: self.request_timeout,
             retry_budget: self.retry_budget,
             rate_limit: self.rate_limit,

@@ -231,6 +231,7 @@ fn mount(
             cache_bytes: settings.cache_size,
             ttl: settings.ttl,
             max_stale: settings.max_stale,
+            ttl_with_events: settings.ttl_with_events,
             negative_ttl: settings.negative_ttl,
             uid,
             gid,
@@ -366,7 +367,9 @@ impl ChangeSink for KernelSink {
         let _ = self.kernel.send(forget);
     }
 
-    fn connected(&self, _up: bool) {}
+    fn connected(&self, up: bool) {
+        self.core.events_connected(up);
+    }
 }
 
 /// What lives as long as the mount.

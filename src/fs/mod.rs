@@ -56,6 +56,9 @@ pub struct FsConfig {
     pub cache_bytes: u64,
     /// How long a fetched face or listing is trusted.
     pub ttl: Duration,
+    /// How long a face or listing may be trusted while the event connection
+    /// has been up since it was fetched (`--ttl-with-events`).
+    pub ttl_with_events: Duration,
     /// How long past its TTL a face may still be served when refreshing it
     /// fails for an outage (never a listing: see `listing`).
     pub max_stale: Duration,
@@ -78,6 +81,7 @@ impl Default for FsConfig {
             cache_bytes: 256 << 20,
             ttl: Duration::from_secs(600),
             max_stale: Duration::from_secs(3 * 24 * 3600),
+            ttl_with_events: Duration::from_secs(24 * 3600),
             negative_ttl: Duration::from_secs(30),
             uid: 0,
             gid: 0,
@@ -339,6 +343,8 @@ pub struct FaceFs {
     store: Option<Arc<FaceStore>>,
     /// Until when stale faces are served without asking (see [`OUTAGE_BACKOFF`]).
     outage_until: Mutex<Option<Instant>>,
+    /// Since when the event connection has been up without a break.
+    events_up_since: Mutex<Option<SystemTime>>,
     absent: NegativeCache<FaceKey>,
     downloads: SingleFlight<FaceKey, Result<Arc<Face>, FsError>>,
     listings: Mutex<HashMap<IdKind, Arc<Listing>>>,
@@ -383,6 +389,7 @@ impl FaceFs {
             faces: ByteLru::new(config.cache_bytes),
             store,
             outage_until: Mutex::new(None),
+            events_up_since: Mutex::new(None),
             absent: NegativeCache::new(config.negative_ttl, NEGATIVE_ENTRIES),
             config,
             clock,
@@ -429,12 +436,39 @@ impl FaceFs {
     }
 
     fn fresh(&self, at: SystemTime) -> bool {
-        self.age(at).is_some_and(|age| age < self.config.ttl)
+        self.age(at)
+            .is_some_and(|age| age < self.config.ttl || self.trusted_by_events(at, age))
     }
 
+    /// Whether the event connection vouches for what was fetched at `at`:
+    /// it has been up without a break since then (so any change since came
+    /// as an event), and `--ttl-with-events`, the bound on an event lost
+    /// anyway, has not passed.
+    fn trusted_by_events(&self, at: SystemTime, age: Duration) -> bool {
+        age < self.config.ttl_with_events
+            && self.events_up_since.lock().is_some_and(|since| since <= at)
+    }
+
+    /// How long the kernel may keep an answer: the rest of `--ttl`, or, for
+    /// what the event connection vouches for, `--ttl` again (events tell
+    /// the kernel themselves; if the connection drops, the kernel's copy
+    /// lasts no longer than without events).
     fn remaining(&self, at: SystemTime) -> Duration {
-        self.age(at)
-            .map_or(Duration::ZERO, |age| self.config.ttl.saturating_sub(age))
+        match self.age(at) {
+            Some(age) if age < self.config.ttl => self.config.ttl - age,
+            Some(age) if self.trusted_by_events(at, age) => self
+                .config
+                .ttl
+                .min(self.config.ttl_with_events.saturating_sub(age)),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The event connection went up or down. While it is down, and for
+    /// what was fetched before it came back, `--ttl` alone applies: events
+    /// sent while no client was connected may be lost.
+    pub fn events_connected(&self, up: bool) {
+        *self.events_up_since.lock() = up.then(|| self.clock.wall());
     }
 
     fn dir_attr(&self, ino: u64) -> Attr {

@@ -997,3 +997,45 @@ fn an_event_drops_a_users_faces_and_edits_the_listing_without_a_request() {
     assert_eq!(with, expected);
     assert_eq!(api.requests(Endpoint::List), lists, "no listing was fetched again");
 }
+
+#[test]
+fn while_the_event_connection_is_up_faces_are_trusted_longer_and_only_then() {
+    let api = tenant();
+    let clock = TestClock::default();
+    let ttl = Duration::from_secs(60);
+    let fs = fs_on_clock(
+        &api,
+        FsConfig {
+            ttl,
+            ttl_with_events: Duration::from_secs(3600),
+            readahead: 0,
+            ..FsConfig::default()
+        },
+        &clock,
+    );
+    let dir = dir_ino(IdKind::OpenId);
+    let look = || fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+    fs.events_connected(true);
+    clock.advance(Duration::from_secs(1));
+    look();
+    assert_eq!(api.requests(Endpoint::Face), 1);
+    clock.advance(ttl * 2);
+    let attr = look();
+    assert_eq!(api.requests(Endpoint::Face), 1, "vouched for by the connection");
+    assert_eq!(attr.valid_for, ttl, "the kernel keeps it no longer than --ttl");
+
+    // Down: --ttl alone.
+    fs.events_connected(false);
+    look();
+    assert_eq!(api.requests(Endpoint::Face), 2);
+    // Up again: what was fetched before it came back gets --ttl alone too.
+    clock.advance(Duration::from_secs(1));
+    fs.events_connected(true);
+    clock.advance(ttl * 2);
+    look();
+    assert_eq!(api.requests(Endpoint::Face), 3);
+    // And nothing is trusted past --ttl-with-events.
+    clock.advance(Duration::from_secs(3600));
+    look();
+    assert_eq!(api.requests(Endpoint::Face), 4);
+}
