@@ -107,6 +107,10 @@ pub struct Metrics {
     store_discarded: AtomicU64,
     store_evictions: AtomicU64,
     stale_served: AtomicU64,
+    events: AtomicU64,
+    event_connects: AtomicU64,
+    event_connection_up: AtomicU64,
+    event_connection_fatal: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
     latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
@@ -143,6 +147,10 @@ impl Metrics {
             store_discarded: ZERO,
             store_evictions: ZERO,
             stale_served: ZERO,
+            events: ZERO,
+            event_connects: ZERO,
+            event_connection_up: ZERO,
+            event_connection_fatal: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
             latency_sum_us: [ZERO; OPS],
@@ -187,6 +195,24 @@ impl Metrics {
     /// A face past its TTL served because refreshing it failed.
     pub fn stale_served(&self) {
         add(&self.stale_served);
+    }
+
+    /// An event that changed something (duplicates not counted).
+    pub fn event(&self) {
+        add(&self.events);
+    }
+
+    /// The event connection went up (counted) or down.
+    pub fn event_connection(&self, up: bool) {
+        if up {
+            add(&self.event_connects);
+        }
+        self.event_connection_up.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// The event connection gave up for good (a refusal).
+    pub fn event_connection_fatal(&self) {
+        self.event_connection_fatal.store(1, Ordering::Relaxed);
     }
 
     /// Counts a download while the returned guard lives.
@@ -241,7 +267,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 15] = [
+        let simple: [(&str, &str, &str, u64); 19] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -325,6 +351,30 @@ impl Metrics {
                 "gauge",
                 "Faces in the on-disk store.",
                 store.faces as u64,
+            ),
+            (
+                "facefs_events_total",
+                "counter",
+                "acs.user.updated_v1 events acted on (--events; re-pushed duplicates not counted).",
+                get(&self.events),
+            ),
+            (
+                "facefs_event_connects_total",
+                "counter",
+                "Times the event long connection came up.",
+                get(&self.event_connects),
+            ),
+            (
+                "facefs_event_connection_up",
+                "gauge",
+                "1 while the event long connection is up.",
+                get(&self.event_connection_up),
+            ),
+            (
+                "facefs_event_connection_failed",
+                "gauge",
+                "1 once the event long connection gave up on a refusal (credentials, 403, too many connections).",
+                get(&self.event_connection_fatal),
             ),
             (
                 "facefs_stale_served_total",

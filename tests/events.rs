@@ -182,3 +182,20 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     assert!(log.contains("event long connection up"), "{log}");
     assert!(!log.contains("access_key=") && !log.contains("ticket-"), "the URL's secrets in the log");
 }
+
+#[test]
+fn with_two_clients_of_one_app_each_event_reaches_one() {
+    let emu = emulator(small_tenant(6));
+    let (_a, first) = connect(&emu);
+    let (_b, second) = connect(&emu);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "two clients", || server.clients() == 2);
+    let open_id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    for _ in 0..10 {
+        let message = emu.push_user_updated(&open_id, true, 1).unwrap();
+        assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    }
+    let (a, b) = (first.changes.lock().len(), second.changes.lock().len());
+    assert_eq!(a + b, 10, "each event once, to one client");
+    assert!(a > 0 && b > 0, "both clients were chosen at times: {a} and {b}");
+}

@@ -23,6 +23,7 @@ use tungstenite::{Message, WebSocket};
 use super::frame::{self, Frame};
 use super::message::{self, Event, Fragments, SeenEvents, UserChange};
 use crate::api::secret::Secret;
+use crate::metrics::METRICS;
 
 /// Bootstrap codes worth retrying ("system busy", "internal error"); any
 /// other non-zero code is a refusal that retrying will not change.
@@ -176,6 +177,7 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
             Ended::Stopped => return,
             Ended::Fatal(why) => {
                 log::error!("the event long connection gave up: {why}; facefs goes on with --ttl alone");
+                METRICS.event_connection_fatal();
                 *status.fatal.lock() = Some(why);
                 return;
             }
@@ -187,6 +189,7 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                 if schedule.reconnect_count >= 0 && failures > schedule.reconnect_count.max(1) {
                     let why = format!("{why}; no connection after {} tries", failures - 1);
                     log::error!("the event long connection gave up: {why}; facefs goes on with --ttl alone");
+                    METRICS.event_connection_fatal();
                     *status.fatal.lock() = Some(why);
                     return;
                 }
@@ -355,9 +358,11 @@ fn session(
     log::info!("event long connection up (connection {connection_id})");
     status.up.store(true, Ordering::SeqCst);
     status.connects.fetch_add(1, Ordering::SeqCst);
+    METRICS.event_connection(true);
     sink.connected(true);
     let ended = read_frames(&mut socket, service, schedule, seen, sink, stop, status);
     status.up.store(false, Ordering::SeqCst);
+    METRICS.event_connection(false);
     sink.connected(false);
     let _ = socket.close(None);
     let _ = socket.flush();
@@ -461,6 +466,7 @@ fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, status: 
         Ok(Event::UserChanged(change)) => {
             if seen.first_time(&change.event_id) {
                 status.events.fetch_add(1, Ordering::SeqCst);
+                METRICS.event();
                 sink.user_changed(&change);
             } else {
                 log::debug!("event {} again: acknowledged, already done", change.event_id);
