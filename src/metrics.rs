@@ -111,6 +111,8 @@ pub struct Metrics {
     event_connects: AtomicU64,
     event_connection_up: AtomicU64,
     event_connection_fatal: AtomicU64,
+    event_duplicates: AtomicU64,
+    invalidations: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
     latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
@@ -151,6 +153,8 @@ impl Metrics {
             event_connects: ZERO,
             event_connection_up: ZERO,
             event_connection_fatal: ZERO,
+            event_duplicates: ZERO,
+            invalidations: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
             latency_sum_us: [ZERO; OPS],
@@ -210,6 +214,16 @@ impl Metrics {
         self.event_connection_up.store(u64::from(up), Ordering::Relaxed);
     }
 
+    /// An event id seen before (a re-push): acknowledged, not acted on.
+    pub fn event_duplicate(&self) {
+        add(&self.event_duplicates);
+    }
+
+    /// Names and inodes the kernel was told to forget.
+    pub fn invalidations(&self, n: usize) {
+        self.invalidations.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
     /// The event connection gave up for good (a refusal).
     pub fn event_connection_fatal(&self) {
         self.event_connection_fatal.store(1, Ordering::Relaxed);
@@ -267,7 +281,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 19] = [
+        let simple: [(&str, &str, &str, u64); 21] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -357,6 +371,18 @@ impl Metrics {
                 "counter",
                 "acs.user.updated_v1 events acted on (--events; re-pushed duplicates not counted).",
                 get(&self.events),
+            ),
+            (
+                "facefs_event_duplicates_total",
+                "counter",
+                "Events received again (re-pushed): acknowledged, not acted on.",
+                get(&self.event_duplicates),
+            ),
+            (
+                "facefs_kernel_invalidations_total",
+                "counter",
+                "Names and inodes the kernel was told to forget after events.",
+                get(&self.invalidations),
             ),
             (
                 "facefs_event_connects_total",

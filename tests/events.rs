@@ -153,10 +153,12 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     let downloads = emu.count(Route::Face);
 
     let new = emu.face(IdKind::OpenId, other, false).unwrap();
-    emu.replace_face(IdKind::OpenId, who, false, new.clone());
-    let message = emu.push_user_updated(who, true, 2).unwrap();
+    // The emulator sends the event itself, as the service does.
+    let replaced = Instant::now();
+    let message = emu.replace_face(IdKind::OpenId, who, false, new.clone()).unwrap();
     assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
-    wait_until(Duration::from_secs(5), "the new bytes", || std::fs::read(&file).ok() == Some(new.clone()));
+    wait_until(Duration::from_secs(1), "the new bytes", || std::fs::read(&file).ok() == Some(new.clone()));
+    eprintln!("new bytes read {:?} after the replacement", replaced.elapsed());
     assert_eq!(emu.count(Route::Face), downloads + 1, "downloaded once more, within the TTL");
     // The same face under the user's union_id changes too.
     let user = &emu.tenant().users()[emu.tenant().find(IdKind::OpenId, who).unwrap()];
@@ -198,4 +200,70 @@ fn with_two_clients_of_one_app_each_event_reaches_one() {
     let (a, b) = (first.changes.lock().len(), second.changes.lock().len());
     assert_eq!(a + b, 10, "each event once, to one client");
     assert!(a > 0 && b > 0, "both clients were chosen at times: {a} and {b}");
+}
+
+#[test]
+fn an_event_whose_ack_was_lost_is_pushed_again_and_acted_on_once() {
+    let emu = emulator(small_tenant(6));
+    emu.set_client_config(serde_json::json!({
+        "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 1,
+    }));
+    let server = emu.long_connection();
+    *server.repush_after.lock() = Duration::from_millis(300);
+    let (_connection, recorder) = connect(&emu);
+    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    let open_id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
+    // The connection dies right behind the event: its ack may never come.
+    let message = emu.push_user_updated(&open_id, true, 2).unwrap();
+    server.drop_clients();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(10)), "acked on the next connection");
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(recorder.changes.lock().len(), 1, "acted on once");
+}
+
+fn count_entries(dir: &str) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| d.count())
+}
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn twenty_dropped_connections_lose_no_event_and_leak_nothing() {
+    let emu = emulator(small_tenant(10));
+    emu.set_client_config(serde_json::json!({
+        "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 1,
+    }));
+    let mnt = Mount::start(&emu, &["--events", "--rate-limit", "100"]);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    let pid = mnt.child.as_ref().unwrap().id();
+    let (threads, fds) = (
+        count_entries(&format!("/proc/{pid}/task")),
+        count_entries(&format!("/proc/{pid}/fd")),
+    );
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let started = Instant::now();
+    for i in 0..20 {
+        wait_until(Duration::from_secs(10), "reconnected", || server.clients() == 1);
+        let message = emu.push_user_updated(&ids[i % ids.len()], true, 1).unwrap();
+        assert!(server.wait_for_ack(&message, Duration::from_secs(3)), "event {i} acked");
+        // Half dropped silently, half closed properly.
+        if i % 2 == 0 {
+            server.drop_clients();
+        } else {
+            server.close_clients();
+        }
+        assert!(std::fs::metadata(mnt.path()).is_ok(), "the mount answers");
+    }
+    wait_until(Duration::from_secs(10), "reconnected", || server.clients() == 1);
+    eprintln!("20 drops in {:?}", started.elapsed());
+    // Threads and descriptors settle back (a bootstrap's HTTP client ends with it).
+    std::thread::sleep(Duration::from_millis(500));
+    let (threads_after, fds_after) = (
+        count_entries(&format!("/proc/{pid}/task")),
+        count_entries(&format!("/proc/{pid}/fd")),
+    );
+    assert!(threads_after <= threads, "threads {threads} -> {threads_after}");
+    assert!(fds_after <= fds, "descriptors {fds} -> {fds_after}");
+    let acted = mnt.log_text().matches("a user's faces changed").count();
+    assert_eq!(acted, 20, "each event acted on once");
 }

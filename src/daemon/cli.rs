@@ -136,7 +136,7 @@ pub struct Cli {
     #[arg(long)]
     pub events: bool,
 
-    /// With --events: how long a face or listing is trusted while the event
+    /// How long a face or listing is trusted, with --events, while the event
     /// connection has been up since it was fetched (the bound on a lost event).
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub ttl_with_events: Duration,

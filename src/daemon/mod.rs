@@ -30,6 +30,7 @@ use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::fs::store::{FaceStore, StoreConfig};
+use crate::metrics::METRICS;
 use crate::api::IdKind;
 use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use crate::events::message::UserChange;
@@ -364,6 +365,7 @@ impl ChangeSink for KernelSink {
             change.face_uploaded
         );
         let forget = self.core.user_changed(&ids, change.face_uploaded);
+        METRICS.invalidations(forget.len());
         let _ = self.kernel.send(forget);
     }
 

@@ -47,6 +47,17 @@ enum Outgoing {
     Frame(Vec<u8>),
     /// End the connection without a close frame (a dead network).
     Drop,
+    /// End it properly, with a close frame.
+    Close,
+}
+
+/// A pushed message not yet acknowledged, pushed again when due (the real
+/// service's 15 s, 5 min, 1 h, 6 h, shortened to `repush_after` each).
+struct Unacked {
+    message_id: String,
+    frames: Vec<Vec<u8>>,
+    due: Instant,
+    left: u32,
 }
 
 pub struct Shared {
@@ -63,6 +74,11 @@ pub struct Shared {
     pub pong_config: Mutex<String>,
     /// Whether pings are answered at all (off: a silent server).
     pub answer_pings: AtomicBool,
+    unacked: Mutex<Vec<Unacked>>,
+    /// How long after a push without an ack it is pushed again.
+    pub repush_after: Mutex<Duration>,
+    /// Messages pushed again.
+    repushes: AtomicUsize,
 }
 
 pub struct LongConnection {
@@ -87,8 +103,20 @@ impl LongConnection {
             refusal: Mutex::new(None),
             pong_config: Mutex::new(String::new()),
             answer_pings: AtomicBool::new(true),
+            unacked: Mutex::new(Vec::new()),
+            repush_after: Mutex::new(Duration::from_secs(1)),
+            repushes: AtomicUsize::new(0),
         });
         let stop = Arc::new(AtomicBool::new(false));
+        let (repush_shared, repush_stop) = (shared.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("emulator-ws-repush".into())
+            .spawn(move || {
+                while !repush_stop.load(Ordering::SeqCst) {
+                    repush_shared.repush_due();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })?;
         let (accept_shared, accept_stop) = (shared.clone(), stop.clone());
         let acceptor = std::thread::Builder::new()
             .name("emulator-ws-accept".into())
@@ -207,16 +235,56 @@ impl Shared {
             return None;
         }
         let (_, client) = &clients[((pick * clients.len() as f64) as usize).min(clients.len() - 1)];
-        for frame in frames {
-            let _ = client.send(Outgoing::Frame(frame));
+        for frame in &frames {
+            let _ = client.send(Outgoing::Frame(frame.clone()));
         }
+        drop(clients);
+        self.unacked.lock().push(Unacked {
+            message_id: message_id.clone(),
+            frames,
+            due: Instant::now() + *self.repush_after.lock(),
+            left: 4,
+        });
         Some(message_id)
+    }
+
+    pub fn repushes(&self) -> usize {
+        self.repushes.load(Ordering::SeqCst)
+    }
+
+    /// Pushes again what is due and still not acknowledged, to a client
+    /// connected then (not necessarily the one that lost it).
+    fn repush_due(&self) {
+        let now = Instant::now();
+        let acked: HashSet<String> = self.acks.lock().iter().map(|a| a.message_id.clone()).collect();
+        let mut unacked = self.unacked.lock();
+        unacked.retain(|u| u.left > 0 && !acked.contains(&u.message_id));
+        let clients = self.clients.lock();
+        if clients.is_empty() {
+            return;
+        }
+        for (n, u) in unacked.iter_mut().filter(|u| u.due <= now).enumerate() {
+            let (_, client) = &clients[n % clients.len()];
+            for frame in &u.frames {
+                let _ = client.send(Outgoing::Frame(frame.clone()));
+            }
+            u.left -= 1;
+            u.due = now + *self.repush_after.lock();
+            self.repushes.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// Ends every connection without a close frame.
     pub fn drop_clients(&self) {
         for (_, client) in self.clients.lock().drain(..) {
             let _ = client.send(Outgoing::Drop);
+        }
+    }
+
+    /// Ends every connection with a close frame (code 1000).
+    pub fn close_clients(&self) {
+        for (_, client) in self.clients.lock().drain(..) {
+            let _ = client.send(Outgoing::Close);
         }
     }
 }
@@ -278,6 +346,11 @@ fn run(socket: &mut WebSocket<TcpStream>, shared: &Shared, stop: &AtomicBool, ou
                 }
                 Outgoing::Drop => {
                     let _ = socket.get_ref().shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+                Outgoing::Close => {
+                    let _ = socket.close(None);
+                    let _ = socket.flush();
                     return;
                 }
             }

@@ -339,9 +339,13 @@ impl Emulator {
 
     /// From now on the face endpoint serves `bytes` for this id (a user with
     /// a face), as after a re-enrolment.
-    pub fn replace_face(&self, kind: IdKind, id: &str, cropped: bool, bytes: Vec<u8>) {
+    /// With an event client connected, `acs.user.updated_v1` follows, as the
+    /// service sends it (the id of the message it went in is returned).
+    pub fn replace_face(&self, kind: IdKind, id: &str, cropped: bool, bytes: Vec<u8>) -> Option<String> {
         let i = self.tenant().find(kind, id).expect("no such user");
         self.tenant().replace_face(i, cropped, bytes);
+        let open_id = self.tenant().users()[i].id(IdKind::OpenId).to_owned();
+        self.push_user_updated(&open_id, true, 1)
     }
 
     /// The event long connection's server side: acks, pings, connections,

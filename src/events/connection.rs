@@ -469,6 +469,7 @@ fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, status: 
                 METRICS.event();
                 sink.user_changed(&change);
             } else {
+                METRICS.event_duplicate();
                 log::debug!("event {} again: acknowledged, already done", change.event_id);
             }
         }
