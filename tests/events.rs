@@ -267,3 +267,29 @@ fn twenty_dropped_connections_lose_no_event_and_leak_nothing() {
     let acted = mnt.log_text().matches("a user's faces changed").count();
     assert_eq!(acted, 20, "each event acted on once");
 }
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_rsync)),
+    ignore = "needs FUSE, rsync (scripts/test.sh runs it)"
+)]
+fn with_events_repeated_backups_download_each_face_once_whatever_the_ttl() {
+    use facefs::emulator::Route;
+    let emu = emulator(small_tenant(30));
+    let mnt = Mount::start(&emu, &["--events", "--ttl", "1s", "--rate-limit", "1000"]);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    let backup = TempDir::new("backup");
+    let src = format!("{}/", mnt.join("open_id").display());
+    let files = emu.ids_with_faces(IdKind::OpenId).len() * 2;
+    for run_number in 0..10 {
+        let out = run("rsync", &[&"-a", &src, &backup.path()]);
+        assert!(out.status.success(), "run {run_number}: {}", stderr(&out));
+        if run_number == 0 {
+            // Past --ttl for everything the first run fetched.
+            std::thread::sleep(Duration::from_millis(1100));
+        }
+    }
+    assert_eq!(emu.count(Route::Face), files, "the first run's downloads and no more");
+    assert_eq!(emu.count(Route::ListUsers), 1, "one listing");
+}
