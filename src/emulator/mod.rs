@@ -368,36 +368,12 @@ impl Emulator {
     /// to one connected client, in `fragments` frames; the message id, or
     /// `None` if no client is connected.
     pub fn push_user_updated(&self, open_id: &str, face_uploaded: bool, fragments: usize) -> Option<String> {
-        let i = self.tenant().find(IdKind::OpenId, open_id).expect("no such user");
-        let user = &self.tenant().users()[i];
-        let n = self.state.serial.fetch_add(1, Ordering::Relaxed);
-        let event = json!({
-            "schema": "2.0",
-            "header": {
-                "event_id": format!("ev{n:012}"),
-                "event_type": "acs.user.updated_v1",
-                "create_time": format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()),
-                "token": "",
-                "app_id": self.config().app_id,
-                "tenant_key": "emulator",
-            },
-            "event": {
-                "user_id": {
-                    "open_id": user.id(IdKind::OpenId),
-                    "union_id": user.id(IdKind::UnionId),
-                    "user_id": user.id(IdKind::UserId),
-                },
-                "card": user.card,
-                "face_uploaded": face_uploaded,
-            },
-        });
-        self.push_event(&serde_json::to_vec(&event).unwrap(), fragments)
+        self.state.push_user_updated(open_id, face_uploaded, fragments)
     }
 
     /// Sends any event payload to one connected client.
     pub fn push_event(&self, payload: &[u8], fragments: usize) -> Option<String> {
-        let pick = self.state.random();
-        self.long_connection().push(payload, fragments, fragments > 1, pick)
+        self.state.push_event(payload, fragments)
     }
 
     /// The bytes the face endpoint serves for this id.
@@ -485,6 +461,38 @@ impl State {
                 Duration::ZERO
             },
         }
+    }
+
+    fn push_user_updated(&self, open_id: &str, face_uploaded: bool, fragments: usize) -> Option<String> {
+        let i = self.tenant.find(IdKind::OpenId, open_id)?;
+        let user = &self.tenant.users()[i];
+        let n = self.serial.fetch_add(1, Ordering::Relaxed);
+        let event = json!({
+            "schema": "2.0",
+            "header": {
+                "event_id": format!("ev{n:012}"),
+                "event_type": "acs.user.updated_v1",
+                "create_time": format!("{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis()),
+                "token": "",
+                "app_id": self.config.app_id,
+                "tenant_key": "emulator",
+            },
+            "event": {
+                "user_id": {
+                    "open_id": user.id(IdKind::OpenId),
+                    "union_id": user.id(IdKind::UnionId),
+                    "user_id": user.id(IdKind::UserId),
+                },
+                "card": user.card,
+                "face_uploaded": face_uploaded,
+            },
+        });
+        self.push_event(&serde_json::to_vec(&event).unwrap(), fragments)
+    }
+
+    fn push_event(&self, payload: &[u8], fragments: usize) -> Option<String> {
+        let pick = self.random();
+        self.long_connection.shared.push(payload, fragments, fragments > 1, pick)
     }
 
     fn lock_log(&self) -> parking_lot::MutexGuard<'_, Vec<LoggedRequest>> {
@@ -789,6 +797,25 @@ impl State {
     /// the methods of [`Emulator`].
     fn control(&self, req: &Request) -> Response {
         match (req.method.as_str(), req.path.as_str()) {
+            // `?open_id=A&from=B`: A's face becomes B's, and the event goes out.
+            ("POST", "/_emulator/replace-face") => {
+                let query = req.query_pairs().unwrap_or_default();
+                let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let (Some(target), Some(from)) = (param("open_id"), param("from")) else {
+                    return error(400, codes::INVALID_PARAM, "give open_id and from");
+                };
+                let (Some(i), Some(j)) = (
+                    self.tenant.find(IdKind::OpenId, &target),
+                    self.tenant.find(IdKind::OpenId, &from),
+                ) else {
+                    return error(404, codes::USER_NOT_FOUND, "no such user");
+                };
+                let Some(bytes) = self.tenant.face(j, false) else {
+                    return error(404, codes::FACE_NOT_FOUND, "no face to copy");
+                };
+                self.tenant.replace_face(i, false, bytes.to_vec());
+                Response::json(200, &json!({ "message_id": self.push_user_updated(&target, true, 1) }))
+            }
             ("POST", "/_emulator/expire-tokens") => {
                 self.expire_tokens();
                 Response::json(200, &json!({ "ok": true }))
