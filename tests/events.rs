@@ -293,3 +293,40 @@ fn with_events_repeated_backups_download_each_face_once_whatever_the_ttl() {
     assert_eq!(emu.count(Route::Face), files, "the first run's downloads and no more");
     assert_eq!(emu.count(Route::ListUsers), 1, "one listing");
 }
+
+#[test]
+fn busy_answers_are_retried_and_a_pong_can_change_the_ping_interval() {
+    let emu = emulator(small_tenant(4));
+    emu.set_client_config(serde_json::json!({
+        "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 30,
+    }));
+    let server = emu.long_connection();
+    *server.pong_config.lock() =
+        r#"{"ReconnectCount":-1,"ReconnectInterval":1,"ReconnectNonce":1,"PingInterval":1}"#.into();
+    let (connection, _) = connect(&emu);
+    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    // The bootstrap said 30 s; the first pong says 1 s.
+    wait_until(Duration::from_secs(6), "pings every second", || server.pings() >= 4);
+
+    // Busy bootstraps (1, 1000040343) and a retryable handshake refusal:
+    // each retried on the server's schedule, then connected again.
+    for busy in [Some(1), Some(1_000_040_343), None] {
+        emu.set_bootstrap_code(busy);
+        if busy.is_none() {
+            *server.refusal.lock() = Some(Refusal::AuthRetry);
+        }
+        let before = server.connections();
+        server.drop_clients();
+        std::thread::sleep(Duration::from_millis(2500));
+        assert_eq!(server.connections(), before, "connected while refused");
+        emu.set_bootstrap_code(None);
+        *server.refusal.lock() = None;
+        wait_until(Duration::from_secs(10), "connected again", || server.connections() > before);
+    }
+    assert!(connection.status.fatal.lock().is_none());
+
+    // A handshake answered 403 (a banned app) ends it for good.
+    *server.refusal.lock() = Some(Refusal::Forbidden);
+    server.drop_clients();
+    wait_until(Duration::from_secs(10), "fatal", || connection.status.fatal.lock().is_some());
+}

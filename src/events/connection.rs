@@ -385,6 +385,7 @@ fn read_frames(
     let mut fragments = Fragments::default();
     // The first ping goes at once, as in every SDK.
     let mut next_ping = Instant::now();
+    let mut last_ping = Instant::now();
     let mut last_heard = Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {
@@ -396,6 +397,7 @@ fn read_frames(
             if socket.send(Message::Binary(ping.into())).is_err() {
                 return retry("cannot send a ping".into());
             }
+            last_ping = now;
             next_ping = now + schedule.ping_interval;
         }
         if now.saturating_duration_since(last_heard) > schedule.watchdog() {
@@ -434,6 +436,8 @@ fn read_frames(
                     .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok());
                 if let Some(config) = config {
                     schedule.apply(&config);
+                    // A new interval counts from the last ping, not the next.
+                    next_ping = last_ping + schedule.ping_interval;
                 }
             }
             (frame::DATA, Some("event")) => {
