@@ -112,6 +112,7 @@ pub struct Metrics {
     event_connection_up: AtomicU64,
     event_connection_fatal: AtomicU64,
     event_duplicates: AtomicU64,
+    events_ignored: AtomicU64,
     invalidations: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
@@ -154,6 +155,7 @@ impl Metrics {
             event_connection_up: ZERO,
             event_connection_fatal: ZERO,
             event_duplicates: ZERO,
+            events_ignored: ZERO,
             invalidations: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
@@ -219,6 +221,11 @@ impl Metrics {
         add(&self.event_duplicates);
     }
 
+    /// An event of a type facefs does not act on (acknowledged all the same).
+    pub fn event_ignored(&self) {
+        add(&self.events_ignored);
+    }
+
     /// Names and inodes the kernel was told to forget.
     pub fn invalidations(&self, n: usize) {
         self.invalidations.fetch_add(n as u64, Ordering::Relaxed);
@@ -281,7 +288,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 21] = [
+        let simple: [(&str, &str, &str, u64); 22] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -377,6 +384,12 @@ impl Metrics {
                 "counter",
                 "Events received again (re-pushed): acknowledged, not acted on.",
                 get(&self.event_duplicates),
+            ),
+            (
+                "facefs_events_ignored_total",
+                "counter",
+                "Events of other types (or unreadable), acknowledged and not acted on.",
+                get(&self.events_ignored),
             ),
             (
                 "facefs_kernel_invalidations_total",

@@ -169,16 +169,21 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     let name = face_file_name(other, false);
     assert!(std::fs::read_dir(mnt.join("open_id")).unwrap().flatten().any(|e| e.file_name() == name.as_str()));
     let lists = emu.count(Route::ListUsers);
-    let message = emu.push_user_updated(other, false, 1).unwrap();
+    // The face removed in the emulator (which sends face_uploaded: false).
+    let message = emu.set_has_face(other, false).unwrap();
     assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
     let listed = |n: &str| {
         std::fs::read_dir(mnt.join("open_id")).unwrap().flatten().any(|e| e.file_name() == n)
     };
     wait_until(Duration::from_secs(5), "the user gone from ls", || !listed(&name));
-    let message = emu.push_user_updated(other, true, 1).unwrap();
+    let gone = std::fs::read(mnt.join("open_id").join(&name)).unwrap_err();
+    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT), "the API says it is gone");
+    let message = emu.set_has_face(other, true).unwrap();
     assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
     wait_until(Duration::from_secs(5), "the user back in ls", || listed(&name));
     assert_eq!(emu.count(Route::ListUsers), lists);
+    let back = std::fs::read(mnt.join("open_id").join(&name)).unwrap();
+    assert_eq!(Some(back), emu.face(IdKind::OpenId, other, false));
 
     let log = mnt.log_text();
     assert!(log.contains("event long connection up"), "{log}");

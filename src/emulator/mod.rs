@@ -330,11 +330,19 @@ impl Emulator {
     }
 
     fn ids_where(&self, kind: IdKind, has_face: bool) -> Vec<String> {
-        let users = self.tenant().users().iter();
+        let users = self.tenant().users().iter().enumerate();
         users
-            .filter(|u| u.has_face == has_face)
-            .map(|u| u.id(kind).to_owned())
+            .filter(|(i, _)| self.tenant().has_face(*i) == has_face)
+            .map(|(_, u)| u.id(kind).to_owned())
             .collect()
+    }
+
+    /// Enrols (`true`) or removes the face of the user with this open_id;
+    /// with an event client connected, the event follows.
+    pub fn set_has_face(&self, open_id: &str, has_face: bool) -> Option<String> {
+        let i = self.tenant().find(IdKind::OpenId, open_id).expect("no such user");
+        self.tenant().set_has_face(i, has_face);
+        self.push_user_updated(open_id, has_face, 1)
     }
 
     /// From now on the face endpoint serves `bytes` for this id (a user with
@@ -738,7 +746,7 @@ impl State {
                 };
                 if route == Route::GetUser {
                     let user = &self.tenant.users()[i];
-                    let feature = json!({ "card": user.card, "face_uploaded": user.has_face });
+                    let feature = json!({ "card": user.card, "face_uploaded": self.tenant.has_face(i) });
                     return ok(json!({ "user": { "user_id": user.id(kind), "feature": feature } }));
                 }
                 let cropped = match param("is_cropped").map(parse_bool) {
@@ -766,7 +774,8 @@ impl State {
             let end = size.min(users.len());
             let items: Vec<_> = users[..end]
                 .iter()
-                .map(|u| json!({ "user_id": u.id(kind), "feature": { "card": u.card, "face_uploaded": u.has_face } }))
+                .enumerate()
+                .map(|(i, u)| json!({ "user_id": u.id(kind), "feature": { "card": u.card, "face_uploaded": self.tenant.has_face(i) } }))
                 .collect();
             let next = format!("endless/{}", self.serial.fetch_add(1, Ordering::Relaxed));
             return ok(json!({ "items": items, "has_more": true, "page_token": next }));
@@ -784,7 +793,8 @@ impl State {
         let end = (start + size).min(users.len());
         let items: Vec<_> = users[start..end]
             .iter()
-            .map(|u| json!({ "user_id": u.id(kind), "feature": { "card": u.card, "face_uploaded": u.has_face } }))
+            .enumerate()
+            .map(|(n, u)| json!({ "user_id": u.id(kind), "feature": { "card": u.card, "face_uploaded": self.tenant.has_face(start + n) } }))
             .collect();
         let mut data = json!({ "items": items, "has_more": end < users.len() });
         if end < users.len() {

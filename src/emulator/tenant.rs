@@ -70,6 +70,8 @@ pub struct Tenant {
     index: HashMap<(IdKind, String), usize>,
     /// Generated faces by (user, cropped).
     faces: Mutex<FaceStore>,
+    /// Users whose enrolment changed since generation: whether they have a face now.
+    enrolled: Mutex<HashMap<usize, bool>>,
 }
 
 type FaceStore = HashMap<(usize, bool), Arc<Vec<u8>>>;
@@ -122,6 +124,7 @@ impl Tenant {
             users,
             index,
             faces: Mutex::new(HashMap::new()),
+            enrolled: Mutex::new(HashMap::new()),
         }
     }
 
@@ -133,9 +136,23 @@ impl Tenant {
         self.index.get(&(kind, id.to_owned())).copied()
     }
 
+    /// Whether user `i` has a face enrolled now.
+    pub fn has_face(&self, i: usize) -> bool {
+        let Some(user) = self.users.get(i) else { return false };
+        self.enrolled.lock().get(&i).copied().unwrap_or(user.has_face)
+    }
+
+    /// Enrols or removes user `i`'s face.
+    pub fn set_has_face(&self, i: usize, has_face: bool) {
+        self.enrolled.lock().insert(i, has_face);
+    }
+
     /// The face of user `i`, generated on first use and kept.
     pub fn face(&self, i: usize, cropped: bool) -> Option<Arc<Vec<u8>>> {
-        let user = self.users.get(i).filter(|u| u.has_face)?;
+        if !self.has_face(i) {
+            return None;
+        }
+        let user = self.users.get(i)?;
         if let Some(face) = self.faces.lock().get(&(i, cropped)) {
             return Some(face.clone());
         }

@@ -478,10 +478,14 @@ fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, status: 
             }
         }
         Ok(Event::Other { event_type, .. }) => {
+            METRICS.event_ignored();
             log::debug!("event {event_type}: not for facefs; acknowledged");
         }
         // Acknowledged all the same: a re-push would not read better.
-        Err(why) => log::warn!("event long connection: {why}; acknowledged and dropped"),
+        Err(why) => {
+            METRICS.event_ignored();
+            log::warn!("event long connection: {why}; acknowledged and dropped");
+        }
     }
 }
 
