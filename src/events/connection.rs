@@ -168,12 +168,28 @@ fn jitter(up_to: Duration) -> Duration {
     Duration::from_millis(if span == 0 { 0 } else { nanos % span })
 }
 
+/// What every connection of the thread shares.
+struct Listener<'a> {
+    sink: &'a dyn ChangeSink,
+    stop: &'a AtomicBool,
+    status: &'a ConnectionStatus,
+    schedule: Schedule,
+    seen: SeenEvents,
+}
+
 fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: &ConnectionStatus) {
-    let mut schedule = Schedule::default();
-    let mut seen = SeenEvents::new(SEEN_EVENTS);
+    let mut listener = Listener {
+        sink,
+        stop,
+        status,
+        schedule: Schedule::default(),
+        seen: SeenEvents::new(SEEN_EVENTS),
+    };
     let mut failures: i64 = 0;
     loop {
-        match session(config, &mut schedule, &mut seen, sink, stop, status) {
+        let ended = session(config, &mut listener);
+        let schedule = listener.schedule;
+        match ended {
             Ended::Stopped => return,
             Ended::Fatal(why) => {
                 log::error!("the event long connection gave up: {why}; facefs goes on with --ttl alone");
@@ -329,15 +345,8 @@ fn connect(url: &reqwest::Url, timeout: Duration) -> Result<Socket, Ended> {
     }
 }
 
-fn session(
-    config: &EventsConfig,
-    schedule: &mut Schedule,
-    seen: &mut SeenEvents,
-    sink: &dyn ChangeSink,
-    stop: &AtomicBool,
-    status: &ConnectionStatus,
-) -> Ended {
-    let url = match bootstrap(config, schedule) {
+fn session(config: &EventsConfig, listener: &mut Listener) -> Ended {
+    let url = match bootstrap(config, &mut listener.schedule) {
         Ok(url) => url,
         Err(ended) => return ended,
     };
@@ -356,28 +365,27 @@ fn session(
         Err(ended) => return ended,
     };
     log::info!("event long connection up (connection {connection_id})");
-    status.up.store(true, Ordering::SeqCst);
-    status.connects.fetch_add(1, Ordering::SeqCst);
+    listener.status.up.store(true, Ordering::SeqCst);
+    listener.status.connects.fetch_add(1, Ordering::SeqCst);
     METRICS.event_connection(true);
-    sink.connected(true);
-    let ended = read_frames(&mut socket, service, schedule, seen, sink, stop, status);
-    status.up.store(false, Ordering::SeqCst);
+    listener.sink.connected(true);
+    let ended = read_frames(&mut socket, service, listener);
+    listener.status.up.store(false, Ordering::SeqCst);
     METRICS.event_connection(false);
-    sink.connected(false);
+    listener.sink.connected(false);
     let _ = socket.close(None);
     let _ = socket.flush();
     ended
 }
 
-fn read_frames(
-    socket: &mut Socket,
-    service: i32,
-    schedule: &mut Schedule,
-    seen: &mut SeenEvents,
-    sink: &dyn ChangeSink,
-    stop: &AtomicBool,
-    status: &ConnectionStatus,
-) -> Ended {
+fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> Ended {
+    let Listener {
+        sink,
+        stop,
+        status,
+        schedule,
+        seen,
+    } = listener;
     let retry = |why: String| Ended::Retry {
         why,
         connected: true,
@@ -452,7 +460,7 @@ fn read_frames(
                 );
                 // Only the fragment that completes a message is acknowledged.
                 let Some(payload) = whole else { continue };
-                handle(&payload, seen, sink, status);
+                handle(&payload, seen, *sink, status);
                 let ack = frame.ack(started.elapsed().as_millis() as u64);
                 if socket.send(Message::Binary(ack.to_bytes().into())).is_err() {
                     return retry("cannot send an acknowledgement".into());
