@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::api::Endpoint;
-use crate::fs::Usage;
 #[cfg(test)]
 use crate::fs::cache::CacheUsage;
+use crate::fs::Usage;
 
 impl Outcome {
     pub fn of<T>(result: &Result<T, crate::api::ApiError>) -> Outcome {
@@ -213,7 +213,8 @@ impl Metrics {
         if up {
             add(&self.event_connects);
         }
-        self.event_connection_up.store(u64::from(up), Ordering::Relaxed);
+        self.event_connection_up
+            .store(u64::from(up), Ordering::Relaxed);
     }
 
     /// An event id seen before (a re-push): acknowledged, not acted on.

@@ -39,7 +39,9 @@ pub struct PrefetchCli {
 }
 
 fn parse_kind(text: &str) -> Result<IdKind, String> {
-    IdKind::parse(text).ok_or_else(|| format!("{text:?} is not a directory of the mount; give open_id, union_id or user_id"))
+    IdKind::parse(text).ok_or_else(|| {
+        format!("{text:?} is not a directory of the mount; give open_id, union_id or user_id")
+    })
 }
 
 /// Set by SIGINT/SIGTERM: no new face is started.
@@ -79,8 +81,17 @@ fn prefetch(cli: &PrefetchCli) -> Result<i32, String> {
     for kind in kinds {
         let dir = cli.mountpoint.join(kind.as_str());
         let entries = std::fs::read_dir(&dir)
-            .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot list {}: {e} (the mount's log says why)", dir.display()))?;
+            .and_then(|entries| {
+                entries
+                    .map(|e| e.map(|e| e.path()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .map_err(|e| {
+                format!(
+                    "cannot list {}: {e} (the mount's log says why)",
+                    dir.display()
+                )
+            })?;
         files.extend(entries);
     }
     // SAFETY: the handler only stores to an atomic.
@@ -195,7 +206,10 @@ fn report_until_done(
             let done = progress.done.load(Ordering::Relaxed);
             let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);
             let left = if rate > 0.0 {
-                humantime::format_duration(Duration::from_secs(((total - done) as f64 / rate) as u64)).to_string()
+                humantime::format_duration(Duration::from_secs(
+                    ((total - done) as f64 / rate) as u64,
+                ))
+                .to_string()
             } else {
                 "unknown".into()
             };
@@ -224,7 +238,10 @@ fn summary(progress: &Progress, total: usize, started: Instant) -> Result<i32, S
         }
     );
     if !failed.is_empty() {
-        eprintln!("facefs prefetch: {} failed (the mount's log has the API's reasons):", failed.len());
+        eprintln!(
+            "facefs prefetch: {} failed (the mount's log has the API's reasons):",
+            failed.len()
+        );
         for (path, e) in failed.iter() {
             eprintln!("  {}: {e}", path.display());
         }
@@ -245,9 +262,15 @@ mod tests {
 
     #[test]
     fn kinds_are_the_three_directories() {
-        let cli = PrefetchCli::try_parse_from(["facefs prefetch", "/mnt", "user_id", "--jobs", "2"]).unwrap();
+        let cli =
+            PrefetchCli::try_parse_from(["facefs prefetch", "/mnt", "user_id", "--jobs", "2"])
+                .unwrap();
         assert_eq!(cli.kinds, [IdKind::UserId]);
         let err = PrefetchCli::try_parse_from(["facefs prefetch", "/mnt", "faces"]).unwrap_err();
-        assert!(err.to_string().contains("give open_id, union_id or user_id"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("give open_id, union_id or user_id"),
+            "{err}"
+        );
     }
 }

@@ -59,22 +59,37 @@ fn a_fragmented_event_arrives_whole_once_and_is_acknowledged() {
     let emu = emulator(small_tenant(10));
     let (connection, recorder) = connect(&emu);
     let server = emu.long_connection();
-    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
     wait_until(Duration::from_secs(10), "a ping", || server.pings() >= 1);
     let open_id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     let message = emu.push_user_updated(&open_id, true, 3).unwrap();
-    assert!(server.wait_for_ack(&message, Duration::from_secs(3)), "acked within 3 s");
+    assert!(
+        server.wait_for_ack(&message, Duration::from_secs(3)),
+        "acked within 3 s"
+    );
     let changes = recorder.changes.lock().clone();
     assert_eq!(changes.len(), 1);
     let user = &emu.tenant().users()[emu.tenant().find(IdKind::OpenId, &open_id).unwrap()];
     assert_eq!(changes[0].open_id.as_deref(), Some(open_id.as_str()));
-    assert_eq!(changes[0].union_id.as_deref(), Some(user.id(IdKind::UnionId)));
+    assert_eq!(
+        changes[0].union_id.as_deref(),
+        Some(user.id(IdKind::UnionId))
+    );
     assert_eq!(changes[0].user_id.as_deref(), Some(user.id(IdKind::UserId)));
     assert_eq!(changes[0].face_uploaded, Some(true));
     let acks = server.acks();
-    assert_eq!(acks.len(), 1, "only the completing fragment is acknowledged");
+    assert_eq!(
+        acks.len(),
+        1,
+        "only the completing fragment is acknowledged"
+    );
     assert_eq!(acks[0].code, Some(200));
-    assert!(acks[0].biz_rt.as_deref().is_some_and(|ms| ms.parse::<u64>().is_ok()));
+    assert!(acks[0]
+        .biz_rt
+        .as_deref()
+        .is_some_and(|ms| ms.parse::<u64>().is_ok()));
 
     // The same event again (a re-push): acknowledged, not done twice.
     let payload = serde_json::json!({
@@ -105,13 +120,21 @@ fn a_dropped_or_silent_connection_is_made_again() {
     }));
     let (connection, recorder) = connect(&emu);
     let server = emu.long_connection();
-    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
     server.drop_clients();
-    wait_until(Duration::from_secs(10), "reconnected", || server.connections() >= 2 && server.clients() == 1);
+    wait_until(Duration::from_secs(10), "reconnected", || {
+        server.connections() >= 2 && server.clients() == 1
+    });
     // A server that stops answering: the watchdog (2 pings + 5 s) ends it.
-    server.answer_pings.store(false, std::sync::atomic::Ordering::SeqCst);
+    server
+        .answer_pings
+        .store(false, std::sync::atomic::Ordering::SeqCst);
     let before = server.connections();
-    wait_until(Duration::from_secs(20), "watchdog reconnect", || server.connections() > before);
+    wait_until(Duration::from_secs(20), "watchdog reconnect", || {
+        server.connections() > before
+    });
     assert!(recorder.ups.lock().contains(&false));
     assert!(connection.status.fatal.lock().is_none());
 }
@@ -121,17 +144,30 @@ fn refusals_that_retrying_cannot_change_end_the_connection_for_good() {
     let emu = emulator(small_tenant(4));
     emu.set_bootstrap_code(Some(1_000_040_344));
     let (connection, _) = connect(&emu);
-    wait_until(Duration::from_secs(10), "fatal", || connection.status.fatal.lock().is_some());
-    assert!(connection.status.fatal.lock().as_deref().unwrap().contains("1000040344"));
+    wait_until(Duration::from_secs(10), "fatal", || {
+        connection.status.fatal.lock().is_some()
+    });
+    assert!(connection
+        .status
+        .fatal
+        .lock()
+        .as_deref()
+        .unwrap()
+        .contains("1000040344"));
 
     emu.set_bootstrap_code(None);
     *emu.long_connection().refusal.lock() = Some(Refusal::TooManyConnections);
     let (connection, _) = connect(&emu);
-    wait_until(Duration::from_secs(10), "fatal", || connection.status.fatal.lock().is_some());
+    wait_until(Duration::from_secs(10), "fatal", || {
+        connection.status.fatal.lock().is_some()
+    });
     let why = connection.status.fatal.lock().clone().unwrap();
     assert!(why.contains("1000040350"), "{why}");
     // The URL's access key and ticket are in no message.
-    assert!(!why.contains("access_key") && !why.contains("ticket-"), "{why}");
+    assert!(
+        !why.contains("access_key") && !why.contains("ticket-"),
+        "{why}"
+    );
 }
 
 #[test]
@@ -142,7 +178,9 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     let emu = emulator(small_tenant(10));
     let mnt = Mount::start(&emu, &["--events", "--ttl", "1h", "--rate-limit", "100"]);
     let server = emu.long_connection();
-    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
     let ids = emu.ids_with_faces(IdKind::OpenId);
     let (who, other) = (&ids[0], &ids[1]);
     let file = mnt.join("open_id").join(face_file_name(who, false));
@@ -155,39 +193,73 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     let new = emu.face(IdKind::OpenId, other, false).unwrap();
     // The emulator sends the event itself, as the service does.
     let replaced = Instant::now();
-    let message = emu.replace_face(IdKind::OpenId, who, false, new.clone()).unwrap();
+    let message = emu
+        .replace_face(IdKind::OpenId, who, false, new.clone())
+        .unwrap();
     assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
-    wait_until(Duration::from_secs(1), "the new bytes", || std::fs::read(&file).ok() == Some(new.clone()));
-    eprintln!("new bytes read {:?} after the replacement", replaced.elapsed());
-    assert_eq!(emu.count(Route::Face), downloads + 1, "downloaded once more, within the TTL");
+    wait_until(Duration::from_secs(1), "the new bytes", || {
+        std::fs::read(&file).ok() == Some(new.clone())
+    });
+    eprintln!(
+        "new bytes read {:?} after the replacement",
+        replaced.elapsed()
+    );
+    assert_eq!(
+        emu.count(Route::Face),
+        downloads + 1,
+        "downloaded once more, within the TTL"
+    );
     // The same face under the user's union_id changes too.
     let user = &emu.tenant().users()[emu.tenant().find(IdKind::OpenId, who).unwrap()];
-    let union = mnt.join("union_id").join(face_file_name(user.id(IdKind::UnionId), false));
-    assert_eq!(std::fs::read(&union).unwrap(), emu.face(IdKind::UnionId, user.id(IdKind::UnionId), false).unwrap());
+    let union = mnt
+        .join("union_id")
+        .join(face_file_name(user.id(IdKind::UnionId), false));
+    assert_eq!(
+        std::fs::read(&union).unwrap(),
+        emu.face(IdKind::UnionId, user.id(IdKind::UnionId), false)
+            .unwrap()
+    );
 
     // face_uploaded false: gone from `ls` at once, without a listing request.
     let name = face_file_name(other, false);
-    assert!(std::fs::read_dir(mnt.join("open_id")).unwrap().flatten().any(|e| e.file_name() == name.as_str()));
+    assert!(std::fs::read_dir(mnt.join("open_id"))
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name() == name.as_str()));
     let lists = emu.count(Route::ListUsers);
     // The face removed in the emulator (which sends face_uploaded: false).
     let message = emu.set_has_face(other, false).unwrap();
     assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
     let listed = |n: &str| {
-        std::fs::read_dir(mnt.join("open_id")).unwrap().flatten().any(|e| e.file_name() == n)
+        std::fs::read_dir(mnt.join("open_id"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name() == n)
     };
-    wait_until(Duration::from_secs(5), "the user gone from ls", || !listed(&name));
+    wait_until(Duration::from_secs(5), "the user gone from ls", || {
+        !listed(&name)
+    });
     let gone = std::fs::read(mnt.join("open_id").join(&name)).unwrap_err();
-    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT), "the API says it is gone");
+    assert_eq!(
+        gone.raw_os_error(),
+        Some(libc::ENOENT),
+        "the API says it is gone"
+    );
     let message = emu.set_has_face(other, true).unwrap();
     assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
-    wait_until(Duration::from_secs(5), "the user back in ls", || listed(&name));
+    wait_until(Duration::from_secs(5), "the user back in ls", || {
+        listed(&name)
+    });
     assert_eq!(emu.count(Route::ListUsers), lists);
     let back = std::fs::read(mnt.join("open_id").join(&name)).unwrap();
     assert_eq!(Some(back), emu.face(IdKind::OpenId, other, false));
 
     let log = mnt.log_text();
     assert!(log.contains("event long connection up"), "{log}");
-    assert!(!log.contains("access_key=") && !log.contains("ticket-"), "the URL's secrets in the log");
+    assert!(
+        !log.contains("access_key=") && !log.contains("ticket-"),
+        "the URL's secrets in the log"
+    );
 }
 
 #[test]
@@ -196,7 +268,9 @@ fn with_two_clients_of_one_app_each_event_reaches_one() {
     let (_a, first) = connect(&emu);
     let (_b, second) = connect(&emu);
     let server = emu.long_connection();
-    wait_until(Duration::from_secs(10), "two clients", || server.clients() == 2);
+    wait_until(Duration::from_secs(10), "two clients", || {
+        server.clients() == 2
+    });
     let open_id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     for _ in 0..10 {
         let message = emu.push_user_updated(&open_id, true, 1).unwrap();
@@ -204,7 +278,10 @@ fn with_two_clients_of_one_app_each_event_reaches_one() {
     }
     let (a, b) = (first.changes.lock().len(), second.changes.lock().len());
     assert_eq!(a + b, 10, "each event once, to one client");
-    assert!(a > 0 && b > 0, "both clients were chosen at times: {a} and {b}");
+    assert!(
+        a > 0 && b > 0,
+        "both clients were chosen at times: {a} and {b}"
+    );
 }
 
 #[test]
@@ -216,12 +293,17 @@ fn an_event_whose_ack_was_lost_is_pushed_again_and_acted_on_once() {
     let server = emu.long_connection();
     *server.repush_after.lock() = Duration::from_millis(300);
     let (_connection, recorder) = connect(&emu);
-    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
     let open_id = emu.ids_with_faces(IdKind::OpenId)[0].clone();
     // The connection dies right behind the event: its ack may never come.
     let message = emu.push_user_updated(&open_id, true, 2).unwrap();
     server.drop_clients();
-    assert!(server.wait_for_ack(&message, Duration::from_secs(10)), "acked on the next connection");
+    assert!(
+        server.wait_for_ack(&message, Duration::from_secs(10)),
+        "acked on the next connection"
+    );
     std::thread::sleep(Duration::from_millis(700));
     assert_eq!(recorder.changes.lock().len(), 1, "acted on once");
 }
@@ -239,7 +321,9 @@ fn twenty_dropped_connections_lose_no_event_and_leak_nothing() {
     }));
     let mnt = Mount::start(&emu, &["--events", "--rate-limit", "100"]);
     let server = emu.long_connection();
-    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
     let pid = mnt.child.as_ref().unwrap().id();
     let (threads, fds) = (
         count_entries(&format!("/proc/{pid}/task")),
@@ -248,9 +332,14 @@ fn twenty_dropped_connections_lose_no_event_and_leak_nothing() {
     let ids = emu.ids_with_faces(IdKind::OpenId);
     let started = Instant::now();
     for i in 0..20 {
-        wait_until(Duration::from_secs(10), "reconnected", || server.clients() == 1);
+        wait_until(Duration::from_secs(10), "reconnected", || {
+            server.clients() == 1
+        });
         let message = emu.push_user_updated(&ids[i % ids.len()], true, 1).unwrap();
-        assert!(server.wait_for_ack(&message, Duration::from_secs(3)), "event {i} acked");
+        assert!(
+            server.wait_for_ack(&message, Duration::from_secs(3)),
+            "event {i} acked"
+        );
         // Half dropped silently, half closed properly.
         if i % 2 == 0 {
             server.drop_clients();
@@ -259,7 +348,9 @@ fn twenty_dropped_connections_lose_no_event_and_leak_nothing() {
         }
         assert!(std::fs::metadata(mnt.path()).is_ok(), "the mount answers");
     }
-    wait_until(Duration::from_secs(10), "reconnected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "reconnected", || {
+        server.clients() == 1
+    });
     eprintln!("20 drops in {:?}", started.elapsed());
     // Threads and descriptors settle back (a bootstrap's HTTP client ends with it).
     std::thread::sleep(Duration::from_millis(500));
@@ -267,7 +358,10 @@ fn twenty_dropped_connections_lose_no_event_and_leak_nothing() {
         count_entries(&format!("/proc/{pid}/task")),
         count_entries(&format!("/proc/{pid}/fd")),
     );
-    assert!(threads_after <= threads, "threads {threads} -> {threads_after}");
+    assert!(
+        threads_after <= threads,
+        "threads {threads} -> {threads_after}"
+    );
     assert!(fds_after <= fds, "descriptors {fds} -> {fds_after}");
     let acted = mnt.log_text().matches("a user's faces changed").count();
     assert_eq!(acted, 20, "each event acted on once");
@@ -283,7 +377,9 @@ fn with_events_repeated_backups_download_each_face_once_whatever_the_ttl() {
     let emu = emulator(small_tenant(30));
     let mnt = Mount::start(&emu, &["--events", "--ttl", "1s", "--rate-limit", "1000"]);
     let server = emu.long_connection();
-    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
     let backup = TempDir::new("backup");
     let src = format!("{}/", mnt.join("open_id").display());
     let files = emu.ids_with_faces(IdKind::OpenId).len() * 2;
@@ -295,7 +391,11 @@ fn with_events_repeated_backups_download_each_face_once_whatever_the_ttl() {
             std::thread::sleep(Duration::from_millis(1100));
         }
     }
-    assert_eq!(emu.count(Route::Face), files, "the first run's downloads and no more");
+    assert_eq!(
+        emu.count(Route::Face),
+        files,
+        "the first run's downloads and no more"
+    );
     assert_eq!(emu.count(Route::ListUsers), 1, "one listing");
 }
 
@@ -309,9 +409,13 @@ fn busy_answers_are_retried_and_a_pong_can_change_the_ping_interval() {
     *server.pong_config.lock() =
         r#"{"ReconnectCount":-1,"ReconnectInterval":1,"ReconnectNonce":1,"PingInterval":1}"#.into();
     let (connection, _) = connect(&emu);
-    wait_until(Duration::from_secs(10), "connected", || server.clients() == 1);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
     // The bootstrap said 30 s; the first pong says 1 s.
-    wait_until(Duration::from_secs(6), "pings every second", || server.pings() >= 4);
+    wait_until(Duration::from_secs(6), "pings every second", || {
+        server.pings() >= 4
+    });
 
     // Busy bootstraps (1, 1000040343) and a retryable handshake refusal:
     // each retried on the server's schedule, then connected again.
@@ -326,12 +430,16 @@ fn busy_answers_are_retried_and_a_pong_can_change_the_ping_interval() {
         assert_eq!(server.connections(), before, "connected while refused");
         emu.set_bootstrap_code(None);
         *server.refusal.lock() = None;
-        wait_until(Duration::from_secs(10), "connected again", || server.connections() > before);
+        wait_until(Duration::from_secs(10), "connected again", || {
+            server.connections() > before
+        });
     }
     assert!(connection.status.fatal.lock().is_none());
 
     // A handshake answered 403 (a banned app) ends it for good.
     *server.refusal.lock() = Some(Refusal::Forbidden);
     server.drop_clients();
-    wait_until(Duration::from_secs(10), "fatal", || connection.status.fatal.lock().is_some());
+    wait_until(Duration::from_secs(10), "fatal", || {
+        connection.status.fatal.lock().is_some()
+    });
 }

@@ -19,7 +19,11 @@ fn stored_faces(cache_dir: &Path) -> Vec<PathBuf> {
         return files;
     };
     for tenant in tenants.flatten() {
-        for prefix in std::fs::read_dir(tenant.path().join("faces")).into_iter().flatten().flatten() {
+        for prefix in std::fs::read_dir(tenant.path().join("faces"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             for file in std::fs::read_dir(prefix.path()).unwrap().flatten() {
                 files.push(file.path());
             }
@@ -40,7 +44,12 @@ fn listing_file(cache_dir: &Path, kind: IdKind) -> PathBuf {
 }
 
 fn mount_with_store(emu: &Emulator, cache_dir: &Path, extra: &[&str]) -> Mount {
-    let mut args = vec!["--rate-limit", "500", "--cache-dir", cache_dir.to_str().unwrap()];
+    let mut args = vec![
+        "--rate-limit",
+        "500",
+        "--cache-dir",
+        cache_dir.to_str().unwrap(),
+    ];
     args.extend_from_slice(extra);
     Mount::start(emu, &args)
 }
@@ -52,7 +61,11 @@ fn read_and_check_all(emu: &Emulator, mnt: &Mount, kind: IdKind) {
         for cropped in [false, true] {
             let path = mnt.join(kind.as_str()).join(face_file_name(&id, cropped));
             let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            assert!(Some(bytes) == emu.face(kind, &id, cropped), "{} differs", path.display());
+            assert!(
+                Some(bytes) == emu.face(kind, &id, cropped),
+                "{} differs",
+                path.display()
+            );
         }
     }
 }
@@ -61,7 +74,11 @@ fn read_and_check_all(emu: &Emulator, mnt: &Mount, kind: IdKind) {
 fn wait_for_scan(mnt: &Mount) {
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !mnt.log_text().contains("scanned in") {
-        assert!(std::time::Instant::now() < deadline, "no scan:\n{}", mnt.log_text());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scan:\n{}",
+            mnt.log_text()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -139,7 +156,11 @@ fn damaged_entries_are_downloaded_again_and_never_served() {
     older[7] = b'0';
     std::fs::write(&files[5], older).unwrap();
     // And the listing, garbled.
-    std::fs::write(listing_file(cache.path(), IdKind::OpenId), b"facefsL1\x00\x01").unwrap();
+    std::fs::write(
+        listing_file(cache.path(), IdKind::OpenId),
+        b"facefsL1\x00\x01",
+    )
+    .unwrap();
     let lists = emu.count(Route::ListUsers);
 
     let mnt = mount_with_store(&emu, cache.path(), &[]);
@@ -153,8 +174,15 @@ fn damaged_entries_are_downloaded_again_and_never_served() {
         "exactly the six damaged faces were downloaded again"
     );
     let log = mnt.log_text();
-    assert_eq!(log.matches("discarding the stored open_id face").count(), 6, "{log}");
-    assert!(log.contains("discarding the stored open_id listing"), "{log}");
+    assert_eq!(
+        log.matches("discarding the stored open_id face").count(),
+        6,
+        "{log}"
+    );
+    assert!(
+        log.contains("discarding the stored open_id listing"),
+        "{log}"
+    );
 }
 
 #[test]
@@ -190,17 +218,26 @@ fn kill_9_in_the_middle_of_a_backup_leaves_nothing_wrong_behind() {
         .iter()
         .filter(|p| p.extension().is_none())
         .count();
-    assert!(stored_before > 0 && stored_before < files, "{stored_before} of {files}");
+    assert!(
+        stored_before > 0 && stored_before < files,
+        "{stored_before} of {files}"
+    );
     let downloads = emu.count(Route::Face);
 
     let mnt = mount_with_store(&emu, cache.path(), &[]);
     read_and_check_all(&emu, &mnt, IdKind::UserId);
     wait_for_scan(&mnt);
     let again = emu.count(Route::Face) - downloads;
-    assert_eq!(again, files - stored_before, "what was stored whole is served from the store");
+    assert_eq!(
+        again,
+        files - stored_before,
+        "what was stored whole is served from the store"
+    );
     // The scan removed whatever the killed process left half-written.
     assert!(
-        !stored_faces(cache.path()).iter().any(|p| p.extension().is_some()),
+        !stored_faces(cache.path())
+            .iter()
+            .any(|p| p.extension().is_some()),
         "{:?}",
         stored_faces(cache.path())
     );
@@ -229,17 +266,33 @@ fn during_an_outage_stored_faces_are_served_but_rsync_delete_deletes_nothing() {
     let mnt = mount_with_store(&emu, cache.path(), &stale_at_once);
     emu.set_outage(true);
     let served = std::fs::read(mnt.join("open_id").join(&file)).unwrap();
-    assert!(Some(served) == emu.face(IdKind::OpenId, &id, false), "the stored bytes");
+    assert!(
+        Some(served) == emu.face(IdKind::OpenId, &id, false),
+        "the stored bytes"
+    );
     let src = format!("{}/", mnt.join("open_id").display());
     let out = rsync(&src, backup.path(), &["--delete"]);
     assert!(!out.status.success(), "a listing is never served stale");
-    assert_eq!(std::fs::read_dir(backup.path()).unwrap().count(), before, "nothing deleted");
-    assert!(mnt.log_text().contains("serving faces up to 3days past their TTL"), "{}", mnt.log_text());
+    assert_eq!(
+        std::fs::read_dir(backup.path()).unwrap().count(),
+        before,
+        "nothing deleted"
+    );
+    assert!(
+        mnt.log_text()
+            .contains("serving faces up to 3days past their TTL"),
+        "{}",
+        mnt.log_text()
+    );
     drop(mnt);
 
     // With --max-stale 0 the same read is EIO.
     emu.set_outage(false);
-    let strict = mount_with_store(&emu, cache.path(), &[&stale_at_once[..], &["--max-stale", "0s"]].concat());
+    let strict = mount_with_store(
+        &emu,
+        cache.path(),
+        &[&stale_at_once[..], &["--max-stale", "0s"]].concat(),
+    );
     emu.set_outage(true);
     let err = std::fs::read(strict.join("open_id").join(&file)).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO));
@@ -306,7 +359,10 @@ fn the_store_stays_within_its_size() {
             std::fs::metadata(p).unwrap().blocks() * 512
         })
         .sum();
-    assert!(used > 0 && used <= limit, "{used} bytes stored, limit {limit}");
+    assert!(
+        used > 0 && used <= limit,
+        "{used} bytes stored, limit {limit}"
+    );
     let metrics_free = mnt.log_text();
     assert!(!metrics_free.contains("cannot store"), "{metrics_free}");
 }
@@ -332,7 +388,10 @@ fn prefetch_fills_the_store_resumes_and_lists_what_failed() {
         let out = prefetch(&mnt, &["open_id"]);
         assert!(out.status.success(), "{}\n{}", stderr(&out), mnt.log_text());
         let report = stderr(&out);
-        assert!(report.contains(&format!("{files} of {files} faces read")), "{report}");
+        assert!(
+            report.contains(&format!("{files} of {files} faces read")),
+            "{report}"
+        );
         assert_eq!(emu.count(Route::Face), files);
         assert_eq!(stored_faces(cache.path()).len(), files);
         // Run again: everything is fresh, nothing is downloaded.
@@ -362,7 +421,11 @@ fn prefetch_fills_the_store_resumes_and_lists_what_failed() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("is not a facefs mount; mount it first"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("is not a facefs mount; mount it first"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -372,7 +435,15 @@ fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {
     let cache = TempDir::new("store");
     let files = emu.ids_with_faces(IdKind::UserId).len() * 2;
     // Slow enough that the interrupt comes in the middle.
-    let mnt = Mount::start(&emu, &["--rate-limit", "20", "--cache-dir", cache.path().to_str().unwrap()]);
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--rate-limit",
+            "20",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
+    );
     let mut run = std::process::Command::new(FACEFS)
         .arg("prefetch")
         .arg(mnt.path())
@@ -396,7 +467,11 @@ fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {
 
     let out = prefetch(&mnt, &["user_id"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(emu.count(Route::Face), files, "each face downloaded once over both runs");
+    assert_eq!(
+        emu.count(Route::Face),
+        files,
+        "each face downloaded once over both runs"
+    );
 }
 
 #[test]
@@ -407,7 +482,17 @@ fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {
 fn the_store_never_takes_the_last_5_percent_of_its_file_system() {
     let emu = emulator(small_tenant(20));
     let fs_dir = TempDir::new("small-fs");
-    let ok = run("mount", &[&"-t", &"tmpfs", &"-o", &"size=4m,mode=0700", &"tmpfs", &fs_dir.path()]);
+    let ok = run(
+        "mount",
+        &[
+            &"-t",
+            &"tmpfs",
+            &"-o",
+            &"size=4m,mode=0700",
+            &"tmpfs",
+            &fs_dir.path(),
+        ],
+    );
     assert!(ok.status.success(), "{}", stderr(&ok));
     let _unmount = Unmount(fs_dir.path());
     // Leave about 300 KiB of the 4 MiB free: room for a few faces above the
@@ -440,7 +525,10 @@ fn nix_statvfs(path: &Path) -> (u64, u64) {
         assert_eq!(libc::statvfs(c.as_ptr(), &mut stats), 0);
         stats
     };
-    (stats.f_bavail * stats.f_frsize, stats.f_blocks * stats.f_frsize)
+    (
+        stats.f_bavail * stats.f_frsize,
+        stats.f_blocks * stats.f_frsize,
+    )
 }
 
 #[test]

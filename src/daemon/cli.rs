@@ -299,7 +299,11 @@ impl Cli {
             max_stale: self.max_stale,
             events: self.events,
             // Without the connection nothing vouches for longer than --ttl.
-            ttl_with_events: if self.events { self.ttl_with_events.max(self.ttl) } else { self.ttl },
+            ttl_with_events: if self.events {
+                self.ttl_with_events.max(self.ttl)
+            } else {
+                self.ttl
+            },
             request_timeout: self.request_timeout,
             retry_budget: self.retry_budget,
             rate_limit: self.rate_limit,

@@ -28,14 +28,14 @@ use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::secret::Secret;
 use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
-use crate::emulator::{Emulator, EmulatorConfig};
-use crate::fs::store::{FaceStore, StoreConfig};
-use crate::metrics::METRICS;
 use crate::api::IdKind;
+use crate::emulator::{Emulator, EmulatorConfig};
 use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use crate::events::message::UserChange;
+use crate::fs::store::{FaceStore, StoreConfig};
 use crate::fs::{FaceFs, FsConfig, Invalidation, ROOT_INO};
 use crate::fuse::FuseAdapter;
+use crate::metrics::METRICS;
 use crate::sync::byte_budget::ByteBudget;
 
 /// How long the new mount has to answer its first `stat`.
@@ -335,17 +335,15 @@ impl KernelSink {
                     for forget in batch {
                         // ENOENT: the kernel did not hold it, nothing to forget.
                         let _ = match forget {
-                            Invalidation::Entry { parent, name } => notifier
-                                .inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name)),
+                            Invalidation::Entry { parent, name } => {
+                                notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name))
+                            }
                             Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
                         };
                     }
                 }
             })?;
-        Ok(KernelSink {
-            core,
-            kernel: tx,
-        })
+        Ok(KernelSink { core, kernel: tx })
     }
 }
 

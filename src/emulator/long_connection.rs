@@ -144,7 +144,10 @@ impl LongConnection {
     pub fn issue_url(&self) -> String {
         let n = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
         let (key, ticket) = (format!("ak{n:08x}secret"), format!("ticket-{n:08x}"));
-        self.shared.tickets.lock().insert((key.clone(), ticket.clone()));
+        self.shared
+            .tickets
+            .lock()
+            .insert((key.clone(), ticket.clone()));
         format!(
             "ws://{}/ws/v2?fpid=493&aid=552564&device_id=emu{n}&access_key={key}&service_id={SERVICE_ID}&ticket={ticket}",
             self.addr
@@ -196,7 +199,13 @@ impl Shared {
     /// Sends `payload` to one connected client chosen at random, in
     /// `fragments` data frames (sent last to first when `reversed`);
     /// returns the message id, or `None` with no client connected.
-    pub fn push(&self, payload: &[u8], fragments: usize, reversed: bool, pick: f64) -> Option<String> {
+    pub fn push(
+        &self,
+        payload: &[u8],
+        fragments: usize,
+        reversed: bool,
+        pick: f64,
+    ) -> Option<String> {
         let n = self.next_id.fetch_add(1, Ordering::SeqCst);
         let message_id = format!("msg-{n}");
         let fragments = fragments.clamp(1, payload.len().max(1));
@@ -256,7 +265,12 @@ impl Shared {
     /// connected then (not necessarily the one that lost it).
     fn repush_due(&self) {
         let now = Instant::now();
-        let acked: HashSet<String> = self.acks.lock().iter().map(|a| a.message_id.clone()).collect();
+        let acked: HashSet<String> = self
+            .acks
+            .lock()
+            .iter()
+            .map(|a| a.message_id.clone())
+            .collect();
         let mut unacked = self.unacked.lock();
         unacked.retain(|u| u.left > 0 && !acked.contains(&u.message_id));
         let clients = self.clients.lock();
@@ -289,6 +303,8 @@ impl Shared {
     }
 }
 
+// The handshake callback's type is tungstenite's, large error and all.
+#[allow(clippy::result_large_err)]
 fn serve(stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
     let check = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
         let query = request.uri().query().unwrap_or("");
@@ -315,7 +331,10 @@ fn serve(stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
             Some(Refusal::AuthRetry) => return Err(refuse("514", Some("1"))),
             None => {}
         }
-        let pair = (param("access_key").unwrap_or_default(), param("ticket").unwrap_or_default());
+        let pair = (
+            param("access_key").unwrap_or_default(),
+            param("ticket").unwrap_or_default(),
+        );
         if request.uri().path() != "/ws/v2" || !shared.tickets.lock().remove(&pair) {
             return Err(refuse("514", Some("1000040344")));
         }
@@ -335,7 +354,12 @@ fn serve(stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
     shared.clients.lock().retain(|(c, _)| *c != id);
 }
 
-fn run(socket: &mut WebSocket<TcpStream>, shared: &Shared, stop: &AtomicBool, outgoing: &Receiver<Outgoing>) {
+fn run(
+    socket: &mut WebSocket<TcpStream>,
+    shared: &Shared,
+    stop: &AtomicBool,
+    outgoing: &Receiver<Outgoing>,
+) {
     while !stop.load(Ordering::SeqCst) {
         while let Ok(out) = outgoing.try_recv() {
             match out {
@@ -370,7 +394,10 @@ fn run(socket: &mut WebSocket<TcpStream>, shared: &Shared, stop: &AtomicBool, ou
                     if !config.is_empty() {
                         pong.payload = Some(config.into_bytes());
                     }
-                    if socket.send(Message::Binary(pong.to_bytes().into())).is_err() {
+                    if socket
+                        .send(Message::Binary(pong.to_bytes().into()))
+                        .is_err()
+                    {
                         return;
                     }
                 } else if frame.method == frame::DATA {
@@ -380,7 +407,10 @@ fn run(socket: &mut WebSocket<TcpStream>, shared: &Shared, stop: &AtomicBool, ou
                         .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
                         .and_then(|v| v.get("code").and_then(|c| c.as_i64()));
                     shared.acks.lock().push(Ack {
-                        message_id: frame.header(frame::MESSAGE_ID).unwrap_or_default().to_owned(),
+                        message_id: frame
+                            .header(frame::MESSAGE_ID)
+                            .unwrap_or_default()
+                            .to_owned(),
                         code,
                         biz_rt: frame.header(frame::BIZ_RT).map(str::to_owned),
                     });
@@ -390,7 +420,10 @@ fn run(socket: &mut WebSocket<TcpStream>, shared: &Shared, stop: &AtomicBool, ou
             Ok(Message::Close(_)) => return,
             Ok(_) => {}
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
             Err(_) => return,
         }
     }

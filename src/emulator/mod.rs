@@ -340,7 +340,10 @@ impl Emulator {
     /// Enrols (`true`) or removes the face of the user with this open_id;
     /// with an event client connected, the event follows.
     pub fn set_has_face(&self, open_id: &str, has_face: bool) -> Option<String> {
-        let i = self.tenant().find(IdKind::OpenId, open_id).expect("no such user");
+        let i = self
+            .tenant()
+            .find(IdKind::OpenId, open_id)
+            .expect("no such user");
         self.tenant().set_has_face(i, has_face);
         self.push_user_updated(open_id, has_face, 1)
     }
@@ -349,7 +352,13 @@ impl Emulator {
     /// a face), as after a re-enrolment.
     /// With an event client connected, `acs.user.updated_v1` follows, as the
     /// service sends it (the id of the message it went in is returned).
-    pub fn replace_face(&self, kind: IdKind, id: &str, cropped: bool, bytes: Vec<u8>) -> Option<String> {
+    pub fn replace_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        cropped: bool,
+        bytes: Vec<u8>,
+    ) -> Option<String> {
         let i = self.tenant().find(kind, id).expect("no such user");
         self.tenant().replace_face(i, cropped, bytes);
         let open_id = self.tenant().users()[i].id(IdKind::OpenId).to_owned();
@@ -375,8 +384,14 @@ impl Emulator {
     /// Sends an `acs.user.updated_v1` event for the user with this open_id
     /// to one connected client, in `fragments` frames; the message id, or
     /// `None` if no client is connected.
-    pub fn push_user_updated(&self, open_id: &str, face_uploaded: bool, fragments: usize) -> Option<String> {
-        self.state.push_user_updated(open_id, face_uploaded, fragments)
+    pub fn push_user_updated(
+        &self,
+        open_id: &str,
+        face_uploaded: bool,
+        fragments: usize,
+    ) -> Option<String> {
+        self.state
+            .push_user_updated(open_id, face_uploaded, fragments)
     }
 
     /// Sends any event payload to one connected client.
@@ -471,7 +486,12 @@ impl State {
         }
     }
 
-    fn push_user_updated(&self, open_id: &str, face_uploaded: bool, fragments: usize) -> Option<String> {
+    fn push_user_updated(
+        &self,
+        open_id: &str,
+        face_uploaded: bool,
+        fragments: usize,
+    ) -> Option<String> {
         let i = self.tenant.find(IdKind::OpenId, open_id)?;
         let user = &self.tenant.users()[i];
         let n = self.serial.fetch_add(1, Ordering::Relaxed);
@@ -500,7 +520,9 @@ impl State {
 
     fn push_event(&self, payload: &[u8], fragments: usize) -> Option<String> {
         let pick = self.random();
-        self.long_connection.shared.push(payload, fragments, fragments > 1, pick)
+        self.long_connection
+            .shared
+            .push(payload, fragments, fragments > 1, pick)
     }
 
     fn lock_log(&self) -> parking_lot::MutexGuard<'_, Vec<LoggedRequest>> {
@@ -630,14 +652,20 @@ impl State {
             return Response::json(200, &json!({ "code": 1000040345, "msg": "invalid param" }));
         };
         if body.app_id != self.config.app_id || body.app_secret != self.config.app_secret {
-            return Response::json(200, &json!({ "code": 1000040344, "msg": "app auth failed" }));
+            return Response::json(
+                200,
+                &json!({ "code": 1000040344, "msg": "app auth failed" }),
+            );
         }
         let (code, config) = {
             let behaviour = self.behave();
             (behaviour.bootstrap_code, behaviour.client_config.clone())
         };
         if let Some(code) = code {
-            return Response::json(200, &json!({ "code": code, "msg": "refused by the emulator" }));
+            return Response::json(
+                200,
+                &json!({ "code": code, "msg": "refused by the emulator" }),
+            );
         }
         let config = config.unwrap_or_else(|| {
             json!({ "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 2 })
@@ -746,7 +774,8 @@ impl State {
                 };
                 if route == Route::GetUser {
                     let user = &self.tenant.users()[i];
-                    let feature = json!({ "card": user.card, "face_uploaded": self.tenant.has_face(i) });
+                    let feature =
+                        json!({ "card": user.card, "face_uploaded": self.tenant.has_face(i) });
                     return ok(json!({ "user": { "user_id": user.id(kind), "feature": feature } }));
                 }
                 let cropped = match param("is_cropped").map(parse_bool) {
@@ -810,7 +839,12 @@ impl State {
             // `?open_id=A&from=B`: A's face becomes B's, and the event goes out.
             ("POST", "/_emulator/replace-face") => {
                 let query = req.query_pairs().unwrap_or_default();
-                let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+                let param = |name: &str| {
+                    query
+                        .iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| v.clone())
+                };
                 let (Some(target), Some(from)) = (param("open_id"), param("from")) else {
                     return error(400, codes::INVALID_PARAM, "give open_id and from");
                 };
@@ -824,7 +858,10 @@ impl State {
                     return error(404, codes::FACE_NOT_FOUND, "no face to copy");
                 };
                 self.tenant.replace_face(i, false, bytes.to_vec());
-                Response::json(200, &json!({ "message_id": self.push_user_updated(&target, true, 1) }))
+                Response::json(
+                    200,
+                    &json!({ "message_id": self.push_user_updated(&target, true, 1) }),
+                )
             }
             ("POST", "/_emulator/expire-tokens") => {
                 self.expire_tokens();

@@ -138,8 +138,14 @@ impl Tenant {
 
     /// Whether user `i` has a face enrolled now.
     pub fn has_face(&self, i: usize) -> bool {
-        let Some(user) = self.users.get(i) else { return false };
-        self.enrolled.lock().get(&i).copied().unwrap_or(user.has_face)
+        let Some(user) = self.users.get(i) else {
+            return false;
+        };
+        self.enrolled
+            .lock()
+            .get(&i)
+            .copied()
+            .unwrap_or(user.has_face)
     }
 
     /// Enrols or removes user `i`'s face.

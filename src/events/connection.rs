@@ -101,7 +101,10 @@ enum Ended {
     Stopped,
     /// Worth another try later; `connected` says whether it got as far as
     /// a working connection (which restarts the reconnect count).
-    Retry { why: String, connected: bool },
+    Retry {
+        why: String,
+        connected: bool,
+    },
     /// A refusal that retrying will not change.
     Fatal(String),
 }
@@ -124,7 +127,10 @@ pub struct EventConnection {
 }
 
 impl EventConnection {
-    pub fn start(config: EventsConfig, sink: Arc<dyn ChangeSink>) -> std::io::Result<EventConnection> {
+    pub fn start(
+        config: EventsConfig,
+        sink: Arc<dyn ChangeSink>,
+    ) -> std::io::Result<EventConnection> {
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(ConnectionStatus::default());
         let (thread_stop, thread_status) = (stop.clone(), status.clone());
@@ -192,7 +198,9 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
         match ended {
             Ended::Stopped => return,
             Ended::Fatal(why) => {
-                log::error!("the event long connection gave up: {why}; facefs goes on with --ttl alone");
+                log::error!(
+                    "the event long connection gave up: {why}; facefs goes on with --ttl alone"
+                );
                 METRICS.event_connection_fatal();
                 *status.fatal.lock() = Some(why);
                 return;
@@ -204,7 +212,9 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                 failures += 1;
                 if schedule.reconnect_count >= 0 && failures > schedule.reconnect_count.max(1) {
                     let why = format!("{why}; no connection after {} tries", failures - 1);
-                    log::error!("the event long connection gave up: {why}; facefs goes on with --ttl alone");
+                    log::error!(
+                        "the event long connection gave up: {why}; facefs goes on with --ttl alone"
+                    );
                     METRICS.event_connection_fatal();
                     *status.fatal.lock() = Some(why);
                     return;
@@ -215,7 +225,9 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                 } else {
                     schedule.reconnect_interval
                 };
-                log::warn!("the event long connection is down ({why}); connecting again in {wait:?}");
+                log::warn!(
+                    "the event long connection is down ({why}); connecting again in {wait:?}"
+                );
                 if !pause(wait, stop) {
                     return;
                 }
@@ -240,7 +252,8 @@ fn bootstrap(config: &EventsConfig, schedule: &mut Schedule) -> Result<reqwest::
         .base_url
         .join("/callback/ws/endpoint")
         .map_err(|e| Ended::Fatal(format!("no bootstrap URL: {e}")))?;
-    let body = serde_json::json!({ "AppID": config.app_id, "AppSecret": config.app_secret.expose() });
+    let body =
+        serde_json::json!({ "AppID": config.app_id, "AppSecret": config.app_secret.expose() });
     let answer = client
         .post(endpoint)
         .header("locale", "zh")
@@ -249,7 +262,10 @@ fn bootstrap(config: &EventsConfig, schedule: &mut Schedule) -> Result<reqwest::
         .send()
         .map_err(|e| retry(format!("the bootstrap request failed: {}", e.without_url())))?;
     if answer.status() != reqwest::StatusCode::OK {
-        return Err(retry(format!("the bootstrap answered HTTP {}", answer.status())));
+        return Err(retry(format!(
+            "the bootstrap answered HTTP {}",
+            answer.status()
+        )));
     }
     let value: serde_json::Value = answer
         .bytes()
@@ -414,7 +430,10 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
         let message = match socket.read() {
             Ok(message) => message,
             Err(tungstenite::Error::Io(e))
-                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
             {
                 // Pongs to the server's WebSocket pings go out on a flush.
                 let _ = socket.flush();
@@ -482,7 +501,10 @@ fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, status: 
                 sink.user_changed(&change);
             } else {
                 METRICS.event_duplicate();
-                log::debug!("event {} again: acknowledged, already done", change.event_id);
+                log::debug!(
+                    "event {} again: acknowledged, already done",
+                    change.event_id
+                );
             }
         }
         Ok(Event::Other { event_type, .. }) => {
@@ -518,7 +540,11 @@ mod tests {
         s.apply(&serde_json::json!({"PingInterval": 90, "ReconnectCount": 3, "ReconnectInterval": 0, "ReconnectNonce": "x"}));
         assert_eq!(s.ping_interval, Duration::from_secs(90));
         assert_eq!(s.reconnect_count, 3);
-        assert_eq!(s.reconnect_interval, Duration::from_secs(120), "0 s is nonsense");
+        assert_eq!(
+            s.reconnect_interval,
+            Duration::from_secs(120),
+            "0 s is nonsense"
+        );
         assert_eq!(s.reconnect_nonce, Duration::from_secs(30));
         assert_eq!(s.watchdog(), Duration::from_secs(185));
     }

@@ -152,7 +152,10 @@ mod tests {
             ..Frame::default()
         };
         let ack = Frame::from_bytes(&event.ack(2).to_bytes()).unwrap();
-        assert_eq!((ack.seq_id, ack.log_id, ack.service, ack.method), (7, 9, 3, DATA));
+        assert_eq!(
+            (ack.seq_id, ack.log_id, ack.service, ack.method),
+            (7, 9, 3, DATA)
+        );
         assert_eq!(ack.header(MESSAGE_ID), Some("m1"));
         assert_eq!(ack.header(BIZ_RT), Some("2"));
         assert_eq!(ack.payload.as_deref(), Some(&br#"{"code":200}"#[..]));

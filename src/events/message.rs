@@ -33,7 +33,10 @@ pub struct UserChange {
 pub enum Event {
     UserChanged(UserChange),
     /// Any other event type: acknowledged, nothing done.
-    Other { event_type: String, event_id: String },
+    Other {
+        event_type: String,
+        event_id: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -107,7 +110,14 @@ impl Fragments {
     /// Adds fragment `seq` of `sum`; the whole message once every fragment
     /// is in. Fragments that cannot belong to a message (`seq` ≥ `sum`, a
     /// `sum` that changed, too many or too large) end that message.
-    pub fn add(&mut self, id: &str, sum: usize, seq: usize, bytes: Vec<u8>, now: Instant) -> Option<Vec<u8>> {
+    pub fn add(
+        &mut self,
+        id: &str,
+        sum: usize,
+        seq: usize,
+        bytes: Vec<u8>,
+        now: Instant,
+    ) -> Option<Vec<u8>> {
         self.partial
             .retain(|_, p| now.saturating_duration_since(p.touched) < FRAGMENT_TTL);
         if sum <= 1 {
@@ -120,11 +130,14 @@ impl Fragments {
         if !self.partial.contains_key(id) && self.partial.len() >= MAX_PARTIAL_MESSAGES {
             return None;
         }
-        let partial = self.partial.entry(id.to_owned()).or_insert_with(|| Partial {
-            parts: vec![None; sum],
-            bytes: 0,
-            touched: now,
-        });
+        let partial = self
+            .partial
+            .entry(id.to_owned())
+            .or_insert_with(|| Partial {
+                parts: vec![None; sum],
+                bytes: 0,
+                touched: now,
+            });
         if partial.parts.len() != sum {
             self.partial.remove(id);
             return None;
@@ -195,7 +208,10 @@ mod tests {
     fn fragments_join_in_order_whatever_order_they_come_in() {
         let now = Instant::now();
         let mut f = Fragments::default();
-        assert_eq!(f.add("m", 1, 0, b"whole".to_vec(), now), Some(b"whole".to_vec()));
+        assert_eq!(
+            f.add("m", 1, 0, b"whole".to_vec(), now),
+            Some(b"whole".to_vec())
+        );
         assert_eq!(f.add("m", 3, 2, b"c".to_vec(), now), None);
         assert_eq!(f.add("m", 3, 0, b"a".to_vec(), now), None);
         assert_eq!(f.add("m", 3, 1, b"b".to_vec(), now), Some(b"abc".to_vec()));

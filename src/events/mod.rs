@@ -5,6 +5,6 @@
 //! - [`frame`]: the `pbbp2` protobuf frames;
 //! - [`message`]: fragments, the event JSON, duplicate event ids.
 
+pub mod connection;
 pub mod frame;
 pub mod message;
-pub mod connection;

@@ -102,7 +102,9 @@ impl Listing {
     /// This listing without `id` (`None` if it is not listed).
     pub fn without(&self, id: &str) -> Option<Listing> {
         let gone = self.position(id)?;
-        let ids = (0..self.len()).filter(|i| *i != gone).map(|i| self.id(i).to_owned());
+        let ids = (0..self.len())
+            .filter(|i| *i != gone)
+            .map(|i| self.id(i).to_owned());
         Some(Listing::new(ids.collect(), self.fetched_at))
     }
 

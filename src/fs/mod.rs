@@ -688,7 +688,6 @@ impl FaceFs {
         Ok(self.load_face(key, fetch)?.meta())
     }
 
-
     /// The attributes of a face, numbering its inode for the kernel.
     fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {
         let meta = self.face_meta(key, fetch)?;
@@ -707,7 +706,10 @@ impl FaceFs {
         }
         if fetch == Fetch::Never {
             // The store, on the kernel's thread, only from the page cache.
-            let stored = self.store.as_ref().and_then(|s| s.face_now(key, |at| self.fresh(at)));
+            let stored = self
+                .store
+                .as_ref()
+                .and_then(|s| s.face_now(key, |at| self.fresh(at)));
             if let Some(face) = stored.map(Arc::new) {
                 METRICS.cache(true);
                 self.keep_in_memory(key, face.clone());
@@ -731,23 +733,30 @@ impl FaceFs {
     fn refresh(&self, key: &FaceKey) -> Result<Arc<Face>, FsError> {
         let mut stale = self.faces.get(key);
         if let Some(store) = &self.store {
-            let stored = store
-                .face(key)
-                .map_err(|message| err!(libc::EIO, "reading a stored {} face: {message}", key.kind))?;
+            let stored = store.face(key).map_err(|message| {
+                err!(libc::EIO, "reading a stored {} face: {message}", key.kind)
+            })?;
             if let Some(face) = stored.map(Arc::new) {
                 if self.fresh(face.fetched_at) {
                     METRICS.cache(true);
                     self.keep_in_memory(key, face.clone());
                     return Ok(face);
                 }
-                if stale.as_ref().is_none_or(|m| m.fetched_at < face.fetched_at) {
+                if stale
+                    .as_ref()
+                    .is_none_or(|m| m.fetched_at < face.fetched_at)
+                {
                     stale = Some(face);
                 }
             }
         }
         let stale = stale.filter(|f| self.servable_stale(f));
         if let Some(face) = &stale {
-            if self.outage_until.lock().is_some_and(|until| self.now() < until) {
+            if self
+                .outage_until
+                .lock()
+                .is_some_and(|until| self.now() < until)
+            {
                 return Ok(self.serve_stale(key, face.clone()));
             }
         }
@@ -796,7 +805,8 @@ impl FaceFs {
     /// A face now known good: for `stat`, in memory.
     fn keep_in_memory(&self, key: &FaceKey, face: Arc<Face>) {
         self.inodes.lock().confirm(key, face.meta());
-        self.faces.insert(key.clone(), face.clone(), face.bytes.len() as u64);
+        self.faces
+            .insert(key.clone(), face.clone(), face.bytes.len() as u64);
     }
 
     fn download(&self, key: &FaceKey) -> Result<Arc<Face>, ApiError> {
@@ -809,7 +819,9 @@ impl FaceFs {
         } else {
             Priority::Probe
         };
-        let bytes = self.api.get_face(key.kind, &key.id, key.cropped, priority)?;
+        let bytes = self
+            .api
+            .get_face(key.kind, &key.id, key.cropped, priority)?;
         let face = Arc::new(Face::new(bytes, self.clock.wall()));
         self.keep_in_memory(key, face.clone());
         if let Some(store) = &self.store {
@@ -840,7 +852,11 @@ impl FaceFs {
     /// expires, and the listings gain or lose the user as `face_uploaded`
     /// says. Returns what the kernel must forget. Ids the event does not
     /// name (`user_id` without its field scope) stay until their TTL.
-    pub fn user_changed(&self, ids: &[(IdKind, &str)], face_uploaded: Option<bool>) -> Vec<Invalidation> {
+    pub fn user_changed(
+        &self,
+        ids: &[(IdKind, &str)],
+        face_uploaded: Option<bool>,
+    ) -> Vec<Invalidation> {
         let mut forget = Vec::new();
         for (kind, id) in ids {
             for cropped in [false, true] {
@@ -864,10 +880,18 @@ impl FaceFs {
                     forget.push(Invalidation::Inode(ino));
                 }
             }
-            let Some(listed) = face_uploaded else { continue };
+            let Some(listed) = face_uploaded else {
+                continue;
+            };
             let mut listings = self.listings.lock();
-            let Some(listing) = listings.get(kind) else { continue };
-            let changed = if listed { listing.with(id) } else { listing.without(id) };
+            let Some(listing) = listings.get(kind) else {
+                continue;
+            };
+            let changed = if listed {
+                listing.with(id)
+            } else {
+                listing.without(id)
+            };
             if let Some(changed) = changed.map(Arc::new) {
                 if let Some(store) = &self.store {
                     store.put_listing(*kind, &changed);

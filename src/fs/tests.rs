@@ -615,7 +615,7 @@ fn a_face_being_read_is_not_downloaded_again_when_evicted() {
         "the reads in progress kept their faces"
     );
     assert!(
-        fs.reading.lock().pins.get(&a.ino).is_none(),
+        !fs.reading.lock().pins.contains_key(&a.ino),
         "unpinned once all was read"
     );
 }
@@ -821,17 +821,28 @@ mod with_a_store {
         let second = mount(&api, &dir, &clock);
         assert_eq!(names(&second, dir_ino(IdKind::OpenId)), listed);
         let again = look(&second, "ou_a.jpg").unwrap();
-        assert_eq!(stable(again.clone()), stable(attr), "same inode, size and mtime");
+        assert_eq!(
+            stable(again.clone()),
+            stable(attr),
+            "same inode, size and mtime"
+        );
         assert_eq!(read_all(&second, again.ino), vec![1; 100]);
         assert_eq!(requests(&api), asked, "the store answered everything");
         // What is left of the TTL (the store keeps milliseconds) is what
         // the kernel may cache it for.
         let left = again.valid_for;
-        assert!(left <= TTL / 2 && left > TTL / 2 - Duration::from_millis(1), "{left:?}");
+        assert!(
+            left <= TTL / 2 && left > TTL / 2 - Duration::from_millis(1),
+            "{left:?}"
+        );
 
         clock.advance(TTL / 2);
         look(&second, "ou_a.jpg").unwrap();
-        assert_eq!(requests(&api).0, 2, "past the TTL the face is downloaded again");
+        assert_eq!(
+            requests(&api).0,
+            2,
+            "past the TTL the face is downloaded again"
+        );
     }
 
     #[test]
@@ -860,9 +871,21 @@ mod with_a_store {
         let fs = mount(&api, &dir, &clock);
         let again = look(&fs, "ou_a.jpg").unwrap();
         assert_eq!(stable(again.clone()), stable(attr));
-        assert_eq!(api.requests(Endpoint::Face), 1, "stat from the header alone");
-        assert_eq!(read_all(&fs, again.ino), vec![1; 100], "the API's bytes, not the damaged ones");
-        assert_eq!(api.requests(Endpoint::Face), 2, "downloaded again at the read");
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            1,
+            "stat from the header alone"
+        );
+        assert_eq!(
+            read_all(&fs, again.ino),
+            vec![1; 100],
+            "the API's bytes, not the damaged ones"
+        );
+        assert_eq!(
+            api.requests(Endpoint::Face),
+            2,
+            "downloaded again at the read"
+        );
     }
 
     #[test]
@@ -879,7 +902,11 @@ mod with_a_store {
         api.fail_next(Endpoint::Face, [Fault::Transient]);
         let stale = look(&fs, "ou_a.jpg").unwrap();
         assert_eq!(stable(stale.clone()), stable(fresh));
-        assert_eq!(stale.valid_for, Duration::ZERO, "a stale answer is not cached");
+        assert_eq!(
+            stale.valid_for,
+            Duration::ZERO,
+            "a stale answer is not cached"
+        );
         assert_eq!(read_all(&fs, stale.ino), vec![1; 100]);
         assert_eq!(api.requests(Endpoint::Face), 2);
 
@@ -955,8 +982,15 @@ mod with_a_store {
         api.fail_next(Endpoint::List, [Fault::Transient]);
         let ino = dir_ino(IdKind::OpenId);
         let fh = fs.opendir(ino).unwrap();
-        assert_eq!(fs.readdir(ino, fh, 0, Fetch::Allowed).errno().err(), Some(libc::EIO));
-        assert_eq!(names(&fs, ino).len(), 2 + 4, "listed again once the API answers");
+        assert_eq!(
+            fs.readdir(ino, fh, 0, Fetch::Allowed).errno().err(),
+            Some(libc::EIO)
+        );
+        assert_eq!(
+            names(&fs, ino).len(),
+            2 + 4,
+            "listed again once the API answers"
+        );
     }
 }
 
@@ -970,10 +1004,20 @@ fn an_event_drops_a_users_faces_and_edits_the_listing_without_a_request() {
     assert_eq!(attr.size, 100);
     let lists = api.requests(Endpoint::List);
 
-    api.inner().set_faces("ou_a", Some(vec![7; 120]), Some(vec![8; 50]));
-    let forget = fs.user_changed(&[(IdKind::OpenId, "ou_a"), (IdKind::UnionId, "on_a")], Some(true));
+    api.inner()
+        .set_faces("ou_a", Some(vec![7; 120]), Some(vec![8; 50]));
+    let forget = fs.user_changed(
+        &[(IdKind::OpenId, "ou_a"), (IdKind::UnionId, "on_a")],
+        Some(true),
+    );
     for file in ["ou_a.jpg", "ou_a.cropped.jpg"] {
-        assert!(forget.contains(&Invalidation::Entry { parent: dir, name: file.into() }), "{forget:?}");
+        assert!(
+            forget.contains(&Invalidation::Entry {
+                parent: dir,
+                name: file.into()
+            }),
+            "{forget:?}"
+        );
     }
     assert!(forget.contains(&Invalidation::Inode(attr.ino)));
     assert!(forget.contains(&Invalidation::Entry {
@@ -983,19 +1027,30 @@ fn an_event_drops_a_users_faces_and_edits_the_listing_without_a_request() {
     // Well within the TTL, the next stat asks the API again and sees the new face.
     let again = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
     assert_eq!(again.size, 120);
-    assert_eq!(fs.getattr(attr.ino, Fetch::Allowed).unwrap().size, 100, "the old inode keeps its version");
+    assert_eq!(
+        fs.getattr(attr.ino, Fetch::Allowed).unwrap().size,
+        100,
+        "the old inode keeps its version"
+    );
 
     // face_uploaded false takes the user out of the listing, true puts it back.
     fs.user_changed(&[(IdKind::OpenId, "ou_b")], Some(false));
     let without: Vec<String> = names(&fs, dir);
-    assert!(!without.iter().any(|n| n.starts_with("ou_b")), "{without:?}");
+    assert!(
+        !without.iter().any(|n| n.starts_with("ou_b")),
+        "{without:?}"
+    );
     fs.user_changed(&[(IdKind::OpenId, "ou_b")], Some(true));
     let mut with = names(&fs, dir);
     let mut expected = before.clone();
     with.sort();
     expected.sort();
     assert_eq!(with, expected);
-    assert_eq!(api.requests(Endpoint::List), lists, "no listing was fetched again");
+    assert_eq!(
+        api.requests(Endpoint::List),
+        lists,
+        "no listing was fetched again"
+    );
 }
 
 #[test]
@@ -1021,8 +1076,15 @@ fn while_the_event_connection_is_up_faces_are_trusted_longer_and_only_then() {
     assert_eq!(api.requests(Endpoint::Face), 1);
     clock.advance(ttl * 2);
     let attr = look();
-    assert_eq!(api.requests(Endpoint::Face), 1, "vouched for by the connection");
-    assert_eq!(attr.valid_for, ttl, "the kernel keeps it no longer than --ttl");
+    assert_eq!(
+        api.requests(Endpoint::Face),
+        1,
+        "vouched for by the connection"
+    );
+    assert_eq!(
+        attr.valid_for, ttl,
+        "the kernel keeps it no longer than --ttl"
+    );
 
     // Down: --ttl alone.
     fs.events_connected(false);

@@ -250,7 +250,10 @@ impl Filesystem for FuseAdapter {
     ) {
         inline(
             FuseOp::Release,
-            || Ok(self.core.release(fh.0)),
+            || {
+                self.core.release(fh.0);
+                Ok(())
+            },
             |_| reply.ok(),
         );
     }
@@ -347,7 +350,10 @@ impl Filesystem for FuseAdapter {
     ) {
         inline(
             FuseOp::Releasedir,
-            || Ok(self.core.releasedir(fh.0)),
+            || {
+                self.core.releasedir(fh.0);
+                Ok(())
+            },
             |_| reply.ok(),
         );
     }

@@ -22,7 +22,10 @@ pub fn prepare_top(dir: &Path) -> Result<(), String> {
             .mode(0o700)
             .create(dir)
             .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display())),
-        Err(e) => Err(format!("cannot use the cache directory {}: {e}", dir.display())),
+        Err(e) => Err(format!(
+            "cannot use the cache directory {}: {e}",
+            dir.display()
+        )),
         Ok(meta) => check_private(dir, &meta, false),
     }
 }
@@ -46,7 +49,11 @@ fn check_private(dir: &Path, meta: &std::fs::Metadata, own: bool) -> Result<(), 
     if !meta.is_dir() {
         return Err(format!(
             "the cache directory {shown} is not a directory{}",
-            if own { " (the store's own directories are never symlinks); remove it" } else { "" }
+            if own {
+                " (the store's own directories are never symlinks); remove it"
+            } else {
+                ""
+            }
         ));
     }
     if meta.uid() != euid() {
@@ -58,7 +65,11 @@ fn check_private(dir: &Path, meta: &std::fs::Metadata, own: bool) -> Result<(), 
         ));
     }
     let mode = meta.permissions().mode() & 0o777;
-    let loose = if own { mode & 0o077 != 0 } else { mode & 0o022 != 0 };
+    let loose = if own {
+        mode & 0o077 != 0
+    } else {
+        mode & 0o022 != 0
+    };
     if loose {
         return Err(format!(
             "the cache directory {shown} has mode {mode:04o}, so other users can {} it: faces are biometric data; run `chmod 700 {shown}` or choose another --cache-dir",
@@ -191,11 +202,17 @@ mod tests {
     fn directories_are_created_private_and_loose_ones_are_refused_with_the_fix() {
         let top = temp_dir("private");
         prepare_top(&top.join("a/b")).unwrap();
-        let mode = std::fs::metadata(top.join("a/b")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(top.join("a/b"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
         let refused = prepare_top(&top).unwrap_err();
-        assert!(refused.contains("mode 0777") && refused.contains("chmod 700"), "{refused}");
+        assert!(
+            refused.contains("mode 0777") && refused.contains("chmod 700"),
+            "{refused}"
+        );
         // Readable by others is fine for the top: the store's own are 0700.
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o755)).unwrap();
         prepare_top(&top).unwrap();
@@ -216,7 +233,8 @@ mod tests {
         let held = lock(&dir).unwrap();
         let refused = lock(&dir).err().unwrap();
         assert!(
-            refused.contains(&format!("pid {}", std::process::id())) && refused.contains("--cache-dir"),
+            refused.contains(&format!("pid {}", std::process::id()))
+                && refused.contains("--cache-dir"),
             "{refused}"
         );
         drop(held);

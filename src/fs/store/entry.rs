@@ -186,13 +186,16 @@ pub fn verify_face_header(
     let fetched_ms = fields.u64()?;
     let data_crc = fields.u32()?;
     fields.checksum(Damage::HeaderChecksum)?;
-    if kind as usize != key.kind.index() || (cropped != 0) != key.cropped || id != key.id.as_bytes() {
+    if kind as usize != key.kind.index() || (cropped != 0) != key.cropped || id != key.id.as_bytes()
+    {
         return Err(Damage::OtherKey);
     }
     if cropped > 1 || mtime != mtime_secs(digest) {
         return Err(Damage::Inconsistent);
     }
-    let data_len = file_len.checked_sub(fields.at as u64).ok_or(Damage::Truncated)?;
+    let data_len = file_len
+        .checked_sub(fields.at as u64)
+        .ok_or(Damage::Truncated)?;
     match data_len.cmp(&size) {
         std::cmp::Ordering::Less => return Err(Damage::Truncated),
         std::cmp::Ordering::Greater => return Err(Damage::Length),
@@ -320,10 +323,17 @@ mod tests {
         // Cut anywhere: before the magic ends, in the header, in the data.
         for cut in [0, 3, 8, 20, data_start - 1, data_start, file.len() - 1] {
             let damage = verify_face(&key(), &file[..cut]).unwrap_err();
-            let expected = if cut == 0 { Damage::Format } else { Damage::Truncated };
+            let expected = if cut == 0 {
+                Damage::Format
+            } else {
+                Damage::Truncated
+            };
             assert_eq!(damage, expected, "cut at {cut}");
         }
-        assert_eq!(verify_face(&key(), &vec![0; file.len()]), Err(Damage::Format));
+        assert_eq!(
+            verify_face(&key(), &vec![0; file.len()]),
+            Err(Damage::Format)
+        );
         let mut older = file.clone();
         older[7] = b'0';
         assert_eq!(verify_face(&key(), &older), Err(Damage::Format));
@@ -354,7 +364,10 @@ mod tests {
         assert_eq!(back.parts(), listing.parts());
         assert_eq!(back.fetched_at, listing.fetched_at);
         assert!(back.place_of(&FaceKey::new(IdKind::OpenId, "ou_ccc", true)) == Some(5));
-        assert_eq!(decode_listing(IdKind::UserId, &file).err(), Some(Damage::OtherKey));
+        assert_eq!(
+            decode_listing(IdKind::UserId, &file).err(),
+            Some(Damage::OtherKey)
+        );
         for cut in [1, 8, 20, file.len() - 1] {
             assert_eq!(
                 decode_listing(IdKind::OpenId, &file[..cut]).err(),
@@ -365,7 +378,10 @@ mod tests {
         for i in 8..file.len() {
             let mut flipped = file.clone();
             flipped[i] ^= 0x04;
-            assert!(decode_listing(IdKind::OpenId, &flipped).is_err(), "byte {i} flipped");
+            assert!(
+                decode_listing(IdKind::OpenId, &flipped).is_err(),
+                "byte {i} flipped"
+            );
         }
         // Counts that claim more than the file holds allocate nothing.
         let mut huge = file.clone();

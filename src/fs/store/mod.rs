@@ -321,7 +321,11 @@ impl FaceStore {
             }
             // Out of descriptors, an I/O error: the entry may be good.
             Err(e) => {
-                log::warn!("cannot open the stored {} face {}: {e}", key.kind, path.display());
+                log::warn!(
+                    "cannot open the stored {} face {}: {e}",
+                    key.kind,
+                    path.display()
+                );
                 return Ok(None);
             }
         };
@@ -351,7 +355,11 @@ impl FaceStore {
             }
         };
         let last_use = meta.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-        if SystemTime::now().duration_since(last_use).unwrap_or_default() > TOUCH_EVERY {
+        if SystemTime::now()
+            .duration_since(last_use)
+            .unwrap_or_default()
+            > TOUCH_EVERY
+        {
             // The order eviction follows after a remount.
             let _ = file.set_modified(SystemTime::now());
         }
@@ -366,16 +374,27 @@ impl FaceStore {
     pub fn face_now(&self, key: &FaceKey, wanted: impl Fn(SystemTime) -> bool) -> Option<Face> {
         let name = face_name(key);
         let file = directory::open_private_at(&self.faces_dir, &face_relative(name)).ok()?;
-        let meta = file.metadata().ok().filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)?;
+        let meta = file
+            .metadata()
+            .ok()
+            .filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)?;
         let held = self.memory.try_hold(meta.len())?;
         let mut bytes = vec![0u8; meta.len() as usize];
         let read = read_cached(&file, meta.len(), &mut bytes)?;
         bytes.truncate(read);
-        let header = entry::verify_face(key, &bytes).ok().filter(|h| wanted(h.fetched_at))?;
+        let header = entry::verify_face(key, &bytes)
+            .ok()
+            .filter(|h| wanted(h.fetched_at))?;
         Some(self.served(name, bytes, held, header))
     }
 
-    fn served(&self, name: u64, mut bytes: Vec<u8>, held: MemoryHold, header: entry::StoredFaceHeader) -> Face {
+    fn served(
+        &self,
+        name: u64,
+        mut bytes: Vec<u8>,
+        held: MemoryHold,
+        header: entry::StoredFaceHeader,
+    ) -> Face {
         bytes.drain(..header.data_start);
         self.index.lock().lru.promote(&name);
         METRICS.store_read();
@@ -419,8 +438,16 @@ impl FaceStore {
             // SAFETY: advice on a descriptor this function owns.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
         }
-        let Some(meta) = file.metadata().ok().filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE) else {
-            return if how == HeaderRead::Now { Peek::WouldBlock } else { Peek::Absent };
+        let Some(meta) = file
+            .metadata()
+            .ok()
+            .filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)
+        else {
+            return if how == HeaderRead::Now {
+                Peek::WouldBlock
+            } else {
+                Peek::Absent
+            };
         };
         let mut start = [0u8; entry::FACE_HEADER_MAX];
         let read = match how {
@@ -428,7 +455,11 @@ impl FaceStore {
             _ => read_prefix(&file, &mut start),
         };
         let Some(read) = read else {
-            return if how == HeaderRead::Now { Peek::WouldBlock } else { Peek::Absent };
+            return if how == HeaderRead::Now {
+                Peek::WouldBlock
+            } else {
+                Peek::Absent
+            };
         };
         match entry::verify_face_header(key, &start[..read], meta.len()) {
             Ok((header, size)) => Peek::Found(FaceMeta {
@@ -493,7 +524,9 @@ impl FaceStore {
         }
         let written = path
             .parent()
-            .map_or(Ok(()), |dir| directory::prepare_own(dir).map_err(std::io::Error::other))
+            .map_or(Ok(()), |dir| {
+                directory::prepare_own(dir).map_err(std::io::Error::other)
+            })
             .and_then(|()| {
                 self.write_then_rename(&path, |file| {
                     file.write_all(&header)?;
@@ -531,7 +564,10 @@ impl FaceStore {
                 return None;
             }
             Err(e) => {
-                log::warn!("cannot open the stored {kind} listing {}: {e}", path.display());
+                log::warn!(
+                    "cannot open the stored {kind} listing {}: {e}",
+                    path.display()
+                );
                 return None;
             }
         };
@@ -539,7 +575,12 @@ impl FaceStore {
             .metadata()
             .is_ok_and(|m| is_own_file(&m) && m.len() <= MAX_LISTING_FILE);
         let mut bytes = Vec::new();
-        if !fits || file.take(MAX_LISTING_FILE + 1).read_to_end(&mut bytes).is_err() {
+        if !fits
+            || file
+                .take(MAX_LISTING_FILE + 1)
+                .read_to_end(&mut bytes)
+                .is_err()
+        {
             self.discard_listing(kind, &path, "not a private file of a listing's size");
             return None;
         }
@@ -690,7 +731,10 @@ fn check_tenant(root: &Path, tenant: &str) -> Result<(), String> {
         }
     }
     if emptied {
-        log::warn!("emptying the store in {}: {why}; its faces are downloaded again when needed", root.display());
+        log::warn!(
+            "emptying the store in {}: {why}; its faces are downloaded again when needed",
+            root.display()
+        );
     }
     let temp = root.join("tenant.tmp");
     let _ = std::fs::remove_file(&temp);

@@ -18,8 +18,13 @@ impl TempStoreDir {
     }
 
     pub fn open(&self, tenant: &str, max_bytes: u64) -> Arc<FaceStore> {
-        self.open_with(tenant, max_bytes, ByteBudget::new(64 << 20), Duration::from_secs(1))
-            .unwrap()
+        self.open_with(
+            tenant,
+            max_bytes,
+            ByteBudget::new(64 << 20),
+            Duration::from_secs(1),
+        )
+        .unwrap()
     }
 
     pub fn open_with(
@@ -110,7 +115,10 @@ fn files_are_private_and_tenants_never_see_each_other() {
     assert!(b.face(&key("ou_a")).unwrap().is_none());
     assert!(a.face(&key("ou_a")).unwrap().is_some());
     let file = file_of(&a, &key("ou_a"));
-    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
     let mut dir_of = file.parent();
     while let Some(d) = dir_of.filter(|d| d.starts_with(&dir.0)) {
         let mode = std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
@@ -124,10 +132,18 @@ fn a_second_store_of_one_tenant_in_one_directory_is_refused() {
     let dir = TempStoreDir::new("twice");
     let first = dir.open("tenant", 1 << 30);
     let refused = dir
-        .open_with("tenant", 1 << 30, ByteBudget::new(1 << 20), Duration::from_secs(1))
+        .open_with(
+            "tenant",
+            1 << 30,
+            ByteBudget::new(1 << 20),
+            Duration::from_secs(1),
+        )
         .err()
         .unwrap();
-    assert!(refused.contains("two mounts cannot share one store"), "{refused}");
+    assert!(
+        refused.contains("two mounts cannot share one store"),
+        "{refused}"
+    );
     drop(first);
     dir.open("tenant", 1 << 30);
 }
@@ -141,16 +157,28 @@ fn damaged_entries_are_deleted_never_served() {
     let damages: [(&str, Damager); 5] = [
         ("torn", |p| {
             let len = std::fs::metadata(p).unwrap().len();
-            std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len / 2).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(len / 2)
+                .unwrap();
         }),
         ("emptied", |p| {
-            std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(0).unwrap();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_len(0)
+                .unwrap();
         }),
         ("zeroed", |p| {
             let len = std::fs::metadata(p).unwrap().len() as usize;
             std::fs::write(p, vec![0; len]).unwrap();
         }),
-        ("garbage", |p| std::fs::write(p, b"<html>not a face</html>").unwrap()),
+        ("garbage", |p| {
+            std::fs::write(p, b"<html>not a face</html>").unwrap()
+        }),
         ("flipped", |p| {
             let mut all = std::fs::read(p).unwrap();
             let last = all.len() - 1;
@@ -162,10 +190,16 @@ fn damaged_entries_are_deleted_never_served() {
         store.put_face(&key("ou_a"), &face(&bytes));
         let file = file_of(&store, &key("ou_a"));
         damage(&file);
-        assert!(store.face(&key("ou_a")).unwrap().is_none(), "{what} entry served");
+        assert!(
+            store.face(&key("ou_a")).unwrap().is_none(),
+            "{what} entry served"
+        );
         assert!(!file.exists(), "{what} entry kept");
     }
-    store.put_listing(IdKind::OpenId, &Listing::new(vec!["ou_a".into()], SystemTime::now()));
+    store.put_listing(
+        IdKind::OpenId,
+        &Listing::new(vec!["ou_a".into()], SystemTime::now()),
+    );
     let listing = listing_path(store.root(), IdKind::OpenId);
     std::fs::write(&listing, b"facefsL1 and then nonsense").unwrap();
     assert!(store.listing(IdKind::OpenId).is_none());
@@ -184,8 +218,12 @@ fn the_bound_evicts_the_least_recently_used_faces_across_reopens() {
         // Recorded use survives the remount as the files' mtimes.
         let old = SystemTime::now() - Duration::from_secs(7200);
         for (i, id) in ["ou_2", "ou_1", "ou_3", "ou_4"].iter().enumerate() {
-            let file = std::fs::File::options().write(true).open(file_of(&store, &key(id))).unwrap();
-            file.set_modified(old + Duration::from_secs(i as u64)).unwrap();
+            let file = std::fs::File::options()
+                .write(true)
+                .open(file_of(&store, &key(id)))
+                .unwrap();
+            file.set_modified(old + Duration::from_secs(i as u64))
+                .unwrap();
         }
     }
     let store = dir.open("tenant", 1 << 30);
@@ -194,7 +232,10 @@ fn the_bound_evicts_the_least_recently_used_faces_across_reopens() {
     // Room for three: the scan evicts the least recently used one.
     let store = dir.open("tenant", 3 * per_face + per_face / 2);
     assert_eq!(scanned(&store).faces, 3);
-    assert!(store.face(&key("ou_2")).unwrap().is_none(), "least recently used kept");
+    assert!(
+        store.face(&key("ou_2")).unwrap().is_none(),
+        "least recently used kept"
+    );
     // Reading ou_1 makes ou_3 the least recently used.
     assert!(store.face(&key("ou_1")).unwrap().is_some());
     store.put_face(&key("ou_5"), &face(&one));
@@ -215,7 +256,11 @@ fn the_scan_removes_unfinished_writes_and_foreign_files() {
         let store = dir.open("tenant", 1 << 30);
         store.put_face(&key("ou_a"), &face(b"a face"));
         let file = file_of(&store, &key("ou_a"));
-        let other_pid = if std::process::id() == 1234 { 1235 } else { 1234 };
+        let other_pid = if std::process::id() == 1234 {
+            1235
+        } else {
+            1234
+        };
         leftover = file.with_extension(format!("{other_pid}.0.tmp"));
         std::fs::write(&leftover, b"half a face").unwrap();
         // A write this process has under way while the scan runs.
@@ -234,14 +279,25 @@ fn a_store_reading_into_a_full_memory_budget_waits_then_fails() {
     let dir = TempStoreDir::new("memory");
     let budget = ByteBudget::new(64 << 10);
     let store = dir
-        .open_with("tenant", 1 << 30, budget.clone(), Duration::from_millis(100))
+        .open_with(
+            "tenant",
+            1 << 30,
+            budget.clone(),
+            Duration::from_millis(100),
+        )
         .unwrap();
     store.put_face(&key("ou_a"), &face(&[5u8; 40 << 10]));
     let held = budget.try_hold(40 << 10).unwrap();
-    assert!(store.face(&key("ou_a")).is_err(), "read beyond the memory budget");
+    assert!(
+        store.face(&key("ou_a")).is_err(),
+        "read beyond the memory budget"
+    );
     drop(held);
     let back = store.face(&key("ou_a")).unwrap().unwrap();
-    assert!(budget.in_use() >= 40 << 10, "the stored face's bytes are not counted");
+    assert!(
+        budget.in_use() >= 40 << 10,
+        "the stored face's bytes are not counted"
+    );
     drop(back);
     assert_eq!(budget.in_use(), 0);
 }
@@ -260,11 +316,18 @@ fn a_store_without_a_valid_tenant_proof_is_emptied_and_claimed() {
             _ => std::fs::remove_file(root.join("tenant")).unwrap(),
         }
         let store = dir.open("tenant", 1 << 30);
-        assert!(store.face(&key("ou_a")).unwrap().is_none(), "{damage}: served");
+        assert!(
+            store.face(&key("ou_a")).unwrap().is_none(),
+            "{damage}: served"
+        );
         assert_eq!(std::fs::read(root.join("tenant")).unwrap(), b"tenant");
         store.put_face(&key("ou_a"), &face(b"a face"));
         drop(store);
-        assert!(dir.open("tenant", 1 << 30).face(&key("ou_a")).unwrap().is_some());
+        assert!(dir
+            .open("tenant", 1 << 30)
+            .face(&key("ou_a"))
+            .unwrap()
+            .is_some());
     }
 }
 
