@@ -36,6 +36,10 @@ pub struct PrefetchCli {
     /// Faces read at once (the mount's rate limit is what bounds downloads).
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub jobs: u16,
+
+    /// Without a terminal, how often a progress line is printed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::daemon::cli::parse_duration)]
+    pub progress_every: Duration,
 }
 
 fn parse_kind(text: &str) -> Result<IdKind, String> {
@@ -119,7 +123,7 @@ fn prefetch(cli: &PrefetchCli) -> Result<i32, String> {
             std::thread::spawn(move || work(&queue, &progress))
         })
         .collect();
-    report_until_done(&progress, total, started, &workers);
+    report_until_done(&progress, total, started, &workers, cli.progress_every);
     for worker in workers {
         let _ = worker.join();
     }
@@ -169,13 +173,14 @@ fn work(queue: &Mutex<std::vec::IntoIter<PathBuf>>, progress: &Progress) {
     }
 }
 
-/// A progress bar on a terminal; a plain line every ten seconds otherwise
-/// (a log, a cron mail, `systemd-run`).
+/// A progress bar on a terminal; a plain line every `every` otherwise (a
+/// log, a cron mail, `systemd-run`).
 fn report_until_done(
     progress: &Progress,
     total: usize,
     started: Instant,
     workers: &[std::thread::JoinHandle<()>],
+    every: Duration,
 ) {
     let running = || workers.iter().any(|w| !w.is_finished());
     let failed = || progress.failed.lock().len();
@@ -201,7 +206,7 @@ fn report_until_done(
     let mut last = Instant::now();
     while running() {
         std::thread::sleep(Duration::from_millis(100));
-        if last.elapsed() >= Duration::from_secs(10) {
+        if last.elapsed() >= every {
             last = Instant::now();
             let done = progress.done.load(Ordering::Relaxed);
             let rate = done as f64 / started.elapsed().as_secs_f64().max(0.001);

@@ -447,13 +447,14 @@ fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {
     let mut run = std::process::Command::new(FACEFS)
         .arg("prefetch")
         .arg(mnt.path())
-        .args(["user_id", "--jobs", "2"])
+        .args(["user_id", "--jobs", "2", "--progress-every", "200ms"])
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // At 20 requests a second, 10 take half a second: two progress lines.
     assert!(emu.wait_for_log(Duration::from_secs(20), |log| {
-        log.iter().filter(|r| r.route == Route::Face).count() >= 5
+        log.iter().filter(|r| r.route == Route::Face).count() >= 10
     }));
     // SAFETY: kill on our own child's pid.
     unsafe { libc::kill(run.id() as i32, libc::SIGINT) };
@@ -462,6 +463,15 @@ fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {
     std::io::Read::read_to_string(&mut run.stderr.take().unwrap(), &mut report).unwrap();
     assert_eq!(status.code(), Some(130), "{report}");
     assert!(report.contains("run it again to go on"), "{report}");
+    // Not on a terminal: plain progress lines, with done/total, rate and time left.
+    let line = report
+        .lines()
+        .find(|l| l.contains(&format!("/{files} faces (")))
+        .unwrap_or_else(|| panic!("no progress line:\n{report}"));
+    assert!(
+        line.contains("/s, about ") && line.contains(" left, 0 failed"),
+        "{line}"
+    );
     let stopped_at = emu.count(Route::Face);
     assert!(stopped_at < files, "stopped early: {stopped_at} of {files}");
 
