@@ -105,7 +105,6 @@ pub struct Metrics {
     store_hits: AtomicU64,
     store_writes: AtomicU64,
     store_discarded: AtomicU64,
-    store_evictions: AtomicU64,
     stale_served: AtomicU64,
     events: AtomicU64,
     event_connects: AtomicU64,
@@ -148,7 +147,6 @@ impl Metrics {
             store_hits: ZERO,
             store_writes: ZERO,
             store_discarded: ZERO,
-            store_evictions: ZERO,
             stale_served: ZERO,
             events: ZERO,
             event_connects: ZERO,
@@ -192,10 +190,6 @@ impl Metrics {
     /// A stored entry that failed verification and was deleted.
     pub fn store_discarded(&self) {
         add(&self.store_discarded);
-    }
-
-    pub fn store_evicted(&self) {
-        add(&self.store_evictions);
     }
 
     /// A face past its TTL served because refreshing it failed.
@@ -360,7 +354,7 @@ impl Metrics {
                 "facefs_store_evictions_total",
                 "counter",
                 "Stored faces deleted to stay within --cache-dir-size or the free-space floor.",
-                get(&self.store_evictions),
+                store.evictions,
             ),
             (
                 "facefs_store_bytes",

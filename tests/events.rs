@@ -176,7 +176,19 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     use facefs::emulator::Route;
     use facefs::fs::layout::face_file_name;
     let emu = emulator(small_tenant(10));
-    let mnt = Mount::start(&emu, &["--events", "--ttl", "1h", "--rate-limit", "100"]);
+    let port = free_port();
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--events",
+            "--ttl",
+            "1h",
+            "--rate-limit",
+            "100",
+            "--metrics-listen",
+            &port.to_string(),
+        ],
+    );
     let server = emu.long_connection();
     wait_until(Duration::from_secs(10), "connected", || {
         server.clients() == 1
@@ -254,6 +266,16 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     let back = std::fs::read(mnt.join("open_id").join(&name)).unwrap();
     assert_eq!(Some(back), emu.face(IdKind::OpenId, other, false));
 
+    // Three events (replaced, removed, enrolled), each acted on once.
+    let metrics = scrape_metrics(port);
+    assert_eq!(metric(&metrics, "facefs_events_total"), 3.0);
+    assert_eq!(metric(&metrics, "facefs_event_duplicates_total"), 0.0);
+    assert_eq!(metric(&metrics, "facefs_event_connection_up"), 1.0);
+    assert_eq!(metric(&metrics, "facefs_event_connects_total"), 1.0);
+    assert!(
+        metric(&metrics, "facefs_kernel_invalidations_total") >= 3.0 * 6.0,
+        "{metrics}"
+    );
     let log = mnt.log_text();
     assert!(log.contains("event long connection up"), "{log}");
     assert!(

@@ -279,17 +279,6 @@ fn a_live_mount_point_is_never_stacked_over() {
     );
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| {
-            l.strip_prefix(series)
-                .and_then(|rest| rest.strip_prefix(' '))
-        })
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 #[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn metrics_move_as_faces_are_read() {
@@ -304,12 +293,7 @@ fn metrics_move_as_faces_are_read() {
             "1000",
         ],
     );
-    let scrape = || {
-        reqwest::blocking::get(format!("http://127.0.0.1:{port}/metrics"))
-            .unwrap()
-            .text()
-            .unwrap()
-    };
+    let scrape = || scrape_metrics(port);
     let before = scrape();
     assert_eq!(
         metric(&before, "facefs_token_renewals_total"),

@@ -265,14 +265,8 @@ impl Shared {
     /// connected then (not necessarily the one that lost it).
     fn repush_due(&self) {
         let now = Instant::now();
-        let acked: HashSet<String> = self
-            .acks
-            .lock()
-            .iter()
-            .map(|a| a.message_id.clone())
-            .collect();
         let mut unacked = self.unacked.lock();
-        unacked.retain(|u| u.left > 0 && !acked.contains(&u.message_id));
+        unacked.retain(|u| u.left > 0);
         let clients = self.clients.lock();
         if clients.is_empty() {
             return;
@@ -406,11 +400,11 @@ fn run(
                         .as_deref()
                         .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
                         .and_then(|v| v.get("code").and_then(|c| c.as_i64()));
+                    let message_id = frame.header(frame::MESSAGE_ID).unwrap_or_default();
+                    // Acknowledged: never pushed again.
+                    shared.unacked.lock().retain(|u| u.message_id != message_id);
                     shared.acks.lock().push(Ack {
-                        message_id: frame
-                            .header(frame::MESSAGE_ID)
-                            .unwrap_or_default()
-                            .to_owned(),
+                        message_id: message_id.to_owned(),
                         code,
                         biz_rt: frame.header(frame::BIZ_RT).map(str::to_owned),
                     });

@@ -11,7 +11,7 @@
 //! logged, nor is any error text that could hold it.
 
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -111,11 +111,9 @@ enum Ended {
 
 /// What the rest of facefs can see of the connection.
 #[derive(Default)]
+/// (Counts are the process's metrics.)
 pub struct ConnectionStatus {
     pub up: AtomicBool,
-    pub events: AtomicU64,
-    pub acks: AtomicU64,
-    pub connects: AtomicU64,
     /// Why the connection gave up for good, if it did.
     pub fatal: Mutex<Option<String>>,
 }
@@ -382,7 +380,6 @@ fn session(config: &EventsConfig, listener: &mut Listener) -> Ended {
     };
     log::info!("event long connection up (connection {connection_id})");
     listener.status.up.store(true, Ordering::SeqCst);
-    listener.status.connects.fetch_add(1, Ordering::SeqCst);
     METRICS.event_connection(true);
     listener.sink.connected(true);
     let ended = read_frames(&mut socket, service, listener);
@@ -398,9 +395,9 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
     let Listener {
         sink,
         stop,
-        status,
         schedule,
         seen,
+        ..
     } = listener;
     let retry = |why: String| Ended::Retry {
         why,
@@ -479,12 +476,11 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
                 );
                 // Only the fragment that completes a message is acknowledged.
                 let Some(payload) = whole else { continue };
-                handle(&payload, seen, *sink, status);
+                handle(&payload, seen, *sink);
                 let ack = frame.ack(started.elapsed().as_millis() as u64);
                 if socket.send(Message::Binary(ack.to_bytes().into())).is_err() {
                     return retry("cannot send an acknowledgement".into());
                 }
-                status.acks.fetch_add(1, Ordering::SeqCst);
             }
             // Cards and anything else: not for facefs.
             _ => {}
@@ -492,11 +488,10 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
     }
 }
 
-fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, status: &ConnectionStatus) {
+fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink) {
     match message::parse(payload) {
         Ok(Event::UserChanged(change)) => {
             if seen.first_time(&change.event_id) {
-                status.events.fetch_add(1, Ordering::SeqCst);
                 METRICS.event();
                 sink.user_changed(&change);
             } else {

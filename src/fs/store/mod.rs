@@ -41,7 +41,6 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use self::directory::{create_private, is_own_file, open_private, StoreLock};
-use self::entry::Damage;
 use super::face::{digest, Face, FaceMeta};
 use super::layout::FaceKey;
 use super::listing::Listing;
@@ -174,6 +173,11 @@ fn read_cached(file: &File, len: u64, buf: &mut [u8]) -> Option<usize> {
     usize::try_from(n)
         .ok()
         .filter(|n| *n == buf.len() || *n as u64 == len)
+}
+
+/// Whether an opened file can be a face entry this store wrote.
+fn is_face_file(meta: &std::fs::Metadata) -> bool {
+    is_own_file(meta) && meta.len() <= MAX_FACE_FILE
 }
 
 /// The file name of a face: its key, hashed.
@@ -311,7 +315,7 @@ impl FaceStore {
     pub fn face(&self, key: &FaceKey) -> Result<Option<Face>, String> {
         let name = face_name(key);
         let path = face_path(&self.root, name);
-        let file = match open_private(&path) {
+        let file = match self.open_face(name) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             // A symlink where a face should be: planted, never followed.
@@ -330,7 +334,7 @@ impl FaceStore {
             }
         };
         let meta = match file.metadata() {
-            Ok(meta) if is_own_file(&meta) && meta.len() <= MAX_FACE_FILE => meta,
+            Ok(meta) if is_face_file(&meta) => meta,
             Ok(_) => {
                 self.discard(name, &path, key, "not a private file of the right size");
                 return Ok(None);
@@ -350,7 +354,7 @@ impl FaceStore {
         let header = match entry::verify_face(key, &bytes) {
             Ok(header) => header,
             Err(damage) => {
-                self.damaged(name, &path, key, damage);
+                self.discard(name, &path, key, &damage.to_string());
                 return Ok(None);
             }
         };
@@ -373,11 +377,8 @@ impl FaceStore {
     /// then changed nothing.
     pub fn face_now(&self, key: &FaceKey, wanted: impl Fn(SystemTime) -> bool) -> Option<Face> {
         let name = face_name(key);
-        let file = directory::open_private_at(&self.faces_dir, &face_relative(name)).ok()?;
-        let meta = file
-            .metadata()
-            .ok()
-            .filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)?;
+        let file = self.open_face(name).ok()?;
+        let meta = file.metadata().ok().filter(is_face_file)?;
         let held = self.memory.try_hold(meta.len())?;
         let mut bytes = vec![0u8; meta.len() as usize];
         let read = read_cached(&file, meta.len(), &mut bytes)?;
@@ -426,53 +427,49 @@ impl FaceStore {
 
     fn header(&self, key: &FaceKey, how: HeaderRead) -> Peek {
         let name = face_name(key);
-        let path = face_path(&self.root, name);
-        // Relative to the open faces directory: a stat walk opens every face.
-        let file = match directory::open_private_at(&self.faces_dir, &face_relative(name)) {
+        // What cannot be known here: a call that may wait finds out, and
+        // only that one may delete.
+        let unknown = match how {
+            HeaderRead::Now => Peek::WouldBlock,
+            HeaderRead::Wait => Peek::Absent,
+        };
+        let file = match self.open_face(name) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Peek::Absent,
-            Err(_) if how == HeaderRead::Now => return Peek::WouldBlock,
-            Err(_) => return Peek::Absent,
+            Err(_) => return unknown,
         };
         if how == HeaderRead::Wait {
             // SAFETY: advice on a descriptor this function owns.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
         }
-        let Some(meta) = file
-            .metadata()
-            .ok()
-            .filter(|m| is_own_file(m) && m.len() <= MAX_FACE_FILE)
-        else {
-            return if how == HeaderRead::Now {
-                Peek::WouldBlock
-            } else {
-                Peek::Absent
-            };
+        let Some(meta) = file.metadata().ok().filter(is_face_file) else {
+            return unknown;
         };
         let mut start = [0u8; entry::FACE_HEADER_MAX];
         let read = match how {
             HeaderRead::Now => read_cached(&file, meta.len(), &mut start),
-            _ => read_prefix(&file, &mut start),
+            HeaderRead::Wait => read_prefix(&file, &mut start),
         };
-        let Some(read) = read else {
-            return if how == HeaderRead::Now {
-                Peek::WouldBlock
-            } else {
-                Peek::Absent
-            };
-        };
+        let Some(read) = read else { return unknown };
         match entry::verify_face_header(key, &start[..read], meta.len()) {
             Ok((header, size)) => Peek::Found(FaceMeta {
                 size,
                 digest: header.digest,
                 fetched_at: header.fetched_at,
             }),
-            Err(_) if how == HeaderRead::Now => Peek::WouldBlock,
+            Err(_) if how == HeaderRead::Now => unknown,
             Err(damage) => {
-                self.damaged(name, &path, key, damage);
+                let path = face_path(&self.root, name);
+                self.discard(name, &path, key, &damage.to_string());
                 Peek::Absent
             }
         }
+    }
+
+    /// Opens a stored face, relative to the open faces directory (a stat
+    /// walk opens every face), never through a symlink.
+    fn open_face(&self, name: u64) -> std::io::Result<File> {
+        directory::open_private_at(&self.faces_dir, &face_relative(name))
     }
 
     /// Memory for `bytes` from the same budget as downloads. The budget is
@@ -494,10 +491,6 @@ impl FaceStore {
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
-    }
-
-    fn damaged(&self, name: u64, path: &Path, key: &FaceKey, damage: Damage) {
-        self.discard(name, path, key, &damage.to_string());
     }
 
     fn discard(&self, name: u64, path: &Path, key: &FaceKey, why: &str) {
@@ -704,7 +697,6 @@ impl FaceStore {
         let (name, bytes) = index.lru.pop_lru()?;
         index.bytes -= bytes;
         index.evictions += 1;
-        METRICS.store_evicted();
         let _ = std::fs::remove_file(face_path(&self.root, name));
         Some(bytes)
     }
