@@ -20,7 +20,9 @@ impl Outcome {
             Err(Throttled { .. }) => Outcome::Throttled,
             Err(Transient(_)) => Outcome::Transient,
             Err(PermissionDenied(_)) => Outcome::Denied,
-            Err(InvalidPageToken | BadCredentials(_) | Failed(_)) => Outcome::Failed,
+            Err(InvalidPageToken | BadCredentials(_) | ImageRefused(_) | Failed(_)) => {
+                Outcome::Failed
+            }
         }
     }
 }

@@ -310,3 +310,71 @@ fn a_slow_token_renewal_holds_no_one_past_their_deadline() {
         "recovers"
     );
 }
+
+/// Uploads as the emulator reads them (the documented parts, strictly):
+/// the face is served after, for every id kind, with a crop of its own;
+/// refusals keep their codes.
+#[test]
+fn uploads_replace_the_face() {
+    use facefs::api::ImageType;
+    use facefs::emulator::face_image::face_jpeg;
+    let emu = emulator(16);
+    let api = client(&emu);
+    let new_face = face_jpeg(99, 64, 80);
+    for (i, kind) in IdKind::ALL.into_iter().enumerate() {
+        let id = emu.ids_with_faces(kind)[i].clone();
+        api.put_face(kind, &id, &new_face, ImageType::Jpeg).unwrap();
+        assert_eq!(emu.face(kind, &id, false).unwrap(), new_face);
+        let crop = api.get_face(kind, &id, true, Priority::Listed).unwrap();
+        assert_ne!(crop.bytes, new_face, "the crop is made by the service");
+        assert_eq!(
+            api.get_face(kind, &id, false, Priority::Listed)
+                .unwrap()
+                .bytes,
+            new_face
+        );
+    }
+    // A user without a face gets one.
+    let faceless = emu.ids_without_faces(IdKind::OpenId)[0].clone();
+    api.put_face(IdKind::OpenId, &faceless, &new_face, ImageType::Jpeg)
+        .unwrap();
+    assert!(emu.ids_with_faces(IdKind::OpenId).contains(&faceless));
+
+    let id = emu.ids_with_faces(IdKind::OpenId)[5].clone();
+    let before = emu.face(IdKind::OpenId, &id, false).unwrap();
+    assert_eq!(
+        api.put_face(IdKind::OpenId, "ou_nobody", &new_face, ImageType::Jpeg),
+        Err(ApiError::UserNotFound)
+    );
+    // The declared type must be the bytes' type.
+    let err = api
+        .put_face(IdKind::OpenId, &id, &new_face, ImageType::Png)
+        .unwrap_err();
+    assert!(
+        matches!(&err, ApiError::Failed(f) if f.code == Some(codes::INVALID_PARAM)),
+        "{err:?}"
+    );
+    let err = api
+        .put_face(
+            IdKind::OpenId,
+            &id,
+            b"\xff\xd8\xffnot really",
+            ImageType::Jpeg,
+        )
+        .unwrap_err();
+    assert!(matches!(err, ApiError::ImageRefused(_)), "{err:?}");
+    emu.set_upload_refusal(Some(codes::SCOPE_MISSING));
+    let err = api
+        .put_face(IdKind::OpenId, &id, &new_face, ImageType::Jpeg)
+        .unwrap_err();
+    assert!(matches!(err, ApiError::PermissionDenied(_)), "{err:?}");
+    emu.set_upload_refusal(None);
+    assert_eq!(emu.face(IdKind::OpenId, &id, false).unwrap(), before);
+    // A request that is not the documented form is refused, and changes nothing.
+    let uploads = emu
+        .requests()
+        .into_iter()
+        .filter(|r| r.route == Route::Upload)
+        .count();
+    assert_eq!(uploads, 8);
+}

@@ -30,14 +30,31 @@ fn the_official_sdk_lists_gets_and_downloads_from_the_emulator() {
         ..EmulatorConfig::default()
     })
     .unwrap();
+    // The faces as served before the script's upload changes one.
+    let served: std::collections::HashMap<(String, bool), Option<Vec<u8>>> = emu
+        .tenant()
+        .users()
+        .iter()
+        .flat_map(|u| [false, true].map(|c| (u.id(IdKind::OpenId).to_owned(), c)))
+        .map(|(id, c)| {
+            let face = emu.face(IdKind::OpenId, &id, c);
+            ((id, c), face)
+        })
+        .collect();
+    let upload = facefs::emulator::face_image::face_jpeg(4242, 64, 80);
+    let upload_file =
+        std::env::temp_dir().join(format!("facefs-sdk-upload-{}.jpg", std::process::id()));
+    std::fs::write(&upload_file, &upload).unwrap();
     let output = Command::new(PYTHON)
         .arg(SCRIPT)
+        .env("FACEFS_UPLOAD", &upload_file)
         .env("FACEFS_EMULATOR", emu.base_url())
         .env("FEISHU_APP_ID", &emu.config().app_id)
         .env("FEISHU_APP_SECRET", &emu.config().app_secret)
         .stdin(Stdio::null())
         .output()
         .expect("run the SDK script");
+    let _ = std::fs::remove_file(&upload_file);
     assert!(
         output.status.success(),
         "{}",
@@ -68,7 +85,7 @@ fn the_official_sdk_lists_gets_and_downloads_from_the_emulator() {
         let id = face[0].as_str().unwrap();
         let cropped = face[1].as_bool().unwrap();
         let answer = &face[2];
-        match emu.face(IdKind::OpenId, id, cropped) {
+        match served.get(&(id.to_owned(), cropped)).cloned().flatten() {
             Some(bytes) => {
                 assert_eq!(answer["code"], 0, "{id} {cropped}");
                 assert_eq!(
@@ -102,4 +119,10 @@ fn the_official_sdk_lists_gets_and_downloads_from_the_emulator() {
     assert_eq!(first[3], true);
     assert_eq!(result["users"][1][1], codes::USER_NOT_FOUND);
     assert_eq!(emu.count(Route::Token), 1, "the SDK's token was cached");
+
+    // The SDK's multipart upload is what the emulator's strict reading takes.
+    let uploaded = &result["upload"];
+    assert_eq!(uploaded[1], 0, "{uploaded}");
+    let id = uploaded[0].as_str().unwrap();
+    assert_eq!(emu.face(IdKind::OpenId, id, false).unwrap(), upload);
 }

@@ -9,6 +9,8 @@ use crate::api::IdKind;
 pub const USER_NOT_FOUND: i64 = 1490101;
 pub const FACE_NOT_FOUND: i64 = 1490107;
 pub const INVALID_PAGE_TOKEN: i64 = 1490018;
+/// An uploaded image the service cannot crop a face from.
+pub const FACE_UNUSABLE: i64 = 1490108;
 /// Field validation failed: a bad `user_id_type`, `page_size` and the like.
 pub const INVALID_PARAM: i64 = 99992402;
 pub const NO_SUCH_PATH: i64 = 99991201;
@@ -58,6 +60,7 @@ pub fn classify(failure: ApiFailure, retry_after: Option<Duration>) -> ApiError 
         Some(USER_NOT_FOUND) => ApiError::UserNotFound,
         Some(FACE_NOT_FOUND) => ApiError::FaceNotFound,
         Some(INVALID_PAGE_TOKEN) => ApiError::InvalidPageToken,
+        Some(FACE_UNUSABLE) => ApiError::ImageRefused(failure),
         Some(SCOPE_MISSING | NO_PERMISSION | IP_DENIED) => ApiError::PermissionDenied(failure),
         Some(APP_PARAM_INVALID | APP_SECRET_INVALID | APP_MISMATCH) => {
             ApiError::BadCredentials(failure)

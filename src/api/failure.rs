@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::{ApiError, ApiFailure, Endpoint, FaceApi, FaceBytes, IdKind, Priority, UserPage};
+use super::{
+    ApiError, ApiFailure, Endpoint, FaceApi, FaceBytes, IdKind, ImageType, Priority, UserPage,
+};
 
 /// What to answer instead of calling the wrapped client.
 #[derive(Clone, Debug)]
@@ -23,6 +25,10 @@ pub enum Fault {
     BadCredentials,
     /// The tenant's monthly quota is used up (99991403).
     QuotaExhausted,
+    /// The user does not exist (1490101).
+    UserNotFound,
+    /// An uploaded image without a usable face (1490108).
+    ImageRefused,
 }
 
 impl Fault {
@@ -42,6 +48,11 @@ impl Fault {
                 code: Some(super::codes::QUOTA_EXHAUSTED),
                 ..failure()
             }),
+            Fault::UserNotFound => ApiError::UserNotFound,
+            Fault::ImageRefused => ApiError::ImageRefused(ApiFailure {
+                code: Some(super::codes::FACE_UNUSABLE),
+                ..failure()
+            }),
         })
     }
 }
@@ -50,7 +61,7 @@ pub struct FailureApi<A> {
     inner: A,
     scripts: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
     /// Calls per endpoint (in the order of `Endpoint::ALL`), faulted ones included.
-    calls: [AtomicUsize; 3],
+    calls: [AtomicUsize; Endpoint::ALL.len()],
 }
 
 impl<A: FaceApi> FailureApi<A> {
@@ -111,6 +122,17 @@ impl<A: FaceApi> FaceApi for FailureApi<A> {
     ) -> Result<FaceBytes, ApiError> {
         self.next_fault(Endpoint::Face)?;
         self.inner.get_face(kind, id, cropped, priority)
+    }
+
+    fn put_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        image: &[u8],
+        image_type: ImageType,
+    ) -> Result<(), ApiError> {
+        self.next_fault(Endpoint::Upload)?;
+        self.inner.put_face(kind, id, image, image_type)
     }
 }
 

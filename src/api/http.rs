@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::header::HeaderMap;
+use reqwest::multipart::{Form, Part};
 use reqwest::Url;
 use reqwest::{Client, RequestBuilder};
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use serde::Deserialize;
 use super::codes;
 use super::token::{IssuedToken, TokenCache};
 use super::Endpoint;
-use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ListedUser, Priority, UserPage};
+use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ImageType, ListedUser, Priority, UserPage};
 use crate::api::secret::Secret;
 use crate::api::IdKind;
 use crate::metrics::{Outcome, METRICS};
@@ -320,16 +321,22 @@ impl HttpApi {
         }
     }
 
-    /// Sends an authorised GET; on a token error, drops that token, gets a new
-    /// one and tries once more, so a reader never sees an expiry. One
-    /// deadline, `--request-timeout` from now, covers it all: waiting for
-    /// another thread's token renewal, the renewal, and every byte.
-    fn get(&self, url: Url, limit: u64, budget: Option<&ByteBudget>) -> Result<Answer, ApiError> {
+    /// Sends an authorised request made by `request`; on a token error,
+    /// drops that token, gets a new one and tries once more, so a reader
+    /// never sees an expiry. One deadline, `--request-timeout` from now,
+    /// covers it all: waiting for another thread's token renewal, the
+    /// renewal, and every byte.
+    fn authorized(
+        &self,
+        request: impl Fn(&Client) -> RequestBuilder,
+        limit: u64,
+        budget: Option<&ByteBudget>,
+    ) -> Result<Answer, ApiError> {
         let deadline = Instant::now() + self.request_timeout;
         let mut renewed = false;
         loop {
             let token = self.tokens.get(deadline, || self.fetch_token(deadline))?;
-            let request = self.client.get(url.clone()).bearer_auth(token.expose());
+            let request = request(&self.client).bearer_auth(token.expose());
             let answer = self.send(request, limit, budget, deadline)?;
             match answer.token_error() {
                 Some(code) if !renewed => {
@@ -462,7 +469,8 @@ impl FaceApi for HttpApi {
             path.push_str("&page_token=");
             path.push_str(&encode(token));
         }
-        page_from_answer(self.get(self.url(&path)?, MAX_JSON_BYTES, None)?)
+        let url = self.url(&path)?;
+        page_from_answer(self.authorized(|c| c.get(url.clone()), MAX_JSON_BYTES, None)?)
     }
 
     fn get_face(
@@ -476,7 +484,44 @@ impl FaceApi for HttpApi {
             "/open-apis/acs/v1/users/{}/face?is_cropped={cropped}&user_id_type={kind}",
             encode(id)
         );
-        face_from_answer(self.get(self.url(&path)?, MAX_FACE_BYTES, Some(&self.memory))?)
+        let url = self.url(&path)?;
+        face_from_answer(self.authorized(
+            |c| c.get(url.clone()),
+            MAX_FACE_BYTES,
+            Some(&self.memory),
+        )?)
+    }
+
+    /// `multipart/form-data` with the parts the API documents: `files`
+    /// (the image), `file_type` and `file_name`.
+    fn put_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        image: &[u8],
+        image_type: ImageType,
+    ) -> Result<(), ApiError> {
+        let path = format!(
+            "/open-apis/acs/v1/users/{}/face?user_id_type={kind}",
+            encode(id)
+        );
+        let url = self.url(&path)?;
+        let form = || {
+            let file = Part::bytes(image.to_vec())
+                .file_name(image_type.file_name())
+                .mime_str(image_type.mime())
+                .expect("a fixed, valid MIME type");
+            Form::new()
+                .part("files", file)
+                .text("file_type", image_type.file_type())
+                .text("file_name", image_type.file_name())
+        };
+        let answer = self.authorized(
+            |c| c.put(url.clone()).multipart(form()),
+            MAX_JSON_BYTES,
+            None,
+        )?;
+        answer.success().map(drop)
     }
 }
 

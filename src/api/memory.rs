@@ -5,7 +5,7 @@
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{ApiError, FaceApi, FaceBytes, ListedUser, Priority, UserPage};
+use super::{ApiError, FaceApi, FaceBytes, ImageType, ListedUser, Priority, UserPage};
 use crate::api::IdKind;
 
 struct User {
@@ -20,6 +20,16 @@ pub struct MemoryApi {
     page_size: usize,
     face_requests: AtomicUsize,
     list_requests: AtomicUsize,
+    uploads: Mutex<Vec<Upload>>,
+}
+
+/// An upload as the service received it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Upload {
+    pub kind: IdKind,
+    pub id: String,
+    pub image: Vec<u8>,
+    pub image_type: ImageType,
 }
 
 impl Default for MemoryApi {
@@ -39,6 +49,7 @@ impl MemoryApi {
             page_size,
             face_requests: AtomicUsize::new(0),
             list_requests: AtomicUsize::new(0),
+            uploads: Mutex::new(Vec::new()),
         }
     }
 
@@ -65,6 +76,11 @@ impl MemoryApi {
 
     pub fn list_requests(&self) -> usize {
         self.list_requests.load(Ordering::SeqCst)
+    }
+
+    /// Every upload received, in order.
+    pub fn uploads(&self) -> Vec<Upload> {
+        self.uploads.lock().clone()
     }
 }
 
@@ -115,5 +131,30 @@ impl FaceApi for MemoryApi {
         face.clone()
             .map(FaceBytes::unbudgeted)
             .ok_or(ApiError::FaceNotFound)
+    }
+
+    /// Keeps the bytes as the full face; the crop is the same bytes
+    /// reversed, so that tests can tell them apart.
+    fn put_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        image: &[u8],
+        image_type: ImageType,
+    ) -> Result<(), ApiError> {
+        let mut users = self.users.lock();
+        let user = users
+            .iter_mut()
+            .find(|u| u.ids[slot(kind)] == id)
+            .ok_or(ApiError::UserNotFound)?;
+        user.full = Some(image.to_vec());
+        user.cropped = Some(image.iter().rev().copied().collect());
+        self.uploads.lock().push(Upload {
+            kind,
+            id: id.to_owned(),
+            image: image.to_vec(),
+            image_type,
+        });
+        Ok(())
     }
 }

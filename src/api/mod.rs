@@ -6,6 +6,7 @@ pub mod codes;
 pub mod failure;
 pub mod http;
 pub mod id_kind;
+pub mod image;
 pub mod memory;
 pub mod retry;
 pub mod secret;
@@ -16,6 +17,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use self::id_kind::IdKind;
+pub use self::image::ImageType;
 pub use self::throttle::Priority;
 use crate::sync::byte_budget::MemoryHold;
 
@@ -28,16 +30,24 @@ pub enum Endpoint {
     List,
     /// `GET /open-apis/acs/v1/users/:user_id/face`
     Face,
+    /// `PUT /open-apis/acs/v1/users/:user_id/face`
+    Upload,
 }
 
 impl Endpoint {
-    pub const ALL: [Endpoint; 3] = [Endpoint::Token, Endpoint::List, Endpoint::Face];
+    pub const ALL: [Endpoint; 4] = [
+        Endpoint::Token,
+        Endpoint::List,
+        Endpoint::Face,
+        Endpoint::Upload,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Endpoint::Token => "token",
             Endpoint::List => "list",
             Endpoint::Face => "face",
+            Endpoint::Upload => "upload",
         }
     }
 }
@@ -74,6 +84,17 @@ pub trait FaceApi: Send + Sync {
         cropped: bool,
         priority: Priority,
     ) -> Result<FaceBytes, ApiError>;
+
+    /// Replaces the user's face with `image` (the service makes the crop).
+    /// A PUT: sending it twice leaves what sending it once does, so a
+    /// retry after a lost answer cannot upload anything wrong.
+    fn put_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        image: &[u8],
+        image_type: ImageType,
+    ) -> Result<(), ApiError>;
 }
 
 /// A face's bytes as downloaded, holding their share of the memory budget
@@ -132,6 +153,9 @@ pub enum ApiError {
     /// Worth retrying: network errors, timeouts, 5xx, internal error codes, cut bodies.
     #[error("transient failure: {0}")]
     Transient(ApiFailure),
+    /// The service could not use an uploaded image (no face to crop).
+    #[error("the service refused the image: {0}")]
+    ImageRefused(ApiFailure),
     /// A definite refusal that retrying will not change.
     #[error("the API refused the request: {0}")]
     Failed(ApiFailure),

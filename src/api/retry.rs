@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::throttle::{Priority, RateLimiter};
 use super::Endpoint;
-use super::{ApiError, ApiFailure, FaceApi, FaceBytes, UserPage};
+use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ImageType, UserPage};
 use crate::api::IdKind;
 use crate::metrics::{Outcome, METRICS};
 
@@ -174,6 +174,23 @@ impl<A: FaceApi> FaceApi for RetryingApi<A> {
             priority,
             &|| format!("downloading a {kind} face"),
             || self.inner.get_face(kind, id, cropped, priority),
+        )
+    }
+
+    /// Retried like a download: a PUT replaces the face, so a second one
+    /// after a first whose answer was lost leaves the same face.
+    fn put_face(
+        &self,
+        kind: IdKind,
+        id: &str,
+        image: &[u8],
+        image_type: ImageType,
+    ) -> Result<(), ApiError> {
+        self.run(
+            Endpoint::Upload,
+            Priority::Listed,
+            &|| format!("uploading a {kind} face"),
+            || self.inner.put_face(kind, id, image, image_type),
         )
     }
 }

@@ -11,7 +11,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 const MAX_HEAD_BYTES: usize = 64 * 1024;
-const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Room for the largest face upload and its form around it.
+const MAX_BODY_BYTES: usize = 12 * 1024 * 1024;
 const MAX_CONNECTIONS: usize = 512;
 /// An idle keep-alive connection is closed after this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);

@@ -5,6 +5,7 @@
 pub mod face_image;
 pub mod http_server;
 pub mod long_connection;
+pub mod multipart;
 pub mod tenant;
 
 use parking_lot::{Condvar, Mutex};
@@ -18,6 +19,7 @@ use serde_json::json;
 use self::http_server::{decode, Reply, Request, Response, Server};
 use self::tenant::{Tenant, TenantSpec};
 use crate::api::codes;
+use crate::api::image::{ImageType, MAX_UPLOAD_BYTES};
 use crate::api::IdKind;
 
 /// The service's limit on `page_size`.
@@ -62,6 +64,8 @@ pub enum Route {
     ListUsers,
     GetUser,
     Face,
+    /// `PUT /open-apis/acs/v1/users/:user_id/face`
+    Upload,
     Control,
     /// `POST /callback/ws/endpoint`: the event long connection's bootstrap.
     EventsEndpoint,
@@ -148,6 +152,8 @@ struct Behaviour {
     bootstrap_code: Option<i64>,
     /// The ClientConfig the bootstrap hands out (None: short test intervals).
     client_config: Option<serde_json::Value>,
+    /// The `code` uploads are refused with (HTTP 400), if any.
+    upload_refusal: Option<i64>,
 }
 
 /// Fixed one-second windows, as the gateway's `x-ogw-ratelimit-reset` suggests.
@@ -376,6 +382,11 @@ impl Emulator {
         self.state.behave().bootstrap_code = code;
     }
 
+    /// Refuses the next uploads with this code (None: accept them).
+    pub fn set_upload_refusal(&self, code: Option<i64>) {
+        self.state.behave().upload_refusal = code;
+    }
+
     /// The ClientConfig the next bootstraps hand out.
     pub fn set_client_config(&self, config: serde_json::Value) {
         self.state.behave().client_config = Some(config);
@@ -462,7 +473,10 @@ impl State {
 
     /// How this request is to misbehave, as the tests set it up.
     fn misbehave(&self, route: Route) -> Misbehaviour {
-        let acs = matches!(route, Route::ListUsers | Route::GetUser | Route::Face);
+        let acs = matches!(
+            route,
+            Route::ListUsers | Route::GetUser | Route::Face | Route::Upload
+        );
         let mut behaviour = self.behave();
         let fault = behaviour
             .faults
@@ -547,6 +561,9 @@ impl State {
             ("GET", ["", "open-apis", "acs", "v1", "users", id]) => (Route::GetUser, Some(*id)),
             ("GET", ["", "open-apis", "acs", "v1", "users", id, "face"]) => {
                 (Route::Face, Some(*id))
+            }
+            ("PUT", ["", "open-apis", "acs", "v1", "users", id, "face"]) => {
+                (Route::Upload, Some(*id))
             }
             (_, ["", "_emulator", ..]) => (Route::Control, None),
             ("POST", ["", "callback", "ws", "endpoint"]) => (Route::EventsEndpoint, None),
@@ -633,7 +650,7 @@ impl State {
             _ => match (self.authorize(req), req.query_pairs()) {
                 (Err(refusal), _) => refusal,
                 (Ok(()), None) => invalid_param("query is not UTF-8"),
-                (Ok(()), Some(query)) => self.acs(route, user_id, &query),
+                (Ok(()), Some(query)) => self.acs(route, user_id, &query, req),
             },
         }
     }
@@ -744,7 +761,13 @@ impl State {
         }
     }
 
-    fn acs(&self, route: Route, user_id: Option<&str>, query: &[(String, String)]) -> Response {
+    fn acs(
+        &self,
+        route: Route,
+        user_id: Option<&str>,
+        query: &[(String, String)],
+        req: &Request,
+    ) -> Response {
         let param = |name: &str| {
             query
                 .iter()
@@ -768,6 +791,10 @@ impl State {
         }
         match route {
             Route::ListUsers => self.list(kind, param("page_size"), param("page_token")),
+            Route::Upload => match user_id.and_then(|id| self.tenant.find(kind, id)) {
+                None => error(400, codes::USER_NOT_FOUND, "user not found"),
+                Some(i) => self.upload(i, req),
+            },
             Route::GetUser | Route::Face => {
                 let Some(i) = user_id.and_then(|id| self.tenant.find(kind, id)) else {
                     return error(400, codes::USER_NOT_FOUND, "user not found");
@@ -790,6 +817,69 @@ impl State {
             }
             _ => unreachable!("only ACS endpoints reach here"),
         }
+    }
+
+    /// A face upload, as strict as the documentation: multipart/form-data
+    /// with exactly the parts `files` (the image), `file_type` (`jpg` or `png`,
+    /// matching the bytes) and `file_name` (with a suffix). The face it
+    /// replaces is served from now on, with a crop made from it, and the
+    /// event goes out.
+    fn upload(&self, i: usize, req: &Request) -> Response {
+        let form = multipart::boundary(req.header("content-type").unwrap_or(""))
+            .and_then(|b| multipart::parse(&req.body, &b));
+        let parts = match form {
+            Ok(parts) => parts,
+            Err(why) => return invalid_param(&why),
+        };
+        let mut files = None;
+        let (mut file_type, mut file_name) = (None, None);
+        for part in parts {
+            let slot = match part.name.as_str() {
+                // The official Python SDK sends it without a filename.
+                "files" => &mut files,
+                "file_type" => &mut file_type,
+                "file_name" => &mut file_name,
+                other => return invalid_param(&format!("unexpected part {other:?}")),
+            };
+            if slot.replace(part.body).is_some() {
+                return invalid_param("a part is given twice");
+            }
+        }
+        let (Some(image), Some(file_type), Some(file_name)) = (files, file_type, file_name) else {
+            return invalid_param("files, file_type and file_name are required");
+        };
+        let declared = match file_type.as_slice() {
+            b"jpg" => ImageType::Jpeg,
+            b"png" => ImageType::Png,
+            _ => return invalid_param("file_type must be jpg or png"),
+        };
+        let named = std::str::from_utf8(&file_name)
+            .ok()
+            .and_then(|n| n.rsplit_once('.'))
+            .is_some_and(|(stem, suffix)| !stem.is_empty() && !suffix.is_empty());
+        if !named {
+            return invalid_param("file_name must be a name with its suffix");
+        }
+        if image.len() as u64 > MAX_UPLOAD_BYTES {
+            return invalid_param("the file is too large");
+        }
+        if let Some(code) = self.behave().upload_refusal {
+            return error(400, code, "upload refused by the emulator");
+        }
+        match ImageType::of_whole(&image) {
+            None => return error(400, codes::FACE_UNUSABLE, "face image is not usable"),
+            Some(found) if found != declared => {
+                return invalid_param("file_type does not match the file")
+            }
+            Some(_) => {}
+        }
+        let crop = face_image::crop_of(&image);
+        self.tenant.replace_face(i, false, image);
+        self.tenant.replace_face(i, true, crop);
+        self.tenant.set_has_face(i, true);
+        let open_id = self.tenant.users()[i].id(IdKind::OpenId).to_owned();
+        self.push_user_updated(&open_id, true, 1);
+        ok(json!({}))
     }
 
     fn list(&self, kind: IdKind, page_size: Option<&str>, page_token: Option<&str>) -> Response {

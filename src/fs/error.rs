@@ -80,6 +80,11 @@ impl FsError {
                 "{doing}: the API denied access to {kind} ids; grant the app the scope(s) {} in the developer console",
                 codes::required_scopes(kind)
             ),
+            ApiError::ImageRefused(_) => err!(
+                source: source,
+                libc::EINVAL,
+                "{doing}: the service found no face it can use in the image"
+            ),
             _ => err!(source: source, libc::EIO, "{doing} failed"),
         }
     }
@@ -126,6 +131,7 @@ mod tests {
             (ApiError::Failed(f("x")), libc::EIO),
             (ApiError::BadCredentials(f("x")), libc::EIO),
             (ApiError::InvalidPageToken, libc::EIO),
+            (ApiError::ImageRefused(f("x")), libc::EINVAL),
         ];
         for (err, errno) in cases {
             let text = format!("{err:?}");

@@ -259,7 +259,7 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     use super::*;
-    use crate::api::{FaceBytes, ListedUser, Priority, UserPage};
+    use crate::api::{FaceBytes, ImageType, ListedUser, Priority, UserPage};
 
     /// A user list that never ends, in one of the ways a broken API can.
     struct Endless {
@@ -300,6 +300,10 @@ mod tests {
             _priority: Priority,
         ) -> Result<FaceBytes, ApiError> {
             unreachable!("a listing downloads no face")
+        }
+
+        fn put_face(&self, _: IdKind, _: &str, _: &[u8], _: ImageType) -> Result<(), ApiError> {
+            unreachable!("a listing uploads no face")
         }
     }
 

@@ -2,7 +2,8 @@
 as a real app would drive the service, and prints what it got as JSON for
 tests/official_sdk.rs to check against the emulator's own data.
 
-Environment: FACEFS_EMULATOR (base URL), FEISHU_APP_ID, FEISHU_APP_SECRET.
+Environment: FACEFS_EMULATOR (base URL), FEISHU_APP_ID, FEISHU_APP_SECRET,
+FACEFS_UPLOAD (a JPEG file the SDK uploads as the first user's face).
 """
 
 import json
@@ -14,7 +15,9 @@ from lark_oapi.api.acs.v1 import (
     GetUserFaceRequest,
     GetUserRequest,
     ListUserRequest,
+    UpdateUserFaceRequest,
 )
+from lark_oapi.api.acs.v1.model.file import File
 
 client = (
     lark.Client.builder()
@@ -87,5 +90,17 @@ for user_id in with_face[:1] + ["ou_nobody"]:
         [user_id, response.code, user.user_id if user else None,
          bool(user and user.feature and user.feature.face_uploaded)]
     )
+
+with open(os.environ["FACEFS_UPLOAD"], "rb") as image:
+    body = File.builder().files(image).file_type("jpg").file_name("face.jpg").build()
+    request = (
+        UpdateUserFaceRequest.builder()
+        .user_id(with_face[0])
+        .user_id_type("open_id")
+        .request_body(body)
+        .build()
+    )
+    response = client.acs.v1.user_face.update(request)
+    result["upload"] = [with_face[0], response.code, response.msg]
 
 print(json.dumps(result))
