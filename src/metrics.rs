@@ -52,10 +52,17 @@ pub enum FuseOp {
     Readdir,
     Releasedir,
     Statfs,
+    Create,
+    Write,
+    Flush,
+    Fsync,
+    Setattr,
+    Rename,
+    Unlink,
 }
 
 impl FuseOp {
-    pub const ALL: [FuseOp; 9] = [
+    pub const ALL: [FuseOp; 16] = [
         FuseOp::Lookup,
         FuseOp::Getattr,
         FuseOp::Open,
@@ -65,6 +72,13 @@ impl FuseOp {
         FuseOp::Readdir,
         FuseOp::Releasedir,
         FuseOp::Statfs,
+        FuseOp::Create,
+        FuseOp::Write,
+        FuseOp::Flush,
+        FuseOp::Fsync,
+        FuseOp::Setattr,
+        FuseOp::Rename,
+        FuseOp::Unlink,
     ];
 
     /// The `op` label.
@@ -79,6 +93,13 @@ impl FuseOp {
             FuseOp::Readdir => "readdir",
             FuseOp::Releasedir => "releasedir",
             FuseOp::Statfs => "statfs",
+            FuseOp::Create => "create",
+            FuseOp::Write => "write",
+            FuseOp::Flush => "flush",
+            FuseOp::Fsync => "fsync",
+            FuseOp::Setattr => "setattr",
+            FuseOp::Rename => "rename",
+            FuseOp::Unlink => "unlink",
         }
     }
 }
@@ -89,12 +110,16 @@ const ENDPOINTS: usize = Endpoint::ALL.len();
 /// Latency buckets, in seconds.
 const BUCKETS: [f64; 7] = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
 
-const ERRNOS: [(i32, &str); 6] = [
+const ERRNOS: [(i32, &str); 10] = [
     (libc::ENOENT, "ENOENT"),
     (libc::EIO, "EIO"),
     (libc::EACCES, "EACCES"),
     (libc::EROFS, "EROFS"),
     (libc::ENOTDIR, "ENOTDIR"),
+    (libc::EPERM, "EPERM"),
+    (libc::EINVAL, "EINVAL"),
+    (libc::EFBIG, "EFBIG"),
+    (libc::ENOSPC, "ENOSPC"),
     (0, "other"),
 ];
 
@@ -115,6 +140,8 @@ pub struct Metrics {
     event_duplicates: AtomicU64,
     events_ignored: AtomicU64,
     invalidations: AtomicU64,
+    uploads: AtomicU64,
+    uploaded_bytes: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
     latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
@@ -157,6 +184,8 @@ impl Metrics {
             event_duplicates: ZERO,
             events_ignored: ZERO,
             invalidations: ZERO,
+            uploads: ZERO,
+            uploaded_bytes: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
             latency_sum_us: [ZERO; OPS],
@@ -223,6 +252,13 @@ impl Metrics {
         add(&self.events_ignored);
     }
 
+    /// A face uploaded (`--writable`), of `bytes` bytes.
+    pub fn uploaded(&self, bytes: usize) {
+        add(&self.uploads);
+        self.uploaded_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
     /// Names and inodes the kernel was told to forget.
     pub fn invalidations(&self, n: usize) {
         self.invalidations.fetch_add(n as u64, Ordering::Relaxed);
@@ -285,7 +321,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 22] = [
+        let simple: [(&str, &str, &str, u64); 24] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -391,8 +427,20 @@ impl Metrics {
             (
                 "facefs_kernel_invalidations_total",
                 "counter",
-                "Names and inodes the kernel was told to forget after events.",
+                "Names and inodes the kernel was told to forget after events and uploads.",
                 get(&self.invalidations),
+            ),
+            (
+                "facefs_uploads_total",
+                "counter",
+                "Faces uploaded by writing them (--writable).",
+                get(&self.uploads),
+            ),
+            (
+                "facefs_uploaded_bytes_total",
+                "counter",
+                "Bytes of the faces uploaded.",
+                get(&self.uploaded_bytes),
             ),
             (
                 "facefs_event_connects_total",

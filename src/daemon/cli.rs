@@ -141,6 +141,12 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = parse_duration)]
     pub ttl_with_events: Duration,
 
+    /// Upload faces by writing them: creating or overwriting <id>.jpg (cp,
+    /// shell redirection, dd, rsync, rsync --inplace) uploads it at close or
+    /// rename. Off by default: a write changes what door readers recognise.
+    #[arg(long)]
+    pub writable: bool,
+
     /// Serve built-in demo faces from an embedded emulator; needs no credentials.
     #[arg(long, conflicts_with_all = ["app_id", "app_secret_file"])]
     pub demo: bool,
@@ -254,6 +260,7 @@ pub struct Settings {
     pub max_stale: Duration,
     pub events: bool,
     pub ttl_with_events: Duration,
+    pub writable: bool,
     pub request_timeout: Duration,
     pub retry_budget: Duration,
     pub rate_limit: f64,
@@ -304,6 +311,7 @@ impl Cli {
             } else {
                 self.ttl
             },
+            writable: self.writable,
             request_timeout: self.request_timeout,
             retry_budget: self.retry_budget,
             rate_limit: self.rate_limit,

@@ -35,7 +35,6 @@ use crate::events::message::UserChange;
 use crate::fs::store::{FaceStore, StoreConfig};
 use crate::fs::{FaceFs, FsConfig, Invalidation, ROOT_INO};
 use crate::fuse::FuseAdapter;
-use crate::metrics::METRICS;
 use crate::sync::byte_budget::ByteBudget;
 
 /// How long the new mount has to answer its first `stat`.
@@ -240,6 +239,7 @@ fn mount(
             dir_mode: settings.dir_mode,
             readahead: settings.max_parallel * 2,
             prefetch_threads: settings.max_parallel,
+            writable: settings.writable,
         },
         store,
     );
@@ -259,7 +259,11 @@ fn mount(
     config.mount_options = vec![
         MountOption::FSName("facefs".into()),
         MountOption::Subtype("facefs".into()),
-        MountOption::RO,
+        if settings.writable {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::NoExec,
@@ -280,17 +284,15 @@ fn mount(
         )
     })?;
     let mut unmounter = session.unmount_callable();
+    if settings.events || settings.writable {
+        tell_kernel_through(&core, session.notifier())
+            .map_err(|e| format!("cannot start the invalidation thread: {e}"))?;
+    }
     let long_connection = match events_config {
-        Some(config) => {
-            let sink = Arc::new(
-                KernelSink::new(core.clone(), session.notifier())
-                    .map_err(|e| format!("cannot start the invalidation thread: {e}"))?,
-            );
-            Some(
-                EventConnection::start(config, sink)
-                    .map_err(|e| format!("cannot start the event connection: {e}"))?,
-            )
-        }
+        Some(config) => Some(
+            EventConnection::start(config, Arc::new(KernelSink { core: core.clone() }))
+                .map_err(|e| format!("cannot start the event connection: {e}"))?,
+        ),
         None => None,
     };
     std::thread::Builder::new()
@@ -316,35 +318,37 @@ fn mount(
     ))
 }
 
-/// Events reach the core, and what the core drops reaches the kernel: on a
-/// thread of its own, because the kernel may hold a notification until a
-/// lookup of that name ends (a download, up to the retry budget), and the
-/// event's ack, sent once the core is done, must go within 3 s.
-struct KernelSink {
-    core: Arc<FaceFs>,
-    kernel: Sender<Vec<Invalidation>>,
+/// What the core drops reaches the kernel on a thread of its own, because
+/// the kernel may hold a notification until a lookup of that name ends (a
+/// download, up to the retry budget; a rename holding the directory), and
+/// neither an event's ack (due within 3 s) nor the operation that caused
+/// it may wait for that.
+fn tell_kernel_through(core: &FaceFs, notifier: fuser::Notifier) -> std::io::Result<()> {
+    let (tx, rx) = channel::<Vec<Invalidation>>();
+    std::thread::Builder::new()
+        .name("facefs-invalidate".into())
+        .spawn(move || {
+            for batch in rx {
+                for forget in batch {
+                    // ENOENT: the kernel did not hold it, nothing to forget.
+                    let _ = match forget {
+                        Invalidation::Entry { parent, name } => {
+                            notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name))
+                        }
+                        Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
+                    };
+                }
+            }
+        })?;
+    core.set_kernel(Box::new(move |batch| {
+        let _ = tx.send(batch);
+    }));
+    Ok(())
 }
 
-impl KernelSink {
-    fn new(core: Arc<FaceFs>, notifier: fuser::Notifier) -> std::io::Result<KernelSink> {
-        let (tx, rx) = channel::<Vec<Invalidation>>();
-        std::thread::Builder::new()
-            .name("facefs-invalidate".into())
-            .spawn(move || {
-                for batch in rx {
-                    for forget in batch {
-                        // ENOENT: the kernel did not hold it, nothing to forget.
-                        let _ = match forget {
-                            Invalidation::Entry { parent, name } => {
-                                notifier.inval_entry(INodeNo(parent), std::ffi::OsStr::new(&name))
-                            }
-                            Invalidation::Inode(ino) => notifier.inval_inode(INodeNo(ino), 0, 0),
-                        };
-                    }
-                }
-            })?;
-        Ok(KernelSink { core, kernel: tx })
-    }
+/// Events reach the core, and what it drops, the kernel.
+struct KernelSink {
+    core: Arc<FaceFs>,
 }
 
 impl ChangeSink for KernelSink {
@@ -363,8 +367,7 @@ impl ChangeSink for KernelSink {
             change.face_uploaded
         );
         let forget = self.core.user_changed(&ids, change.face_uploaded);
-        METRICS.invalidations(forget.len());
-        let _ = self.kernel.send(forget);
+        self.core.tell_kernel(forget);
     }
 
     fn connected(&self, up: bool) {

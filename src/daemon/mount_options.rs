@@ -9,7 +9,8 @@ use clap::CommandFactory;
 use super::cli::Cli;
 
 /// Generic mount(8) and FUSE options that need nothing from facefs: it is
-/// always read-only, nodev, nosuid and noexec, and the rest concern mount(8).
+/// read-only unless `writable` is given, always nodev, nosuid and noexec,
+/// and the rest concern mount(8).
 const IGNORED: &[&str] = &[
     "ro",
     "nodev",
@@ -100,7 +101,8 @@ fn translate(option: &str) -> Result<Vec<OsString>, String> {
     };
     let flag = || OsString::from(format!("--{}", name.replace('_', "-")));
     match (name, value) {
-        // mount(8) adds `rw` whenever `ro` is not given; facefs mounts read-only regardless.
+        // mount(8) adds `rw` whenever `ro` is not given; facefs mounts
+        // read-only unless given `writable`, its own, deliberate option.
         ("rw", None) => Ok(vec![]),
         ("app_secret", _) => Err("the app secret cannot be a mount option (fstab and argv are readable by all): use app_secret_file=PATH".into()),
         // mount.fuse3 passes these through for the helper's own use.

@@ -54,6 +54,12 @@ impl FsError {
         self
     }
 
+    /// The same error, logged at `level`.
+    pub fn at_level(mut self, level: log::Level) -> FsError {
+        self.level = level;
+        self
+    }
+
     pub fn errno(&self) -> i32 {
         self.errno
     }

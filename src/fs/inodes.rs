@@ -152,6 +152,19 @@ impl InodeTable {
         }
     }
 
+    /// The current inodes of faces whose bytes are one of `digests`.
+    pub fn with_digests(&self, digests: &[u64]) -> Vec<(u64, FaceKey)> {
+        self.by_key
+            .iter()
+            .filter(|(_, ino)| {
+                self.nodes
+                    .get(ino)
+                    .is_some_and(|n| digests.contains(&n.meta.digest))
+            })
+            .map(|(key, ino)| (*ino, key.clone()))
+            .collect()
+    }
+
     pub fn existing(&self, key: &FaceKey) -> Option<u64> {
         self.by_key.get(key).copied()
     }

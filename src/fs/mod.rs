@@ -16,8 +16,10 @@ pub mod face;
 pub mod inodes;
 pub mod layout;
 pub mod listing;
+pub mod pending;
 pub mod readahead;
 pub mod store;
+pub mod writing;
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -38,6 +40,7 @@ use self::layout::FaceKey;
 use self::listing::Listing;
 use self::readahead::ReadAhead;
 use self::store::{FaceStore, Peek, StoreUsage};
+use self::writing::{OpenMode, Writes, FIRST_WRITTEN_INO, WRITTEN_GRACE};
 use crate::api::{ApiError, FaceApi, IdKind, Priority};
 use crate::metrics::METRICS;
 use crate::sync::single_flight::SingleFlight;
@@ -73,6 +76,8 @@ pub struct FsConfig {
     pub readahead: usize,
     /// Threads that run read-ahead downloads.
     pub prefetch_threads: usize,
+    /// Writing `<id>.jpg` uploads it (`--writable`).
+    pub writable: bool,
 }
 
 impl Default for FsConfig {
@@ -89,6 +94,7 @@ impl Default for FsConfig {
             dir_mode: 0o700,
             readahead: 64,
             prefetch_threads: 32,
+            writable: false,
         }
     }
 }
@@ -230,9 +236,18 @@ pub struct ReadSlice {
     face: Option<Arc<Face>>,
     start: usize,
     end: usize,
+    /// Bytes of a file being written, copied out.
+    copied: Vec<u8>,
 }
 
 impl ReadSlice {
+    fn copied(bytes: Vec<u8>) -> ReadSlice {
+        ReadSlice {
+            copied: bytes,
+            ..ReadSlice::EMPTY
+        }
+    }
+
     fn of(face: Arc<Face>, offset: u64, size: u32) -> ReadSlice {
         let len = face.bytes.len();
         let start = usize::try_from(offset).unwrap_or(usize::MAX).min(len);
@@ -241,6 +256,7 @@ impl ReadSlice {
             face: Some(face),
             start,
             end,
+            copied: Vec::new(),
         }
     }
 
@@ -248,12 +264,13 @@ impl ReadSlice {
         face: None,
         start: 0,
         end: 0,
+        copied: Vec::new(),
     };
 
     pub fn bytes(&self) -> &[u8] {
         self.face
             .as_ref()
-            .map_or(&[][..], |f| &f.bytes[self.start..self.end])
+            .map_or(&self.copied[..], |f| &f.bytes[self.start..self.end])
     }
 }
 
@@ -359,6 +376,17 @@ pub struct FaceFs {
     stopping: AtomicBool,
     /// Faces being read by inode (see [`ReadPins`]).
     reading: Mutex<ReadPins>,
+    /// Files being written (`--writable`).
+    writes: Mutex<Writes>,
+    /// Users the API said do not exist, by id.
+    absent_users: NegativeCache<(IdKind, String)>,
+    /// Faces uploaded a moment ago (see [`WRITTEN_GRACE`]).
+    recently_written: NegativeCache<FaceKey>,
+    /// Digests of faces replaced by an upload, and when: bytes with such a
+    /// digest fetched before then are not trusted, under whatever id.
+    superseded: Mutex<lru::LruCache<u64, SystemTime>>,
+    /// Tells the kernel what to forget (set by the daemon).
+    kernel: std::sync::OnceLock<Box<dyn Fn(Vec<Invalidation>) + Send + Sync>>,
 }
 
 impl FaceFs {
@@ -383,6 +411,7 @@ impl FaceFs {
                     .ok()
             });
         let pin_limit = config.prefetch_threads.max(8) * 2;
+        let config_negative_ttl = config.negative_ttl;
         Arc::new_cyclic(|me| FaceFs {
             me: me.clone(),
             api,
@@ -405,7 +434,30 @@ impl FaceFs {
             prefetchers,
             stopping: AtomicBool::new(false),
             reading: Mutex::new(ReadPins::new(pin_limit)),
+            writes: Mutex::new(Writes::default()),
+            absent_users: NegativeCache::new(config_negative_ttl, NEGATIVE_ENTRIES),
+            recently_written: NegativeCache::new(WRITTEN_GRACE, NEGATIVE_ENTRIES),
+            superseded: Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(NEGATIVE_ENTRIES).expect("not zero"),
+            )),
+            kernel: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Where invalidations go once the kernel is there to hear them.
+    pub fn set_kernel(&self, tell: Box<dyn Fn(Vec<Invalidation>) + Send + Sync>) {
+        let _ = self.kernel.set(tell);
+    }
+
+    /// Tells the kernel to forget what changed (no-op before `set_kernel`).
+    pub fn tell_kernel(&self, forget: Vec<Invalidation>) {
+        if forget.is_empty() {
+            return;
+        }
+        METRICS.invalidations(forget.len());
+        if let Some(tell) = self.kernel.get() {
+            tell(forget);
+        }
     }
 
     /// The mount is going away: listings under way end with `EIO` before
@@ -438,6 +490,19 @@ impl FaceFs {
     fn fresh(&self, at: SystemTime) -> bool {
         self.age(at)
             .is_some_and(|age| age < self.config.ttl || self.trusted_by_events(at, age))
+    }
+
+    /// Whether face bytes of `digest` fetched at `at` may be served as
+    /// fresh: fresh, and not replaced by an upload since.
+    fn fresh_face(&self, digest: u64, at: SystemTime) -> bool {
+        self.fresh(at) && !self.superseded_since(digest, at)
+    }
+
+    fn superseded_since(&self, digest: u64, at: SystemTime) -> bool {
+        self.superseded
+            .lock()
+            .peek(&digest)
+            .is_some_and(|replaced| at <= *replaced)
     }
 
     /// Whether the event connection vouches for what was fetched at `at`:
@@ -533,6 +598,11 @@ impl FaceFs {
             }
             .into());
         };
+        if self.config.writable {
+            if let Some(attr) = self.written_lookup(kind, name) {
+                return Ok(attr);
+            }
+        }
         let (id, cropped) = layout::parse_face_name(name)
             .ok_or_else(|| err!(libc::ENOENT, "a name outside the layout"))?;
         let key = FaceKey::new(kind, id, cropped);
@@ -575,7 +645,7 @@ impl FaceFs {
                 || self
                     .faces
                     .get(&next_key)
-                    .is_some_and(|f| self.fresh(f.fetched_at))
+                    .is_some_and(|f| self.fresh_face(f.digest, f.fetched_at))
             {
                 continue;
             }
@@ -585,7 +655,7 @@ impl FaceFs {
                     // A fresh stored face costs the walk a header read, not
                     // a download: only the disk is asked to read it ahead.
                     let stored = fs.store.as_ref().and_then(|s| s.meta(&next_key));
-                    if stored.is_some_and(|m| fs.fresh(m.fetched_at)) {
+                    if stored.is_some_and(|m| fs.fresh_face(m.digest, m.fetched_at)) {
                         return;
                     }
                     // Failures are the reader's to see (and log) when it gets there.
@@ -614,6 +684,9 @@ impl FaceFs {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Answer::Done(Ok(self.dir_attr(ino)));
         }
+        if let Some(attr) = self.written_attr(ino) {
+            return Answer::Done(Ok(attr));
+        }
         let step = self
             .face_version(ino)
             .map_err(Stop::from)
@@ -639,6 +712,10 @@ impl FaceFs {
 
     /// The kernel forgets `lookups` lookups of `ino`.
     pub fn forget(&self, ino: u64, lookups: u64) {
+        if ino >= FIRST_WRITTEN_INO {
+            self.forget_written(ino, lookups);
+            return;
+        }
         if self.inodes.lock().forget(ino, lookups) {
             self.reading.lock().unpin(ino);
         }
@@ -666,7 +743,7 @@ impl FaceFs {
                 .existing(key)
                 .and_then(|ino| inodes.node(ino))
                 .map(|n| n.meta);
-            if let Some(meta) = known.filter(|m| self.fresh(m.fetched_at)) {
+            if let Some(meta) = known.filter(|m| self.fresh_face(m.digest, m.fetched_at)) {
                 return Ok(meta);
             }
         }
@@ -681,25 +758,32 @@ impl FaceFs {
                     Peek::WouldBlock => return Err(Stop::WouldBlock),
                 },
             };
-            if let Some(meta) = stored.filter(|m| self.fresh(m.fetched_at)) {
+            if let Some(meta) = stored.filter(|m| self.fresh_face(m.digest, m.fetched_at)) {
                 return Ok(meta);
             }
         }
         Ok(self.load_face(key, fetch)?.meta())
     }
 
-    /// The attributes of a face, numbering its inode for the kernel.
+    /// The attributes of a face, numbering its inode for the kernel; those
+    /// of what is being written to it while it is.
     fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {
         let meta = self.face_meta(key, fetch)?;
         let ino = self.inodes.lock().looked_up(key, meta);
-        Ok(self.face_attr(ino, meta))
+        Ok(self
+            .written_attr(ino)
+            .unwrap_or_else(|| self.face_attr(ino, meta)))
     }
 
     /// A face's bytes, from memory while fresh, else (once for all
     /// concurrent callers) from the store or the API: see [`Self::refresh`].
     fn load_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Arc<Face>> {
         self.known_absent(key)?;
-        let cached = || self.faces.get(key).filter(|f| self.fresh(f.fetched_at));
+        let cached = || {
+            self.faces
+                .get(key)
+                .filter(|f| self.fresh_face(f.digest, f.fetched_at))
+        };
         if let Some(face) = cached() {
             METRICS.cache(true);
             return Ok(face);
@@ -709,7 +793,8 @@ impl FaceFs {
             let stored = self
                 .store
                 .as_ref()
-                .and_then(|s| s.face_now(key, |at| self.fresh(at)));
+                .and_then(|s| s.face_now(key, |at| self.fresh(at)))
+                .filter(|f| !self.superseded_since(f.digest, f.fetched_at));
             if let Some(face) = stored.map(Arc::new) {
                 METRICS.cache(true);
                 self.keep_in_memory(key, face.clone());
@@ -737,7 +822,7 @@ impl FaceFs {
                 err!(libc::EIO, "reading a stored {} face: {message}", key.kind)
             })?;
             if let Some(face) = stored.map(Arc::new) {
-                if self.fresh(face.fetched_at) {
+                if self.fresh_face(face.digest, face.fetched_at) {
                     METRICS.cache(true);
                     self.keep_in_memory(key, face.clone());
                     return Ok(face);
@@ -779,6 +864,10 @@ impl FaceFs {
                 if e.is_not_found() {
                     self.forget_face(key);
                 }
+                if matches!(e, ApiError::UserNotFound) {
+                    self.absent_users
+                        .insert((key.kind, key.id.clone()), self.now());
+                }
                 // The id itself is personal data: the message names only its kind.
                 Err(FsError::from_api(
                     e,
@@ -791,8 +880,10 @@ impl FaceFs {
 
     /// Whether `face`, past its TTL, may still stand in for a refresh.
     fn servable_stale(&self, face: &Face) -> bool {
-        self.age(face.fetched_at)
-            .is_some_and(|age| age < self.config.ttl.saturating_add(self.config.max_stale))
+        !self.superseded_since(face.digest, face.fetched_at)
+            && self
+                .age(face.fetched_at)
+                .is_some_and(|age| age < self.config.ttl.saturating_add(self.config.max_stale))
     }
 
     fn serve_stale(&self, key: &FaceKey, face: Arc<Face>) -> Arc<Face> {
@@ -859,6 +950,7 @@ impl FaceFs {
     ) -> Vec<Invalidation> {
         let mut forget = Vec::new();
         for (kind, id) in ids {
+            self.absent_users.remove(&(*kind, (*id).to_owned()));
             for cropped in [false, true] {
                 let key = FaceKey::new(*kind, *id, cropped);
                 self.faces.remove(&key);
@@ -908,15 +1000,15 @@ impl FaceFs {
 
     /// Opens a face for reading and returns the handle, which holds the bytes
     /// of the inode's version for every read of this open file.
-    pub fn open(&self, ino: u64, write: bool, fetch: Fetch) -> Answer<u64> {
-        self.open_step(ino, write, fetch).into()
+    pub fn open(&self, ino: u64, mode: OpenMode, fetch: Fetch) -> Answer<u64> {
+        self.open_step(ino, mode, fetch).into()
     }
 
-    fn open_step(&self, ino: u64, write: bool, fetch: Fetch) -> Step<u64> {
-        let (key, version) = self.face_version(ino)?;
-        if write {
-            return Err(err!(libc::EROFS, "faces are read-only").into());
+    fn open_step(&self, ino: u64, mode: OpenMode, fetch: Fetch) -> Step<u64> {
+        if let Some(opened) = self.open_written(ino, mode) {
+            return Ok(opened?);
         }
+        let (key, version) = self.face_version(ino)?;
         let face = self.version_bytes(&key, version.digest, fetch)?;
         let fh = self.handle();
         self.open_files.lock().insert(fh, face);
@@ -977,18 +1069,21 @@ impl FaceFs {
         step.into()
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<ReadSlice, FsError> {
-        let face = self
-            .open_files
-            .lock()
-            .get(&fh)
-            .cloned()
-            .ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
-        Ok(ReadSlice::of(face, offset, size))
+    pub fn read(&self, fh: u64, offset: u64, size: u32, fetch: Fetch) -> Answer<ReadSlice> {
+        let face = self.open_files.lock().get(&fh).cloned();
+        match face {
+            Some(face) => Answer::Done(Ok(ReadSlice::of(face, offset, size))),
+            None => self
+                .read_written(fh, offset, size, fetch)
+                .map(ReadSlice::copied)
+                .into(),
+        }
     }
 
     pub fn release(&self, fh: u64) {
-        self.open_files.lock().remove(&fh);
+        if self.open_files.lock().remove(&fh).is_none() {
+            self.release_written(fh);
+        }
     }
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {

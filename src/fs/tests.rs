@@ -87,8 +87,12 @@ fn stable(attr: Attr) -> Attr {
 }
 
 fn read_all(fs: &FaceFs, ino: u64) -> Vec<u8> {
-    let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
-    let bytes = fs.read(fh, 0, 1 << 20).unwrap().bytes().to_vec();
+    let fh = fs.open(ino, OpenMode::Read, Fetch::Allowed).unwrap();
+    let bytes = fs
+        .read(fh, 0, 1 << 20, Fetch::Never)
+        .unwrap()
+        .bytes()
+        .to_vec();
     fs.release(fh);
     bytes
 }
@@ -188,13 +192,24 @@ fn reads_at_offsets_and_past_the_end() {
         .lookup(dir_ino(IdKind::UnionId), name("on_b.jpg"), Fetch::Allowed)
         .unwrap()
         .ino;
-    let fh = fs.open(ino, false, Fetch::Allowed).unwrap();
-    assert_eq!(fs.read(fh, 50, 100).unwrap().bytes().len(), 10);
-    assert!(fs.read(fh, 60, 10).unwrap().bytes().is_empty());
-    assert!(fs.read(fh, u64::MAX, 10).unwrap().bytes().is_empty());
+    let fh = fs.open(ino, OpenMode::Read, Fetch::Allowed).unwrap();
+    assert_eq!(
+        fs.read(fh, 50, 100, Fetch::Never).unwrap().bytes().len(),
+        10
+    );
+    assert!(fs
+        .read(fh, 60, 10, Fetch::Never)
+        .unwrap()
+        .bytes()
+        .is_empty());
+    assert!(fs
+        .read(fh, u64::MAX, 10, Fetch::Never)
+        .unwrap()
+        .bytes()
+        .is_empty());
     fs.release(fh);
     assert_eq!(
-        fs.read(fh, 0, 1).err().map(|e| e.errno()),
+        fs.read(fh, 0, 1, Fetch::Never).errno().err(),
         Some(libc::EBADF)
     );
 }
@@ -351,7 +366,7 @@ fn cache_evicts_by_bytes_and_refetches() {
     // stat still answers from what is known, the bytes are downloaded again.
     assert_eq!(fs.getattr(a.ino, Fetch::Never).unwrap().size, 100);
     assert_eq!(
-        fs.open(a.ino, false, Fetch::Never).errno(),
+        fs.open(a.ino, OpenMode::Read, Fetch::Never).errno(),
         Err(WOULD_BLOCK)
     );
     assert_eq!(read_all(&fs, a.ino), vec![1; 100]);
@@ -413,9 +428,13 @@ fn writes_and_directory_misuse() {
         .lookup(dir_ino(IdKind::OpenId), name("ou_a.jpg"), Fetch::Allowed)
         .unwrap()
         .ino;
-    assert_eq!(fs.open(ino, true, Fetch::Allowed).errno(), Err(libc::EROFS));
     assert_eq!(
-        fs.open(ROOT_INO, false, Fetch::Allowed).errno(),
+        fs.open(ino, OpenMode::Write { truncate: false }, Fetch::Allowed)
+            .errno(),
+        Err(libc::EROFS)
+    );
+    assert_eq!(
+        fs.open(ROOT_INO, OpenMode::Read, Fetch::Allowed).errno(),
         Err(libc::EISDIR)
     );
     assert_eq!(fs.opendir(ino).map_err(|e| e.errno()), Err(libc::ENOTDIR));
@@ -731,10 +750,13 @@ fn an_inode_is_one_version_and_reads_its_own_bytes_or_eio() {
     // ...and the old inode, its bytes gone, fails rather than mixing.
     assert_eq!(read(old.ino, Fetch::Allowed), Err(libc::EIO));
     // An open handle of the old path keeps what it opened.
-    let opened = fs.open(new.ino, false, Fetch::Never).unwrap();
+    let opened = fs.open(new.ino, OpenMode::Read, Fetch::Never).unwrap();
     api.inner().set_faces("ou_a", Some(vec![6; 80]), None);
     clock.advance(Duration::from_secs(60));
-    assert_eq!(fs.read(opened, 0, 4096).unwrap().bytes(), &[5; 120][..]);
+    assert_eq!(
+        fs.read(opened, 0, 4096, Fetch::Never).unwrap().bytes(),
+        &[5; 120][..]
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use fuser::{
 };
 
 use crate::fs::error::err;
+use crate::fs::writing::{AttrChange, OpenMode};
 use crate::fs::{Answer, Attr, FaceFs, Fetch, FsError, NodeKind};
 use crate::metrics::{FuseOp, METRICS};
 use crate::sync::worker_pool::WorkerPool;
@@ -151,6 +152,15 @@ impl Filesystem for FuseAdapter {
         if config.set_max_background(background).is_ok() {
             let _ = config.set_congestion_threshold(background / 4 * 3);
         }
+        if self.core.writable() {
+            // O_TRUNC comes with the open, not as a setattr before it
+            // (which a face would refuse: it cannot be truncated alone).
+            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
+                log::warn!("the kernel lacks {missing:?}: truncating opens of faces will fail");
+            }
+            // Opens must reach facefs: a write opens a face for writing.
+            return Ok(());
+        }
         // Two requests fewer per file read: a warm `cat` runs at page-cache speed.
         self.no_open = config
             .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
@@ -189,18 +199,33 @@ impl Filesystem for FuseAdapter {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let write = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        if self.no_open && !write {
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let mode = if flags.acc_mode() != OpenAccMode::O_RDONLY || truncate {
+            OpenMode::Write { truncate }
+        } else {
+            OpenMode::Read
+        };
+        if self.no_open && mode == OpenMode::Read {
             // The kernel takes ENOSYS as "open files yourself from now on".
             reply.error(Errno::ENOSYS);
             return;
         }
+        let core = self.core.clone();
         self.answer(
             FuseOp::Open,
-            move |core, fetch| core.open(ino.0, write, fetch),
+            move |core, fetch| core.open(ino.0, mode, fetch),
             move |result| match result {
-                // An inode is one version: its pages stay right.
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(fh) => {
+                    let flags = if core.is_write_handle(fh) {
+                        // Written bytes stay out of the page cache: what
+                        // is read next must be what the service has.
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        // An inode is one version: its pages stay right.
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    };
+                    reply.opened(FileHandle(fh), flags)
+                }
                 Err(e) => reply.error(errno(&e)),
             },
         );
@@ -228,10 +253,10 @@ impl Filesystem for FuseAdapter {
             );
             return;
         }
-        inline(
+        self.answer(
             FuseOp::Read,
-            || self.core.read(fh.0, offset, size),
-            |result| match result {
+            move |core, fetch| core.read(fh.0, offset, size, fetch),
+            move |result| match result {
                 Ok(slice) => reply.data(slice.bytes()),
                 Err(e) => reply.error(errno(&e)),
             },
@@ -289,19 +314,6 @@ impl Filesystem for FuseAdapter {
         reply: ReplyIoctl,
     ) {
         reply.error(Errno::ENOTTY);
-    }
-
-    /// Nothing to flush on a read-only file; ENOSYS tells the kernel to stop
-    /// sending flush at all, saving a round trip on every close.
-    fn flush(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        _fh: FileHandle,
-        _lock_owner: LockOwner,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::ENOSYS);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
@@ -364,33 +376,189 @@ impl Filesystem for FuseAdapter {
             || Ok(self.core.cache_usage()),
             |result| {
                 let usage = result.unwrap_or_default();
-                let blocks = usage.bytes.div_ceil(4096);
-                reply.statfs(blocks, 0, 0, usage.entries as u64, 0, 4096, 255, 4096);
+                // Free space: what may still be written before uploads (`--writable`).
+                let free = self.core.pending_room() / 4096;
+                let blocks = usage.bytes.div_ceil(4096) + free;
+                reply.statfs(blocks, free, free, usage.entries as u64, 0, 4096, 255, 4096);
             },
         );
     }
 
-    // Every write-type operation: a read-only filesystem.
+    // Changes: uploads with --writable, EROFS without (see fs::writing).
 
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
-        _ctime: Option<SystemTime>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
-        _crtime: Option<SystemTime>,
-        _chgtime: Option<SystemTime>,
-        _bkuptime: Option<SystemTime>,
-        _flags: Option<fuser::BsdFileFlags>,
+        crtime: Option<SystemTime>,
+        chgtime: Option<SystemTime>,
+        bkuptime: Option<SystemTime>,
+        flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(Errno::EROFS);
+        let change = AttrChange {
+            size,
+            other: mode.is_some()
+                || uid.is_some()
+                || gid.is_some()
+                || atime.is_some()
+                || mtime.is_some()
+                || ctime.is_some()
+                || crtime.is_some()
+                || chgtime.is_some()
+                || bkuptime.is_some()
+                || flags.is_some(),
+        };
+        self.answer(
+            FuseOp::Setattr,
+            move |core, fetch| core.setattr(ino.0, change, fetch),
+            move |result| match result {
+                Ok(attr) => reply.attr(&attr.valid_for, &file_attr(&attr)),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        inline(
+            FuseOp::Create,
+            || self.core.create(parent.0, name),
+            |result| match result {
+                Ok((attr, fh)) => reply.created(
+                    &attr.valid_for,
+                    &file_attr(&attr),
+                    Generation(0),
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_DIRECT_IO,
+                ),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.answer(
+            FuseOp::Write,
+            move |core, fetch| core.write(fh.0, offset, &data, fetch),
+            move |result| match result {
+                Ok(written) => reply.written(written),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    /// `close()`: where a written face is uploaded and the writer learns
+    /// how that went.
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        if !self.core.is_write_handle(fh.0) {
+            if self.core.writable() {
+                reply.ok();
+            } else {
+                // Nothing to flush on a read-only mount: ENOSYS stops the
+                // kernel sending flush at all, saving a round trip per close.
+                reply.error(Errno::ENOSYS);
+            }
+            return;
+        }
+        self.answer(
+            FuseOp::Flush,
+            move |core, fetch| core.flush(fh.0, fetch),
+            move |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.answer(
+            FuseOp::Fsync,
+            move |core, fetch| core.flush(fh.0, fetch),
+            move |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        if !flags.is_empty() {
+            // RENAME_NOREPLACE and RENAME_EXCHANGE: callers fall back to a plain rename.
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.answer(
+            FuseOp::Rename,
+            move |core, fetch| core.rename(parent.0, &name, newparent.0, &newname, fetch),
+            move |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        inline(
+            FuseOp::Unlink,
+            || self.core.unlink(parent.0, name),
+            |result| match result {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(errno(&e)),
+            },
+        );
     }
 
     fn mknod(
@@ -403,7 +571,7 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&self.core.refuse_change("mknod")));
     }
 
     fn mkdir(
@@ -415,15 +583,11 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn unlink(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&self.core.refuse_change("mkdir")));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&self.core.refuse_change("rmdir")));
     }
 
     fn symlink(
@@ -434,20 +598,7 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
-    }
-
-    fn rename(
-        &self,
-        _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _newparent: INodeNo,
-        _newname: &OsStr,
-        _flags: RenameFlags,
-        reply: ReplyEmpty,
-    ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&self.core.refuse_change("symlink")));
     }
 
     fn link(
@@ -458,34 +609,38 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(errno(&self.core.refuse_change("link")));
     }
 
-    fn write(
+    /// Space is not reserved ahead: EOPNOTSUPP makes callers (rsync
+    /// --preallocate, posix_fallocate) just write.
+    fn fallocate(
         &self,
         _req: &Request,
         _ino: INodeNo,
         _fh: FileHandle,
         _offset: u64,
-        _data: &[u8],
-        _write_flags: WriteFlags,
-        _flags: OpenFlags,
-        _lock_owner: Option<LockOwner>,
-        reply: ReplyWrite,
+        _length: u64,
+        _mode: i32,
+        reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(Errno::EOPNOTSUPP);
     }
 
-    fn create(
+    /// ENOSYS: the kernel falls back to reads and writes, and stops asking.
+    fn copy_file_range(
         &self,
         _req: &Request,
-        _parent: INodeNo,
-        _name: &OsStr,
-        _mode: u32,
-        _umask: u32,
-        _flags: i32,
-        reply: ReplyCreate,
+        _ino_in: INodeNo,
+        _fh_in: FileHandle,
+        _offset_in: u64,
+        _ino_out: INodeNo,
+        _fh_out: FileHandle,
+        _offset_out: u64,
+        _len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
     ) {
-        reply.error(Errno::EROFS);
+        reply.error(Errno::ENOSYS);
     }
 }

@@ -1,0 +1,852 @@
+//! Writing faces (`--writable`): the bytes written to a file are held in
+//! memory, bounded, and uploaded when the file is closed (flush, fsync) or,
+//! for a temporary file (rsync's `.<name>.XXXXXX`), when it is renamed onto
+//! a face's name. The service makes the crop, so only `<id>.jpg` can be
+//! written. After an upload the user's faces are dropped everywhere facefs
+//! and the kernel hold them, since the service may re-encode what it got.
+//!
+//! The inodes of files created here (a face written anew, a temporary
+//! file) have numbers of their own, from [`FIRST_WRITTEN_INO`] up; an
+//! existing face opened for writing keeps its inode, its bytes pending
+//! beside it until the last handle closes.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::time::{Duration, Instant, SystemTime};
+
+use super::error::err;
+use super::inodes::{dir_ino, dir_kind};
+use super::layout::{self, FaceKey};
+use super::pending::PendingBytes;
+use super::{Answer, Attr, FaceFs, Fetch, FsError, Invalidation, NodeKind, Step, Stop};
+use crate::api::image::{ImageType, MAX_UPLOAD_BYTES};
+use crate::api::{ApiError, IdKind};
+use crate::metrics::METRICS;
+
+/// Bytes written and not yet uploaded or discarded, over all files: a
+/// write past it is refused with ENOSPC (enough for six faces of the
+/// largest size at once, or a thousand of the usual).
+pub const MAX_PENDING_BYTES: u64 = 64 << 20;
+/// Temporary files held at most.
+const MAX_SCRATCH_FILES: usize = 1024;
+/// A temporary file neither open nor touched for this long is dropped
+/// when the next one is created (a writer that died before its rename).
+const SCRATCH_IDLE: Duration = Duration::from_secs(3600);
+/// How long after its upload a face takes `chmod`, `chown` and `utime`
+/// as no-ops (rsync sets them on what it wrote).
+pub(super) const WRITTEN_GRACE: Duration = Duration::from_secs(600);
+/// Inode numbers of files created here; faces' numbers stay below.
+pub const FIRST_WRITTEN_INO: u64 = 1 << 63;
+
+/// Which attributes a `setattr` asks to change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttrChange {
+    pub size: Option<u64>,
+    /// Mode, owner or times: accepted as no-ops where writing is.
+    pub other: bool,
+}
+
+/// How a file is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpenMode {
+    Read,
+    Write { truncate: bool },
+}
+
+#[derive(Debug)]
+enum Target {
+    /// An existing face (its own inode, in the inode table), opened for writing.
+    Face(FaceKey),
+    /// A face written anew: uploaded when closed.
+    Created(FaceKey),
+    /// Any other name: held until renamed onto a face's name.
+    Scratch,
+    /// Uploaded, renamed or unlinked; the kernel may still hold the inode.
+    Gone,
+}
+
+struct WrittenFile {
+    dir: IdKind,
+    name: String,
+    target: Target,
+    bytes: PendingBytes,
+    handles: usize,
+    /// The kernel's lookups of our own inodes (not of `Target::Face`).
+    lookups: u64,
+    /// Writes so far, and how many of them the last upload carried.
+    changes: u64,
+    uploaded: u64,
+    mtime: SystemTime,
+    touched: Instant,
+}
+
+impl WrittenFile {
+    fn dirty(&self) -> bool {
+        self.changes != self.uploaded
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Writes {
+    files: HashMap<u64, WrittenFile>,
+    /// Names of files created here that are not gone, by directory.
+    names: HashMap<(IdKind, String), u64>,
+    /// Open handles of written files.
+    handles: HashMap<u64, u64>,
+    next_ino: u64,
+    /// The sum of every file's pending length.
+    bytes: u64,
+}
+
+impl Writes {
+    fn new_ino(&mut self) -> u64 {
+        self.next_ino += 1;
+        FIRST_WRITTEN_INO + self.next_ino
+    }
+
+    /// Grows or shrinks what `ino` holds from `old` to `new` bytes,
+    /// refusing growth past [`MAX_PENDING_BYTES`] or [`MAX_UPLOAD_BYTES`].
+    fn resize(&mut self, old: u64, new: u64) -> Result<(), FsError> {
+        if new > MAX_UPLOAD_BYTES {
+            return Err(err!(
+                libc::EFBIG,
+                "a face may have at most {} MiB (the service's image uploads take 10 MB)",
+                MAX_UPLOAD_BYTES >> 20
+            ));
+        }
+        let total = self.bytes - old + new;
+        if new > old && total > MAX_PENDING_BYTES {
+            return Err(err!(
+                libc::ENOSPC,
+                "{} MiB of written faces are waiting to be uploaded; close (or finish renaming) some files first",
+                MAX_PENDING_BYTES >> 20
+            ));
+        }
+        self.bytes = total;
+        Ok(())
+    }
+
+    /// Lets go of a file's bytes: it is gone, only its inode stays while
+    /// the kernel holds it.
+    fn retire(&mut self, ino: u64) {
+        let Some(file) = self.files.get_mut(&ino) else {
+            return;
+        };
+        self.bytes -= file.bytes.len();
+        file.bytes = PendingBytes::empty();
+        if self.names.get(&(file.dir, file.name.clone())) == Some(&ino) {
+            self.names.remove(&(file.dir, file.name.clone()));
+        }
+        match file.target {
+            Target::Face(_) => {
+                self.files.remove(&ino);
+            }
+            _ if file.lookups == 0 && file.handles == 0 => {
+                self.files.remove(&ino);
+            }
+            _ => file.target = Target::Gone,
+        }
+    }
+}
+
+fn refuse_crop() -> FsError {
+    err!(
+        libc::EPERM,
+        "cropped faces cannot be written: the service makes the crop from <id>.jpg"
+    )
+}
+
+impl FaceFs {
+    pub fn writable(&self) -> bool {
+        self.config.writable
+    }
+
+    fn writable_or_refuse(&self, what: &str) -> Result<(), FsError> {
+        if self.config.writable {
+            return Ok(());
+        }
+        Err(err!(
+            libc::EROFS,
+            "{what}: the mount is read-only (mount with --writable to upload faces)"
+        ))
+    }
+
+    fn written_attr_of(&self, ino: u64, file: &WrittenFile) -> Attr {
+        Attr {
+            ino,
+            kind: NodeKind::File,
+            size: file.bytes.len(),
+            mtime: file.mtime,
+            perm: self.config.file_mode | 0o200,
+            nlink: u32::from(!matches!(file.target, Target::Gone)),
+            uid: self.config.uid,
+            gid: self.config.gid,
+            // It changes with every write: the kernel must ask each time.
+            valid_for: Duration::ZERO,
+        }
+    }
+
+    /// What `stat` shows of a file being written (or created here), if `ino` is one.
+    pub(super) fn written_attr(&self, ino: u64) -> Option<Attr> {
+        let writes = self.writes.lock();
+        writes
+            .files
+            .get(&ino)
+            .map(|file| self.written_attr_of(ino, file))
+    }
+
+    /// A lookup of a name created here (a temporary file, a face being
+    /// written anew): counted, as the kernel will forget it.
+    pub(super) fn written_lookup(&self, kind: IdKind, name: &OsStr) -> Option<Attr> {
+        let name = name.to_str()?;
+        let mut writes = self.writes.lock();
+        let ino = *writes.names.get(&(kind, name.to_owned()))?;
+        let file = writes.files.get_mut(&ino)?;
+        file.lookups += 1;
+        Some(self.written_attr_of(ino, file))
+    }
+
+    /// The kernel forgets lookups of one of our inodes.
+    pub(super) fn forget_written(&self, ino: u64, lookups: u64) {
+        let mut writes = self.writes.lock();
+        let Some(file) = writes.files.get_mut(&ino) else {
+            return;
+        };
+        file.lookups = file.lookups.saturating_sub(lookups);
+        if file.lookups == 0 && file.handles == 0 && matches!(file.target, Target::Gone) {
+            writes.files.remove(&ino);
+        }
+    }
+
+    /// Creates `name` in an id directory and opens it for writing.
+    pub fn create(&self, parent: u64, name: &OsStr) -> Result<(Attr, u64), FsError> {
+        self.writable_or_refuse("create")?;
+        let kind = dir_kind(parent).ok_or_else(|| {
+            err!(
+                libc::EPERM,
+                "files can only be written in open_id, union_id and user_id"
+            )
+        })?;
+        let text = name
+            .to_str()
+            .ok_or_else(|| err!(libc::EINVAL, "a file name that is not UTF-8"))?;
+        let target = match layout::parse_face_name(name) {
+            Some((_, true)) => return Err(refuse_crop()),
+            Some((id, false)) => {
+                if self.absent_users.contains(&(kind, id.clone()), self.now()) {
+                    return Err(err!(
+                        libc::ENOENT,
+                        "no such {kind} user: the API said it does not exist"
+                    ));
+                }
+                Target::Created(FaceKey::new(kind, id, false))
+            }
+            None if text.ends_with(".jpg") => {
+                return Err(err!(
+                    libc::EINVAL,
+                    "{text:?} is not a face name this directory can hold"
+                ))
+            }
+            None => Target::Scratch,
+        };
+        let now = self.now();
+        let mut writes = self.writes.lock();
+        if matches!(target, Target::Scratch) {
+            let idle: Vec<u64> = writes
+                .files
+                .iter()
+                .filter(|(_, f)| {
+                    matches!(f.target, Target::Scratch)
+                        && f.handles == 0
+                        && now.saturating_duration_since(f.touched) > SCRATCH_IDLE
+                })
+                .map(|(ino, _)| *ino)
+                .collect();
+            for ino in idle {
+                log::info!(
+                    "dropping a temporary file unused for an hour (never renamed onto a face)"
+                );
+                writes.retire(ino);
+            }
+            let scratch = writes
+                .files
+                .values()
+                .filter(|f| matches!(f.target, Target::Scratch))
+                .count();
+            if scratch >= MAX_SCRATCH_FILES {
+                return Err(err!(
+                    libc::ENOSPC,
+                    "{MAX_SCRATCH_FILES} temporary files are held already; rename or remove some"
+                ));
+            }
+        }
+        if let Some(old) = writes.names.get(&(kind, text.to_owned())).copied() {
+            // The kernel asked to create a name it did not know was there.
+            writes.retire(old);
+        }
+        let ino = writes.new_ino();
+        let file = WrittenFile {
+            dir: kind,
+            name: text.to_owned(),
+            target,
+            bytes: PendingBytes::empty(),
+            handles: 1,
+            lookups: 1,
+            // A new face is a change even if nothing is written: closing
+            // it empty is reported (EINVAL), not silently ignored.
+            changes: 1,
+            uploaded: 0,
+            mtime: self.clock.wall(),
+            touched: now,
+        };
+        let attr = self.written_attr_of(ino, &file);
+        writes.files.insert(ino, file);
+        writes.names.insert((kind, text.to_owned()), ino);
+        let fh = self.handle();
+        writes.handles.insert(fh, ino);
+        Ok((attr, fh))
+    }
+
+    /// Opens a file for writing, or a file created here for reading. The
+    /// original bytes of an existing face are not needed yet (see
+    /// [`PendingBytes::over`]).
+    pub(super) fn open_written(&self, ino: u64, mode: OpenMode) -> Option<Result<u64, FsError>> {
+        let is_ours = self.writes.lock().files.contains_key(&ino);
+        let truncate = matches!(mode, OpenMode::Write { truncate: true });
+        if !is_ours {
+            if mode == OpenMode::Read {
+                return None;
+            }
+            return Some(self.open_face_for_write(ino, truncate));
+        }
+        let fh = self.handle();
+        let mut writes = self.writes.lock();
+        let Some(file) = writes.files.get_mut(&ino) else {
+            return Some(Err(err!(libc::ESTALE, "the file is gone")));
+        };
+        if matches!(file.target, Target::Gone) {
+            return Some(Err(err!(
+                libc::ESTALE,
+                "this file was uploaded or removed; open its name again"
+            )));
+        }
+        if mode != OpenMode::Read {
+            if let Err(e) = self.writable_or_refuse("open for writing") {
+                return Some(Err(e));
+            }
+        }
+        file.handles += 1;
+        file.touched = self.now();
+        if truncate && !file.bytes.is_empty() {
+            let old = file.bytes.len();
+            file.bytes.truncate(0);
+            file.changes += 1;
+            writes.bytes -= old;
+        }
+        writes.handles.insert(fh, ino);
+        Some(Ok(fh))
+    }
+
+    fn open_face_for_write(&self, ino: u64, truncate: bool) -> Result<u64, FsError> {
+        self.writable_or_refuse("open for writing")?;
+        let (key, version) = self.face_version(ino)?;
+        if key.cropped {
+            return Err(refuse_crop());
+        }
+        let fh = self.handle();
+        let mut writes = self.writes.lock();
+        if !writes.files.contains_key(&ino) {
+            writes.resize(0, version.size)?;
+            let file = WrittenFile {
+                dir: key.kind,
+                name: key.file_name(),
+                target: Target::Face(key),
+                bytes: PendingBytes::over(version.size, version.digest),
+                handles: 0,
+                lookups: 0,
+                changes: 0,
+                uploaded: 0,
+                mtime: self.clock.wall(),
+                touched: self.now(),
+            };
+            writes.files.insert(ino, file);
+        }
+        let file = writes.files.get_mut(&ino).expect("inserted above");
+        file.handles += 1;
+        let old = file.bytes.len();
+        if truncate {
+            file.bytes.truncate(0);
+            file.changes += 1;
+        }
+        writes.bytes -= old - writes.files[&ino].bytes.len();
+        writes.handles.insert(fh, ino);
+        Ok(fh)
+    }
+
+    /// Whether `fh` is a handle of a written file.
+    pub fn is_write_handle(&self, fh: u64) -> bool {
+        self.writes.lock().handles.contains_key(&fh)
+    }
+
+    /// Fills in what was not written of an existing face from its version's
+    /// bytes, when a write or read needs them.
+    fn fill_from_original(&self, ino: u64, fetch: Fetch) -> Step<()> {
+        let missing = {
+            let writes = self.writes.lock();
+            let file = writes
+                .files
+                .get(&ino)
+                .ok_or_else(|| err!(libc::EBADF, "no written file {ino}"))?;
+            match (&file.target, file.bytes.missing_base()) {
+                (Target::Face(key), Some(digest)) => Some((key.clone(), digest)),
+                _ => None,
+            }
+        };
+        let Some((key, digest)) = missing else {
+            return Ok(());
+        };
+        let original = self.version_bytes(&key, digest, fetch)?;
+        let mut writes = self.writes.lock();
+        if let Some(file) = writes.files.get_mut(&ino) {
+            if file.bytes.missing_base() == Some(digest) {
+                file.bytes.fill(&original.bytes);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8], fetch: Fetch) -> Answer<u32> {
+        self.write_step(fh, offset, data, fetch).into()
+    }
+
+    fn write_step(&self, fh: u64, offset: u64, data: &[u8], fetch: Fetch) -> Step<u32> {
+        self.writable_or_refuse("write")?;
+        loop {
+            let mut writes = self.writes.lock();
+            let ino = *writes
+                .handles
+                .get(&fh)
+                .ok_or_else(|| err!(libc::EBADF, "handle {fh} is not open for writing"))?;
+            let old = writes.files.get(&ino).map_or(0, |f| f.bytes.len());
+            let end = offset.saturating_add(data.len() as u64);
+            writes.resize(old, old.max(end))?;
+            let now = (self.now(), self.clock.wall());
+            let file = writes.files.get_mut(&ino).expect("a handle's file");
+            match file.bytes.write(offset, data) {
+                Ok(()) => {
+                    file.changes += 1;
+                    (file.touched, file.mtime) = now;
+                    return Ok(data.len() as u32);
+                }
+                Err(_) => {
+                    writes.bytes -= old.max(end) - old;
+                    drop(writes);
+                    self.fill_from_original(ino, fetch)?;
+                }
+            }
+        }
+    }
+
+    /// Reads through a handle of a written file.
+    pub(super) fn read_written(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        fetch: Fetch,
+    ) -> Step<Vec<u8>> {
+        loop {
+            let ino = {
+                let writes = self.writes.lock();
+                let ino = *writes
+                    .handles
+                    .get(&fh)
+                    .ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
+                if let Some(bytes) = writes
+                    .files
+                    .get(&ino)
+                    .and_then(|f| f.bytes.read(offset, size))
+                {
+                    return Ok(bytes.to_vec());
+                }
+                ino
+            };
+            self.fill_from_original(ino, fetch)?;
+        }
+    }
+
+    /// Uploads what was written through `fh`, if anything was since the
+    /// last upload: at `close()` (flush) and `fsync`, where the writer sees
+    /// the outcome. Temporary files wait for their rename.
+    pub fn flush(&self, fh: u64, fetch: Fetch) -> Answer<()> {
+        self.flush_step(fh, fetch).into()
+    }
+
+    fn flush_step(&self, fh: u64, fetch: Fetch) -> Step<()> {
+        let (ino, key, changes) = {
+            let writes = self.writes.lock();
+            let Some(&ino) = writes.handles.get(&fh) else {
+                return Ok(());
+            };
+            let file = &writes.files[&ino];
+            let key = match &file.target {
+                // Empty: not written yet. The shell's `> file` closes its
+                // first descriptor before the program writes through the
+                // second, and an empty file is no face to upload anyway.
+                _ if file.bytes.is_empty() => return Ok(()),
+                Target::Face(key) | Target::Created(key) if file.dirty() => key.clone(),
+                _ => return Ok(()),
+            };
+            (ino, key, file.changes)
+        };
+        if fetch == Fetch::Never {
+            return Err(Stop::WouldBlock);
+        }
+        self.fill_from_original(ino, fetch)?;
+        let bytes = {
+            let writes = self.writes.lock();
+            let file = &writes.files[&ino];
+            file.bytes.whole().map(<[u8]>::to_vec)
+        }
+        .ok_or_else(|| err!(libc::EIO, "the written face still misses bytes (a bug)"))?;
+        let result = self.upload(&key, &bytes);
+        if result.is_ok() {
+            if let Some(file) = self.writes.lock().files.get_mut(&ino) {
+                file.uploaded = file.uploaded.max(changes);
+            }
+        }
+        let forget = self.forget_written_face(ino, &key);
+        self.tell_kernel(forget);
+        Ok(result?)
+    }
+
+    /// What the kernel must drop after an upload attempt through `ino`:
+    /// the pages and size it took from the writes, so that the next reader
+    /// sees what the service serves, not what was written.
+    fn forget_written_face(&self, ino: u64, key: &FaceKey) -> Vec<Invalidation> {
+        vec![
+            Invalidation::Inode(ino),
+            Invalidation::Entry {
+                parent: dir_ino(key.kind),
+                name: key.file_name(),
+            },
+        ]
+    }
+
+    /// Closes a handle; returns whether it was one of a written file. The
+    /// last handle of a face lets go of its bytes (uploaded at flush, or
+    /// reported then); a temporary file stays until renamed or removed.
+    pub(super) fn release_written(&self, fh: u64) -> bool {
+        let mut writes = self.writes.lock();
+        let Some(ino) = writes.handles.remove(&fh) else {
+            return false;
+        };
+        let Some(file) = writes.files.get_mut(&ino) else {
+            return true;
+        };
+        file.handles -= 1;
+        if file.handles > 0 {
+            return true;
+        }
+        match &file.target {
+            Target::Face(_) | Target::Created(_) => {
+                if file.dirty() && file.bytes.is_empty() {
+                    log::info!("a {} face was closed empty: nothing uploaded", file.dir);
+                } else if file.dirty() {
+                    log::warn!(
+                        "a written {} face was closed without a successful upload; its bytes are dropped",
+                        file.dir
+                    );
+                }
+                writes.retire(ino);
+            }
+            Target::Scratch | Target::Gone => {}
+        }
+        true
+    }
+
+    /// Uploads `bytes` as `key`'s face and drops what facefs and the kernel
+    /// held of the user. The bytes must be a whole JPEG or PNG.
+    fn upload(&self, key: &FaceKey, bytes: &[u8]) -> Result<(), FsError> {
+        let image_type = ImageType::of_whole(bytes).ok_or_else(|| {
+            err!(
+                libc::EINVAL,
+                "not uploaded: the {} bytes written are not a whole JPEG or PNG image",
+                bytes.len()
+            )
+        })?;
+        let old = self.known_digests(key);
+        let start = Instant::now();
+        match self.api.put_face(key.kind, &key.id, bytes, image_type) {
+            Ok(()) => {
+                METRICS.uploaded(bytes.len());
+                log::info!(
+                    "uploaded a face by {} ({} bytes, {}) in {:?}",
+                    key.kind,
+                    bytes.len(),
+                    image_type.file_type(),
+                    start.elapsed()
+                );
+                let forget = self.after_upload(key, &old);
+                self.tell_kernel(forget);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, ApiError::UserNotFound) {
+                    self.absent_users
+                        .insert((key.kind, key.id.clone()), self.now());
+                }
+                // A refused upload is news to the admin whatever its errno.
+                Err(
+                    FsError::from_api(e, key.kind, &format!("uploading a {} face", key.kind))
+                        .at_level(log::Level::Warn),
+                )
+            }
+        }
+    }
+
+    /// The digests of the user's faces as facefs knows them now (memory,
+    /// the kernel's inodes, the store): after an upload, those bytes
+    /// wherever they are (also under the user's other ids) are out of date.
+    fn known_digests(&self, key: &FaceKey) -> Vec<u64> {
+        let mut digests = Vec::new();
+        for cropped in [false, true] {
+            let key = FaceKey::new(key.kind, key.id.clone(), cropped);
+            digests.extend(self.faces.get(&key).map(|f| f.digest));
+            {
+                let inodes = self.inodes.lock();
+                digests.extend(
+                    inodes
+                        .existing(&key)
+                        .and_then(|ino| inodes.node(ino))
+                        .map(|n| n.meta.digest),
+                );
+            }
+            if let Some(store) = &self.store {
+                digests.extend(store.meta(&key).map(|m| m.digest));
+            }
+        }
+        digests.sort_unstable();
+        digests.dedup();
+        digests
+    }
+
+    /// The user's faces changed by our own upload: as for an event, and the
+    /// same bytes under the user's other ids (which facefs cannot name: the
+    /// API maps no id to another) are no longer trusted anywhere.
+    pub(super) fn after_upload(&self, key: &FaceKey, old_digests: &[u64]) -> Vec<Invalidation> {
+        let now = self.now();
+        self.recently_written.insert(key.clone(), now);
+        let mut forget = self.user_changed(&[(key.kind, &key.id)], Some(true));
+        if old_digests.is_empty() {
+            return forget;
+        }
+        {
+            let mut superseded = self.superseded.lock();
+            let wall = self.clock.wall();
+            for digest in old_digests {
+                superseded.put(*digest, wall);
+            }
+        }
+        for (ino, other) in self.inodes.lock().with_digests(old_digests) {
+            if other.kind != key.kind || other.id != key.id {
+                forget.push(Invalidation::Entry {
+                    parent: dir_ino(other.kind),
+                    name: other.file_name(),
+                });
+                forget.push(Invalidation::Inode(ino));
+            }
+        }
+        forget
+    }
+
+    pub fn setattr(&self, ino: u64, change: AttrChange, fetch: Fetch) -> Answer<Attr> {
+        self.setattr_step(ino, change, fetch).into()
+    }
+
+    fn setattr_step(&self, ino: u64, change: AttrChange, fetch: Fetch) -> Step<Attr> {
+        self.writable_or_refuse("setattr")?;
+        if ino == super::ROOT_INO || dir_kind(ino).is_some() {
+            if change.size.is_some() {
+                return Err(err!(libc::EISDIR, "a directory has no size to set").into());
+            }
+            // rsync -a sets the times of the directory it copied into.
+            return Ok(self.dir_attr(ino));
+        }
+        {
+            let mut writes = self.writes.lock();
+            if let Some(file) = writes.files.get(&ino) {
+                if let Some(size) = change.size {
+                    if matches!(file.target, Target::Gone) {
+                        return Err(err!(libc::ESTALE, "this file was uploaded or removed").into());
+                    }
+                    let old = file.bytes.len();
+                    writes.resize(old, size)?;
+                    let wall = self.clock.wall();
+                    let file = writes.files.get_mut(&ino).expect("checked above");
+                    file.bytes.truncate(size);
+                    file.changes += 1;
+                    file.mtime = wall;
+                }
+                let file = &writes.files[&ino];
+                return Ok(self.written_attr_of(ino, file));
+            }
+        }
+        let (key, _) = self.face_version(ino)?;
+        if change.size.is_some() {
+            return Err(err!(
+                libc::EPERM,
+                "a face's size cannot be set; write the whole face (open it with O_TRUNC)"
+            )
+            .into());
+        }
+        if !self.recently_written.contains(&key, self.now()) {
+            return Err(err!(
+                libc::EPERM,
+                "facefs sets its faces' modes, owners and times itself; only a face just written here takes them (as a no-op)"
+            )
+            .into());
+        }
+        match self.getattr(ino, fetch) {
+            Answer::Done(result) => Ok(result?),
+            Answer::WouldBlock => Err(Stop::WouldBlock),
+        }
+    }
+
+    /// Renames a temporary file onto a face's name, which uploads it, or
+    /// onto another temporary name. Faces themselves cannot be renamed.
+    pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        fetch: Fetch,
+    ) -> Answer<()> {
+        self.rename_step(parent, name, new_parent, new_name, fetch)
+            .into()
+    }
+
+    fn rename_step(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        new_parent: u64,
+        new_name: &OsStr,
+        fetch: Fetch,
+    ) -> Step<()> {
+        self.writable_or_refuse("rename")?;
+        let (Some(kind), Some(new_kind)) = (dir_kind(parent), dir_kind(new_parent)) else {
+            return Err(err!(
+                libc::EPERM,
+                "only files in the id directories can be renamed"
+            )
+            .into());
+        };
+        let (Some(from), Some(to)) = (name.to_str(), new_name.to_str()) else {
+            return Err(err!(libc::EINVAL, "a file name that is not UTF-8").into());
+        };
+        let source = {
+            let writes = self.writes.lock();
+            writes
+                .names
+                .get(&(kind, from.to_owned()))
+                .copied()
+                .filter(|ino| matches!(writes.files[ino].target, Target::Scratch))
+        };
+        let Some(ino) = source else {
+            return Err(err!(
+                libc::EPERM,
+                "only a temporary file written here can be renamed, not a face"
+            )
+            .into());
+        };
+        let target = match layout::parse_face_name(new_name) {
+            Some((_, true)) => return Err(refuse_crop().into()),
+            Some((id, false)) => FaceKey::new(new_kind, id, false),
+            None if to.ends_with(".jpg") => {
+                return Err(err!(
+                    libc::EINVAL,
+                    "{to:?} is not a face name this directory can hold"
+                )
+                .into())
+            }
+            None => {
+                // One temporary name to another.
+                let mut writes = self.writes.lock();
+                if let Some(old) = writes.names.remove(&(new_kind, to.to_owned())) {
+                    writes.retire(old);
+                }
+                writes.names.remove(&(kind, from.to_owned()));
+                let file = writes.files.get_mut(&ino).expect("a named file");
+                (file.dir, file.name) = (new_kind, to.to_owned());
+                writes.names.insert((new_kind, to.to_owned()), ino);
+                return Ok(());
+            }
+        };
+        if fetch == Fetch::Never {
+            return Err(Stop::WouldBlock);
+        }
+        let bytes = self.writes.lock().files[&ino]
+            .bytes
+            .whole()
+            .map(<[u8]>::to_vec);
+        let bytes =
+            bytes.ok_or_else(|| err!(libc::EIO, "a temporary file misses bytes (a bug)"))?;
+        self.upload(&target, &bytes)?;
+        let mut writes = self.writes.lock();
+        writes.retire(ino);
+        drop(writes);
+        self.tell_kernel(vec![
+            Invalidation::Entry {
+                parent,
+                name: from.to_owned(),
+            },
+            Invalidation::Inode(ino),
+        ]);
+        Ok(())
+    }
+
+    /// Removes a temporary file (rsync removes its own after a failure);
+    /// faces cannot be deleted through facefs.
+    pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
+        self.writable_or_refuse("unlink")?;
+        let kind =
+            dir_kind(parent).ok_or_else(|| err!(libc::EPERM, "nothing here can be removed"))?;
+        let mut writes = self.writes.lock();
+        let scratch = name
+            .to_str()
+            .and_then(|n| writes.names.get(&(kind, n.to_owned())))
+            .copied()
+            .filter(|ino| matches!(writes.files[ino].target, Target::Scratch));
+        match scratch {
+            Some(ino) => {
+                writes.retire(ino);
+                Ok(())
+            }
+            None => Err(err!(
+                libc::EPERM,
+                "faces cannot be deleted through facefs (remove them in the Feishu admin console)"
+            )),
+        }
+    }
+
+    /// The answer to every other change (mkdir, rmdir, symlink, link, mknod).
+    pub fn refuse_change(&self, what: &str) -> FsError {
+        match self.writable_or_refuse(what) {
+            Err(e) => e,
+            Ok(()) => err!(libc::EPERM, "{what}: facefs holds only faces"),
+        }
+    }
+
+    /// Room left for written bytes, for `statfs`.
+    pub fn pending_room(&self) -> u64 {
+        if !self.config.writable {
+            return 0;
+        }
+        MAX_PENDING_BYTES.saturating_sub(self.writes.lock().bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests;
