@@ -136,9 +136,10 @@ def main():
     ap.add_argument("--limit", type=int, default=50, help="the server's requests per second in the limited run")
     ap.add_argument("--face-width", type=int, default=240, help="pixels; 240 gives faces of tens of KB")
     ap.add_argument("--rss-cache-mib", type=int, default=8, help="--cache-size of the memory run, in MiB")
-    ap.add_argument("--only", choices=["rss", "abuse", "store", "events"],
+    ap.add_argument("--only", choices=["rss", "abuse", "store", "events", "restore"],
                     help="run only this scenario ('abuse': the bounds of issue 11; 'store': the on-disk store; "
-                         "'events': the event long connection)")
+                         "'events': the event long connection; 'restore': --writable)")
+    ap.add_argument("--restore-faces", type=int, default=2000, help="faces the restore run puts back")
     ap.add_argument("--stored", type=int, default=100_000, help="entries in the store whose mount time is measured")
     ap.add_argument("--absent", type=int, default=1_000_000, help="stats of absent names in the abuse run")
     args = ap.parse_args()
@@ -157,7 +158,7 @@ def main():
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt)
     try:
-        if args.only in ("rss", "abuse", "store", "events"):
+        if args.only in ("rss", "abuse", "store", "events", "restore"):
             raise Skip()
         # 1. Cold rsync, no server limit, against one-by-one curl.
         say(f"cold rsync of {args.users * 2} files at {args.latency} latency, no server limit")
@@ -220,6 +221,9 @@ def main():
             raise Skip()
         if args.only == "events":
             rows += events(args, work, mnt, tenant)
+            raise Skip()
+        if args.only == "restore":
+            rows += restore(args, work, mnt)
             raise Skip()
         # 4. Memory: read 10x the cache size.
         cache = f"{args.rss_cache_mib}MiB"
@@ -499,6 +503,49 @@ def events(args, work, mnt, tenant):
                  f"{worst_downloads} downloads)", worst, 1.0, worst, "< 1 s, <= 2 downloads", worst_downloads,
                  m.peak_rss_kib()))
     m.stop()
+    emu.stop()
+    return rows
+
+
+def restore(args, work, mnt):
+    """--writable: putting a backup back after every face was wiped."""
+    rows = []
+    faces = args.restore_faces
+    tenant = faces + faces // 6 + 8
+    limit = args.limit
+    say(f"restore of {faces} faces at {args.latency} latency, the server limited to {limit}/s")
+    emu = Emulator(tenant, args.latency, limit, args.face_width)
+    m = Mount(emu, mnt, "--rate-limit", str(limit))
+    backup = os.path.join(work, "backup-restore")
+    subprocess.run(["rsync", "-a", "--exclude=*.cropped.jpg", f"{mnt}/open_id/", backup], check=True)
+    m.stop()
+    names = sorted(os.listdir(backup))
+    assert len(names) == faces, f"{len(names)} faces in the backup"
+
+    def wiped_and_mounted():
+        urllib.request.urlopen(urllib.request.Request(f"{emu.url}/_emulator/remove-faces", method="POST")).read()
+        return Mount(emu, mnt, "--writable", "--rate-limit", str(limit), "--max-parallel", "16")
+
+    # Each face costs two requests: the lookup that finds it gone, and the upload.
+    floor = 2 * faces / limit
+    for label, command in [
+        ("`rsync -a` (one file at a time)", ["rsync", "-a", f"{backup}/", f"{mnt}/open_id/"]),
+        ("`xargs -P 16 cp` (16 at a time)",
+         shell(f"cd {backup} && ls | xargs -P 16 -I{{}} cp {{}} {mnt}/open_id/{{}}")),
+    ]:
+        m = wiped_and_mounted()
+        before = emu.stats()
+        took = timed(command)
+        after = emu.stats()
+        uploads = after.get("Upload", 0) - before.get("Upload", 0)
+        throttled = after.get("Throttled", 0) - before.get("Throttled", 0)
+        wrong = sum(1 for n in names[:: max(1, faces // 50)]
+                    if open(os.path.join(mnt, "open_id", n), "rb").read() != open(os.path.join(backup, n), "rb").read())
+        say(f"  {label}: {took:.1f} s, {uploads} uploads, {throttled} throttled, {wrong} of 50 checked differ")
+        rows.append((f"restore of {faces} faces by {label}, server at {limit}/s, {args.latency} latency "
+                     f"({uploads} uploads, {throttled} 429s, {wrong} wrong)", took, floor, took / floor,
+                     "the rate-limit floor (2 requests a face)", uploads, m.peak_rss_kib()))
+        m.stop()
     emu.stop()
     return rows
 

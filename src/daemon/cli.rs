@@ -142,7 +142,7 @@ pub struct Cli {
     pub ttl_with_events: Duration,
 
     /// Upload faces by writing them: creating or overwriting <id>.jpg (cp,
-    /// shell redirection, dd, rsync, rsync --inplace) uploads it at close or
+    /// shell redirection, dd, rsync, also in place) uploads it at close or
     /// rename. Off by default: a write changes what door readers recognise.
     #[arg(long)]
     pub writable: bool,

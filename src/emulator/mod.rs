@@ -953,6 +953,13 @@ impl State {
                     &json!({ "message_id": self.push_user_updated(&target, true, 1) }),
                 )
             }
+            // A device reset: every user's face is gone (no events).
+            ("POST", "/_emulator/remove-faces") => {
+                for i in 0..self.tenant.users().len() {
+                    self.tenant.set_has_face(i, false);
+                }
+                Response::json(200, &json!({ "ok": true }))
+            }
             ("POST", "/_emulator/expire-tokens") => {
                 self.expire_tokens();
                 Response::json(200, &json!({ "ok": true }))

@@ -864,7 +864,8 @@ impl FaceFs {
                 if e.is_not_found() {
                     self.forget_face(key);
                 }
-                if matches!(e, ApiError::UserNotFound) {
+                // Only a create asks (see `writing`).
+                if self.config.writable && matches!(e, ApiError::UserNotFound) {
                     self.absent_users
                         .insert((key.kind, key.id.clone()), self.now());
                 }

@@ -126,6 +126,13 @@ impl Writes {
         Ok(())
     }
 
+    /// The temporary file called `name` in the `kind` directory.
+    fn scratch_named(&self, kind: IdKind, name: &str) -> Option<u64> {
+        let ino = *self.names.get(&(kind, name.to_owned()))?;
+        let file = self.files.get(&ino)?;
+        matches!(file.target, Target::Scratch).then_some(ino)
+    }
+
     /// Lets go of a file's bytes: it is gone, only its inode stays while
     /// the kernel holds it.
     fn retire(&mut self, ino: u64) {
@@ -485,10 +492,13 @@ impl FaceFs {
     fn flush_step(&self, fh: u64, fetch: Fetch) -> Step<()> {
         let (ino, key, changes) = {
             let writes = self.writes.lock();
-            let Some(&ino) = writes.handles.get(&fh) else {
+            let Some((&ino, file)) = writes
+                .handles
+                .get(&fh)
+                .and_then(|ino| Some((ino, writes.files.get(ino)?)))
+            else {
                 return Ok(());
             };
-            let file = &writes.files[&ino];
             let key = match &file.target {
                 // Empty: not written yet. The shell's `> file` closes its
                 // first descriptor before the program writes through the
@@ -503,12 +513,14 @@ impl FaceFs {
             return Err(Stop::WouldBlock);
         }
         self.fill_from_original(ino, fetch)?;
-        let bytes = {
-            let writes = self.writes.lock();
-            let file = &writes.files[&ino];
-            file.bytes.whole().map(<[u8]>::to_vec)
-        }
-        .ok_or_else(|| err!(libc::EIO, "the written face still misses bytes (a bug)"))?;
+        let bytes = (self.writes.lock().files.get(&ino))
+            .and_then(|file| file.bytes.whole().map(<[u8]>::to_vec))
+            .ok_or_else(|| {
+                err!(
+                    libc::EIO,
+                    "the written face is gone or misses bytes (a bug)"
+                )
+            })?;
         let result = self.upload(&key, &bytes);
         if result.is_ok() {
             if let Some(file) = self.writes.lock().files.get_mut(&ino) {
@@ -746,14 +758,7 @@ impl FaceFs {
         let (Some(from), Some(to)) = (name.to_str(), new_name.to_str()) else {
             return Err(err!(libc::EINVAL, "a file name that is not UTF-8").into());
         };
-        let source = {
-            let writes = self.writes.lock();
-            writes
-                .names
-                .get(&(kind, from.to_owned()))
-                .copied()
-                .filter(|ino| matches!(writes.files[ino].target, Target::Scratch))
-        };
+        let source = self.writes.lock().scratch_named(kind, from);
         let Some(ino) = source else {
             return Err(err!(
                 libc::EPERM,
@@ -787,12 +792,9 @@ impl FaceFs {
         if fetch == Fetch::Never {
             return Err(Stop::WouldBlock);
         }
-        let bytes = self.writes.lock().files[&ino]
-            .bytes
-            .whole()
-            .map(<[u8]>::to_vec);
-        let bytes =
-            bytes.ok_or_else(|| err!(libc::EIO, "a temporary file misses bytes (a bug)"))?;
+        let bytes = (self.writes.lock().files.get(&ino))
+            .and_then(|file| file.bytes.whole().map(<[u8]>::to_vec))
+            .ok_or_else(|| err!(libc::EIO, "the temporary file is gone or misses bytes"))?;
         self.upload(&target, &bytes)?;
         let mut writes = self.writes.lock();
         writes.retire(ino);
@@ -814,11 +816,7 @@ impl FaceFs {
         let kind =
             dir_kind(parent).ok_or_else(|| err!(libc::EPERM, "nothing here can be removed"))?;
         let mut writes = self.writes.lock();
-        let scratch = name
-            .to_str()
-            .and_then(|n| writes.names.get(&(kind, n.to_owned())))
-            .copied()
-            .filter(|ino| matches!(writes.files[ino].target, Target::Scratch));
+        let scratch = name.to_str().and_then(|n| writes.scratch_named(kind, n));
         match scratch {
             Some(ino) => {
                 writes.retire(ino);
