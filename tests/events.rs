@@ -272,8 +272,9 @@ fn an_event_shows_a_replaced_face_at_once_through_the_kernels_caches() {
     assert_eq!(metric(&metrics, "facefs_event_duplicates_total"), 0.0);
     assert_eq!(metric(&metrics, "facefs_event_connection_up"), 1.0);
     assert_eq!(metric(&metrics, "facefs_event_connects_total"), 1.0);
+    // Only names the kernel holds are told (exact lists in the core's tests).
     assert!(
-        metric(&metrics, "facefs_kernel_invalidations_total") >= 3.0 * 6.0,
+        metric(&metrics, "facefs_kernel_invalidations_total") >= 2.0,
         "{metrics}"
     );
     let log = mnt.log_text();

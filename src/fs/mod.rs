@@ -964,12 +964,15 @@ impl FaceFs {
                     inodes.expire(&key);
                     inodes.existing(&key)
                 };
-                forget.push(Invalidation::Entry {
-                    parent: dir_ino(*kind),
-                    name: key.file_name(),
-                });
+                // A name the kernel holds is one it looked up and has not
+                // forgotten (it keeps no "does not exist"): only those are
+                // told, since each notice takes the directory's lock.
                 if let Some(ino) = ino {
                     self.reading.lock().unpin(ino);
+                    forget.push(Invalidation::Entry {
+                        parent: dir_ino(*kind),
+                        name: key.file_name(),
+                    });
                     forget.push(Invalidation::Inode(ino));
                 }
             }

@@ -527,22 +527,13 @@ impl FaceFs {
                 file.uploaded = file.uploaded.max(changes);
             }
         }
-        let forget = self.forget_written_face(ino, &key);
-        self.tell_kernel(forget);
+        if ino < FIRST_WRITTEN_INO {
+            // An existing face's inode: the kernel took its size from the
+            // writes; the next reader must see what the service serves.
+            // (Inodes created here are never cached: their answers have no TTL.)
+            self.tell_kernel(vec![Invalidation::Inode(ino)]);
+        }
         Ok(result?)
-    }
-
-    /// What the kernel must drop after an upload attempt through `ino`:
-    /// the pages and size it took from the writes, so that the next reader
-    /// sees what the service serves, not what was written.
-    fn forget_written_face(&self, ino: u64, key: &FaceKey) -> Vec<Invalidation> {
-        vec![
-            Invalidation::Inode(ino),
-            Invalidation::Entry {
-                parent: dir_ino(key.kind),
-                name: key.file_name(),
-            },
-        ]
     }
 
     /// Closes a handle; returns whether it was one of a written file. The
@@ -796,16 +787,9 @@ impl FaceFs {
             .and_then(|file| file.bytes.whole().map(<[u8]>::to_vec))
             .ok_or_else(|| err!(libc::EIO, "the temporary file is gone or misses bytes"))?;
         self.upload(&target, &bytes)?;
-        let mut writes = self.writes.lock();
-        writes.retire(ino);
-        drop(writes);
-        self.tell_kernel(vec![
-            Invalidation::Entry {
-                parent,
-                name: from.to_owned(),
-            },
-            Invalidation::Inode(ino),
-        ]);
+        // The kernel moves the name onto this inode, whose answers have no
+        // TTL: the next lookup of the face's name comes here again.
+        self.writes.lock().retire(ino);
         Ok(())
     }
 

@@ -160,6 +160,7 @@ fn overwriting_a_face_uploads_it_at_close_and_forgets_the_old_one() {
     assert_eq!(s.read(open_dir(), "ou_b.jpg"), s.faces[1]);
     let union_dir = dir_ino(IdKind::UnionId);
     assert_eq!(s.read(union_dir, "on_b.jpg"), s.faces[1]);
+    s.lookup(open_dir(), "ou_b.cropped.jpg").unwrap();
     let before = s.api.requests(Endpoint::Face);
 
     let new_face = face_jpeg(99, 64, 64);
@@ -220,6 +221,10 @@ fn overwriting_a_face_uploads_it_at_close_and_forgets_the_old_one() {
         "the same bytes under the union id: {told:?}"
     );
     assert!(told.contains(&Invalidation::Inode(ino)));
+    assert!(
+        !told.iter().any(|t| matches!(t, Invalidation::Entry { name, .. } if name == "b.jpg")),
+        "names the kernel never looked up are not told (each notice takes the directory lock): {told:?}"
+    );
 }
 
 /// rsync: a temporary file, written and closed (no upload), then renamed
