@@ -107,6 +107,14 @@ fn errno(err: &FsError) -> Errno {
     Errno::from_i32(err.errno())
 }
 
+/// Replies to an operation that answers nothing but success or an errno.
+fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<(), FsError>) {
+    move |result| match result {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(&e)),
+    }
+}
+
 fn file_attr(attr: &Attr) -> FileAttr {
     FileAttr {
         ino: INodeNo(attr.ino),
@@ -499,10 +507,7 @@ impl Filesystem for FuseAdapter {
         self.answer(
             FuseOp::Flush,
             move |core, fetch| core.flush(fh.0, fetch),
-            move |result| match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -517,10 +522,7 @@ impl Filesystem for FuseAdapter {
         self.answer(
             FuseOp::Fsync,
             move |core, fetch| core.flush(fh.0, fetch),
-            move |result| match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -543,10 +545,7 @@ impl Filesystem for FuseAdapter {
         self.answer(
             FuseOp::Rename,
             move |core, fetch| core.rename(parent.0, &name, newparent.0, &newname, fetch),
-            move |result| match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
@@ -554,10 +553,7 @@ impl Filesystem for FuseAdapter {
         inline(
             FuseOp::Unlink,
             || self.core.unlink(parent.0, name),
-            |result| match result {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(errno(&e)),
-            },
+            empty(reply),
         );
     }
 
