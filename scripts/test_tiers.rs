@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// (cfg, what it needs, how to get it)
-const TIERS: [(&str, &str, &str); 7] = [
+const TIERS: [(&str, &str, &str); 8] = [
     (
         "facefs_mount",
         "FUSE (/dev/fuse, and root or fusermount3)",
@@ -31,6 +31,11 @@ const TIERS: [(&str, &str, &str); 7] = [
         "facefs_sdk",
         "the official Python SDK",
         "scripts/need-sdk.sh",
+    ),
+    (
+        "facefs_redis",
+        "redis-server, for the fleet tests",
+        "apt-get install redis-server",
     ),
 ];
 
@@ -57,6 +62,7 @@ fn main() {
         found("identify"),
         found("setpriv"),
         Path::new(SDK_PYTHON).is_file(),
+        found("redis-server"),
     ];
     let mut missing = Vec::new();
     for ((cfg, needs, fix), ok) in TIERS.iter().zip(have) {

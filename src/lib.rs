@@ -20,6 +20,7 @@ pub mod api;
 pub mod daemon;
 pub mod emulator;
 pub mod events;
+pub mod fleet;
 pub mod fs;
 pub mod fuse;
 pub mod metrics;

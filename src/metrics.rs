@@ -142,6 +142,9 @@ pub struct Metrics {
     invalidations: AtomicU64,
     uploads: AtomicU64,
     uploaded_bytes: AtomicU64,
+    redis_up: AtomicU64,
+    redis_failures: AtomicU64,
+    fleet_month_requests: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
     latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
@@ -186,6 +189,9 @@ impl Metrics {
             invalidations: ZERO,
             uploads: ZERO,
             uploaded_bytes: ZERO,
+            redis_up: ZERO,
+            redis_failures: ZERO,
+            fleet_month_requests: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
             latency_sum_us: [ZERO; OPS],
@@ -259,6 +265,21 @@ impl Metrics {
             .fetch_add(bytes as u64, Ordering::Relaxed);
     }
 
+    /// Whether Redis (`--redis`) answered the last time it was asked.
+    pub fn redis_up(&self, up: bool) {
+        self.redis_up.store(u64::from(up), Ordering::Relaxed);
+    }
+
+    /// A Redis command that failed (timeout, refused, full, gone).
+    pub fn redis_failure(&self) {
+        add(&self.redis_failures);
+    }
+
+    /// Requests the fleet sent this month, as Redis counted them.
+    pub fn fleet_requests_this_month(&self, n: u64) {
+        self.fleet_month_requests.store(n, Ordering::Relaxed);
+    }
+
     /// Names and inodes the kernel was told to forget.
     pub fn invalidations(&self, n: usize) {
         self.invalidations.fetch_add(n as u64, Ordering::Relaxed);
@@ -321,7 +342,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 24] = [
+        let simple: [(&str, &str, &str, u64); 27] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -429,6 +450,24 @@ impl Metrics {
                 "counter",
                 "Names and inodes the kernel was told to forget after events and uploads.",
                 get(&self.invalidations),
+            ),
+            (
+                "facefs_redis_up",
+                "gauge",
+                "1 when Redis (--redis) answered the last time it was asked.",
+                get(&self.redis_up),
+            ),
+            (
+                "facefs_redis_failures_total",
+                "counter",
+                "Redis commands that failed; the mount then goes on alone for a moment.",
+                get(&self.redis_failures),
+            ),
+            (
+                "facefs_fleet_requests_this_month",
+                "gauge",
+                "API requests the whole fleet sent this month (UTC), counted in Redis.",
+                get(&self.fleet_month_requests),
             ),
             (
                 "facefs_uploads_total",

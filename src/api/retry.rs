@@ -5,7 +5,7 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::throttle::{Priority, RateLimiter};
+use super::throttle::{NoTurn, Pacer, Priority};
 use super::Endpoint;
 use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ImageType, UserPage};
 use crate::api::IdKind;
@@ -68,11 +68,11 @@ fn random_unit() -> f64 {
 }
 
 /// Retries transient failures of any client within a [`RetryPolicy`], and
-/// paces every attempt through a shared [`RateLimiter`] when given one.
+/// paces every attempt through a shared [`Pacer`] when given one.
 pub struct RetryingApi<A> {
     inner: A,
     policy: RetryPolicy,
-    limiter: Option<Arc<RateLimiter>>,
+    limiter: Option<Arc<dyn Pacer>>,
 }
 
 impl<A: FaceApi> RetryingApi<A> {
@@ -84,7 +84,7 @@ impl<A: FaceApi> RetryingApi<A> {
         }
     }
 
-    pub fn with_rate_limit(mut self, limiter: Arc<RateLimiter>) -> RetryingApi<A> {
+    pub fn with_rate_limit(mut self, limiter: Arc<dyn Pacer>) -> RetryingApi<A> {
         self.limiter = Some(limiter);
         self
     }
@@ -105,15 +105,25 @@ impl<A: FaceApi> RetryingApi<A> {
         loop {
             if let Some(limiter) = &self.limiter {
                 // Waiting for a turn counts against the budget like any wait.
-                if limiter
-                    .acquire(start + self.policy.budget, priority)
-                    .is_err()
-                {
-                    return Err(ApiError::Transient(ApiFailure::message(format!(
-                        "{} did not get a turn of --rate-limit within --retry-budget ({:?})",
-                        what(),
-                        self.policy.budget
-                    ))));
+                match limiter.acquire(start + self.policy.budget, priority) {
+                    Ok(()) => {}
+                    Err(NoTurn::TooLate) => {
+                        return Err(ApiError::Transient(ApiFailure::message(format!(
+                            "{} did not get a turn of --rate-limit within --retry-budget ({:?})",
+                            what(),
+                            self.policy.budget
+                        ))))
+                    }
+                    // As the service's own quota answer would: no request until next month.
+                    Err(NoTurn::MonthlyBudget { used, budget }) => {
+                        return Err(ApiError::Failed(ApiFailure {
+                            code: Some(super::codes::QUOTA_EXHAUSTED),
+                            ..ApiFailure::message(format!(
+                                "{} not sent: the fleet sent {used} requests this month, --monthly-budget is {budget}; raise it or wait for the next month",
+                                what()
+                            ))
+                        }))
+                    }
                 }
             }
             let result = call();
@@ -200,6 +210,7 @@ mod tests {
     use super::*;
     use crate::api::failure::{FailureApi, Fault};
     use crate::api::memory::MemoryApi;
+    use crate::api::throttle::RateLimiter;
 
     fn quick() -> RetryPolicy {
         RetryPolicy {
@@ -275,7 +286,9 @@ mod tests {
     #[test]
     fn throttling_pauses_every_caller_of_the_shared_limiter() {
         let limiter = Arc::new(RateLimiter::new(1000.0));
-        let api = Arc::new(RetryingApi::new(api(), quick()).with_rate_limit(limiter.clone()));
+        let api = Arc::new(
+            RetryingApi::new(api(), quick()).with_rate_limit(limiter.clone() as Arc<dyn Pacer>),
+        );
         api.inner().fail_next(
             Endpoint::Face,
             [Fault::Throttled(Duration::from_millis(400))],

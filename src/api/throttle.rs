@@ -12,6 +12,34 @@ const PACE: f64 = 0.95;
 #[derive(Debug, PartialEq, Eq)]
 pub struct QueueTooLong;
 
+/// Why a caller gets no turn to send a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoTurn {
+    /// It would come after the caller's deadline.
+    TooLate,
+    /// `--monthly-budget` requests were sent this month (counted by the fleet).
+    MonthlyBudget { used: u64, budget: u64 },
+}
+
+/// What paces requests: this process's [`RateLimiter`], or one that also
+/// takes each turn from a budget the whole fleet shares (`crate::fleet`).
+pub trait Pacer: Send + Sync {
+    /// Waits for the caller's turn, if it comes before `deadline`.
+    fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn>;
+    /// Holds every caller back for `length`, as the API asked.
+    fn pause_for(&self, length: Duration);
+}
+
+impl Pacer for RateLimiter {
+    fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn> {
+        RateLimiter::acquire(self, deadline, priority).map_err(|QueueTooLong| NoTurn::TooLate)
+    }
+
+    fn pause_for(&self, length: Duration) {
+        RateLimiter::pause_for(self, length);
+    }
+}
+
 /// Which requests go first when both wait for a turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {

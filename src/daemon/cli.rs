@@ -11,6 +11,8 @@ use crate::api::secret::Secret;
 
 /// Environment variable holding the app secret, for those who prefer it to a file.
 pub const SECRET_ENV: &str = "FEISHU_APP_SECRET";
+/// Where a Redis URL holding a password may come from, besides a file.
+pub const REDIS_URL_ENV: &str = "FACEFS_REDIS_URL";
 
 #[derive(Parser, Debug)]
 #[command(
@@ -147,6 +149,30 @@ pub struct Cli {
     #[arg(long)]
     pub writable: bool,
 
+    /// Share one rate budget with the other mounts of this tenant through
+    /// Redis (rediss://host:port, or redis:// to loopback). A URL with a
+    /// password must come from --redis-url-file or $FACEFS_REDIS_URL.
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
+
+    /// A file holding the Redis URL (for one with a password).
+    #[arg(long, value_name = "PATH", conflicts_with = "redis")]
+    pub redis_url_file: Option<PathBuf>,
+
+    /// Keeps this deployment's keys apart from others on the same Redis.
+    #[arg(long, value_name = "PREFIX")]
+    pub redis_prefix: Option<String>,
+
+    /// Bound on each Redis command; past it the mount goes on alone.
+    #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// With --redis: API requests the whole fleet may send per calendar
+    /// month (UTC); past it no request is sent (EIO, as the service's own
+    /// quota would answer), before the tenant's quota is gone.
+    #[arg(long, value_name = "N")]
+    pub monthly_budget: Option<u64>,
+
     /// Serve built-in demo faces from an embedded emulator; needs no credentials.
     #[arg(long, conflicts_with_all = ["app_id", "app_secret_file"])]
     pub demo: bool,
@@ -247,6 +273,14 @@ pub enum Access {
     Everyone,
 }
 
+/// `--redis` and the options that go with it.
+pub struct RedisSettings {
+    pub url: Secret,
+    pub prefix: Option<String>,
+    pub timeout: Duration,
+    pub monthly_budget: Option<u64>,
+}
+
 /// The command line, checked: everything needed to mount, nothing missing.
 pub struct Settings {
     pub mountpoint: PathBuf,
@@ -261,6 +295,7 @@ pub struct Settings {
     pub events: bool,
     pub ttl_with_events: Duration,
     pub writable: bool,
+    pub redis: Option<RedisSettings>,
     pub request_timeout: Duration,
     pub retry_budget: Duration,
     pub rate_limit: f64,
@@ -312,6 +347,18 @@ impl Cli {
                 self.ttl
             },
             writable: self.writable,
+            redis: match redis_url(self.redis, self.redis_url_file.as_deref())? {
+                Some(url) => Some(RedisSettings {
+                    url,
+                    prefix: self.redis_prefix,
+                    timeout: self.redis_timeout,
+                    monthly_budget: self.monthly_budget,
+                }),
+                None if self.monthly_budget.is_some() => {
+                    return Err("--monthly-budget is counted in Redis: give --redis too".into())
+                }
+                None => None,
+            },
             request_timeout: self.request_timeout,
             retry_budget: self.retry_budget,
             rate_limit: self.rate_limit,
@@ -331,34 +378,67 @@ impl Cli {
 }
 
 fn read_secret(file: Option<&std::path::Path>) -> Result<Secret, String> {
+    read_private("the app secret", file, SECRET_ENV)?.ok_or_else(|| {
+        format!("no app secret: pass --app-secret-file PATH or set {SECRET_ENV} (or try --demo)")
+    })
+}
+
+/// A secret from `file` or else the environment variable `env` (which is
+/// then wiped and removed); `None` if neither is given.
+fn read_private(
+    what: &str,
+    file: Option<&std::path::Path>,
+    env: &str,
+) -> Result<Option<Secret>, String> {
     // Held as a Secret from the first byte, so that this copy is wiped too.
     let text = Secret::new(match file {
         Some(path) => {
             let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read the app secret from {}: {e}", path.display()))?;
-            warn_if_shared(path);
+                .map_err(|e| format!("cannot read {what} from {}: {e}", path.display()))?;
+            warn_if_shared(path, what);
             text
         }
-        None => super::hardening::take_env_secret(SECRET_ENV).ok_or_else(|| {
-            format!(
-                "no app secret: pass --app-secret-file PATH or set {SECRET_ENV} (or try --demo)"
-            )
-        })?,
+        None => match super::hardening::take_env_secret(env) {
+            Some(text) => text,
+            None => return Ok(None),
+        },
     });
     let secret = text.expose().trim();
     if secret.is_empty() {
-        return Err("the app secret is empty".into());
+        return Err(format!("{what} is empty"));
     }
-    Ok(Secret::new(secret))
+    Ok(Some(Secret::new(secret)))
 }
 
-fn warn_if_shared(path: &std::path::Path) {
+/// `--redis`, `--redis-url-file` or $FACEFS_REDIS_URL, checked; a URL with
+/// a password only from the file or the environment.
+fn redis_url(
+    flag: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<Secret>, String> {
+    if let Some(url) = flag {
+        if crate::fleet::has_password(&url) {
+            return Err(format!(
+                "the Redis URL holds a password, and command lines are readable by all: put it in a file (--redis-url-file PATH, mode 0600) or in ${REDIS_URL_ENV}"
+            ));
+        }
+        crate::fleet::parse_url(&url)?;
+        return Ok(Some(Secret::new(url)));
+    }
+    let url = read_private("the Redis URL", file, REDIS_URL_ENV)?;
+    if let Some(url) = &url {
+        crate::fleet::parse_url(url.expose())?;
+    }
+    Ok(url)
+}
+
+fn warn_if_shared(path: &std::path::Path, what: &str) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(meta) = std::fs::metadata(path) {
         if meta.permissions().mode() & 0o077 != 0 {
             // On the terminal too: a detached facefs logs to the system log.
             let warning = format!(
-                "{} is readable by other users; `chmod 600 {0}` keeps the app secret private",
+                "{} is readable by other users; `chmod 600 {0}` keeps {what} private",
                 path.display()
             );
             eprintln!("facefs: warning: {warning}");

@@ -26,12 +26,14 @@ use self::notify::notify;
 use crate::api::http::{HttpApi, HttpConfig, IN_FLIGHT_BYTES};
 use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::secret::Secret;
-use crate::api::throttle::RateLimiter;
+use crate::api::throttle::{Pacer, RateLimiter};
 use crate::api::FaceApi;
 use crate::api::IdKind;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use crate::events::message::UserChange;
+use crate::fleet::rate::FleetPacer;
+use crate::fleet::{Fleet, FleetConfig};
 use crate::fs::store::{FaceStore, StoreConfig};
 use crate::fs::{FaceFs, FsConfig, Invalidation, ROOT_INO};
 use crate::fuse::FuseAdapter;
@@ -187,7 +189,7 @@ fn mount(
                 StoreConfig {
                     dir: dir.clone(),
                     max_bytes: settings.cache_dir_size,
-                    tenant,
+                    tenant: tenant.clone(),
                     memory_wait: settings.request_timeout,
                 },
                 memory.clone(),
@@ -216,7 +218,25 @@ fn mount(
         ..RetryPolicy::default()
     };
     let limiter = Arc::new(RateLimiter::new(settings.rate_limit));
-    let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter));
+    let pacer: Arc<dyn Pacer> = match &settings.redis {
+        Some(redis) => {
+            let fleet = Fleet::new(FleetConfig {
+                url: redis.url.clone(),
+                prefix: redis.prefix.clone(),
+                tenant: tenant.clone(),
+                timeout: redis.timeout,
+            })?;
+            log::info!("sharing the rate budget of this tenant through Redis");
+            Arc::new(FleetPacer::new(
+                limiter,
+                Arc::new(fleet),
+                settings.rate_limit,
+                redis.monthly_budget,
+            ))
+        }
+        None => limiter,
+    };
+    let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, policy).with_rate_limit(pacer));
 
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe {

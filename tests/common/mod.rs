@@ -285,3 +285,110 @@ pub fn metric(text: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// A real `redis-server` on a free loopback port, stopped on drop (or by
+/// `kill`, for tests of a Redis that dies). No disk persistence: a
+/// restart loses everything, as a restarted cache would.
+pub struct RedisServer {
+    pub port: u16,
+    child: Option<Child>,
+    extra: Vec<String>,
+}
+
+impl RedisServer {
+    pub fn start(extra: &[&str]) -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        server.restart();
+        server
+    }
+
+    /// Its URL, with the password of `--requirepass` if it was given one.
+    pub fn url(&self) -> String {
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1));
+        match password {
+            Some(p) => format!("redis://:{p}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
+    }
+
+    /// Starts it (again) on its port and waits until it answers PING.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (the README's test command installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.query(&["PING"]).is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// One command; `None` if Redis did not answer.
+    pub fn query(&self, args: &[&str]) -> Option<redis::Value> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut connection = client
+            .get_connection_with_timeout(Duration::from_millis(500))
+            .ok()?;
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut connection).ok()
+    }
+
+    /// The integer value of `key` (0 if missing).
+    pub fn get_int(&self, key: &str) -> i64 {
+        match self.query(&["GET", key]) {
+            Some(redis::Value::BulkString(bytes)) => {
+                String::from_utf8_lossy(&bytes).parse().unwrap_or(0)
+            }
+            _ => 0,
+        }
+    }
+
+    /// Every key matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        match self.query(&["KEYS", pattern]) {
+            Some(redis::Value::Array(keys)) => keys
+                .into_iter()
+                .filter_map(|k| match k {
+                    redis::Value::BulkString(b) => String::from_utf8(b).ok(),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

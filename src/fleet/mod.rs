@@ -1,0 +1,269 @@
+//! A fleet of mounts of one tenant, coordinated through Redis (`--redis`).
+//!
+//! Redis is an aid, never a dependency: every call is bounded by
+//! `--redis-timeout`, and when Redis is down, slow, full or restarted, each
+//! mount goes on alone (its own rate limit and caches) and rejoins when
+//! Redis answers again. Both changes are logged once and counted.
+//!
+//! Keys live under `facefs:<prefix>:<tenant>:` (the tenant is a hash of the
+//! API origin and the app id), so tenants and deployments never mix.
+
+pub mod rate;
+
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redis::{Client, Connection, ConnectionInfo, IntoConnectionInfo};
+
+use crate::api::secret::Secret;
+use crate::metrics::METRICS;
+
+/// After a failure, Redis is not asked again for this long: a reader must
+/// not wait out a timeout on every request while Redis is down.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+pub struct FleetConfig {
+    /// `redis://` or `rediss://`; may hold a password, so it is a secret.
+    pub url: Secret,
+    /// `--redis-prefix`, to keep deployments on one Redis apart.
+    pub prefix: Option<String>,
+    /// The API origin and app id: whose budget and faces these are.
+    pub tenant: String,
+    /// Bound on connecting and on each command.
+    pub timeout: Duration,
+}
+
+pub struct Fleet {
+    client: Client,
+    /// Where Redis is, for logs (never the URL: it may hold the password).
+    server: String,
+    keys: String,
+    timeout: Duration,
+    connection: Mutex<Option<Connection>>,
+    health: Mutex<Health>,
+}
+
+struct Health {
+    /// Since when Redis has been failing, if it is.
+    down_since: Option<Instant>,
+    /// Not asked again before this.
+    next_try: Instant,
+}
+
+/// Checks a Redis URL: `rediss://` anywhere, plaintext `redis://` only to
+/// loopback (the fleet will carry face bytes; a password would cross in
+/// clear). Errors name the fix, never the password.
+pub fn parse_url(url: &str) -> Result<ConnectionInfo, String> {
+    let info = url.into_connection_info().map_err(|e| {
+        format!(
+            "the Redis URL cannot be read ({}): write it as redis://host:port/db or rediss://...",
+            format!("{:?}", e.kind())
+        )
+    })?;
+    match &info.addr {
+        redis::ConnectionAddr::TcpTls { .. } => Ok(info),
+        redis::ConnectionAddr::Tcp(host, _) if is_loopback(host) => Ok(info),
+        redis::ConnectionAddr::Unix(_) => Ok(info),
+        redis::ConnectionAddr::Tcp(host, _) => Err(format!(
+            "refusing plaintext redis:// to {host}: faces and the password would cross the network in clear; use rediss:// (Redis with TLS)"
+        )),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Whether a Redis URL carries a password (it must then not come from argv).
+pub fn has_password(url: &str) -> bool {
+    url.into_connection_info()
+        .is_ok_and(|info| info.redis.password.is_some())
+}
+
+/// FNV-1a, for the tenant's part of the keys.
+fn tenant_hash(tenant: &str) -> u64 {
+    tenant.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+impl Fleet {
+    /// Prepares the fleet's client; Redis need not be up (the mount goes on alone until it is).
+    pub fn new(config: FleetConfig) -> Result<Fleet, String> {
+        let info = parse_url(config.url.expose())?;
+        let server = info.addr.to_string();
+        let client = Client::open(info)
+            .map_err(|e| format!("cannot use the Redis URL: {}", format!("{:?}", e.kind())))?;
+        let prefix = config.prefix.map(|p| format!("{p}:")).unwrap_or_default();
+        Ok(Fleet {
+            client,
+            server,
+            keys: format!("facefs:{prefix}{:016x}:", tenant_hash(&config.tenant)),
+            timeout: config.timeout,
+            connection: Mutex::new(None),
+            health: Mutex::new(Health {
+                down_since: None,
+                next_try: Instant::now(),
+            }),
+        })
+    }
+
+    /// The fleet's key for `name`.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.keys)
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `command` on the connection within the timeout; `None` if Redis
+    /// failed (or failed a moment ago), and the caller goes on alone.
+    pub fn run<T>(
+        &self,
+        command: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+    ) -> Option<T> {
+        if Instant::now() < self.health.lock().next_try {
+            return None;
+        }
+        // Another caller holding the connection for longer than a timeout
+        // means Redis is slow: do not queue behind it.
+        let mut slot = self.connection.try_lock_for(self.timeout)?;
+        let result = match slot.as_mut() {
+            Some(connection) => command(connection),
+            None => match self.connect() {
+                Ok(connection) => command(slot.insert(connection)),
+                Err(e) => Err(e),
+            },
+        };
+        match result {
+            Ok(value) => {
+                self.succeeded();
+                Some(value)
+            }
+            Err(e) => {
+                // A refusal of the command itself (a script error, OOM)
+                // leaves the connection usable; anything else drops it.
+                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                    *slot = None;
+                }
+                drop(slot);
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
+    fn connect(&self) -> redis::RedisResult<Connection> {
+        let connection = self.client.get_connection_with_timeout(self.timeout)?;
+        connection.set_read_timeout(Some(self.timeout))?;
+        connection.set_write_timeout(Some(self.timeout))?;
+        Ok(connection)
+    }
+
+    fn succeeded(&self) {
+        let mut health = self.health.lock();
+        if let Some(since) = health.down_since.take() {
+            log::info!(
+                "Redis at {} answers again after {:?}: the fleet shares its budget again",
+                self.server,
+                since.elapsed()
+            );
+        }
+        METRICS.redis_up(true);
+    }
+
+    fn failed(&self, e: &redis::RedisError) {
+        let mut health = self.health.lock();
+        health.next_try = Instant::now() + RETRY_AFTER;
+        METRICS.redis_failure();
+        METRICS.redis_up(false);
+        if health.down_since.is_none() {
+            health.down_since = Some(Instant::now());
+            // The error's kind and code only: its text can quote the URL.
+            log::warn!(
+                "Redis at {} failed ({}{}): this mount goes on alone (its own --rate-limit and caches) and asks Redis again every {RETRY_AFTER:?}",
+                self.server,
+                format!("{:?}", e.kind()),
+                e.code().map(|c| format!(" {c}")).unwrap_or_default()
+            );
+        }
+    }
+
+    /// Whether Redis answered the last time it was asked.
+    pub fn is_up(&self) -> bool {
+        self.health.lock().down_since.is_none()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_plaintext_only_to_loopback() {
+        assert!(parse_url("redis://127.0.0.1:6379/0").is_ok());
+        assert!(parse_url("redis://localhost").is_ok());
+        assert!(parse_url("rediss://redis.internal:6380").is_ok());
+        let err = parse_url("redis://:hunter2@10.0.0.5:6379").unwrap_err();
+        assert!(
+            err.contains("rediss://") && !err.contains("hunter2"),
+            "{err}"
+        );
+        let err = parse_url("http://x").unwrap_err();
+        assert!(!err.is_empty());
+        assert!(has_password("redis://:hunter2@127.0.0.1"));
+        assert!(has_password("rediss://user:pw@h"));
+        assert!(!has_password("redis://127.0.0.1:6379/2"));
+    }
+
+    #[test]
+    fn keys_are_per_tenant_and_prefix() {
+        let fleet = |tenant: &str, prefix: Option<&str>| {
+            Fleet::new(FleetConfig {
+                url: Secret::new("redis://127.0.0.1:1"),
+                prefix: prefix.map(str::to_owned),
+                tenant: tenant.into(),
+                timeout: Duration::from_millis(100),
+            })
+            .unwrap()
+        };
+        let a = fleet("https://open.feishu.cn\ncli_a", None).key("rate");
+        let b = fleet("https://open.feishu.cn\ncli_b", None).key("rate");
+        let c = fleet("https://open.feishu.cn\ncli_a", Some("prod")).key("rate");
+        assert_ne!(a, b);
+        assert!(c.starts_with("facefs:prod:") && c.ends_with(":rate"), "{c}");
+        assert!(a.starts_with("facefs:") && !a.contains("cli_a"), "{a}");
+    }
+
+    #[test]
+    fn a_dead_redis_is_not_asked_again_at_once() {
+        // Nothing listens on port 1: refused at once; then not asked for RETRY_AFTER.
+        let fleet = Fleet::new(FleetConfig {
+            url: Secret::new("redis://127.0.0.1:1"),
+            prefix: None,
+            tenant: "t".into(),
+            timeout: Duration::from_millis(200),
+        })
+        .unwrap();
+        assert_eq!(fleet.run(|c| redis::cmd("PING").query::<String>(c)), None);
+        assert!(!fleet.is_up());
+        assert!(
+            fleet.health.lock().next_try > Instant::now(),
+            "the next callers do not ask"
+        );
+        let mut asked = false;
+        assert_eq!(
+            fleet.run(|c| {
+                asked = true;
+                redis::cmd("PING").query::<String>(c)
+            }),
+            None
+        );
+        assert!(!asked);
+    }
+}

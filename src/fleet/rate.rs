@@ -1,0 +1,155 @@
+//! One rate budget for the fleet: every request takes its turn from a GCRA
+//! (a "theoretical arrival time" per tenant) kept in Redis and run on the
+//! Redis server's clock, so that the mounts together send no more than
+//! `--rate-limit`. A throttling answer seen by one mount holds them all
+//! back, and the turns taken are counted per month.
+//!
+//! This process's own limiter still paces it too (and orders its callers by
+//! priority); when Redis fails, it is all that paces it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::Fleet;
+use crate::api::throttle::{NoTurn, Pacer, Priority, RateLimiter};
+use crate::metrics::METRICS;
+
+/// KEYS: the arrival time, the pause, this month's counter.
+/// ARGV: the interval and the longest wait (µs), the monthly budget (0:
+/// none), the counter's lifetime (s).
+/// Returns {wait µs, requests this month}; the month's count is -1 when the
+/// wait is too long (no turn taken), -2 when the budget is spent.
+const TAKE_TURN: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
+local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now, pause)
+local wait = tat - now
+if wait > tonumber(ARGV[2]) then return {wait, -1} end
+local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+local budget = tonumber(ARGV[3])
+if budget > 0 and used >= budget then return {used, -2} end
+local next = tat + tonumber(ARGV[1])
+redis.call('SET', KEYS[1], next, 'PX', math.floor((next - now) / 1000) + 1000)
+used = redis.call('INCR', KEYS[3])
+if used == 1 then redis.call('EXPIRE', KEYS[3], ARGV[4]) end
+return {wait, used}
+";
+
+/// Sets the fleet's pause to at least `now + ARGV[1]` µs (on the server's clock).
+const PAUSE: &str = r"
+local t = redis.call('TIME')
+local until_ = tonumber(t[1]) * 1000000 + tonumber(t[2]) + tonumber(ARGV[1])
+local old = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_ > old then
+  redis.call('SET', KEYS[1], until_, 'PX', math.floor(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return 1
+";
+
+pub struct FleetPacer {
+    local: Arc<RateLimiter>,
+    fleet: Arc<Fleet>,
+    interval: Duration,
+    monthly_budget: Option<u64>,
+    take_turn: redis::Script,
+    pause: redis::Script,
+}
+
+/// The counter's key part for the month of `now` (UTC), e.g. `2026-12`.
+fn month_of(now: SystemTime) -> String {
+    let days = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400;
+    // Civil from days (Howard Hinnant's algorithm), enough for a month name.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}")
+}
+
+impl FleetPacer {
+    pub fn new(
+        local: Arc<RateLimiter>,
+        fleet: Arc<Fleet>,
+        per_second: f64,
+        monthly_budget: Option<u64>,
+    ) -> FleetPacer {
+        FleetPacer {
+            local,
+            fleet,
+            interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
+            monthly_budget,
+            take_turn: redis::Script::new(TAKE_TURN),
+            pause: redis::Script::new(PAUSE),
+        }
+    }
+
+    /// Takes a fleet turn, waiting for it; `None`: Redis failed, go alone.
+    fn fleet_turn(&self, deadline: Instant) -> Option<Result<(), NoTurn>> {
+        let longest = deadline.saturating_duration_since(Instant::now());
+        let month = month_of(SystemTime::now());
+        let (wait, used): (i64, i64) = self.fleet.run(|c| {
+            self.take_turn
+                .key(self.fleet.key("rate:next"))
+                .key(self.fleet.key("rate:pause"))
+                .key(self.fleet.key(&format!("requests:{month}")))
+                .arg(self.interval.as_micros() as u64)
+                .arg(longest.as_micros() as u64)
+                .arg(self.monthly_budget.unwrap_or(0))
+                .arg(40 * 86_400)
+                .invoke(c)
+        })?;
+        Some(match used {
+            -1 => Err(NoTurn::TooLate),
+            -2 => Err(NoTurn::MonthlyBudget {
+                used: wait.max(0) as u64,
+                budget: self.monthly_budget.unwrap_or(0),
+            }),
+            used => {
+                METRICS.fleet_requests_this_month(used.max(0) as u64);
+                if wait > 0 {
+                    std::thread::sleep(Duration::from_micros(wait as u64));
+                }
+                Ok(())
+            }
+        })
+    }
+}
+
+impl Pacer for FleetPacer {
+    fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn> {
+        Pacer::acquire(&*self.local, deadline, priority)?;
+        // Redis failing: this mount's own limiter alone paces it.
+        self.fleet_turn(deadline).unwrap_or(Ok(()))
+    }
+
+    fn pause_for(&self, length: Duration) {
+        self.local.pause_for(length);
+        let _ = self.fleet.run(|c| {
+            self.pause
+                .key(self.fleet.key("rate:pause"))
+                .arg(length.as_micros() as u64)
+                .invoke::<i64>(c)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn months_are_named_in_utc() {
+        let at = |secs: u64| month_of(UNIX_EPOCH + Duration::from_secs(secs));
+        assert_eq!(at(0), "1970-01");
+        assert_eq!(at(951_782_400), "2000-02"); // 2000-02-29, a leap day
+        assert_eq!(at(1_796_083_199), "2026-11"); // 2026-11-30 23:59:59
+        assert_eq!(at(1_796_083_200), "2026-12");
+        assert_eq!(at(1_798_761_599), "2026-12");
+        assert_eq!(at(1_798_761_600), "2027-01");
+    }
+}

@@ -1,0 +1,296 @@
+//! Mounts of one tenant coordinated through a real redis-server (`--redis`):
+//! one rate budget, a monthly budget, and going on alone when Redis fails.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use facefs::api::IdKind;
+use facefs::emulator::tenant::TenantSpec;
+use facefs::emulator::{Emulator, EmulatorConfig, Route};
+use facefs::fs::layout::face_file_name;
+
+fn limited_tenant(users: usize, per_second: u32) -> Emulator {
+    emulator(EmulatorConfig {
+        tenant: TenantSpec {
+            users,
+            ..TenantSpec::default()
+        },
+        rate_limit: Some(per_second),
+        ..EmulatorConfig::default()
+    })
+}
+
+/// Reads every face of open_id through each mount at once, one thread a
+/// mount, and checks the bytes.
+fn read_everything(emu: &Emulator, mounts: &[Mount]) {
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    std::thread::scope(|scope| {
+        for mnt in mounts {
+            let ids = &ids;
+            scope.spawn(move || {
+                for id in ids {
+                    for cropped in [false, true] {
+                        let path = mnt.join("open_id").join(face_file_name(id, cropped));
+                        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                            panic!("{}: {e}\n{}", path.display(), mnt.log_text())
+                        });
+                        assert!(bytes == emu.face(IdKind::OpenId, id, cropped).unwrap());
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn throttled(emu: &Emulator) -> usize {
+    emu.requests().iter().filter(|r| r.throttled).count()
+}
+
+fn acs_requests(emu: &Emulator) -> usize {
+    emu.count(Route::Face) + emu.count(Route::ListUsers) + emu.count(Route::Upload)
+}
+
+/// The fleet's count of this month's requests, read from Redis itself.
+fn month_count(redis: &RedisServer) -> i64 {
+    let keys = redis.keys("facefs:*:requests:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    redis.get_int(&keys[0])
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn four_mounts_share_one_rate_budget() {
+    // Alone, four mounts at --rate-limit 5 send up to 20 a second into a
+    // limit of 5, and are throttled.
+    let emu = limited_tenant(6, 5);
+    let alone: Vec<Mount> = (0..4)
+        .map(|_| Mount::start(&emu, &["--rate-limit", "5"]))
+        .collect();
+    read_everything(&emu, &alone);
+    assert!(
+        throttled(&emu) > 0,
+        "four mounts alone were never throttled"
+    );
+    drop(alone);
+
+    let emu = limited_tenant(6, 5);
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let port = free_port();
+    let port_arg = port.to_string();
+    let mut fleet = vec![Mount::start(
+        &emu,
+        &[
+            "--rate-limit",
+            "5",
+            "--redis",
+            &url,
+            "--metrics-listen",
+            &port_arg,
+        ],
+    )];
+    for _ in 0..3 {
+        fleet.push(Mount::start(&emu, &["--rate-limit", "5", "--redis", &url]));
+    }
+    read_everything(&emu, &fleet);
+    assert_eq!(
+        throttled(&emu),
+        0,
+        "the fleet kept under the server's limit"
+    );
+    // Every request was counted once, by the Redis server.
+    assert_eq!(month_count(&redis), acs_requests(&emu) as i64);
+    let metrics = scrape_metrics(port);
+    assert_eq!(metric(&metrics, "facefs_redis_up"), 1.0);
+    assert_eq!(metric(&metrics, "facefs_redis_failures_total"), 0.0);
+    assert!(metric(&metrics, "facefs_fleet_requests_this_month") >= 1.0);
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn a_mount_goes_on_alone_while_redis_is_down_and_rejoins() {
+    let emu = emulator(small_tenant(12));
+    let mut redis = RedisServer::start(&[]);
+    let port = free_port();
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--rate-limit",
+            "100",
+            "--redis",
+            &redis.url(),
+            "--metrics-listen",
+            &port.to_string(),
+        ],
+    );
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let read = |i: usize| {
+        let path = mnt.join("open_id").join(face_file_name(&ids[i], false));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}\n{}", mnt.log_text()));
+        assert!(Some(bytes) == emu.face(IdKind::OpenId, &ids[i], false));
+    };
+    read(0);
+    assert_eq!(month_count(&redis), 1);
+
+    redis.kill();
+    for i in 1..5 {
+        read(i);
+    }
+    let log = mnt.log_text();
+    assert_eq!(log.matches("failed (").count(), 1, "logged once:\n{log}");
+    let metrics = scrape_metrics(port);
+    assert_eq!(metric(&metrics, "facefs_redis_up"), 0.0);
+    assert!(metric(&metrics, "facefs_redis_failures_total") >= 1.0);
+
+    // Back, empty (no persistence): the mount rejoins within its retry interval.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 5;
+    while !mnt.log_text().contains("answers again") {
+        assert!(
+            Instant::now() < deadline,
+            "never rejoined:\n{}",
+            mnt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        read(i);
+        i += 1;
+    }
+    assert!(month_count(&redis) >= 1, "counted again after the restart");
+    assert_eq!(metric(&scrape_metrics(port), "facefs_redis_up"), 1.0);
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn an_unreachable_or_full_redis_never_fails_a_read() {
+    let emu = emulator(small_tenant(10));
+    // Nothing listens there: the mount starts and reads anyway.
+    let dead = format!("redis://127.0.0.1:{}/0", free_port());
+    let mnt = Mount::start(&emu, &["--redis", &dead, "--rate-limit", "100"]);
+    let id = &emu.ids_with_faces(IdKind::OpenId)[0];
+    let path = mnt.join("open_id").join(face_file_name(id, false));
+    assert!(Some(std::fs::read(&path).unwrap()) == emu.face(IdKind::OpenId, id, false));
+    drop(mnt);
+
+    // Full: every write refused with OOM; reads go on, paced locally.
+    let redis = RedisServer::start(&["--maxmemory", "1", "--maxmemory-policy", "noeviction"]);
+    let mnt = Mount::start(&emu, &["--redis", &redis.url(), "--rate-limit", "100"]);
+    for id in emu.ids_with_faces(IdKind::OpenId).iter().take(4) {
+        let path = mnt.join("open_id").join(face_file_name(id, false));
+        assert!(Some(std::fs::read(&path).unwrap()) == emu.face(IdKind::OpenId, id, false));
+    }
+    assert!(mnt.log_text().contains("failed ("), "{}", mnt.log_text());
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn a_monthly_budget_stops_requests_before_the_tenants_quota() {
+    let emu = emulator(small_tenant(12));
+    let redis = RedisServer::start(&[]);
+    let mnt = Mount::start(
+        &emu,
+        &[
+            "--redis",
+            &redis.url(),
+            "--monthly-budget",
+            "5",
+            "--rate-limit",
+            "100",
+            "--max-stale",
+            "0s",
+        ],
+    );
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    for id in &ids[..5] {
+        let path = mnt.join("open_id").join(face_file_name(id, false));
+        assert!(Some(std::fs::read(&path).unwrap()) == emu.face(IdKind::OpenId, id, false));
+    }
+    let over = std::fs::read(mnt.join("open_id").join(face_file_name(&ids[5], false))).unwrap_err();
+    assert_eq!(over.raw_os_error(), Some(libc::EIO));
+    assert_eq!(
+        emu.count(Route::Face),
+        5,
+        "the sixth request was never sent"
+    );
+    assert_eq!(month_count(&redis), 5);
+    assert!(
+        mnt.log_text().contains("--monthly-budget is 5"),
+        "{}",
+        mnt.log_text()
+    );
+}
+
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn the_redis_password_stays_out_of_argv_and_logs() {
+    let emu = emulator(small_tenant(10));
+    let password = "s3cret-redis-pw";
+    let redis = RedisServer::start(&["--requirepass", password]);
+    let with_password = format!("redis://:{password}@127.0.0.1:{}/0", redis.port);
+
+    let mountpoint = TempDir::new("refused");
+    let out = run(
+        FACEFS,
+        &[&mountpoint.path(), &"--demo", &"--redis", &with_password],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--redis-url-file"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains(password));
+
+    let secrets = TempDir::new("redis-url");
+    let file = secrets.path().join("redis-url");
+    std::fs::write(&file, format!("{with_password}\n")).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let mnt = Mount::start_with_env(
+        &emu,
+        &["--redis-url-file", file_arg, "--rate-limit", "100"],
+        &[("FACEFS_LOG", "trace")],
+    );
+    let id = &emu.ids_with_faces(IdKind::OpenId)[0];
+    std::fs::read(mnt.join("open_id").join(face_file_name(id, false))).unwrap();
+    assert_eq!(month_count(&redis), 1, "authenticated and counted");
+    drop(mnt);
+
+    // From the environment: read, then wiped from the process's environment.
+    let mnt = Mount::start_with_env(
+        &emu,
+        &["--rate-limit", "100"],
+        &[
+            ("FACEFS_REDIS_URL", &with_password),
+            ("FACEFS_LOG", "trace"),
+        ],
+    );
+    std::fs::read(mnt.join("open_id").join(face_file_name(id, true))).unwrap();
+    assert_eq!(month_count(&redis), 2);
+    let pid = mnt.child.as_ref().unwrap().id();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains(password),
+        "the URL is still in the environment"
+    );
+    assert!(
+        !mnt.log_text().contains(password),
+        "the password in a trace log"
+    );
+}
