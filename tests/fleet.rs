@@ -97,18 +97,47 @@ fn four_mounts_share_one_rate_budget() {
     for _ in 0..3 {
         fleet.push(Mount::start(&emu, &["--rate-limit", "5", "--redis", &url]));
     }
+    std::thread::scope(|scope| {
+        for mnt in &fleet {
+            scope.spawn(|| {
+                let out = run("ls", &[&mnt.join("open_id")]);
+                assert!(out.status.success(), "{}", stderr(&out));
+                assert_eq!(stdout(&out).lines().count(), 12);
+            });
+        }
+    });
     read_everything(&emu, &fleet);
     assert_eq!(
         throttled(&emu),
         0,
         "the fleet kept under the server's limit"
     );
+    assert_eq!(
+        emu.count(Route::Face),
+        12,
+        "one download per face for the fleet"
+    );
+    assert_eq!(emu.count(Route::ListUsers), 1, "one listing for the fleet");
     // Every request was counted once, by the Redis server.
     assert_eq!(month_count(&redis), acs_requests(&emu) as i64);
     let metrics = scrape_metrics(port);
     assert_eq!(metric(&metrics, "facefs_redis_up"), 1.0);
     assert_eq!(metric(&metrics, "facefs_redis_failures_total"), 0.0);
-    assert!(metric(&metrics, "facefs_fleet_requests_this_month") >= 1.0);
+    assert!(metric(&metrics, "facefs_fleet_requests_this_month") <= 13.0);
+
+    // A damaged value in Redis is a miss: a new mount downloads those faces.
+    let keys = redis.keys("facefs:*:face:*");
+    assert_eq!(keys.len(), 12, "{keys:?}");
+    for key in &keys {
+        redis.query(&["SETRANGE", key, "30", "garbage"]).unwrap();
+    }
+    let fresh = Mount::start(&emu, &["--rate-limit", "5", "--redis", &url]);
+    read_everything(&emu, std::slice::from_ref(&fresh));
+    assert_eq!(
+        emu.count(Route::Face),
+        24,
+        "each damaged value downloaded again"
+    );
 }
 
 #[test]

@@ -560,6 +560,7 @@ fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
         users,
         next_page_token,
         unreadable_ids,
+        fetched_at: None,
     })
 }
 
@@ -583,6 +584,7 @@ fn face_from_answer(answer: Answer) -> Result<FaceBytes, ApiError> {
     Ok(FaceBytes {
         bytes: answer.body,
         held: answer.held,
+        fetched_at: None,
     })
 }
 

@@ -111,6 +111,7 @@ impl FaceApi for MemoryApi {
                 .collect(),
             next_page_token: (end < users.len()).then(|| format!("page:{end}")),
             unreadable_ids: 0,
+            fetched_at: None,
         })
     }
 

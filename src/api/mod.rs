@@ -61,6 +61,9 @@ pub struct UserPage {
     /// Ids on the page that are not text (invalid UTF-8, lone surrogates):
     /// left out, since no file name could name them.
     pub unreadable_ids: usize,
+    /// When the API sent the page, if before this call (another mount of
+    /// the fleet fetched it); `None`: just now.
+    pub fetched_at: Option<std::time::SystemTime>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,6 +105,9 @@ pub trait FaceApi: Send + Sync {
 pub struct FaceBytes {
     pub bytes: Vec<u8>,
     pub held: MemoryHold,
+    /// When the API sent them, if before this call (another mount of the
+    /// fleet fetched them); `None`: just now.
+    pub fetched_at: Option<std::time::SystemTime>,
 }
 
 impl FaceBytes {
@@ -110,6 +116,7 @@ impl FaceBytes {
         FaceBytes {
             bytes,
             held: MemoryHold::none(),
+            fetched_at: None,
         }
     }
 }

@@ -26,13 +26,14 @@ use self::notify::notify;
 use crate::api::http::{HttpApi, HttpConfig, IN_FLIGHT_BYTES};
 use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::secret::Secret;
-use crate::api::throttle::{Pacer, RateLimiter};
+use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
 use crate::api::IdKind;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use crate::events::message::UserChange;
 use crate::fleet::rate::FleetPacer;
+use crate::fleet::shared::{SharedApi, SharedConfig};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::fs::store::{FaceStore, StoreConfig};
 use crate::fs::{FaceFs, FsConfig, Invalidation, ROOT_INO};
@@ -209,7 +210,7 @@ fn mount(
         app_id,
         app_secret,
         request_timeout: settings.request_timeout,
-        memory,
+        memory: memory.clone(),
     })?;
     http.check_credentials()
         .map_err(|e| format!("cannot get a tenant access token: {e}"))?;
@@ -218,25 +219,35 @@ fn mount(
         ..RetryPolicy::default()
     };
     let limiter = Arc::new(RateLimiter::new(settings.rate_limit));
-    let pacer: Arc<dyn Pacer> = match &settings.redis {
+    let api: Arc<dyn FaceApi> = match &settings.redis {
+        None => Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter)),
         Some(redis) => {
-            let fleet = Fleet::new(FleetConfig {
+            let fleet = Arc::new(Fleet::new(FleetConfig {
                 url: redis.url.clone(),
                 prefix: redis.prefix.clone(),
                 tenant: tenant.clone(),
                 timeout: redis.timeout,
-            })?;
-            log::info!("sharing the rate budget of this tenant through Redis");
-            Arc::new(FleetPacer::new(
+            })?);
+            log::info!("sharing this tenant's rate budget, faces and listings through Redis");
+            let pacer = FleetPacer::new(
                 limiter,
-                Arc::new(fleet),
+                fleet.clone(),
                 settings.rate_limit,
                 redis.monthly_budget,
+            );
+            let retrying = RetryingApi::new(http, policy).with_rate_limit(Arc::new(pacer));
+            Arc::new(SharedApi::new(
+                retrying,
+                fleet,
+                SharedConfig {
+                    face_ttl: settings.ttl,
+                    negative_ttl: settings.negative_ttl,
+                    wait: settings.request_timeout,
+                    memory: memory.clone(),
+                },
             ))
         }
-        None => limiter,
     };
-    let api: Arc<dyn FaceApi> = Arc::new(RetryingApi::new(http, policy).with_rate_limit(pacer));
 
     // SAFETY: getuid and getgid cannot fail.
     let (uid, gid) = unsafe {

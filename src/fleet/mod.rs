@@ -9,6 +9,7 @@
 //! API origin and the app id), so tenants and deployments never mix.
 
 pub mod rate;
+pub mod shared;
 
 use std::time::{Duration, Instant};
 

@@ -25,7 +25,9 @@ impl Face {
     /// A face whose `digest` the caller has just checked against its bytes
     /// (the on-disk store does, as it reads them).
     pub fn verified(bytes: FaceBytes, digest: u64, fetched_at: SystemTime) -> Face {
-        let FaceBytes { mut bytes, held } = bytes;
+        let FaceBytes {
+            mut bytes, held, ..
+        } = bytes;
         // The cache weighs faces by length: hold no more than that.
         bytes.shrink_to_fit();
         Face {

@@ -182,6 +182,8 @@ pub fn fetch(
         let mut misleading_ids = 0usize;
         let mut stalled_pages = 0;
         let mut page_token: Option<String> = None;
+        // A listing is as old as its oldest page.
+        let mut fetched_at = now;
         loop {
             if stopping.load(Ordering::SeqCst) {
                 return Err(err!(libc::EIO, "{doing}: stopped, the mount is going away"));
@@ -201,6 +203,9 @@ pub fn fetch(
                 }
                 Err(e) => return Err(FsError::from_api(e, kind, &doing)),
             };
+            if let Some(at) = page.fetched_at {
+                fetched_at = fetched_at.min(at);
+            }
             let known = seen.len();
             for user in page.users {
                 if !seen.insert(user.user_id.clone()) || !user.face_uploaded {
@@ -250,7 +255,7 @@ pub fn fetch(
         if misleading_ids > 0 {
             log::warn!("{misleading_ids} {kind} ids hold control or bidirectional-override characters; they are listed as they are (use find -print0 or ls -b in scripts)");
         }
-        return Ok(Listing::new(ids, now));
+        return Ok(Listing::new(ids, fetched_at));
     }
 }
 
@@ -289,6 +294,7 @@ mod tests {
                     "t".into()
                 }),
                 unreadable_ids: 0,
+                fetched_at: None,
             })
         }
 

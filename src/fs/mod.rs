@@ -914,7 +914,11 @@ impl FaceFs {
         let bytes = self
             .api
             .get_face(key.kind, &key.id, key.cropped, priority)?;
-        let face = Arc::new(Face::new(bytes, self.clock.wall()));
+        // Fetched by another mount of the fleet a moment ago, or now; a
+        // time ahead of this clock counts as now.
+        let now = self.clock.wall();
+        let at = bytes.fetched_at.map_or(now, |at| at.min(now));
+        let face = Arc::new(Face::new(bytes, at));
         self.keep_in_memory(key, face.clone());
         if let Some(store) = &self.store {
             store.put_face(key, &face);

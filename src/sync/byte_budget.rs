@@ -52,6 +52,24 @@ impl ByteBudget {
             .map(|permit| MemoryHold(Some(permit)))
     }
 
+    /// Takes `bytes` from a thread that is not async, polling for room for
+    /// at most `wait` (which only happens when memory is short); `None`
+    /// past it.
+    pub fn hold_within(&self, bytes: u64, wait: std::time::Duration) -> Option<MemoryHold> {
+        let deadline = std::time::Instant::now() + wait;
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            if let Some(held) = self.try_hold(bytes) {
+                return Some(held);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Bytes held now (in KiB units, rounded up per hold).
     pub fn in_use(&self) -> u64 {
         (u64::from(units(self.capacity)) - self.units.available_permits() as u64) * UNIT

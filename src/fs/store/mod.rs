@@ -399,7 +399,15 @@ impl FaceStore {
         bytes.drain(..header.data_start);
         self.index.lock().lru.promote(&name);
         METRICS.store_read();
-        Face::verified(FaceBytes { bytes, held }, header.digest, header.fetched_at)
+        Face::verified(
+            FaceBytes {
+                bytes,
+                held,
+                fetched_at: None,
+            },
+            header.digest,
+            header.fetched_at,
+        )
     }
 
     /// What `stat` shows of the stored face of `key`, from its verified
@@ -476,21 +484,12 @@ impl FaceStore {
     /// async (the HTTP client waits on it); a store read is not, and waits
     /// for room by polling, which only happens when memory is short.
     fn hold(&self, bytes: u64) -> Result<MemoryHold, String> {
-        let deadline = Instant::now() + self.memory_wait;
-        let mut pause = Duration::from_millis(1);
-        loop {
-            if let Some(held) = self.memory.try_hold(bytes) {
-                return Ok(held);
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "no memory for a stored face within {:?}: every byte of --cache-size is held by faces being read",
-                    self.memory_wait
-                ));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
+        self.memory.hold_within(bytes, self.memory_wait).ok_or_else(|| {
+            format!(
+                "no memory for a stored face within {:?}: every byte of --cache-size is held by faces being read",
+                self.memory_wait
+            )
+        })
     }
 
     fn discard(&self, name: u64, path: &Path, key: &FaceKey, why: &str) {

@@ -57,6 +57,7 @@ fn face(bytes: &[u8]) -> Face {
         FaceBytes {
             bytes: bytes.to_vec(),
             held: MemoryHold::none(),
+            fetched_at: None,
         },
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
     )
