@@ -145,6 +145,7 @@ pub struct Metrics {
     redis_up: AtomicU64,
     redis_failures: AtomicU64,
     fleet_month_requests: AtomicU64,
+    fleet_events: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
     latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
@@ -192,6 +193,7 @@ impl Metrics {
             redis_up: ZERO,
             redis_failures: ZERO,
             fleet_month_requests: ZERO,
+            fleet_events: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
             latency_sum_us: [ZERO; OPS],
@@ -275,6 +277,11 @@ impl Metrics {
         add(&self.redis_failures);
     }
 
+    /// An event another mount heard, applied here.
+    pub fn fleet_event(&self) {
+        add(&self.fleet_events);
+    }
+
     /// Requests the fleet sent this month, as Redis counted them.
     pub fn fleet_requests_this_month(&self, n: u64) {
         self.fleet_month_requests.store(n, Ordering::Relaxed);
@@ -342,7 +349,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 27] = [
+        let simple: [(&str, &str, &str, u64); 28] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -468,6 +475,12 @@ impl Metrics {
                 "gauge",
                 "API requests the whole fleet sent this month (UTC), counted in Redis.",
                 get(&self.fleet_month_requests),
+            ),
+            (
+                "facefs_fleet_events_total",
+                "counter",
+                "Events other mounts heard, read from the fleet's stream and applied here.",
+                get(&self.fleet_events),
             ),
             (
                 "facefs_uploads_total",

@@ -190,9 +190,12 @@ fn a_mount_goes_on_alone_while_redis_is_down_and_rejoins() {
             mnt.log_text()
         );
         std::thread::sleep(Duration::from_millis(300));
-        read(i);
+        read(i % ids.len());
         i += 1;
     }
+    // A face not read yet: its request takes a turn from the new Redis.
+    let cropped = mnt.join("open_id").join(face_file_name(&ids[0], true));
+    assert!(std::fs::read(&cropped).ok() == emu.face(IdKind::OpenId, &ids[0], true));
     assert!(month_count(&redis) >= 1, "counted again after the restart");
     assert_eq!(metric(&scrape_metrics(port), "facefs_redis_up"), 1.0);
 }
@@ -321,5 +324,151 @@ fn the_redis_password_stays_out_of_argv_and_logs() {
     assert!(
         !mnt.log_text().contains(password),
         "the password in a trace log"
+    );
+}
+
+fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The service gives an event to one client of the app; through the
+/// fleet's stream every mount drops the replaced face.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn an_event_heard_by_one_mount_reaches_all_four() {
+    let emu = emulator(small_tenant(10));
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let fleet: Vec<Mount> = (0..4)
+        .map(|_| {
+            Mount::start(
+                &emu,
+                &[
+                    "--events",
+                    "--ttl",
+                    "1h",
+                    "--rate-limit",
+                    "100",
+                    "--redis",
+                    &url,
+                ],
+            )
+        })
+        .collect();
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "four connections", || {
+        server.clients() == 4
+    });
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let (who, other) = (&ids[0], &ids[1]);
+    let file = |mnt: &Mount| mnt.join("open_id").join(face_file_name(who, false));
+    for mnt in &fleet {
+        assert!(std::fs::read(file(mnt)).ok() == emu.face(IdKind::OpenId, who, false));
+    }
+    let new = emu.face(IdKind::OpenId, other, false).unwrap();
+    let message = emu
+        .replace_face(IdKind::OpenId, who, false, new.clone())
+        .unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    for mnt in &fleet {
+        wait_until(
+            Duration::from_secs(5),
+            "the new face in every mount",
+            || std::fs::read(file(mnt)).ok() == Some(new.clone()),
+        );
+    }
+    // One of them heard it; the other three read it from the stream.
+    let from_stream: usize = fleet
+        .iter()
+        .map(|m| m.log_text().matches("from the fleet").count())
+        .sum();
+    assert_eq!(from_stream, 3);
+}
+
+/// A mount with a store that was down while the event went out applies it
+/// when it is back; if the stream lost events, it trusts nothing it holds.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn a_restarted_mount_catches_up_on_the_events_it_missed() {
+    let emu = emulator(small_tenant(10));
+    let mut redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let cache = TempDir::new("store");
+    let store = cache.path().to_str().unwrap().to_owned();
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let (who, other) = (&ids[0], &ids[1]);
+    let path = |mnt: &Mount| mnt.join("open_id").join(face_file_name(who, false));
+    let args = [
+        "--ttl",
+        "1h",
+        "--rate-limit",
+        "100",
+        "--redis",
+        &url,
+        "--cache-dir",
+        &store,
+    ];
+    {
+        let a = Mount::start(&emu, &args);
+        assert!(std::fs::read(path(&a)).ok() == emu.face(IdKind::OpenId, who, false));
+        // Until it has a place in the stream, noted in its store.
+        let noted = || {
+            std::fs::read_dir(cache.path().join("facefs-v1"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|tenant| tenant.path().join("fleet-events.note").exists())
+        };
+        wait_until(Duration::from_secs(5), "a position in the stream", noted);
+    }
+    // While it is down, another mount hears a replacement.
+    let hearer = Mount::start(&emu, &["--events", "--rate-limit", "100", "--redis", &url]);
+    wait_until(Duration::from_secs(10), "connected", || {
+        emu.long_connection().clients() == 1
+    });
+    let new = emu.face(IdKind::OpenId, other, false).unwrap();
+    let message = emu
+        .replace_face(IdKind::OpenId, who, false, new.clone())
+        .unwrap();
+    assert!(emu
+        .long_connection()
+        .wait_for_ack(&message, Duration::from_secs(3)));
+    drop(hearer);
+    let downloads = emu.count(Route::Face);
+    let a = Mount::start(&emu, &args);
+    wait_until(Duration::from_secs(5), "the missed event applied", || {
+        std::fs::read(path(&a)).ok() == Some(new.clone())
+    });
+    assert_eq!(
+        emu.count(Route::Face),
+        downloads + 1,
+        "only the changed face"
+    );
+    drop(a);
+
+    // Redis restarts and loses the stream: the store is not trusted.
+    redis.kill();
+    redis.restart();
+    let downloads = emu.count(Route::Face);
+    let a = Mount::start(&emu, &args);
+    let other_face = a.join("open_id").join(face_file_name(other, false));
+    wait_until(Duration::from_secs(5), "the loss noticed", || {
+        a.log_text().contains("no longer holds every event")
+    });
+    assert!(std::fs::read(&other_face).ok() == emu.face(IdKind::OpenId, other, false));
+    assert_eq!(
+        emu.count(Route::Face),
+        downloads + 1,
+        "downloaded, not taken from the store"
     );
 }

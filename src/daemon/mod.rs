@@ -28,10 +28,10 @@ use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::secret::Secret;
 use crate::api::throttle::RateLimiter;
 use crate::api::FaceApi;
-use crate::api::IdKind;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use crate::events::message::UserChange;
+use crate::fleet::events::FleetEvents;
 use crate::fleet::rate::FleetPacer;
 use crate::fleet::shared::{SharedApi, SharedConfig};
 use crate::fleet::{Fleet, FleetConfig};
@@ -219,16 +219,22 @@ fn mount(
         ..RetryPolicy::default()
     };
     let limiter = Arc::new(RateLimiter::new(settings.rate_limit));
-    let api: Arc<dyn FaceApi> = match &settings.redis {
-        None => Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter)),
-        Some(redis) => {
-            let fleet = Arc::new(Fleet::new(FleetConfig {
-                url: redis.url.clone(),
-                prefix: redis.prefix.clone(),
-                tenant: tenant.clone(),
-                timeout: redis.timeout,
-            })?);
-            log::info!("sharing this tenant's rate budget, faces and listings through Redis");
+    let fleet = match &settings.redis {
+        Some(redis) => Some(Arc::new(Fleet::new(FleetConfig {
+            url: redis.url.clone(),
+            prefix: redis.prefix.clone(),
+            tenant: tenant.clone(),
+            timeout: redis.timeout,
+        })?)),
+        None => None,
+    };
+    let fleet_events = fleet.clone().map(FleetEvents::new);
+    let api: Arc<dyn FaceApi> = match (&settings.redis, &fleet) {
+        (Some(redis), Some(fleet)) => {
+            let fleet = fleet.clone();
+            log::info!(
+                "sharing this tenant's rate budget, faces, listings and events through Redis"
+            );
             let pacer = FleetPacer::new(
                 limiter,
                 fleet.clone(),
@@ -244,9 +250,11 @@ fn mount(
                     negative_ttl: settings.negative_ttl,
                     wait: settings.request_timeout,
                     memory: memory.clone(),
+                    events: fleet_events.clone(),
                 },
             ))
         }
+        _ => Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter)),
     };
 
     // SAFETY: getuid and getgid cannot fail.
@@ -315,14 +323,25 @@ fn mount(
         )
     })?;
     let mut unmounter = session.unmount_callable();
-    if settings.events || settings.writable {
+    if settings.events || settings.writable || fleet_events.is_some() {
         tell_kernel_through(&core, session.notifier())
             .map_err(|e| format!("cannot start the invalidation thread: {e}"))?;
     }
+    if let Some(fleet_events) = &fleet_events {
+        fleet_events
+            .listen(core.clone())
+            .map_err(|e| format!("cannot start the fleet's event reader: {e}"))?;
+    }
     let long_connection = match events_config {
         Some(config) => Some(
-            EventConnection::start(config, Arc::new(KernelSink { core: core.clone() }))
-                .map_err(|e| format!("cannot start the event connection: {e}"))?,
+            EventConnection::start(
+                config,
+                Arc::new(KernelSink {
+                    core: core.clone(),
+                    fleet: fleet_events,
+                }),
+            )
+            .map_err(|e| format!("cannot start the event connection: {e}"))?,
         ),
         None => None,
     };
@@ -377,21 +396,16 @@ fn tell_kernel_through(core: &FaceFs, notifier: fuser::Notifier) -> std::io::Res
     Ok(())
 }
 
-/// Events reach the core, and what it drops, the kernel.
+/// Events reach the core, and what it drops, the kernel; with `--redis`,
+/// the rest of the fleet too.
 struct KernelSink {
     core: Arc<FaceFs>,
+    fleet: Option<Arc<FleetEvents>>,
 }
 
 impl ChangeSink for KernelSink {
     fn user_changed(&self, change: &UserChange) {
-        let ids: Vec<(IdKind, &str)> = [
-            (IdKind::OpenId, &change.open_id),
-            (IdKind::UnionId, &change.union_id),
-            (IdKind::UserId, &change.user_id),
-        ]
-        .into_iter()
-        .filter_map(|(kind, id)| Some((kind, id.as_deref()?)))
-        .collect();
+        let ids = change.ids();
         log::info!(
             "event {}: a user's faces changed (face_uploaded {:?}); dropping them",
             change.event_id,
@@ -399,6 +413,9 @@ impl ChangeSink for KernelSink {
         );
         let forget = self.core.user_changed(&ids, change.face_uploaded);
         self.core.tell_kernel(forget);
+        if let Some(fleet) = &self.fleet {
+            fleet.publish(change);
+        }
     }
 
     fn connected(&self, up: bool) {

@@ -18,7 +18,7 @@ const MAX_PARTIAL_MESSAGES: usize = 64;
 const MAX_FRAGMENTS: usize = 64;
 
 /// An ACS user whose features changed (`acs.user.updated_v1`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserChange {
     pub event_id: String,
     /// The user's ids as the event names them (`user_id` only with the
@@ -27,6 +27,36 @@ pub struct UserChange {
     pub union_id: Option<String>,
     pub user_id: Option<String>,
     pub face_uploaded: Option<bool>,
+}
+
+impl UserChange {
+    /// What this mount's own upload of `id`'s face changed, as the fleet
+    /// is told it (the other ids are not known here).
+    pub fn uploaded(kind: crate::api::IdKind, id: &str) -> UserChange {
+        use crate::api::IdKind;
+        let id = Some(id.to_owned());
+        let only = |k: IdKind| if k == kind { id.clone() } else { None };
+        UserChange {
+            event_id: format!("upload-{}", std::process::id()),
+            open_id: only(IdKind::OpenId),
+            union_id: only(IdKind::UnionId),
+            user_id: only(IdKind::UserId),
+            face_uploaded: Some(true),
+        }
+    }
+
+    /// The ids the event names, by kind.
+    pub fn ids(&self) -> Vec<(crate::api::IdKind, &str)> {
+        use crate::api::IdKind;
+        [
+            (IdKind::OpenId, &self.open_id),
+            (IdKind::UnionId, &self.union_id),
+            (IdKind::UserId, &self.user_id),
+        ]
+        .into_iter()
+        .filter_map(|(kind, id)| Some((kind, id.as_deref()?)))
+        .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,6 +8,7 @@
 //! Keys live under `facefs:<prefix>:<tenant>:` (the tenant is a hash of the
 //! API origin and the app id), so tenants and deployments never mix.
 
+pub mod events;
 pub mod rate;
 pub mod shared;
 
@@ -21,7 +22,7 @@ use crate::metrics::METRICS;
 
 /// After a failure, Redis is not asked again for this long: a reader must
 /// not wait out a timeout on every request while Redis is down.
-const RETRY_AFTER: Duration = Duration::from_secs(2);
+pub(super) const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 pub struct FleetConfig {
     /// `redis://` or `rediss://`; may hold a password, so it is a secret.
@@ -159,6 +160,26 @@ impl Fleet {
         }
     }
 
+    /// A connection of its own, for a blocking read of up to `block`;
+    /// `None` (logged) if Redis cannot be reached.
+    pub fn dedicated(&self, block: Duration) -> Option<Connection> {
+        let result = self
+            .client
+            .get_connection_with_timeout(self.timeout)
+            .and_then(|c| {
+                c.set_read_timeout(Some(block + self.timeout))?;
+                c.set_write_timeout(Some(self.timeout))?;
+                Ok(c)
+            });
+        match result {
+            Ok(connection) => Some(connection),
+            Err(e) => {
+                self.failed(&e);
+                None
+            }
+        }
+    }
+
     fn connect(&self) -> redis::RedisResult<Connection> {
         let connection = self.client.get_connection_with_timeout(self.timeout)?;
         connection.set_read_timeout(Some(self.timeout))?;
@@ -166,8 +187,9 @@ impl Fleet {
         Ok(connection)
     }
 
-    fn succeeded(&self) {
+    pub(super) fn succeeded(&self) {
         let mut health = self.health.lock();
+        health.next_try = Instant::now();
         if let Some(since) = health.down_since.take() {
             log::info!(
                 "Redis at {} answers again after {:?}: the fleet shares its budget again",
@@ -178,7 +200,7 @@ impl Fleet {
         METRICS.redis_up(true);
     }
 
-    fn failed(&self, e: &redis::RedisError) {
+    pub(super) fn failed(&self, e: &redis::RedisError) {
         let mut health = self.health.lock();
         health.next_try = Instant::now() + RETRY_AFTER;
         METRICS.redis_failure();

@@ -16,8 +16,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use redis::Commands;
 
+use super::events::FleetEvents;
 use super::Fleet;
 use crate::api::{ApiError, FaceApi, FaceBytes, IdKind, ImageType, ListedUser, Priority, UserPage};
+use crate::events::message::UserChange;
 use crate::fs::face::digest;
 use crate::sync::byte_budget::ByteBudget;
 
@@ -45,6 +47,8 @@ pub struct SharedConfig {
     pub wait: Duration,
     /// Where bytes read from Redis are held.
     pub memory: Arc<ByteBudget>,
+    /// Where an upload tells the other mounts (see `put_face`).
+    pub events: Option<Arc<FleetEvents>>,
 }
 
 pub struct SharedApi<A> {
@@ -163,15 +167,22 @@ impl<A: FaceApi> SharedApi<A> {
             // Redis is failing: this mount alone.
             None => fetch(),
             Some(true) => {
+                let unlock = || {
+                    self.fleet
+                        .run(|c| self.unlock.key(&lock).arg(&token).invoke::<i64>(c))
+                };
+                // Published between the look and the lock: no need to ask.
+                if let Some(answer) = look() {
+                    let _ = unlock();
+                    return answer;
+                }
                 let result = fetch();
                 if let Some((value, ttl)) = publish(&result) {
                     let _ = self
                         .fleet
                         .run(|c| c.pset_ex::<_, _, ()>(key, value, ttl.as_millis().max(1) as u64));
                 }
-                let _ = self
-                    .fleet
-                    .run(|c| self.unlock.key(&lock).arg(&token).invoke::<i64>(c));
+                let _ = unlock();
                 result
             }
             Some(false) => {
@@ -183,9 +194,13 @@ impl<A: FaceApi> SharedApi<A> {
                     if let Some(answer) = look() {
                         return answer;
                     }
-                    // The other mount gave up (its download failed): ask ourselves.
+                    // The other mount is done: published (looked at once
+                    // more, as it may have come just now) or gave up.
                     let held: Option<bool> = self.fleet.run(|c| c.exists(&lock));
                     if held != Some(true) {
+                        if let Some(answer) = look() {
+                            return answer;
+                        }
                         break;
                     }
                 }
@@ -195,19 +210,34 @@ impl<A: FaceApi> SharedApi<A> {
     }
 
     fn face_key(&self, kind: IdKind, id: &str, cropped: bool) -> String {
-        // The id is personal data: its digest names it.
-        self.fleet.key(&format!(
-            "face:{kind}:{}:{:016x}",
-            u8::from(cropped),
-            digest(id.as_bytes())
-        ))
+        face_key(&self.fleet, kind, id, cropped)
     }
+}
+
+/// Where the fleet keeps a face; the id is personal data, its digest names it.
+pub(super) fn face_key(fleet: &Fleet, kind: IdKind, id: &str, cropped: bool) -> String {
+    fleet.key(&format!(
+        "face:{kind}:{}:{:016x}",
+        u8::from(cropped),
+        digest(id.as_bytes())
+    ))
+}
+
+/// The generation of `kind`'s listing pages: a change of who has a face
+/// starts a new one, so no mount reads the old pages again.
+pub(super) fn listing_generation(fleet: &Fleet, kind: IdKind) -> String {
+    fleet.key(&format!("listgen:{kind}"))
 }
 
 impl<A: FaceApi> FaceApi for SharedApi<A> {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
+        let generation: i64 = self
+            .fleet
+            .run(|c| c.get::<_, Option<i64>>(listing_generation(&self.fleet, kind)))
+            .flatten()
+            .unwrap_or(0);
         let key = self.fleet.key(&format!(
-            "list:{kind}:{:016x}",
+            "list:{kind}:{generation}:{:016x}",
             digest(page_token.unwrap_or("").as_bytes())
         ));
         self.shared(
@@ -297,8 +327,8 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
         )
     }
 
-    /// An upload changes the user's faces: the fleet's copies under this id
-    /// go (the other ids go when the event comes, or after their TTL).
+    /// An upload changes the user's faces: the fleet hears of it under this
+    /// id (the other ids when the service's event comes, or after their TTL).
     fn put_face(
         &self,
         kind: IdKind,
@@ -307,11 +337,20 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
         image_type: ImageType,
     ) -> Result<(), ApiError> {
         let result = self.inner.put_face(kind, id, image, image_type);
-        let keys = [
-            self.face_key(kind, id, false),
-            self.face_key(kind, id, true),
-        ];
-        let _ = self.fleet.run(|c| c.del::<_, i64>(&keys[..]));
+        if result.is_ok() {
+            // As an event would: the fleet's copies go, and every mount
+            // drops the faces of this id.
+            match &self.config.events {
+                Some(events) => events.publish(&UserChange::uploaded(kind, id)),
+                None => {
+                    let keys = [
+                        self.face_key(kind, id, false),
+                        self.face_key(kind, id, true),
+                    ];
+                    let _ = self.fleet.run(|c| c.del::<_, i64>(&keys[..]));
+                }
+            }
+        }
         result
     }
 }

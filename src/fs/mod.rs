@@ -385,6 +385,9 @@ pub struct FaceFs {
     /// Digests of faces replaced by an upload, and when: bytes with such a
     /// digest fetched before then are not trusted, under whatever id.
     superseded: Mutex<lru::LruCache<u64, SystemTime>>,
+    /// Nothing fetched before this (ms since the epoch; 0: none) is fresh:
+    /// changes may have been missed (see [`Self::distrust_before`]).
+    trust_floor: AtomicU64,
     /// Tells the kernel what to forget (set by the daemon).
     kernel: std::sync::OnceLock<Box<dyn Fn(Vec<Invalidation>) + Send + Sync>>,
 }
@@ -441,6 +444,7 @@ impl FaceFs {
                 std::num::NonZeroUsize::new(NEGATIVE_ENTRIES).expect("not zero"),
             )),
             kernel: std::sync::OnceLock::new(),
+            trust_floor: AtomicU64::new(0),
         })
     }
 
@@ -488,6 +492,10 @@ impl FaceFs {
     }
 
     fn fresh(&self, at: SystemTime) -> bool {
+        let floor = self.trust_floor.load(Ordering::Relaxed);
+        if floor > 0 && at < SystemTime::UNIX_EPOCH + Duration::from_millis(floor) {
+            return false;
+        }
         self.age(at)
             .is_some_and(|age| age < self.config.ttl || self.trusted_by_events(at, age))
     }
@@ -527,6 +535,23 @@ impl FaceFs {
                 .min(self.config.ttl_with_events.saturating_sub(age)),
             _ => Duration::ZERO,
         }
+    }
+
+    /// Changes may have been missed (the fleet's event stream lost some):
+    /// nothing fetched before `at` is trusted as fresh any more; each face
+    /// and listing is fetched again when next needed (outages may still
+    /// serve it stale, within `--max-stale`).
+    pub fn distrust_before(&self, at: SystemTime) {
+        let ms = at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        self.trust_floor.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// The on-disk store, if there is one.
+    pub fn store(&self) -> Option<&Arc<FaceStore>> {
+        self.store.as_ref()
     }
 
     /// The event connection went up or down. While it is down, and for

@@ -616,6 +616,24 @@ impl FaceStore {
         }
     }
 
+    /// A small note kept beside the store's entries (e.g. how far the
+    /// fleet's event stream was read), if one was written.
+    pub fn note(&self, name: &str) -> Option<String> {
+        let mut text = String::new();
+        directory::open_private(&self.root.join(format!("{name}.note")))
+            .ok()?
+            .read_to_string(&mut text)
+            .ok()?;
+        Some(text)
+    }
+
+    pub fn put_note(&self, name: &str, text: &str) {
+        let path = self.root.join(format!("{name}.note"));
+        if let Err(e) = self.write_then_rename(&path, |file| file.write_all(text.as_bytes())) {
+            log::warn!("cannot write {}: {e}", path.display());
+        }
+    }
+
     /// Writes a new file beside `path` and renames it onto `path`; returns
     /// the bytes it takes on disk.
     fn write_then_rename(

@@ -1,0 +1,221 @@
+//! Events for every mount: the mount that hears an `acs.user.updated_v1`
+//! on the long connection (the service gives each event to one client of
+//! the app) appends it to a Redis Stream; every mount reads the stream and
+//! drops the user's faces (memory, store, kernel) as if it had heard it.
+//!
+//! A mount with an on-disk store remembers how far it read (a note in the
+//! store), so events sent while it was down are applied when it is back.
+//! The stream keeps the last [`STREAM_LENGTH`] events; if what a mount
+//! missed is no longer there (trimmed, or Redis restarted and lost it),
+//! the mount trusts nothing it fetched before as fresh: every face and
+//! listing is fetched again when next needed.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use redis::streams::{StreamInfoStreamReply, StreamReadOptions, StreamReadReply};
+use redis::Commands;
+
+use super::shared::{face_key, listing_generation};
+use super::Fleet;
+use crate::api::IdKind;
+use crate::events::message::UserChange;
+use crate::fs::FaceFs;
+use crate::metrics::METRICS;
+
+/// Events the stream keeps (about: trimming is approximate).
+pub const STREAM_LENGTH: usize = 10_000;
+/// How long one read waits for new events.
+const BLOCK: Duration = Duration::from_secs(1);
+/// The store's note of the last event read.
+const POSITION_NOTE: &str = "fleet-events";
+
+pub struct FleetEvents {
+    fleet: Arc<Fleet>,
+    /// This mount, so that it skips what it appended itself.
+    origin: String,
+}
+
+/// Stream ids are `ms-seq`: ordered as pairs of numbers.
+fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+impl FleetEvents {
+    pub fn new(fleet: Arc<Fleet>) -> Arc<FleetEvents> {
+        let origin = format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        Arc::new(FleetEvents { fleet, origin })
+    }
+
+    /// Tells the fleet of a change this mount heard: appends it to the
+    /// stream, and drops the fleet's copies of the user's faces (and starts
+    /// new listing pages if who has a face changed), so that no mount reads
+    /// the old ones from Redis.
+    pub fn publish(&self, change: &UserChange) {
+        let Ok(event) = serde_json::to_string(change) else {
+            return;
+        };
+        let mut stale: Vec<String> = Vec::new();
+        for (kind, id) in change.ids() {
+            for cropped in [false, true] {
+                stale.push(face_key(&self.fleet, kind, id, cropped));
+            }
+        }
+        let published = self.fleet.run(|c| {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("XADD")
+                .arg(self.fleet.key("events"))
+                .arg("MAXLEN")
+                .arg("~")
+                .arg(STREAM_LENGTH)
+                .arg("*")
+                .arg("origin")
+                .arg(&self.origin)
+                .arg("event")
+                .arg(&event)
+                .ignore();
+            pipe.del(&stale).ignore();
+            if change.face_uploaded.is_some() {
+                for kind in IdKind::ALL {
+                    pipe.incr(listing_generation(&self.fleet, kind), 1).ignore();
+                }
+            }
+            pipe.query::<()>(c)
+        });
+        if published.is_none() {
+            log::warn!(
+                "event {}: not passed on to the fleet (Redis is failing); other mounts see the change after their --ttl",
+                change.event_id
+            );
+        }
+    }
+
+    /// Starts the thread that applies the fleet's events to `core`.
+    pub fn listen(self: &Arc<Self>, core: Arc<FaceFs>) -> std::io::Result<()> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("facefs-fleet-events".into())
+            .spawn(move || me.read_forever(&core))
+            .map(drop)
+    }
+
+    fn read_forever(&self, core: &FaceFs) {
+        // The last entry applied: from the store across restarts, else
+        // from the first connection on.
+        let mut position: Option<String> = core.store().and_then(|s| s.note(POSITION_NOTE));
+        loop {
+            let Some(mut connection) = self.fleet.dedicated(BLOCK) else {
+                std::thread::sleep(super::RETRY_AFTER);
+                continue;
+            };
+            // At every (re)connect: Redis may have restarted and lost the stream.
+            let mut at = self.resume_from(&mut connection, position.take(), core);
+            if let Some(store) = core.store() {
+                // From here on, a restart resumes here (the store holds
+                // what these events would change).
+                store.put_note(POSITION_NOTE, &at);
+            }
+            position = Some(at.clone());
+            loop {
+                let options = StreamReadOptions::default()
+                    .block(BLOCK.as_millis() as usize)
+                    .count(100);
+                let read: redis::RedisResult<Option<StreamReadReply>> =
+                    connection.xread_options(&[self.fleet.key("events")], &[&at], &options);
+                let reply = match read {
+                    Ok(reply) => reply.unwrap_or_default(),
+                    Err(e) => {
+                        self.fleet.failed(&e);
+                        break;
+                    }
+                };
+                self.fleet.succeeded();
+                let mut moved = false;
+                for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
+                    at = entry.id.clone();
+                    moved = true;
+                    let origin: Option<String> = entry.get("origin");
+                    if origin.as_deref() == Some(self.origin.as_str()) {
+                        continue;
+                    }
+                    let change = entry
+                        .get::<String>("event")
+                        .and_then(|e| serde_json::from_str::<UserChange>(&e).ok());
+                    match change {
+                        Some(change) => apply(core, &change),
+                        None => log::warn!(
+                            "an unreadable entry {} in the fleet's event stream",
+                            entry.id
+                        ),
+                    }
+                }
+                if moved {
+                    position = Some(at.clone());
+                    if let Some(store) = core.store() {
+                        store.put_note(POSITION_NOTE, &at);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Where to read the stream from: after `last`, the entry last
+    /// applied, if every entry since is still there; if not, nothing
+    /// fetched before now is trusted, and reading goes on from the end.
+    /// Without a `last` (a first start: nothing held to go stale), the end.
+    fn resume_from(
+        &self,
+        connection: &mut redis::Connection,
+        last: Option<String>,
+        core: &FaceFs,
+    ) -> String {
+        let info: redis::RedisResult<StreamInfoStreamReply> =
+            connection.xinfo_stream(self.fleet.key("events"));
+        let end = info
+            .as_ref()
+            .map_or_else(|_| "0-0".to_owned(), |i| i.last_generated_id.clone());
+        let Some(last) = last else {
+            return end;
+        };
+        // The entry last read must still be there (ids only grow, also in
+        // a stream made anew after Redis lost the old one).
+        let lost = match &info {
+            // Read from the start of a stream made after this mount
+            // started: all of it is there unless some was trimmed.
+            Ok(info) if last == "0-0" => info.length >= STREAM_LENGTH,
+            Ok(info) if info.length == 0 => id_order(&info.last_generated_id) > id_order(&last),
+            Ok(info) => id_order(&info.first_entry.id) > id_order(&last),
+            // No stream at all where there was one: Redis lost it.
+            Err(_) => last != "0-0",
+        };
+        if !lost {
+            return last;
+        }
+        log::warn!(
+            "the fleet's event stream no longer holds every event since this mount last read it (Redis restarted, or more than {STREAM_LENGTH} events passed): faces and listings fetched before now are fetched again when next needed"
+        );
+        core.distrust_before(SystemTime::now());
+        end
+    }
+}
+
+/// A change another mount heard, applied here as if heard here.
+fn apply(core: &FaceFs, change: &UserChange) {
+    log::info!(
+        "event {} from the fleet: a user's faces changed (face_uploaded {:?}); dropping them",
+        change.event_id,
+        change.face_uploaded
+    );
+    METRICS.fleet_event();
+    let forget = core.user_changed(&change.ids(), change.face_uploaded);
+    core.tell_kernel(forget);
+}
