@@ -136,9 +136,9 @@ def main():
     ap.add_argument("--limit", type=int, default=50, help="the server's requests per second in the limited run")
     ap.add_argument("--face-width", type=int, default=240, help="pixels; 240 gives faces of tens of KB")
     ap.add_argument("--rss-cache-mib", type=int, default=8, help="--cache-size of the memory run, in MiB")
-    ap.add_argument("--only", choices=["rss", "abuse", "store", "events", "restore"],
+    ap.add_argument("--only", choices=["rss", "abuse", "store", "events", "restore", "fleet"],
                     help="run only this scenario ('abuse': the bounds of issue 11; 'store': the on-disk store; "
-                         "'events': the event long connection; 'restore': --writable)")
+                         "'events': the event long connection; 'restore': --writable; 'fleet': --redis)")
     ap.add_argument("--restore-faces", type=int, default=2000, help="faces the restore run puts back")
     ap.add_argument("--stored", type=int, default=100_000, help="entries in the store whose mount time is measured")
     ap.add_argument("--absent", type=int, default=1_000_000, help="stats of absent names in the abuse run")
@@ -158,7 +158,7 @@ def main():
     mnt = os.path.join(work, "mnt")
     os.makedirs(mnt)
     try:
-        if args.only in ("rss", "abuse", "store", "events", "restore"):
+        if args.only in ("rss", "abuse", "store", "events", "restore", "fleet"):
             raise Skip()
         # 1. Cold rsync, no server limit, against one-by-one curl.
         say(f"cold rsync of {args.users * 2} files at {args.latency} latency, no server limit")
@@ -225,6 +225,9 @@ def main():
         if args.only == "restore":
             rows += restore(args, work, mnt)
             raise Skip()
+        if args.only == "fleet":
+            rows += fleet(args, work, tenant)
+            raise Skip()
         # 4. Memory: read 10x the cache size.
         cache = f"{args.rss_cache_mib}MiB"
         say(f"peak RSS after reading 10x --cache-size {cache}")
@@ -271,6 +274,8 @@ def main():
             unit = "MiB"
         elif "bytes per" in name:
             unit = "B"
+        elif "(ms)" in name:
+            unit = "ms"
         elif "faults" in name or "byte-identical" in name:
             unit = "%"
         elif "requests" in name:
@@ -547,6 +552,143 @@ def restore(args, work, mnt):
                      "the rate-limit floor (2 requests a face)", uploads, m.peak_rss_kib()))
         m.stop()
     emu.stop()
+    return rows
+
+
+class Redis:
+    """A redis-server on a free loopback port, without persistence."""
+
+    def __init__(self):
+        import socket
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.start()
+        STARTED.append(self)
+
+    def start(self):
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while self.cli("PING") != "PONG":
+            if time.time() > deadline:
+                raise SystemExit("redis-server did not start")
+            time.sleep(0.05)
+
+    def cli(self, *args):
+        out = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def read_tree(path, threads=16):
+    """Reads every file under `path` once; (ok, eio, other errors, wrong) against `truth`."""
+    names = sorted(os.listdir(path))
+    results = {"ok": 0, "eio": 0, "other": 0}
+
+    def one(name):
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                return name, f.read(), None
+        except OSError as e:
+            return name, None, e.errno
+
+    from concurrent.futures import ThreadPoolExecutor
+    got = {}
+    with ThreadPoolExecutor(threads) as pool:
+        for name, data, err in pool.map(one, names):
+            if err is None:
+                results["ok"] += 1
+                got[name] = data
+            elif err == 5:
+                results["eio"] += 1
+            else:
+                results["other"] += 1
+    return results, got
+
+
+def fleet(args, work, tenant):
+    """--redis: four mounts of one tenant against a server limited to 5/s."""
+    rows = []
+    limit = 5
+    for kill_redis in (False, True):
+        emu = Emulator(tenant, args.latency, limit, args.face_width)
+        redis = Redis()
+        mounts = []
+        for n in range(4):
+            path = os.path.join(work, f"fleet{n}")
+            os.makedirs(path, exist_ok=True)
+            mounts.append(Mount(emu, path, "--rate-limit", str(limit), "--redis", redis.url, "--max-parallel", "16"))
+        files = len(os.listdir(os.path.join(mounts[0].path, "open_id")))
+        floor = files / limit
+        label = "Redis killed at half-time" if kill_redis else "Redis up throughout"
+        say(f"4 mounts each reading {files} faces, server at {limit}/s, {label} (floor {floor:.0f} s)")
+        if kill_redis:
+            def killer():
+                time.sleep(floor / 2)
+                say("  killing redis-server")
+                redis.stop()
+            import threading
+            threading.Thread(target=killer, daemon=True).start()
+        from concurrent.futures import ThreadPoolExecutor
+        start = time.perf_counter()
+        with ThreadPoolExecutor(4) as pool:
+            outcomes = list(pool.map(lambda m: read_tree(os.path.join(m.path, "open_id")), mounts))
+        took = time.perf_counter() - start
+        stats = emu.stats()
+        # Every byte read checked against one mount's own reading after the run, from the emulator.
+        truth_mount = outcomes[0][1]
+        wrong = 0
+        for results, got in outcomes:
+            for name, data in got.items():
+                whole = data.startswith(b"\xff\xd8") and data.rstrip(b"\0").endswith(b"\xff\xd9")
+                if not whole or (name in truth_mount and data != truth_mount[name]):
+                    wrong += 1
+        ok = sum(r["ok"] for r, _ in outcomes)
+        eio = sum(r["eio"] for r, _ in outcomes)
+        other = sum(r["other"] for r, _ in outcomes)
+        say(f"  {took:.0f} s; {stats.get('Face', 0)} downloads, {stats.get('Throttled', 0)} throttled, "
+            f"{ok} reads ok, {eio} EIO, {other} other errors, {wrong} differing")
+        rows.append((f"4 mounts x {files} faces, server at {limit}/s, {label}: {stats.get('Face', 0)} downloads, "
+                     f"{stats.get('Throttled', 0)} 429s, {ok} ok / {eio} EIO / {other} other, {wrong} wrong bytes",
+                     took, floor, took / floor,
+                     "within 1.15x of files/5 s, downloads = files, 0 429s" if not kill_redis
+                     else "every read ok or EIO, no wrong byte",
+                     stats.get("Face", 0), max(m.peak_rss_kib() for m in mounts)))
+        if not kill_redis:
+            used = int(next(l.split(":")[1] for l in redis.cli("INFO", "memory").splitlines()
+                            if l.startswith("used_memory:")))
+            keys = int(redis.cli("EVAL", "return #redis.call('KEYS', 'facefs:*:face:*')", "0") or 0)
+            sizes = sum(len(d) for d in outcomes[0][1].values())
+            say(f"  Redis: {used} bytes for {keys} faces of {sizes} bytes")
+            rows.append((f"Redis bytes per shared face beyond the face ({keys} faces)",
+                         (used - sizes) / max(keys, 1), 0, 0, "(measured)", 0, 0))
+            # Warm reads: a fifth mount reads faces from Redis, then again from its own memory.
+            path = os.path.join(work, "fleet-new")
+            os.makedirs(path, exist_ok=True)
+            new = Mount(emu, path, "--rate-limit", str(limit), "--redis", redis.url)
+            names = sorted(n for n in os.listdir(os.path.join(path, "open_id")))[:200]
+            def timed_reads():
+                start = time.perf_counter()
+                for name in names:
+                    with open(os.path.join(path, "open_id", name), "rb") as f:
+                        f.read()
+                return (time.perf_counter() - start) / len(names)
+            from_redis = timed_reads()
+            local = timed_reads()
+            rows.append(("a warm read from Redis (a mount that never read the face), per face (ms)",
+                         from_redis * 1000, local * 1000, from_redis / max(local, 1e-9),
+                         "(ms; baseline: the same read from the mount's memory)", 0, new.peak_rss_kib()))
+            new.stop()
+        for m in mounts:
+            m.stop()
+        redis.stop()
+        emu.stop()
     return rows
 
 

@@ -146,6 +146,7 @@ pub struct Metrics {
     redis_failures: AtomicU64,
     fleet_month_requests: AtomicU64,
     fleet_events: AtomicU64,
+    fleet_hits: AtomicU64,
     ops: [AtomicU64; OPS],
     /// Per operation: one counter per bucket (cumulative at render), then the sum in microseconds.
     latency: [[AtomicU64; BUCKETS.len() + 1]; OPS],
@@ -194,6 +195,7 @@ impl Metrics {
             redis_failures: ZERO,
             fleet_month_requests: ZERO,
             fleet_events: ZERO,
+            fleet_hits: ZERO,
             ops: [ZERO; OPS],
             latency: [BUCKET_ROW; OPS],
             latency_sum_us: [ZERO; OPS],
@@ -277,6 +279,12 @@ impl Metrics {
         add(&self.redis_failures);
     }
 
+    /// A face, listing page or "does not exist" read from the fleet's Redis
+    /// instead of the API.
+    pub fn fleet_hit(&self) {
+        add(&self.fleet_hits);
+    }
+
     /// An event another mount heard, applied here.
     pub fn fleet_event(&self) {
         add(&self.fleet_events);
@@ -349,7 +357,7 @@ impl Metrics {
             }
         }
         out.push_str(&lines);
-        let simple: [(&str, &str, &str, u64); 28] = [
+        let simple: [(&str, &str, &str, u64); 29] = [
             (
                 "facefs_api_retries_total",
                 "counter",
@@ -475,6 +483,12 @@ impl Metrics {
                 "gauge",
                 "API requests the whole fleet sent this month (UTC), counted in Redis.",
                 get(&self.fleet_month_requests),
+            ),
+            (
+                "facefs_fleet_hits_total",
+                "counter",
+                "Faces, listing pages and absences read from Redis instead of the API.",
+                get(&self.fleet_hits),
             ),
             (
                 "facefs_fleet_events_total",

@@ -46,14 +46,6 @@ fn connect(emu: &Emulator) -> (EventConnection, Arc<Recorder>) {
     (connection, recorder)
 }
 
-fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 #[test]
 fn a_fragmented_event_arrives_whole_once_and_is_acknowledged() {
     let emu = emulator(small_tenant(10));

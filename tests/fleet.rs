@@ -44,6 +44,25 @@ fn read_everything(emu: &Emulator, mounts: &[Mount]) {
     });
 }
 
+/// Reads one face through `mnt` and checks it is the emulator's.
+fn read_face(emu: &Emulator, mnt: &Mount, id: &str, cropped: bool) {
+    let path = mnt.join("open_id").join(face_file_name(id, cropped));
+    let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}\n{}", mnt.log_text()));
+    assert!(
+        Some(bytes) == emu.face(IdKind::OpenId, id, cropped),
+        "{id} differs"
+    );
+}
+
+/// A mount of the fleet serving its metrics; the port to scrape.
+fn mount_with_metrics(emu: &Emulator, extra: &[&str]) -> (Mount, u16) {
+    let port = free_port();
+    let port_arg = port.to_string();
+    let mut args = extra.to_vec();
+    args.extend(["--metrics-listen", &port_arg]);
+    (Mount::start(emu, &args), port)
+}
+
 fn throttled(emu: &Emulator) -> usize {
     emu.requests().iter().filter(|r| r.throttled).count()
 }
@@ -81,19 +100,8 @@ fn four_mounts_share_one_rate_budget() {
     let emu = limited_tenant(6, 5);
     let redis = RedisServer::start(&[]);
     let url = redis.url();
-    let port = free_port();
-    let port_arg = port.to_string();
-    let mut fleet = vec![Mount::start(
-        &emu,
-        &[
-            "--rate-limit",
-            "5",
-            "--redis",
-            &url,
-            "--metrics-listen",
-            &port_arg,
-        ],
-    )];
+    let (first, port) = mount_with_metrics(&emu, &["--rate-limit", "5", "--redis", &url]);
+    let mut fleet = vec![first];
     for _ in 0..3 {
         fleet.push(Mount::start(&emu, &["--rate-limit", "5", "--redis", &url]));
     }
@@ -112,10 +120,20 @@ fn four_mounts_share_one_rate_budget() {
         0,
         "the fleet kept under the server's limit"
     );
-    assert_eq!(
+    assert!(
+        emu.count(Route::Face) == 12,
+        "one download per face for the fleet, not {}:\n{}",
         emu.count(Route::Face),
-        12,
-        "one download per face for the fleet"
+        fleet
+            .iter()
+            .flat_map(|m| m
+                .log_text()
+                .lines()
+                .filter(|l| l.contains("fleet:") || l.contains("WARN"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     assert_eq!(emu.count(Route::ListUsers), 1, "one listing for the fleet");
     // Every request was counted once, by the Redis server.
@@ -148,24 +166,10 @@ fn four_mounts_share_one_rate_budget() {
 fn a_mount_goes_on_alone_while_redis_is_down_and_rejoins() {
     let emu = emulator(small_tenant(12));
     let mut redis = RedisServer::start(&[]);
-    let port = free_port();
-    let mnt = Mount::start(
-        &emu,
-        &[
-            "--rate-limit",
-            "100",
-            "--redis",
-            &redis.url(),
-            "--metrics-listen",
-            &port.to_string(),
-        ],
-    );
+    let url = redis.url();
+    let (mnt, port) = mount_with_metrics(&emu, &["--rate-limit", "100", "--redis", &url]);
     let ids = emu.ids_with_faces(IdKind::OpenId);
-    let read = |i: usize| {
-        let path = mnt.join("open_id").join(face_file_name(&ids[i], false));
-        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{e}\n{}", mnt.log_text()));
-        assert!(Some(bytes) == emu.face(IdKind::OpenId, &ids[i], false));
-    };
+    let read = |i: usize| read_face(&emu, &mnt, &ids[i], false);
     read(0);
     assert_eq!(month_count(&redis), 1);
 
@@ -219,8 +223,7 @@ fn an_unreachable_or_full_redis_never_fails_a_read() {
     let redis = RedisServer::start(&["--maxmemory", "1", "--maxmemory-policy", "noeviction"]);
     let mnt = Mount::start(&emu, &["--redis", &redis.url(), "--rate-limit", "100"]);
     for id in emu.ids_with_faces(IdKind::OpenId).iter().take(4) {
-        let path = mnt.join("open_id").join(face_file_name(id, false));
-        assert!(Some(std::fs::read(&path).unwrap()) == emu.face(IdKind::OpenId, id, false));
+        read_face(&emu, &mnt, id, false);
     }
     assert!(mnt.log_text().contains("failed ("), "{}", mnt.log_text());
 }
@@ -248,8 +251,7 @@ fn a_monthly_budget_stops_requests_before_the_tenants_quota() {
     );
     let ids = emu.ids_with_faces(IdKind::OpenId);
     for id in &ids[..5] {
-        let path = mnt.join("open_id").join(face_file_name(id, false));
-        assert!(Some(std::fs::read(&path).unwrap()) == emu.face(IdKind::OpenId, id, false));
+        read_face(&emu, &mnt, id, false);
     }
     let over = std::fs::read(mnt.join("open_id").join(face_file_name(&ids[5], false))).unwrap_err();
     assert_eq!(over.raw_os_error(), Some(libc::EIO));
@@ -325,14 +327,6 @@ fn the_redis_password_stays_out_of_argv_and_logs() {
         !mnt.log_text().contains(password),
         "the password in a trace log"
     );
-}
-
-fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done() {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The service gives an event to one client of the app; through the
@@ -470,5 +464,38 @@ fn a_restarted_mount_catches_up_on_the_events_it_missed() {
         emu.count(Route::Face),
         downloads + 1,
         "downloaded, not taken from the store"
+    );
+}
+
+/// A Redis that stops answering (DEBUG SLEEP holds the server) costs each
+/// mount one --redis-timeout, then the reads go on alone.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn a_redis_that_stops_answering_fails_no_read() {
+    let emu = emulator(small_tenant(12));
+    let redis = RedisServer::start(&["--enable-debug-command", "yes"]);
+    let url = redis.url();
+    let (mnt, port) = mount_with_metrics(&emu, &["--redis", &url, "--rate-limit", "100"]);
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let read = |i: usize| read_face(&emu, &mnt, &ids[i], false);
+    read(0);
+    std::thread::scope(|scope| {
+        let sleeper = scope.spawn(|| redis.query(&["DEBUG", "SLEEP", "3"]));
+        std::thread::sleep(Duration::from_millis(200));
+        for i in 1..6 {
+            read(i);
+        }
+        assert!(sleeper.join().unwrap().is_some(), "DEBUG SLEEP ran");
+    });
+    let metrics = scrape_metrics(port);
+    assert!(metric(&metrics, "facefs_redis_failures_total") >= 1.0);
+    assert_eq!(
+        mnt.log_text().matches("failed (").count(),
+        1,
+        "{}",
+        mnt.log_text()
     );
 }

@@ -112,10 +112,22 @@ impl FleetEvents {
         // The last entry applied: from the store across restarts, else
         // from the first connection on.
         let mut position: Option<String> = core.store().and_then(|s| s.note(POSITION_NOTE));
+        // Logged once per outage; the request path tells the rest.
+        let mut broken = false;
         loop {
-            let Some(mut connection) = self.fleet.dedicated(BLOCK) else {
-                std::thread::sleep(super::RETRY_AFTER);
-                continue;
+            let mut connection = match self.fleet.dedicated(BLOCK) {
+                Ok(connection) => connection,
+                Err(e) => {
+                    if !std::mem::replace(&mut broken, true) {
+                        log::warn!(
+                            "the fleet's event stream cannot be read ({:?}); reading it again every {:?}",
+                            e.kind(),
+                            super::RETRY_AFTER
+                        );
+                    }
+                    std::thread::sleep(super::RETRY_AFTER);
+                    continue;
+                }
             };
             // At every (re)connect: Redis may have restarted and lost the stream.
             let mut at = self.resume_from(&mut connection, position.take(), core);
@@ -134,11 +146,13 @@ impl FleetEvents {
                 let reply = match read {
                     Ok(reply) => reply.unwrap_or_default(),
                     Err(e) => {
-                        self.fleet.failed(&e);
+                        log::debug!("reading the fleet's event stream: {:?}", e.kind());
                         break;
                     }
                 };
-                self.fleet.succeeded();
+                if std::mem::take(&mut broken) {
+                    log::info!("the fleet's event stream is read again");
+                }
                 let mut moved = false;
                 for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
                     at = entry.id.clone();

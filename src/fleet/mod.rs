@@ -5,8 +5,8 @@
 //! mount goes on alone (its own rate limit and caches) and rejoins when
 //! Redis answers again. Both changes are logged once and counted.
 //!
-//! Keys live under `facefs:<prefix>:<tenant>:` (the tenant is a hash of the
-//! API origin and the app id), so tenants and deployments never mix.
+//! Keys live under `facefs:{<prefix>:<tenant>}:` (the tenant is a hash of
+//! the API origin and the app id), so tenants and deployments never mix.
 
 pub mod events;
 pub mod rate;
@@ -19,6 +19,10 @@ use redis::{Client, Connection, ConnectionInfo, IntoConnectionInfo};
 
 use crate::api::secret::Secret;
 use crate::metrics::METRICS;
+
+/// Connections to Redis at most: the threads of a busy mount ask at once,
+/// and one connection would make them queue past `--redis-timeout`.
+const CONNECTIONS: usize = 8;
 
 /// After a failure, Redis is not asked again for this long: a reader must
 /// not wait out a timeout on every request while Redis is down.
@@ -41,14 +45,16 @@ pub struct Fleet {
     server: String,
     keys: String,
     timeout: Duration,
-    connection: Mutex<Option<Connection>>,
+    connections: Vec<Mutex<Option<Connection>>>,
+    /// Which connection a caller that finds none free waits for.
+    next: std::sync::atomic::AtomicUsize,
     health: Mutex<Health>,
 }
 
 struct Health {
     /// Since when Redis has been failing, if it is.
     down_since: Option<Instant>,
-    /// Not asked again before this.
+    /// While down: not asked again before this.
     next_try: Instant,
 }
 
@@ -104,9 +110,12 @@ impl Fleet {
         Ok(Fleet {
             client,
             server,
-            keys: format!("facefs:{prefix}{:016x}:", tenant_hash(&config.tenant)),
+            // One hash tag for every key: a Redis Cluster keeps them in one
+            // slot, as the scripts and transactions need.
+            keys: format!("facefs:{{{prefix}{:016x}}}:", tenant_hash(&config.tenant)),
             timeout: config.timeout,
-            connection: Mutex::new(None),
+            connections: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             health: Mutex::new(Health {
                 down_since: None,
                 next_try: Instant::now(),
@@ -129,12 +138,29 @@ impl Fleet {
         &self,
         command: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
     ) -> Option<T> {
-        if Instant::now() < self.health.lock().next_try {
-            return None;
+        {
+            let health = self.health.lock();
+            if health.down_since.is_some() && Instant::now() < health.next_try {
+                return None;
+            }
         }
-        // Another caller holding the connection for longer than a timeout
-        // means Redis is slow: do not queue behind it.
-        let mut slot = self.connection.try_lock_for(self.timeout)?;
+        // A free connection, else one freed within the timeout: callers
+        // queueing for longer mean Redis is slow, and do not wait on.
+        let mut slot = match self.connections.iter().find_map(|c| c.try_lock()) {
+            Some(slot) => slot,
+            None => {
+                let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(slot) = self.connections[turn % CONNECTIONS].try_lock_for(self.timeout)
+                else {
+                    log::debug!(
+                        "fleet: every connection to Redis busy for {:?}",
+                        self.timeout
+                    );
+                    return None;
+                };
+                slot
+            }
+        };
         let result = match slot.as_mut() {
             Some(connection) => command(connection),
             None => match self.connect() {
@@ -160,24 +186,15 @@ impl Fleet {
         }
     }
 
-    /// A connection of its own, for a blocking read of up to `block`;
-    /// `None` (logged) if Redis cannot be reached.
-    pub fn dedicated(&self, block: Duration) -> Option<Connection> {
-        let result = self
-            .client
-            .get_connection_with_timeout(self.timeout)
-            .and_then(|c| {
-                c.set_read_timeout(Some(block + self.timeout))?;
-                c.set_write_timeout(Some(self.timeout))?;
-                Ok(c)
-            });
-        match result {
-            Ok(connection) => Some(connection),
-            Err(e) => {
-                self.failed(&e);
-                None
-            }
-        }
+    /// A connection of its own, for blocking reads of up to `block`. Its
+    /// failures are its user's to handle: they say nothing about whether
+    /// readers should go on alone (the next request finds that out).
+    pub fn dedicated(&self, block: Duration) -> redis::RedisResult<Connection> {
+        let connection = self.client.get_connection_with_timeout(self.timeout)?;
+        // A blocking read answers after `block`: allow for a busy machine.
+        connection.set_read_timeout(Some(block + self.timeout.max(Duration::from_secs(2))))?;
+        connection.set_write_timeout(Some(self.timeout))?;
+        Ok(connection)
     }
 
     fn connect(&self) -> redis::RedisResult<Connection> {
@@ -187,9 +204,8 @@ impl Fleet {
         Ok(connection)
     }
 
-    pub(super) fn succeeded(&self) {
+    fn succeeded(&self) {
         let mut health = self.health.lock();
-        health.next_try = Instant::now();
         if let Some(since) = health.down_since.take() {
             log::info!(
                 "Redis at {} answers again after {:?}: the fleet shares its budget again",
@@ -200,7 +216,7 @@ impl Fleet {
         METRICS.redis_up(true);
     }
 
-    pub(super) fn failed(&self, e: &redis::RedisError) {
+    fn failed(&self, e: &redis::RedisError) {
         let mut health = self.health.lock();
         health.next_try = Instant::now() + RETRY_AFTER;
         METRICS.redis_failure();
@@ -259,7 +275,10 @@ mod tests {
         let b = fleet("https://open.feishu.cn\ncli_b", None).key("rate");
         let c = fleet("https://open.feishu.cn\ncli_a", Some("prod")).key("rate");
         assert_ne!(a, b);
-        assert!(c.starts_with("facefs:prod:") && c.ends_with(":rate"), "{c}");
+        assert!(
+            c.starts_with("facefs:{prod:") && c.ends_with("}:rate"),
+            "{c}"
+        );
         assert!(a.starts_with("facefs:") && !a.contains("cli_a"), "{a}");
     }
 

@@ -21,6 +21,7 @@ use super::Fleet;
 use crate::api::{ApiError, FaceApi, FaceBytes, IdKind, ImageType, ListedUser, Priority, UserPage};
 use crate::events::message::UserChange;
 use crate::fs::face::digest;
+use crate::metrics::METRICS;
 use crate::sync::byte_budget::ByteBudget;
 
 /// Faces larger than this are not shared (a face is tens of KB); the
@@ -146,7 +147,13 @@ impl<A: FaceApi> SharedApi<A> {
         fetch: impl FnOnce() -> Result<T, ApiError>,
         publish: impl FnOnce(&Result<T, ApiError>) -> Option<(Vec<u8>, Duration)>,
     ) -> Result<T, ApiError> {
-        let look = || self.published(key, limit).and_then(|v| read(&v));
+        let look = || {
+            let answer = self.published(key, limit).and_then(|v| read(&v));
+            if answer.is_some() {
+                METRICS.fleet_hit();
+            }
+            answer
+        };
         if let Some(answer) = look() {
             return answer;
         }
@@ -165,7 +172,10 @@ impl<A: FaceApi> SharedApi<A> {
         });
         match took {
             // Redis is failing: this mount alone.
-            None => fetch(),
+            None => {
+                log::debug!("fleet: no lock answer for {key}; asking the API alone");
+                fetch()
+            }
             Some(true) => {
                 let unlock = || {
                     self.fleet
@@ -201,9 +211,11 @@ impl<A: FaceApi> SharedApi<A> {
                         if let Some(answer) = look() {
                             return answer;
                         }
-                        break;
+                        log::debug!("fleet: the lock of {key} went without an answer ({held:?})");
+                        return fetch();
                     }
                 }
+                log::debug!("fleet: waited out the lock of {key}");
                 fetch()
             }
         }

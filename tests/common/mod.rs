@@ -392,3 +392,12 @@ impl Drop for RedisServer {
         self.kill();
     }
 }
+
+/// Polls `done` until it holds; fails the test after `limit`.
+pub fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
