@@ -499,3 +499,31 @@ fn a_redis_that_stops_answering_fails_no_read() {
         mnt.log_text()
     );
 }
+
+/// A throttling answer to one mount pauses the whole fleet: the pause is
+/// kept in Redis for as long as the API asked.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn a_throttling_answer_pauses_the_whole_fleet() {
+    use facefs::emulator::WireFault;
+    let emu = emulator(small_tenant(10));
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let mnt = Mount::start(&emu, &["--redis", &url, "--rate-limit", "100"]);
+    // The emulator's throttling answer asks for 0.2 s.
+    emu.inject(Route::Face, WireFault::Throttle, 1.0);
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read_face(&emu, &mnt, &ids[0], false));
+        emu.wait_for_faulted(Route::Face, 1);
+        emu.clear_faults();
+        // Set once the answer is read; it outlives the pause by a second.
+        wait_until(Duration::from_secs(1), "the fleet's pause in Redis", || {
+            redis.keys("facefs:*:rate:pause").len() == 1
+        });
+        reader.join().unwrap();
+    });
+}
