@@ -167,7 +167,7 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
 
-    /// With --redis: API requests the whole fleet may send per calendar
+    /// With --redis, the API requests the whole fleet may send per calendar
     /// month (UTC); past it no request is sent (EIO, as the service's own
     /// quota would answer), before the tenant's quota is gone.
     #[arg(long, value_name = "N")]
