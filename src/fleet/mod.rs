@@ -64,8 +64,8 @@ struct Health {
 pub fn parse_url(url: &str) -> Result<ConnectionInfo, String> {
     let info = url.into_connection_info().map_err(|e| {
         format!(
-            "the Redis URL cannot be read ({}): write it as redis://host:port/db or rediss://...",
-            format!("{:?}", e.kind())
+            "the Redis URL cannot be read ({:?}): write it as redis://host:port/db or rediss://...",
+            e.kind()
         )
     })?;
     match &info.addr {
@@ -104,8 +104,8 @@ impl Fleet {
     pub fn new(config: FleetConfig) -> Result<Fleet, String> {
         let info = parse_url(config.url.expose())?;
         let server = info.addr.to_string();
-        let client = Client::open(info)
-            .map_err(|e| format!("cannot use the Redis URL: {}", format!("{:?}", e.kind())))?;
+        let client =
+            Client::open(info).map_err(|e| format!("cannot use the Redis URL: {:?}", e.kind()))?;
         let prefix = config.prefix.map(|p| format!("{p}:")).unwrap_or_default();
         Ok(Fleet {
             client,
@@ -225,9 +225,9 @@ impl Fleet {
             health.down_since = Some(Instant::now());
             // The error's kind and code only: its text can quote the URL.
             log::warn!(
-                "Redis at {} failed ({}{}): this mount goes on alone (its own --rate-limit and caches) and asks Redis again every {RETRY_AFTER:?}",
+                "Redis at {} failed ({:?}{}): this mount goes on alone (its own --rate-limit and caches) and asks Redis again every {RETRY_AFTER:?}",
                 self.server,
-                format!("{:?}", e.kind()),
+                e.kind(),
                 e.code().map(|c| format!(" {c}")).unwrap_or_default()
             );
         }

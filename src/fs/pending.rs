@@ -136,7 +136,7 @@ impl PendingBytes {
             at = k.end;
         }
         if len > 0 {
-            self.known = vec![0..len];
+            self.known = std::iter::once(0..len).collect();
         }
         self.base = None;
     }
