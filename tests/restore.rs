@@ -145,7 +145,8 @@ fn ls(dir: &Path) -> Vec<String> {
     names
 }
 
-/// cp, shell redirection, cat, dd, rsync and rsync --inplace: each upload
+/// cp, shell redirection, cat, dd (also with fsync), rsync, rsync --inplace
+/// and Python: each upload
 /// is the bytes written, and the user's face reads new at once through the
 /// other id directories too (their old copies were in the kernel's cache).
 #[test]
@@ -164,6 +165,8 @@ fn every_way_of_writing_uploads_the_bytes_written() {
         "cat {src} > {dst}",
         "dd if={src} of={dst} bs=1000 status=none",
         "dd if={src} of={dst} bs=777 conv=notrunc status=none",
+        // fsync uploads; the close after it has nothing left to send.
+        "dd if={src} of={dst} bs=4096 conv=fsync status=none",
         "rsync {src} {dst}",
         "rsync --inplace {src} {dst}",
         "python3 -c 'import shutil,sys; shutil.copyfile(sys.argv[1], sys.argv[2])' {src} {dst}",

@@ -94,8 +94,6 @@ pub(super) struct Writes {
     /// Open handles of written files.
     handles: HashMap<u64, u64>,
     next_ino: u64,
-    /// The sum of every file's pending length.
-    bytes: u64,
 }
 
 impl Writes {
@@ -104,9 +102,14 @@ impl Writes {
         FIRST_WRITTEN_INO + self.next_ino
     }
 
-    /// Grows or shrinks what `ino` holds from `old` to `new` bytes,
-    /// refusing growth past [`MAX_PENDING_BYTES`] or [`MAX_UPLOAD_BYTES`].
-    fn resize(&mut self, old: u64, new: u64) -> Result<(), FsError> {
+    /// Bytes held by every file being written.
+    fn held(&self) -> u64 {
+        self.files.values().map(|f| f.bytes.len()).sum()
+    }
+
+    /// Whether a file may grow from `old` to `new` bytes: not past
+    /// [`MAX_UPLOAD_BYTES`], nor all files together past [`MAX_PENDING_BYTES`].
+    fn check_room(&self, old: u64, new: u64) -> Result<(), FsError> {
         if new > MAX_UPLOAD_BYTES {
             return Err(err!(
                 libc::EFBIG,
@@ -114,15 +117,13 @@ impl Writes {
                 MAX_UPLOAD_BYTES >> 20
             ));
         }
-        let total = self.bytes - old + new;
-        if new > old && total > MAX_PENDING_BYTES {
+        if new > old && self.held() - old + new > MAX_PENDING_BYTES {
             return Err(err!(
                 libc::ENOSPC,
                 "{} MiB of written faces are waiting to be uploaded; close (or finish renaming) some files first",
                 MAX_PENDING_BYTES >> 20
             ));
         }
-        self.bytes = total;
         Ok(())
     }
 
@@ -139,7 +140,6 @@ impl Writes {
         let Some(file) = self.files.get_mut(&ino) else {
             return;
         };
-        self.bytes -= file.bytes.len();
         file.bytes = PendingBytes::empty();
         if self.names.get(&(file.dir, file.name.clone())) == Some(&ino) {
             self.names.remove(&(file.dir, file.name.clone()));
@@ -195,6 +195,10 @@ impl FaceFs {
 
     /// What `stat` shows of a file being written (or created here), if `ino` is one.
     pub(super) fn written_attr(&self, ino: u64) -> Option<Attr> {
+        // Every stat asks: a read-only mount answers without the lock.
+        if !self.config.writable {
+            return None;
+        }
         let writes = self.writes.lock();
         writes
             .files
@@ -345,10 +349,8 @@ impl FaceFs {
         file.handles += 1;
         file.touched = self.now();
         if truncate && !file.bytes.is_empty() {
-            let old = file.bytes.len();
             file.bytes.truncate(0);
             file.changes += 1;
-            writes.bytes -= old;
         }
         writes.handles.insert(fh, ino);
         Some(Ok(fh))
@@ -363,7 +365,7 @@ impl FaceFs {
         let fh = self.handle();
         let mut writes = self.writes.lock();
         if !writes.files.contains_key(&ino) {
-            writes.resize(0, version.size)?;
+            writes.check_room(0, version.size)?;
             let file = WrittenFile {
                 dir: key.kind,
                 name: key.file_name(),
@@ -380,12 +382,10 @@ impl FaceFs {
         }
         let file = writes.files.get_mut(&ino).expect("inserted above");
         file.handles += 1;
-        let old = file.bytes.len();
         if truncate {
             file.bytes.truncate(0);
             file.changes += 1;
         }
-        writes.bytes -= old - writes.files[&ino].bytes.len();
         writes.handles.insert(fh, ino);
         Ok(fh)
     }
@@ -436,7 +436,7 @@ impl FaceFs {
                 .ok_or_else(|| err!(libc::EBADF, "handle {fh} is not open for writing"))?;
             let old = writes.files.get(&ino).map_or(0, |f| f.bytes.len());
             let end = offset.saturating_add(data.len() as u64);
-            writes.resize(old, old.max(end))?;
+            writes.check_room(old, old.max(end))?;
             let now = (self.now(), self.clock.wall());
             let file = writes.files.get_mut(&ino).expect("a handle's file");
             match file.bytes.write(offset, data) {
@@ -446,7 +446,6 @@ impl FaceFs {
                     return Ok(data.len() as u32);
                 }
                 Err(_) => {
-                    writes.bytes -= old.max(end) - old;
                     drop(writes);
                     self.fill_from_original(ino, fetch)?;
                 }
@@ -684,7 +683,7 @@ impl FaceFs {
                         return Err(err!(libc::ESTALE, "this file was uploaded or removed").into());
                     }
                     let old = file.bytes.len();
-                    writes.resize(old, size)?;
+                    writes.check_room(old, size)?;
                     let wall = self.clock.wall();
                     let file = writes.files.get_mut(&ino).expect("checked above");
                     file.bytes.truncate(size);
@@ -826,7 +825,7 @@ impl FaceFs {
         if !self.config.writable {
             return 0;
         }
-        MAX_PENDING_BYTES.saturating_sub(self.writes.lock().bytes)
+        MAX_PENDING_BYTES.saturating_sub(self.writes.lock().held())
     }
 }
 
