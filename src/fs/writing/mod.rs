@@ -159,7 +159,7 @@ impl Writes {
 fn refuse_crop() -> FsError {
     err!(
         libc::EPERM,
-        "cropped faces cannot be written: the service makes the crop from <id>.jpg"
+        "cropped faces cannot be written: the service makes the crop from <id>.jpg (restore with rsync --exclude='*.cropped.jpg')"
     )
 }
 
