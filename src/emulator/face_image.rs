@@ -6,10 +6,7 @@ use jpeg_encoder::{ColorType, Encoder};
 /// The crop the emulator serves for an uploaded face: a face of its own,
 /// seeded by the upload's bytes (the real service cuts it out of them).
 pub fn crop_of(image: &[u8]) -> Vec<u8> {
-    let seed = image.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    face_jpeg(seed, 90, 90)
+    face_jpeg(crate::fs::face::digest(image), 90, 90)
 }
 
 /// A cartoon face of `width` x `height` pixels, varied by `seed`, with

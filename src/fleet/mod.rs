@@ -92,13 +92,6 @@ pub fn has_password(url: &str) -> bool {
         .is_ok_and(|info| info.redis.password.is_some())
 }
 
-/// FNV-1a, for the tenant's part of the keys.
-fn tenant_hash(tenant: &str) -> u64 {
-    tenant.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 impl Fleet {
     /// Prepares the fleet's client; Redis need not be up (the mount goes on alone until it is).
     pub fn new(config: FleetConfig) -> Result<Fleet, String> {
@@ -112,7 +105,10 @@ impl Fleet {
             server,
             // One hash tag for every key: a Redis Cluster keeps them in one
             // slot, as the scripts and transactions need.
-            keys: format!("facefs:{{{prefix}{:016x}}}:", tenant_hash(&config.tenant)),
+            keys: format!(
+                "facefs:{{{prefix}{:016x}}}:",
+                crate::fs::face::digest(config.tenant.as_bytes())
+            ),
             timeout: config.timeout,
             connections: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
@@ -232,11 +228,6 @@ impl Fleet {
             );
         }
     }
-
-    /// Whether Redis answered the last time it was asked.
-    pub fn is_up(&self) -> bool {
-        self.health.lock().down_since.is_none()
-    }
 }
 
 #[cfg(test)]
@@ -293,7 +284,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(fleet.run(|c| redis::cmd("PING").query::<String>(c)), None);
-        assert!(!fleet.is_up());
+        assert!(fleet.health.lock().down_since.is_some());
         assert!(
             fleet.health.lock().next_try > Instant::now(),
             "the next callers do not ask"

@@ -20,7 +20,7 @@ use super::events::FleetEvents;
 use super::Fleet;
 use crate::api::{ApiError, FaceApi, FaceBytes, IdKind, ImageType, ListedUser, Priority, UserPage};
 use crate::events::message::UserChange;
-use crate::fs::face::digest;
+use crate::fs::face::{digest, digest_of_parts};
 use crate::metrics::METRICS;
 use crate::sync::byte_budget::ByteBudget;
 
@@ -62,9 +62,7 @@ pub struct SharedApi<A> {
 
 /// The digest over what a value says: its kind, time and bytes.
 fn sum(head: &[u8], body: &[u8]) -> u64 {
-    head.iter().chain(body).fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    digest_of_parts(&[head, body])
 }
 
 /// A value as published: what was answered, when, and the digest of both.
@@ -116,10 +114,6 @@ impl<A: FaceApi> SharedApi<A> {
                     ^ u64::from(std::process::id()) << 32,
             ),
         }
-    }
-
-    pub fn inner(&self) -> &A {
-        &self.inner
     }
 
     /// The published value under `key`, bounded by `limit` bytes, held in
@@ -220,10 +214,6 @@ impl<A: FaceApi> SharedApi<A> {
             }
         }
     }
-
-    fn face_key(&self, kind: IdKind, id: &str, cropped: bool) -> String {
-        face_key(&self.fleet, kind, id, cropped)
-    }
 }
 
 /// Where the fleet keeps a face; the id is personal data, its digest names it.
@@ -299,7 +289,7 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
         cropped: bool,
         priority: Priority,
     ) -> Result<FaceBytes, ApiError> {
-        let key = self.face_key(kind, id, cropped);
+        let key = face_key(&self.fleet, kind, id, cropped);
         self.shared(
             &key,
             MAX_SHARED_FACE,
@@ -356,8 +346,8 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
                 Some(events) => events.publish(&UserChange::uploaded(kind, id)),
                 None => {
                     let keys = [
-                        self.face_key(kind, id, false),
-                        self.face_key(kind, id, true),
+                        face_key(&self.fleet, kind, id, false),
+                        face_key(&self.fleet, kind, id, true),
                     ];
                     let _ = self.fleet.run(|c| c.del::<_, i64>(&keys[..]));
                 }
