@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 const TIERS: [(&str, &str, &str); 8] = [
     (
         "facefs_mount",
-        "FUSE (/dev/fuse, and root or fusermount3)",
+        "FUSE (/dev/fuse open for reading and writing by this user, and root or fusermount3)",
         "modprobe fuse; apt-get install fuse3",
     ),
     ("facefs_root", "root", "run the tests as root"),
@@ -46,14 +46,30 @@ fn main() {
     println!("cargo:rerun-if-changed=scripts/test_tiers.rs");
     println!("cargo:rerun-if-env-changed=FACEFS_TEST_TIERS");
     println!("cargo:rerun-if-env-changed=PATH");
+    println!("cargo:rerun-if-changed=/dev/fuse");
     let dirs = search_path();
-    // Installing a program changes its directory: detect it on the next build.
-    for dir in &dirs {
-        println!("cargo:rerun-if-changed={}", dir.display());
-    }
+    let mut any_missing = false;
+    let mut found = |program: &str| match dirs.iter().map(|d| d.join(program)).find(|p| p.is_file())
+    {
+        // Watch the program itself: installing something else must not
+        // rebuild facefs.
+        Some(path) => {
+            println!("cargo:rerun-if-changed={}", path.display());
+            true
+        }
+        None => {
+            any_missing = true;
+            false
+        }
+    };
     let root = effective_uid() == Some(0);
-    let fuse = Path::new("/dev/fuse").exists();
-    let found = |program: &str| dirs.iter().any(|d| d.join(program).is_file());
+    // What works for this user, not what exists: a root-only /dev/fuse
+    // (crw-------) exists for everyone but opens only for root.
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok();
     let have = [
         fuse && (root || found("fusermount3")),
         root,
@@ -64,6 +80,12 @@ fn main() {
         Path::new(SDK_PYTHON).is_file(),
         found("redis-server"),
     ];
+    if any_missing {
+        // Installing a missing program adds it to one of these.
+        for dir in &dirs {
+            println!("cargo:rerun-if-changed={}", dir.display());
+        }
+    }
     let mut missing = Vec::new();
     for ((cfg, needs, fix), ok) in TIERS.iter().zip(have) {
         println!("cargo::rustc-check-cfg=cfg({cfg})");

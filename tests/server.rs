@@ -340,11 +340,19 @@ fn metrics_move_as_faces_are_read() {
     assert_eq!(metric(&after, "facefs_cache_bytes"), bytes.len() as f64);
     assert_eq!(metric(&after, "facefs_cache_faces"), 1.0);
     assert!(metric(&after, r#"facefs_fuse_op_seconds_count{op="lookup"}"#) >= 2.0);
-    // The kernel opens files itself (FUSE_NO_OPEN_SUPPORT): no OPEN reaches
-    // facefs, and the first read comes by inode.
+    // The kernel opens files itself (FUSE_NO_OPEN_SUPPORT): the first OPEN
+    // is answered ENOSYS (counted, as every reply is), none comes after it,
+    // and reads come by inode.
     assert_eq!(
         metric(&after, r#"facefs_fuse_op_seconds_count{op="open"}"#),
-        0.0
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &after,
+            r#"facefs_fuse_errors_total{op="open",errno="ENOSYS"}"#
+        ),
+        1.0
     );
     assert!(metric(&after, r#"facefs_fuse_op_seconds_count{op="read"}"#) >= 1.0);
     assert_eq!(

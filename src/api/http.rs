@@ -12,12 +12,12 @@ use reqwest::{Client, RequestBuilder};
 use serde::Deserialize;
 
 use super::codes;
+use super::metrics::{ApiMetrics, Outcome};
 use super::token::{IssuedToken, TokenCache};
 use super::Endpoint;
 use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ImageType, ListedUser, Priority, UserPage};
 use crate::api::secret::Secret;
 use crate::api::IdKind;
-use crate::metrics::{Outcome, METRICS};
 use crate::sync::byte_budget::{ByteBudget, MemoryHold};
 
 /// The API's own limit on `page_size`.
@@ -64,6 +64,7 @@ pub struct HttpApi {
     app_id: String,
     app_secret: Secret,
     tokens: TokenCache,
+    metrics: Arc<ApiMetrics>,
 }
 
 /// Checks a `--base-url`: http(s), a host, nothing after the origin but an
@@ -271,7 +272,14 @@ impl HttpApi {
             app_id: config.app_id,
             app_secret: config.app_secret,
             tokens: TokenCache::new(),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Counts token requests into `metrics` (shared with the retry layer above).
+    pub fn with_metrics(mut self, metrics: Arc<ApiMetrics>) -> HttpApi {
+        self.metrics = metrics;
+        self
     }
 
     /// Gets a token now, so that bad credentials fail the mount, not the first read.
@@ -284,7 +292,7 @@ impl HttpApi {
 
     fn fetch_token(&self, deadline: Instant) -> Result<IssuedToken, ApiError> {
         let result = self.request_token(deadline);
-        METRICS.api_request(Endpoint::Token, Outcome::of(&result));
+        self.metrics.request(Endpoint::Token, Outcome::of(&result));
         result
     }
 

@@ -8,6 +8,7 @@ pub mod http;
 pub mod id_kind;
 pub mod image;
 pub mod memory;
+pub mod metrics;
 pub mod retry;
 pub mod secret;
 pub mod throttle;

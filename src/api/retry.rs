@@ -5,11 +5,11 @@ use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::metrics::{ApiMetrics, Outcome};
 use super::throttle::{NoTurn, Pacer, Priority};
 use super::Endpoint;
 use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ImageType, UserPage};
 use crate::api::IdKind;
-use crate::metrics::{Outcome, METRICS};
 
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
@@ -73,6 +73,7 @@ pub struct RetryingApi<A> {
     inner: A,
     policy: RetryPolicy,
     limiter: Option<Arc<dyn Pacer>>,
+    metrics: Arc<ApiMetrics>,
 }
 
 impl<A: FaceApi> RetryingApi<A> {
@@ -81,7 +82,18 @@ impl<A: FaceApi> RetryingApi<A> {
             inner,
             policy,
             limiter: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (shared with the HTTP client under it).
+    pub fn with_metrics(mut self, metrics: Arc<ApiMetrics>) -> RetryingApi<A> {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<ApiMetrics> {
+        &self.metrics
     }
 
     pub fn with_rate_limit(mut self, limiter: Arc<dyn Pacer>) -> RetryingApi<A> {
@@ -127,7 +139,7 @@ impl<A: FaceApi> RetryingApi<A> {
                 }
             }
             let result = call();
-            METRICS.api_request(endpoint, Outcome::of(&result));
+            self.metrics.request(endpoint, Outcome::of(&result));
             let err = match result {
                 Ok(value) => return Ok(value),
                 // Definite answers go up as they are: the filesystem's error
@@ -150,7 +162,7 @@ impl<A: FaceApi> RetryingApi<A> {
                 "{} failed (attempt {attempt}): {err}; retrying in {pause:?}",
                 what()
             );
-            METRICS.retry();
+            self.metrics.retry();
             match (&err, &self.limiter) {
                 // The API is saying the whole app is too fast: slow every caller.
                 (ApiError::Throttled { .. }, Some(limiter)) => limiter.pause_for(pause),

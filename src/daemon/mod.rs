@@ -21,9 +21,10 @@ use std::time::Duration;
 use fuser::{Config, INodeNo, MountOption, SessionACL};
 
 use self::cli::{Access, Settings, Source};
-use self::metrics_server::MetricsServer;
+use self::metrics_server::{Layers, MetricsServer};
 use self::notify::notify;
 use crate::api::http::{HttpApi, HttpConfig, IN_FLIGHT_BYTES};
+use crate::api::metrics::ApiMetrics;
 use crate::api::retry::{RetryPolicy, RetryingApi};
 use crate::api::secret::Secret;
 use crate::api::throttle::RateLimiter;
@@ -205,13 +206,15 @@ fn mount(
         app_secret: app_secret.clone(),
         timeout: settings.request_timeout,
     });
+    let api_metrics = Arc::new(ApiMetrics::default());
     let http = HttpApi::new(HttpConfig {
         base_url,
         app_id,
         app_secret,
         request_timeout: settings.request_timeout,
         memory: memory.clone(),
-    })?;
+    })?
+    .with_metrics(api_metrics.clone());
     http.check_credentials()
         .map_err(|e| format!("cannot get a tenant access token: {e}"))?;
     let policy = RetryPolicy {
@@ -241,7 +244,9 @@ fn mount(
                 settings.rate_limit,
                 redis.monthly_budget,
             );
-            let retrying = RetryingApi::new(http, policy).with_rate_limit(Arc::new(pacer));
+            let retrying = RetryingApi::new(http, policy)
+                .with_metrics(api_metrics.clone())
+                .with_rate_limit(Arc::new(pacer));
             Arc::new(SharedApi::new(
                 retrying,
                 fleet,
@@ -254,7 +259,11 @@ fn mount(
                 },
             ))
         }
-        _ => Arc::new(RetryingApi::new(http, policy).with_rate_limit(limiter)),
+        _ => Arc::new(
+            RetryingApi::new(http, policy)
+                .with_metrics(api_metrics.clone())
+                .with_rate_limit(limiter),
+        ),
     };
 
     // SAFETY: getuid and getgid cannot fail.
@@ -280,20 +289,11 @@ fn mount(
             prefetch_threads: settings.max_parallel,
             writable: settings.writable,
         },
-        store,
+        store.clone(),
     );
-    let metrics = match &settings.metrics_listen {
-        Some(addr) => {
-            let core = core.clone();
-            let server = MetricsServer::start(addr, Arc::new(move || core.usage()))
-                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
-            log::info!("metrics at http://{}/metrics", server.addr());
-            Some(server)
-        }
-        None => None,
-    };
     let adapter = FuseAdapter::new(core.clone(), settings.max_parallel)
         .map_err(|e| format!("cannot start workers: {e}"))?;
+    let fuse_metrics = adapter.metrics().clone();
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName("facefs".into()),
@@ -343,6 +343,23 @@ fn mount(
             )
             .map_err(|e| format!("cannot start the event connection: {e}"))?,
         ),
+        None => None,
+    };
+    let metrics = match &settings.metrics_listen {
+        Some(addr) => {
+            let registry = metrics_server::registry(&Layers {
+                api: &api_metrics,
+                core: &core,
+                store: store.as_ref(),
+                events: long_connection.as_ref().map(|c| &c.status.metrics),
+                fleet: fleet.as_ref().map(|f| &f.metrics),
+                fuse: &fuse_metrics,
+            });
+            let server = MetricsServer::start(addr, Arc::new(registry))
+                .map_err(|e| format!("cannot serve metrics on {addr}: {e}"))?;
+            log::info!("metrics at http://{}/metrics", server.addr());
+            Some(server)
+        }
         None => None,
     };
     std::thread::Builder::new()

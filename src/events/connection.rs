@@ -22,8 +22,8 @@ use tungstenite::{Message, WebSocket};
 
 use super::frame::{self, Frame};
 use super::message::{self, Event, Fragments, SeenEvents, UserChange};
+use super::metrics::EventMetrics;
 use crate::api::secret::Secret;
-use crate::metrics::METRICS;
 
 /// Bootstrap codes worth retrying ("system busy", "internal error"); any
 /// other non-zero code is a refusal that retrying will not change.
@@ -111,11 +111,11 @@ enum Ended {
 
 /// What the rest of facefs can see of the connection.
 #[derive(Default)]
-/// (Counts are the process's metrics.)
 pub struct ConnectionStatus {
     pub up: AtomicBool,
     /// Why the connection gave up for good, if it did.
     pub fatal: Mutex<Option<String>>,
+    pub metrics: EventMetrics,
 }
 
 pub struct EventConnection {
@@ -199,7 +199,7 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                 log::error!(
                     "the event long connection gave up: {why}; facefs goes on with --ttl alone"
                 );
-                METRICS.event_connection_fatal();
+                status.metrics.connection_failed.set(1);
                 *status.fatal.lock() = Some(why);
                 return;
             }
@@ -213,7 +213,7 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                     log::error!(
                         "the event long connection gave up: {why}; facefs goes on with --ttl alone"
                     );
-                    METRICS.event_connection_fatal();
+                    status.metrics.connection_failed.set(1);
                     *status.fatal.lock() = Some(why);
                     return;
                 }
@@ -380,11 +380,11 @@ fn session(config: &EventsConfig, listener: &mut Listener) -> Ended {
     };
     log::info!("event long connection up (connection {connection_id})");
     listener.status.up.store(true, Ordering::SeqCst);
-    METRICS.event_connection(true);
+    listener.status.metrics.connection(true);
     listener.sink.connected(true);
     let ended = read_frames(&mut socket, service, listener);
     listener.status.up.store(false, Ordering::SeqCst);
-    METRICS.event_connection(false);
+    listener.status.metrics.connection(false);
     listener.sink.connected(false);
     let _ = socket.close(None);
     let _ = socket.flush();
@@ -395,9 +395,9 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
     let Listener {
         sink,
         stop,
+        status,
         schedule,
         seen,
-        ..
     } = listener;
     let retry = |why: String| Ended::Retry {
         why,
@@ -476,7 +476,7 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
                 );
                 // Only the fragment that completes a message is acknowledged.
                 let Some(payload) = whole else { continue };
-                handle(&payload, seen, *sink);
+                handle(&payload, seen, *sink, &status.metrics);
                 let ack = frame.ack(started.elapsed().as_millis() as u64);
                 if socket.send(Message::Binary(ack.to_bytes().into())).is_err() {
                     return retry("cannot send an acknowledgement".into());
@@ -488,14 +488,14 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
     }
 }
 
-fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink) {
+fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, metrics: &EventMetrics) {
     match message::parse(payload) {
         Ok(Event::UserChanged(change)) => {
             if seen.first_time(&change.event_id) {
-                METRICS.event();
+                metrics.events.inc();
                 sink.user_changed(&change);
             } else {
-                METRICS.event_duplicate();
+                metrics.duplicates.inc();
                 log::debug!(
                     "event {} again: acknowledged, already done",
                     change.event_id
@@ -503,12 +503,12 @@ fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink) {
             }
         }
         Ok(Event::Other { event_type, .. }) => {
-            METRICS.event_ignored();
+            metrics.ignored.inc();
             log::debug!("event {event_type}: not for facefs; acknowledged");
         }
         // Acknowledged all the same: a re-push would not read better.
         Err(why) => {
-            METRICS.event_ignored();
+            metrics.ignored.inc();
             log::warn!("event long connection: {why}; acknowledged and dropped");
         }
     }

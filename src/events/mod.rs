@@ -8,3 +8,4 @@
 pub mod connection;
 pub mod frame;
 pub mod message;
+pub mod metrics;

@@ -21,7 +21,6 @@ use super::Fleet;
 use crate::api::IdKind;
 use crate::events::message::UserChange;
 use crate::fs::FaceFs;
-use crate::metrics::METRICS;
 
 /// Events the stream keeps (about: trimming is approximate).
 pub const STREAM_LENGTH: usize = 10_000;
@@ -165,7 +164,10 @@ impl FleetEvents {
                         .get::<String>("event")
                         .and_then(|e| serde_json::from_str::<UserChange>(&e).ok());
                     match change {
-                        Some(change) => apply(core, &change),
+                        Some(change) => {
+                            self.fleet.metrics.events.inc();
+                            apply(core, &change)
+                        }
                         None => log::warn!(
                             "an unreadable entry {} in the fleet's event stream",
                             entry.id
@@ -229,7 +231,6 @@ fn apply(core: &FaceFs, change: &UserChange) {
         change.event_id,
         change.face_uploaded
     );
-    METRICS.fleet_event();
     let forget = core.user_changed(&change.ids(), change.face_uploaded);
     core.tell_kernel(forget);
 }

@@ -9,6 +9,7 @@
 //! the API origin and the app id), so tenants and deployments never mix.
 
 pub mod events;
+pub mod metrics;
 pub mod rate;
 pub mod shared;
 
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::{Client, Connection, ConnectionInfo, IntoConnectionInfo};
 
+use self::metrics::FleetMetrics;
 use crate::api::secret::Secret;
-use crate::metrics::METRICS;
 
 /// Connections to Redis at most: the threads of a busy mount ask at once,
 /// and one connection would make them queue past `--redis-timeout`.
@@ -49,6 +50,7 @@ pub struct Fleet {
     /// Which connection a caller that finds none free waits for.
     next: std::sync::atomic::AtomicUsize,
     health: Mutex<Health>,
+    pub metrics: FleetMetrics,
 }
 
 struct Health {
@@ -116,6 +118,7 @@ impl Fleet {
                 down_since: None,
                 next_try: Instant::now(),
             }),
+            metrics: FleetMetrics::default(),
         })
     }
 
@@ -209,14 +212,14 @@ impl Fleet {
                 since.elapsed()
             );
         }
-        METRICS.redis_up(true);
+        self.metrics.redis_up.set(1);
     }
 
     fn failed(&self, e: &redis::RedisError) {
         let mut health = self.health.lock();
         health.next_try = Instant::now() + RETRY_AFTER;
-        METRICS.redis_failure();
-        METRICS.redis_up(false);
+        self.metrics.redis_failures.inc();
+        self.metrics.redis_up.set(0);
         if health.down_since.is_none() {
             health.down_since = Some(Instant::now());
             // The error's kind and code only: its text can quote the URL.

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::Fleet;
 use crate::api::throttle::{NoTurn, Pacer, Priority, RateLimiter};
-use crate::metrics::METRICS;
 
 /// KEYS: the arrival time, the pause, this month's counter.
 /// ARGV: the interval and the longest wait (µs), the monthly budget (0:
@@ -110,7 +109,7 @@ impl FleetPacer {
                 budget: self.monthly_budget.unwrap_or(0),
             }),
             used => {
-                METRICS.fleet_requests_this_month(used.max(0) as u64);
+                self.fleet.metrics.requests_this_month.set(used.max(0));
                 if wait > 0 {
                     std::thread::sleep(Duration::from_micros(wait as u64));
                 }

@@ -21,7 +21,6 @@ use super::Fleet;
 use crate::api::{ApiError, FaceApi, FaceBytes, IdKind, ImageType, ListedUser, Priority, UserPage};
 use crate::events::message::UserChange;
 use crate::fs::face::{digest, digest_of_parts};
-use crate::metrics::METRICS;
 use crate::sync::byte_budget::ByteBudget;
 
 /// Faces larger than this are not shared (a face is tens of KB); the
@@ -144,7 +143,7 @@ impl<A: FaceApi> SharedApi<A> {
         let look = || {
             let answer = self.published(key, limit).and_then(|v| read(&v));
             if answer.is_some() {
-                METRICS.fleet_hit();
+                self.fleet.metrics.hits.inc();
             }
             answer
         };

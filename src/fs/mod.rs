@@ -16,6 +16,7 @@ pub mod face;
 pub mod inodes;
 pub mod layout;
 pub mod listing;
+pub mod metrics;
 pub mod pending;
 pub mod readahead;
 pub mod store;
@@ -38,11 +39,11 @@ pub use self::inodes::ROOT_INO;
 use self::inodes::{dir_ino, dir_kind, face_ino, InodeTable};
 use self::layout::FaceKey;
 use self::listing::Listing;
+use self::metrics::FsMetrics;
 use self::readahead::ReadAhead;
-use self::store::{FaceStore, Peek, StoreUsage};
+use self::store::{FaceStore, Peek};
 use self::writing::{OpenMode, Writes, FIRST_WRITTEN_INO, WRITTEN_GRACE};
 use crate::api::{ApiError, FaceApi, IdKind, Priority};
-use crate::metrics::METRICS;
 use crate::sync::single_flight::SingleFlight;
 use crate::sync::worker_pool::WorkerPool;
 
@@ -97,13 +98,6 @@ impl Default for FsConfig {
             writable: false,
         }
     }
-}
-
-/// What the caches hold, for the metrics.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Usage {
-    pub cache: CacheUsage,
-    pub store: Option<StoreUsage>,
 }
 
 /// What the kernel must forget after a change: a name in a directory, or
@@ -390,6 +384,7 @@ pub struct FaceFs {
     trust_floor: AtomicU64,
     /// Tells the kernel what to forget (set by the daemon).
     kernel: std::sync::OnceLock<Box<dyn Fn(Vec<Invalidation>) + Send + Sync>>,
+    metrics: FsMetrics,
 }
 
 impl FaceFs {
@@ -445,6 +440,7 @@ impl FaceFs {
             )),
             kernel: std::sync::OnceLock::new(),
             trust_floor: AtomicU64::new(0),
+            metrics: FsMetrics::default(),
         })
     }
 
@@ -458,7 +454,7 @@ impl FaceFs {
         if forget.is_empty() {
             return;
         }
-        METRICS.invalidations(forget.len());
+        self.metrics.invalidations.inc_by(forget.len() as u64);
         if let Some(tell) = self.kernel.get() {
             tell(forget);
         }
@@ -474,11 +470,8 @@ impl FaceFs {
         self.faces.usage()
     }
 
-    pub fn usage(&self) -> Usage {
-        Usage {
-            cache: self.faces.usage(),
-            store: self.store.as_ref().map(|s| s.usage()),
-        }
+    pub fn metrics(&self) -> &FsMetrics {
+        &self.metrics
     }
 
     fn now(&self) -> Instant {
@@ -810,7 +803,7 @@ impl FaceFs {
                 .filter(|f| self.fresh_face(f.digest, f.fetched_at))
         };
         if let Some(face) = cached() {
-            METRICS.cache(true);
+            self.metrics.cache(true);
             return Ok(face);
         }
         if fetch == Fetch::Never {
@@ -821,7 +814,7 @@ impl FaceFs {
                 .and_then(|s| s.face_now(key, |at| self.fresh(at)))
                 .filter(|f| !self.superseded_since(f.digest, f.fetched_at));
             if let Some(face) = stored.map(Arc::new) {
-                METRICS.cache(true);
+                self.metrics.cache(true);
                 self.keep_in_memory(key, face.clone());
                 return Ok(face);
             }
@@ -848,7 +841,7 @@ impl FaceFs {
             })?;
             if let Some(face) = stored.map(Arc::new) {
                 if self.fresh_face(face.digest, face.fetched_at) {
-                    METRICS.cache(true);
+                    self.metrics.cache(true);
                     self.keep_in_memory(key, face.clone());
                     return Ok(face);
                 }
@@ -914,7 +907,7 @@ impl FaceFs {
 
     fn serve_stale(&self, key: &FaceKey, face: Arc<Face>) -> Arc<Face> {
         log::debug!("serving a stale {} face: the API is failing", key.kind);
-        METRICS.stale_served();
+        self.metrics.stale_served.inc();
         self.keep_in_memory(key, face.clone());
         face
     }
@@ -927,8 +920,8 @@ impl FaceFs {
     }
 
     fn download(&self, key: &FaceKey) -> Result<Arc<Face>, ApiError> {
-        METRICS.cache(false);
-        let _in_flight = METRICS.download();
+        self.metrics.cache(false);
+        let _in_flight = self.metrics.download();
         // A name no fresh listing shows waits behind those one does: probes
         // of names that do not exist must not hold up the faces that do.
         let priority = if self.listed(key) {
@@ -1054,7 +1047,7 @@ impl FaceFs {
     /// other bytes under the old inode.
     fn version_bytes(&self, key: &FaceKey, digest: u64, fetch: Fetch) -> Step<Arc<Face>> {
         if let Some(face) = self.faces.get(key).filter(|f| f.digest == digest) {
-            METRICS.cache(true);
+            self.metrics.cache(true);
             return Ok(face);
         }
         let face = self.load_face(key, fetch)?;

@@ -177,6 +177,11 @@ fn stat_is_exact_and_read_returns_the_api_bytes() {
         2,
         "stat fetched; reads used the cache"
     );
+    let counted = fs.metrics();
+    assert_eq!(counted.cache_misses.get(), 2, "one miss per download");
+    assert_eq!(counted.cache_hits.get(), 2, "one hit per opened file");
+    assert_eq!(counted.downloads_in_flight.get(), 0);
+    assert_eq!(fs.cache_usage().bytes, 140);
     assert_eq!(
         stable(fs.getattr(full.ino, Fetch::Never).unwrap()),
         stable(full),
@@ -850,6 +855,14 @@ mod with_a_store {
         );
         assert_eq!(read_all(&second, again.ino), vec![1; 100]);
         assert_eq!(requests(&api), asked, "the store answered everything");
+        assert_eq!(second.metrics().cache_misses.get(), 0);
+        let stored = second.store().unwrap().metrics();
+        assert_eq!(
+            stored.hits.get(),
+            1,
+            "the read's bytes, from the store once"
+        );
+        assert_eq!(stored.writes.get(), 0);
         // What is left of the TTL (the store keeps milliseconds) is what
         // the kernel may cache it for.
         let left = again.valid_for;
@@ -931,6 +944,7 @@ mod with_a_store {
         );
         assert_eq!(read_all(&fs, stale.ino), vec![1; 100]);
         assert_eq!(api.requests(Endpoint::Face), 2);
+        assert_eq!(fs.metrics().stale_served.get(), 1, "the lookup's");
 
         // During the back-off, stale faces cost no request.
         clock.advance(OUTAGE_BACKOFF / 2);

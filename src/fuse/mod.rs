@@ -17,8 +17,11 @@ use fuser::{
 use crate::fs::error::err;
 use crate::fs::writing::{AttrChange, OpenMode};
 use crate::fs::{Answer, Attr, FaceFs, Fetch, FsError, NodeKind};
-use crate::metrics::{FuseOp, METRICS};
 use crate::sync::worker_pool::WorkerPool;
+
+pub mod metrics;
+
+use self::metrics::{FuseMetrics, FuseOp};
 
 pub struct FuseAdapter {
     core: Arc<FaceFs>,
@@ -29,6 +32,7 @@ pub struct FuseAdapter {
     no_open: bool,
     /// Threads of `workers`.
     parallel: usize,
+    metrics: Arc<FuseMetrics>,
 }
 
 impl FuseAdapter {
@@ -38,7 +42,12 @@ impl FuseAdapter {
             workers: WorkerPool::new("facefs-worker", workers)?,
             no_open: false,
             parallel: workers,
+            metrics: Arc::default(),
         })
+    }
+
+    pub fn metrics(&self) -> &Arc<FuseMetrics> {
+        &self.metrics
     }
 
     /// Runs `work` without waiting for the API; if it would block, runs it
@@ -51,9 +60,10 @@ impl FuseAdapter {
     ) {
         let start = Instant::now();
         match work(&self.core, Fetch::Never) {
-            Answer::Done(result) => finish(op, start, result, reply),
+            Answer::Done(result) => finish(&self.metrics, op, start, result, reply),
             Answer::WouldBlock => {
                 let core = self.core.clone();
+                let metrics = self.metrics.clone();
                 self.workers.spawn(move || {
                     let result = match work(&core, Fetch::Allowed) {
                         Answer::Done(result) => result,
@@ -63,16 +73,41 @@ impl FuseAdapter {
                             op.as_str()
                         )),
                     };
-                    finish(op, start, result, reply);
+                    finish(&metrics, op, start, result, reply);
                 });
             }
         }
+    }
+
+    /// Runs an operation that never waits for the API and finishes it.
+    fn inline<T>(
+        &self,
+        op: FuseOp,
+        work: impl FnOnce() -> Result<T, FsError>,
+        reply: impl FnOnce(Result<T, FsError>),
+    ) {
+        let start = Instant::now();
+        finish(&self.metrics, op, start, work(), reply);
+    }
+
+    /// Replies `errno` to an operation facefs does not offer, counted.
+    fn unsupported(&self, op: FuseOp, errno: i32, why: &str, reply: impl FnOnce(Errno)) {
+        self.inline(
+            op,
+            || Err::<(), _>(FsError::new(errno, why).at_level(log::Level::Trace)),
+            |result| {
+                if let Err(e) = result {
+                    reply(self::errno(&e));
+                }
+            },
+        );
     }
 }
 
 /// The one place where an operation's outcome is logged, counted and
 /// replied: every reply of the adapter but the fixed ones goes through here.
 fn finish<T>(
+    metrics: &FuseMetrics,
     op: FuseOp,
     start: Instant,
     result: Result<T, FsError>,
@@ -85,18 +120,8 @@ fn finish<T>(
             e.errno()
         }
     };
-    METRICS.op(op, start.elapsed(), errno);
+    metrics.op(op, start.elapsed(), errno);
     reply(result);
-}
-
-/// Runs an operation that never waits for the API and finishes it.
-fn inline<T>(
-    op: FuseOp,
-    work: impl FnOnce() -> Result<T, FsError>,
-    reply: impl FnOnce(Result<T, FsError>),
-) {
-    let start = Instant::now();
-    finish(op, start, work(), reply);
 }
 
 /// The handle of a file the kernel opened itself (see `no_open`); the core's
@@ -215,7 +240,12 @@ impl Filesystem for FuseAdapter {
         };
         if self.no_open && mode == OpenMode::Read {
             // The kernel takes ENOSYS as "open files yourself from now on".
-            reply.error(Errno::ENOSYS);
+            self.unsupported(
+                FuseOp::Open,
+                libc::ENOSYS,
+                "the kernel opens files itself",
+                |e| reply.error(e),
+            );
             return;
         }
         let core = self.core.clone();
@@ -281,7 +311,7 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        inline(
+        self.inline(
             FuseOp::Release,
             || {
                 self.core.release(fh.0);
@@ -300,11 +330,21 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        reply.error(Errno::ENOSYS);
+        self.unsupported(
+            FuseOp::Getxattr,
+            libc::ENOSYS,
+            "no extended attributes",
+            |e| reply.error(e),
+        );
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+        self.unsupported(
+            FuseOp::Listxattr,
+            libc::ENOSYS,
+            "no extended attributes",
+            |e| reply.error(e),
+        );
     }
 
     /// No ioctls: a face is not a terminal. Python's `open()` asks (TCGETS)
@@ -321,11 +361,11 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        reply.error(Errno::ENOTTY);
+        self.unsupported(FuseOp::Ioctl, libc::ENOTTY, "no ioctls", |e| reply.error(e));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        inline(
+        self.inline(
             FuseOp::Opendir,
             || self.core.opendir(ino.0),
             |result| match result {
@@ -368,7 +408,7 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        inline(
+        self.inline(
             FuseOp::Releasedir,
             || {
                 self.core.releasedir(fh.0);
@@ -379,7 +419,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        inline(
+        self.inline(
             FuseOp::Statfs,
             || Ok(self.core.cache_usage()),
             |result| {
@@ -445,7 +485,7 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        inline(
+        self.inline(
             FuseOp::Create,
             || self.core.create(parent.0, name),
             |result| match result {
@@ -500,7 +540,12 @@ impl Filesystem for FuseAdapter {
             } else {
                 // Nothing to flush on a read-only mount: ENOSYS stops the
                 // kernel sending flush at all, saving a round trip per close.
-                reply.error(Errno::ENOSYS);
+                self.unsupported(
+                    FuseOp::Flush,
+                    libc::ENOSYS,
+                    "nothing to flush on a read-only mount",
+                    |e| reply.error(e),
+                );
             }
             return;
         }
@@ -538,7 +583,12 @@ impl Filesystem for FuseAdapter {
     ) {
         if !flags.is_empty() {
             // RENAME_NOREPLACE and RENAME_EXCHANGE: callers fall back to a plain rename.
-            reply.error(Errno::EINVAL);
+            self.unsupported(
+                FuseOp::Rename,
+                libc::EINVAL,
+                "rename flags are not supported",
+                |e| reply.error(e),
+            );
             return;
         }
         let (name, newname) = (name.to_owned(), newname.to_owned());
@@ -550,7 +600,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        inline(
+        self.inline(
             FuseOp::Unlink,
             || self.core.unlink(parent.0, name),
             empty(reply),
@@ -567,7 +617,15 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.core.refuse_change("mknod")));
+        self.inline(
+            FuseOp::Mknod,
+            || Err::<(), _>(self.core.refuse_change("mknod")),
+            |result| {
+                if let Err(e) = result {
+                    reply.error(errno(&e));
+                }
+            },
+        );
     }
 
     fn mkdir(
@@ -579,11 +637,23 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.core.refuse_change("mkdir")));
+        self.inline(
+            FuseOp::Mkdir,
+            || Err::<(), _>(self.core.refuse_change("mkdir")),
+            |result| {
+                if let Err(e) = result {
+                    reply.error(errno(&e));
+                }
+            },
+        );
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(errno(&self.core.refuse_change("rmdir")));
+        self.inline(
+            FuseOp::Rmdir,
+            || Err(self.core.refuse_change("rmdir")),
+            empty(reply),
+        );
     }
 
     fn symlink(
@@ -594,7 +664,15 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.core.refuse_change("symlink")));
+        self.inline(
+            FuseOp::Symlink,
+            || Err::<(), _>(self.core.refuse_change("symlink")),
+            |result| {
+                if let Err(e) = result {
+                    reply.error(errno(&e));
+                }
+            },
+        );
     }
 
     fn link(
@@ -605,7 +683,15 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        reply.error(errno(&self.core.refuse_change("link")));
+        self.inline(
+            FuseOp::Link,
+            || Err::<(), _>(self.core.refuse_change("link")),
+            |result| {
+                if let Err(e) = result {
+                    reply.error(errno(&e));
+                }
+            },
+        );
     }
 
     /// Space is not reserved ahead: EOPNOTSUPP makes callers (rsync
@@ -620,7 +706,12 @@ impl Filesystem for FuseAdapter {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::EOPNOTSUPP);
+        self.unsupported(
+            FuseOp::Fallocate,
+            libc::EOPNOTSUPP,
+            "space is not reserved ahead",
+            |e| reply.error(e),
+        );
     }
 
     /// ENOSYS: the kernel falls back to reads and writes, and stops asking.
@@ -637,6 +728,11 @@ impl Filesystem for FuseAdapter {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        reply.error(Errno::ENOSYS);
+        self.unsupported(
+            FuseOp::CopyFileRange,
+            libc::ENOSYS,
+            "no copy_file_range",
+            |e| reply.error(e),
+        );
     }
 }

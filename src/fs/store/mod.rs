@@ -27,6 +27,7 @@
 
 mod directory;
 pub mod entry;
+pub mod metrics;
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -41,11 +42,11 @@ use lru::LruCache;
 use parking_lot::Mutex;
 
 use self::directory::{create_private, is_own_file, open_private, StoreLock};
+use self::metrics::StoreMetrics;
 use super::face::{digest, Face, FaceMeta};
 use super::layout::FaceKey;
 use super::listing::Listing;
 use crate::api::{FaceBytes, IdKind};
-use crate::metrics::METRICS;
 use crate::sync::byte_budget::{ByteBudget, MemoryHold};
 
 /// The store's own directory under `--cache-dir`; a new format gets a new one.
@@ -93,6 +94,7 @@ pub struct FaceStore {
     next_temp: AtomicU64,
     /// Whether "no room" was logged since the last write that found room.
     warned_full: AtomicBool,
+    metrics: StoreMetrics,
     _lock: StoreLock,
 }
 
@@ -239,6 +241,7 @@ impl FaceStore {
             index,
             next_temp: AtomicU64::new(0),
             warned_full: AtomicBool::new(false),
+            metrics: StoreMetrics::default(),
             _lock: lock,
         });
         let scanner = Arc::downgrade(&store);
@@ -256,6 +259,10 @@ impl FaceStore {
             })
             .map_err(|e| format!("cannot start the store's scan: {e}"))?;
         Ok(store)
+    }
+
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     pub fn root(&self) -> &Path {
@@ -398,7 +405,7 @@ impl FaceStore {
     ) -> Face {
         bytes.drain(..header.data_start);
         self.index.lock().lru.promote(&name);
-        METRICS.store_read();
+        self.metrics.hits.inc();
         Face::verified(
             FaceBytes {
                 bytes,
@@ -499,7 +506,7 @@ impl FaceStore {
             key.kind,
             path.display()
         );
-        METRICS.store_discarded();
+        self.metrics.discarded.inc();
         let _ = std::fs::remove_file(path);
         self.index.lock().remove(name);
     }
@@ -528,7 +535,7 @@ impl FaceStore {
         match written {
             Ok(bytes) => {
                 self.index.lock().put(name, bytes);
-                METRICS.store_write();
+                self.metrics.writes.inc();
             }
             Err(e) => log::warn!(
                 "cannot store a {} face in {}: {e}",
@@ -590,7 +597,7 @@ impl FaceStore {
             "discarding the stored {kind} listing {}: {why}; it is listed again when needed",
             path.display()
         );
-        METRICS.store_discarded();
+        self.metrics.discarded.inc();
         let _ = std::fs::remove_file(path);
         let mut index = self.index.lock();
         index.bytes -= std::mem::take(&mut index.listings[kind.index()]);

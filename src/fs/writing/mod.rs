@@ -21,7 +21,6 @@ use super::pending::PendingBytes;
 use super::{Answer, Attr, FaceFs, Fetch, FsError, Invalidation, NodeKind, Step, Stop};
 use crate::api::image::{ImageType, MAX_UPLOAD_BYTES};
 use crate::api::{ApiError, IdKind};
-use crate::metrics::METRICS;
 
 /// Bytes written and not yet uploaded or discarded, over all files: a
 /// write past it is refused with ENOSPC (enough for six faces of the
@@ -581,7 +580,7 @@ impl FaceFs {
         let start = Instant::now();
         match self.api.put_face(key.kind, &key.id, bytes, image_type) {
             Ok(()) => {
-                METRICS.uploaded(bytes.len());
+                self.metrics.uploaded(bytes.len());
                 log::info!(
                     "uploaded a face by {} ({} bytes, {}) in {:?}",
                     key.kind,

@@ -204,6 +204,10 @@ fn overwriting_a_face_uploads_it_at_close_and_forgets_the_old_one() {
     let cropped = s.read(open_dir(), "ou_b.cropped.jpg");
     assert_eq!(cropped, new_face.iter().rev().copied().collect::<Vec<_>>());
     let told = s.told.lock().clone();
+    let counted = s.fs.metrics();
+    assert_eq!(counted.uploads.get(), 1);
+    assert_eq!(counted.uploaded_bytes.get(), new_face.len() as u64);
+    assert_eq!(counted.invalidations.get(), told.len() as u64);
     for file in ["ou_b.jpg", "ou_b.cropped.jpg"] {
         assert!(
             told.contains(&Invalidation::Entry {

@@ -1,0 +1,152 @@
+//! The shape of the code, checked as a reviewer would: the top-level modules
+//! of `src/` depend on each other without cycles, so each layer can be read
+//! (and tested) knowing only the ones below it. Read from the source text:
+//! every `crate::<module>` a non-test line names.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+const SRC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src");
+
+/// Every `.rs` file below `dir`.
+fn rust_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
+}
+
+/// Whether a file holds only tests (`tests.rs`, or inside a `tests/` folder).
+fn is_test_file(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "tests.rs")
+        || path.components().any(|c| c.as_os_str() == "tests")
+}
+
+/// The lines of `text` that are code outside tests: comments dropped, and
+/// nothing after a `#[cfg(test)]` module (a file's tests come last).
+fn code_lines(text: &str) -> impl Iterator<Item = &str> {
+    let mut lines = text.lines().peekable();
+    std::iter::from_fn(move || loop {
+        let line = lines.next()?;
+        let trimmed = line.trim_start();
+        if trimmed.starts_with("#[cfg(test)]")
+            && lines
+                .peek()
+                .is_some_and(|next| next.trim_start().starts_with("mod "))
+        {
+            return None;
+        }
+        if trimmed.starts_with("//") {
+            continue;
+        }
+        return Some(line.split("//").next().unwrap_or(line));
+    })
+}
+
+/// The top-level module a file of `src/` belongs to (`None` for the crate root and binaries).
+fn module_of(path: &Path) -> Option<String> {
+    let relative = path.strip_prefix(SRC).ok()?;
+    let first = relative.components().next()?.as_os_str().to_str()?;
+    match first {
+        "lib.rs" | "main.rs" | "bin" => None,
+        _ => Some(first.trim_end_matches(".rs").to_owned()),
+    }
+}
+
+/// Which top-level modules each one names, outside tests.
+fn dependencies() -> BTreeMap<String, BTreeSet<String>> {
+    let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for path in rust_files(Path::new(SRC)) {
+        let Some(module) = module_of(&path) else {
+            continue;
+        };
+        let uses = graph.entry(module.clone()).or_default();
+        if is_test_file(&path) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for line in code_lines(&text) {
+            for (at, _) in line.match_indices("crate::") {
+                let rest = &line[at + "crate::".len()..];
+                let name: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !name.is_empty() && name != module {
+                    uses.insert(name);
+                }
+            }
+        }
+    }
+    graph
+}
+
+/// A cycle through the graph, if there is one, as the modules along it.
+fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        node: &str,
+        graph: &BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(start) = path.iter().position(|n| n == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(node) {
+            return None;
+        }
+        path.push(node.to_owned());
+        for next in graph.get(node).into_iter().flatten() {
+            if let Some(cycle) = visit(next, graph, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.insert(node.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|node| visit(node, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn the_top_level_modules_depend_on_each_other_without_cycles() {
+    let graph = dependencies();
+    assert!(
+        graph.len() >= 8,
+        "the modules of src/ were not found: {graph:?}"
+    );
+    if let Some(cycle) = find_cycle(&graph) {
+        panic!(
+            "the modules of src/ depend on each other in a cycle: {}\nall dependencies: {graph:#?}",
+            cycle.join(" -> ")
+        );
+    }
+}
+
+#[test]
+fn the_cycle_check_finds_a_cycle() {
+    let graph: BTreeMap<String, BTreeSet<String>> = [
+        ("api", &["sync"][..]),
+        ("fs", &["api", "metrics"][..]),
+        ("metrics", &["fs"][..]),
+        ("sync", &[][..]),
+    ]
+    .into_iter()
+    .map(|(m, deps)| (m.into(), deps.iter().map(|d| d.to_string()).collect()))
+    .collect();
+    assert_eq!(
+        find_cycle(&graph),
+        Some(vec!["fs".into(), "metrics".into(), "fs".into()])
+    );
+}
