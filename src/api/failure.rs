@@ -5,6 +5,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -12,6 +13,7 @@ use parking_lot::Mutex;
 use super::{
     ApiError, ApiFailure, Endpoint, FaceApi, FaceBytes, IdKind, ImageType, Priority, UserPage,
 };
+use crate::sync::gate::Gate;
 
 /// What to answer instead of calling the wrapped client.
 #[derive(Clone, Debug)]
@@ -29,13 +31,16 @@ pub enum Fault {
     UserNotFound,
     /// An uploaded image without a usable face (1490108).
     ImageRefused,
+    /// Wait at the gate, then call the wrapped client: a request that hangs
+    /// until the test lets it go.
+    Hold(Arc<Gate>),
 }
 
 impl Fault {
     fn error(&self) -> Option<ApiError> {
         let failure = || ApiFailure::message("injected");
         Some(match self {
-            Fault::Pass => return None,
+            Fault::Pass | Fault::Hold(_) => return None,
             Fault::Transient => ApiError::Transient(failure()),
             Fault::Throttled(d) => ApiError::Throttled {
                 retry_after: Some(*d),
@@ -96,10 +101,15 @@ impl<A: FaceApi> FailureApi<A> {
 
     fn next_fault(&self, endpoint: Endpoint) -> Result<(), ApiError> {
         self.calls[endpoint as usize].fetch_add(1, Ordering::SeqCst);
-        let mut scripts = self.scripts.lock();
-        let fault = [Endpoint::Token, endpoint]
-            .iter()
-            .find_map(|e| scripts.get_mut(e)?.pop_front());
+        let fault = {
+            let mut scripts = self.scripts.lock();
+            [Endpoint::Token, endpoint]
+                .iter()
+                .find_map(|e| scripts.get_mut(e)?.pop_front())
+        };
+        if let Some(Fault::Hold(gate)) = &fault {
+            gate.pass();
+        }
         match fault.and_then(|f| f.error()) {
             Some(err) => Err(err),
             None => Ok(()),

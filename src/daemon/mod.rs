@@ -32,7 +32,7 @@ use crate::api::FaceApi;
 use crate::emulator::{Emulator, EmulatorConfig};
 use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use crate::events::message::UserChange;
-use crate::fleet::events::FleetEvents;
+use crate::fleet::events::{FleetEvents, StreamTarget};
 use crate::fleet::rate::FleetPacer;
 use crate::fleet::shared::{SharedApi, SharedConfig};
 use crate::fleet::{Fleet, FleetConfig};
@@ -327,21 +327,19 @@ fn mount(
         tell_kernel_through(&core, session.notifier())
             .map_err(|e| format!("cannot start the invalidation thread: {e}"))?;
     }
+    let changes = Arc::new(MountChanges {
+        core: core.clone(),
+        fleet: fleet_events.clone(),
+    });
     if let Some(fleet_events) = &fleet_events {
         fleet_events
-            .listen(core.clone())
+            .listen(changes.clone())
             .map_err(|e| format!("cannot start the fleet's event reader: {e}"))?;
     }
     let long_connection = match events_config {
         Some(config) => Some(
-            EventConnection::start(
-                config,
-                Arc::new(KernelSink {
-                    core: core.clone(),
-                    fleet: fleet_events,
-                }),
-            )
-            .map_err(|e| format!("cannot start the event connection: {e}"))?,
+            EventConnection::start(config, changes)
+                .map_err(|e| format!("cannot start the event connection: {e}"))?,
         ),
         None => None,
     };
@@ -413,23 +411,26 @@ fn tell_kernel_through(core: &FaceFs, notifier: fuser::Notifier) -> std::io::Res
     Ok(())
 }
 
-/// Events reach the core, and what it drops, the kernel; with `--redis`,
-/// the rest of the fleet too.
-struct KernelSink {
+/// Where changes reach the mount, through the one entry point
+/// [`FaceFs::apply_user_change`]: events heard here (then passed on to the
+/// fleet, with `--redis`) and events the fleet's stream brings.
+struct MountChanges {
     core: Arc<FaceFs>,
     fleet: Option<Arc<FleetEvents>>,
 }
 
-impl ChangeSink for KernelSink {
+/// The store's note of the last fleet event applied.
+const FLEET_POSITION_NOTE: &str = "fleet-events";
+
+impl ChangeSink for MountChanges {
     fn user_changed(&self, change: &UserChange) {
-        let ids = change.ids();
         log::info!(
             "event {}: a user's faces changed (face_uploaded {:?}); dropping them",
             change.event_id,
             change.face_uploaded
         );
-        let forget = self.core.user_changed(&ids, change.face_uploaded);
-        self.core.tell_kernel(forget);
+        self.core
+            .apply_user_change(&change.ids(), change.face_uploaded);
         if let Some(fleet) = &self.fleet {
             fleet.publish(change);
         }
@@ -437,6 +438,27 @@ impl ChangeSink for KernelSink {
 
     fn connected(&self, up: bool) {
         self.core.events_connected(up);
+    }
+}
+
+impl StreamTarget for MountChanges {
+    fn apply(&self, change: &UserChange) {
+        self.core
+            .apply_user_change(&change.ids(), change.face_uploaded);
+    }
+
+    fn distrust_before(&self, at: std::time::SystemTime) {
+        self.core.distrust_before(at);
+    }
+
+    fn position(&self) -> Option<String> {
+        self.core.store()?.note(FLEET_POSITION_NOTE)
+    }
+
+    fn set_position(&self, at: &str) {
+        if let Some(store) = self.core.store() {
+            store.put_note(FLEET_POSITION_NOTE, at);
+        }
     }
 }
 

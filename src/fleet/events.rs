@@ -20,14 +20,23 @@ use super::shared::{face_key, listing_generation};
 use super::Fleet;
 use crate::api::IdKind;
 use crate::events::message::UserChange;
-use crate::fs::FaceFs;
 
 /// Events the stream keeps (about: trimming is approximate).
 pub const STREAM_LENGTH: usize = 10_000;
 /// How long one read waits for new events.
 const BLOCK: Duration = Duration::from_secs(1);
-/// The store's note of the last event read.
-const POSITION_NOTE: &str = "fleet-events";
+/// What the stream reader asks of the mount it serves; it sees the mount
+/// only through this.
+pub trait StreamTarget: Send + Sync {
+    /// Applies a change another mount heard, as if heard here.
+    fn apply(&self, change: &UserChange);
+    /// Changes may have been missed: nothing fetched before `at` is fresh.
+    fn distrust_before(&self, at: SystemTime);
+    /// The last entry applied, where it outlives the mount (the store), if kept.
+    fn position(&self) -> Option<String>;
+    /// Notes the last entry applied (a no-op where nothing outlives the mount).
+    fn set_position(&self, at: &str);
+}
 
 pub struct FleetEvents {
     fleet: Arc<Fleet>,
@@ -98,19 +107,19 @@ impl FleetEvents {
         }
     }
 
-    /// Starts the thread that applies the fleet's events to `core`.
-    pub fn listen(self: &Arc<Self>, core: Arc<FaceFs>) -> std::io::Result<()> {
+    /// Starts the thread that applies the fleet's events to `target`.
+    pub fn listen(self: &Arc<Self>, target: Arc<dyn StreamTarget>) -> std::io::Result<()> {
         let me = self.clone();
         std::thread::Builder::new()
             .name("facefs-fleet-events".into())
-            .spawn(move || me.read_forever(&core))
+            .spawn(move || me.read_forever(&*target))
             .map(drop)
     }
 
-    fn read_forever(&self, core: &FaceFs) {
+    fn read_forever(&self, target: &dyn StreamTarget) {
         // The last entry applied: from the store across restarts, else
         // from the first connection on.
-        let mut position: Option<String> = core.store().and_then(|s| s.note(POSITION_NOTE));
+        let mut position: Option<String> = target.position();
         // Logged once per outage; the request path tells the rest.
         let mut broken = false;
         loop {
@@ -129,12 +138,10 @@ impl FleetEvents {
                 }
             };
             // At every (re)connect: Redis may have restarted and lost the stream.
-            let mut at = self.resume_from(&mut connection, position.take(), core);
-            if let Some(store) = core.store() {
-                // From here on, a restart resumes here (the store holds
-                // what these events would change).
-                store.put_note(POSITION_NOTE, &at);
-            }
+            let mut at = self.resume_from(&mut connection, position.take(), target);
+            // From here on, a restart resumes here (the store holds what
+            // these events would change).
+            target.set_position(&at);
             position = Some(at.clone());
             loop {
                 let options = StreamReadOptions::default()
@@ -166,7 +173,12 @@ impl FleetEvents {
                     match change {
                         Some(change) => {
                             self.fleet.metrics.events.inc();
-                            apply(core, &change)
+                            log::info!(
+                                "event {} from the fleet: a user's faces changed (face_uploaded {:?}); dropping them",
+                                change.event_id,
+                                change.face_uploaded
+                            );
+                            target.apply(&change);
                         }
                         None => log::warn!(
                             "an unreadable entry {} in the fleet's event stream",
@@ -176,9 +188,7 @@ impl FleetEvents {
                 }
                 if moved {
                     position = Some(at.clone());
-                    if let Some(store) = core.store() {
-                        store.put_note(POSITION_NOTE, &at);
-                    }
+                    target.set_position(&at);
                 }
             }
         }
@@ -192,7 +202,7 @@ impl FleetEvents {
         &self,
         connection: &mut redis::Connection,
         last: Option<String>,
-        core: &FaceFs,
+        target: &dyn StreamTarget,
     ) -> String {
         let info: redis::RedisResult<StreamInfoStreamReply> =
             connection.xinfo_stream(self.fleet.key("events"));
@@ -219,18 +229,7 @@ impl FleetEvents {
         log::warn!(
             "the fleet's event stream no longer holds every event since this mount last read it (Redis restarted, or more than {STREAM_LENGTH} events passed): faces and listings fetched before now are fetched again when next needed"
         );
-        core.distrust_before(SystemTime::now());
+        target.distrust_before(SystemTime::now());
         end
     }
-}
-
-/// A change another mount heard, applied here as if heard here.
-fn apply(core: &FaceFs, change: &UserChange) {
-    log::info!(
-        "event {} from the fleet: a user's faces changed (face_uploaded {:?}); dropping them",
-        change.event_id,
-        change.face_uploaded
-    );
-    let forget = core.user_changed(&change.ids(), change.face_uploaded);
-    core.tell_kernel(forget);
 }

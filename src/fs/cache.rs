@@ -89,17 +89,18 @@ impl<K: Hash + Eq, V> ByteLru<K, V> {
     }
 }
 
-/// Names the API said do not exist, each until its expiry. Bounded in
-/// entries, so that probing random names cannot grow memory.
-pub struct NegativeCache<K: Hash + Eq> {
+/// Keys remembered each until its expiry (names the API said do not exist,
+/// faces uploaded a moment ago). Bounded in entries, so that probing random
+/// names cannot grow memory.
+pub struct ExpiringSet<K: Hash + Eq> {
     entries: Mutex<LruCache<K, Instant>>,
     ttl: Duration,
 }
 
-impl<K: Hash + Eq> NegativeCache<K> {
-    pub fn new(ttl: Duration, max_entries: usize) -> NegativeCache<K> {
+impl<K: Hash + Eq> ExpiringSet<K> {
+    pub fn new(ttl: Duration, max_entries: usize) -> ExpiringSet<K> {
         let cap = NonZeroUsize::new(max_entries.max(1)).unwrap();
-        NegativeCache {
+        ExpiringSet {
             entries: Mutex::new(LruCache::new(cap)),
             ttl,
         }
@@ -179,19 +180,19 @@ mod tests {
 
     #[test]
     fn negative_entries_expire() {
-        let neg = NegativeCache::new(Duration::from_millis(50), 10);
+        let neg = ExpiringSet::new(Duration::from_millis(50), 10);
         let t0 = Instant::now();
         neg.insert("gone", t0);
         assert!(neg.contains(&"gone", t0 + Duration::from_millis(49)));
         assert!(!neg.contains(&"gone", t0 + Duration::from_millis(50)));
-        let off = NegativeCache::new(Duration::ZERO, 10);
+        let off = ExpiringSet::new(Duration::ZERO, 10);
         off.insert("x", t0);
         assert!(!off.contains(&"x", t0));
     }
 
     #[test]
     fn negative_cache_is_bounded() {
-        let neg = NegativeCache::new(Duration::from_secs(60), 3);
+        let neg = ExpiringSet::new(Duration::from_secs(60), 3);
         for k in 0..10 {
             neg.insert(k, Instant::now());
         }

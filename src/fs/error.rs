@@ -1,11 +1,14 @@
 //! Filesystem errors: the one place that decides which errno a program sees
 //! for which API answer, and how loudly each failure is logged.
 //!
-//! An [`FsError`] carries its errno, a message for the log, the API error
-//! that caused it (if any) and the level to log it at. The core only builds
-//! errors; the FUSE adapter is the one place that logs, counts and replies.
+//! An [`FsError`] carries its errno, a message for the log, the error that
+//! caused it (the API's answer, a store's I/O error; any `std::error::Error`,
+//! kept whole so the log shows its kind and chain) and the level to log it
+//! at. The core only builds errors; the FUSE adapter is the one place that
+//! logs, counts and replies.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::api::{codes, ApiError, IdKind};
 
@@ -14,12 +17,13 @@ use crate::api::{codes, ApiError, IdKind};
 pub struct FsError {
     errno: i32,
     message: String,
-    source: Option<Box<ApiError>>,
+    /// Shared, not boxed: single-flight hands one error to every waiter.
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     level: log::Level,
 }
 
 /// Builds an [`FsError`]: `err!(libc::EIO, "listing {kind} failed")`, with
-/// an optional `source: api_error,` first to keep the API's answer.
+/// an optional `source: error,` first to keep what caused it.
 macro_rules! err {
     (source: $source:expr, $errno:expr, $($message:tt)+) => {
         $crate::fs::error::FsError::new($errno, format!($($message)+)).with_source($source)
@@ -49,8 +53,11 @@ impl FsError {
         }
     }
 
-    pub fn with_source(mut self, source: ApiError) -> FsError {
-        self.source = Some(Box::new(source));
+    pub fn with_source(
+        mut self,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> FsError {
+        self.source = Some(Arc::new(source));
         self
     }
 
@@ -68,8 +75,9 @@ impl FsError {
         self.level
     }
 
-    pub fn source_error(&self) -> Option<&ApiError> {
-        self.source.as_deref()
+    /// The API's answer that caused this, if one did.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        self.source.as_deref()?.downcast_ref()
     }
 
     /// Maps the API's answer to an operation on `kind` ids. Only "does not
@@ -99,8 +107,12 @@ impl FsError {
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)?;
-        if let Some(source) = &self.source {
-            write!(f, ": {source}")?;
+        // The whole chain: a store error names the file, its cause the
+        // system's word for what went wrong.
+        let mut cause = self.source.as_deref().map(|e| e as &dyn std::error::Error);
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
         }
         Ok(())
     }

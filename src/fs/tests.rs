@@ -3,6 +3,8 @@ use crate::api::failure::{FailureApi, Fault};
 use crate::api::memory::MemoryApi;
 use crate::api::Endpoint;
 use crate::fs::clock::TestClock;
+use crate::fs::faces::OUTAGE_BACKOFF;
+use crate::fs::writing::OpenMode;
 
 type TestApi = FailureApi<MemoryApi>;
 
@@ -493,7 +495,7 @@ fn a_first_pass_that_would_block_changes_nothing() {
         fs.readdir(dir, fh, 0, Fetch::Never).errno().err(),
         Some(WOULD_BLOCK)
     );
-    assert!(fs.listings.lock().is_empty());
+    assert!(fs.listings.held_count() == 0);
     let entries: Vec<_> = fs
         .readdir(dir, fh, 0, Fetch::Allowed)
         .unwrap()
@@ -508,7 +510,7 @@ fn a_first_pass_that_would_block_changes_nothing() {
         );
     }
     assert!(
-        fs.readahead.lock().is_empty(),
+        fs.readahead.is_idle(),
         "lookups that would block note no read-ahead"
     );
     assert_eq!(fs.inodes.lock().len(), numbered);
@@ -639,7 +641,7 @@ fn a_face_being_read_is_not_downloaded_again_when_evicted() {
         "the reads in progress kept their faces"
     );
     assert!(
-        !fs.reading.lock().pins.contains_key(&a.ino),
+        fs.open.pinned(a.ino).is_none(),
         "unpinned once all was read"
     );
 }
@@ -672,10 +674,16 @@ fn fs_reading_ahead(api: &Arc<TestApi>) -> Arc<FaceFs> {
     )
 }
 
-/// Waits until the prefetchers have made `n` requests (they run on threads).
+/// Waits until the prefetchers have made `n` requests (they run on
+/// threads); fails if they have not within 10 s.
 fn wait_for_requests(api: &TestApi, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while api.requests(Endpoint::Face) < n && Instant::now() < deadline {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while api.requests(Endpoint::Face) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} face requests after 10 s, expected {n}",
+            api.requests(Endpoint::Face)
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -721,12 +729,14 @@ fn read_ahead_needs_lookups_in_listing_order() {
         fs.lookup(dir, name(&format!("ou_{i:03}.jpg")), Fetch::Allowed)
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(50));
+    // Read-ahead starts its downloads inside the lookup: none started
+    // means none will come.
     assert_eq!(
-        api.requests(Endpoint::Face),
-        10,
+        fs.readahead.started(),
+        0,
         "no read-ahead for a walk that is not sequential"
     );
+    assert_eq!(api.requests(Endpoint::Face), 10);
 }
 
 #[test]
@@ -801,6 +811,54 @@ fn concurrent_readers_share_one_download() {
     assert_eq!(api.requests(Endpoint::Face), 1);
 }
 
+/// Runs `work` on a thread of its own and fails the test if it is not
+/// done within 10 s: for what must not wait on anything held.
+fn within_10s<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(work());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("waited on something held (a download or a disk write)")
+}
+
+#[test]
+fn a_hung_download_is_shared_and_the_kernels_thread_never_waits_for_it() {
+    let api = tenant();
+    let fs = fs(&api);
+    let dir = dir_ino(IdKind::OpenId);
+    let gate = Arc::new(crate::sync::gate::Gate::default());
+    api.fail_next(Endpoint::Face, [Fault::Hold(gate.clone())]);
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let fs = fs.clone();
+            std::thread::spawn(move || fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).errno())
+        })
+        .collect();
+    gate.wait_for_waiters(1, Duration::from_secs(10));
+    // While the download hangs, a first pass answers at once, changing nothing.
+    let first_pass = {
+        let fs = fs.clone();
+        within_10s(move || fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).errno())
+    };
+    assert_eq!(first_pass.map(drop), Err(WOULD_BLOCK));
+    let root = {
+        let fs = fs.clone();
+        within_10s(move || fs.lookup(ROOT_INO, name("open_id"), Fetch::Never).errno())
+    };
+    assert_eq!(root.unwrap().ino, dir);
+    gate.open();
+    for reader in readers {
+        assert_eq!(reader.join().unwrap().unwrap().size, 100);
+    }
+    assert_eq!(
+        api.requests(Endpoint::Face),
+        1,
+        "one download for all readers"
+    );
+    assert_eq!(fs.metrics().cache_misses.get(), 1);
+}
+
 mod with_a_store {
     use super::*;
     use crate::fs::store::tests::TempStoreDir;
@@ -829,6 +887,62 @@ mod with_a_store {
     fn look(fs: &FaceFs, file: &str) -> Result<Attr, i32> {
         fs.lookup(dir_ino(IdKind::OpenId), name(file), Fetch::Allowed)
             .errno()
+    }
+
+    #[test]
+    fn a_stalled_listing_write_holds_up_no_answer_of_the_kernels_thread() {
+        let api = tenant();
+        let dir = TempStoreDir::new("core-stalled-write");
+        let fs = FaceFs::with_clock(
+            api.clone(),
+            FsConfig {
+                ttl: TTL,
+                // Read-ahead on: a lookup reads the listing to plan it.
+                readahead: 4,
+                prefetch_threads: 2,
+                ..FsConfig::default()
+            },
+            Some(dir.open("tenant", 1 << 30)),
+            Arc::new(TestClock::default()),
+        );
+        let open_id = dir_ino(IdKind::OpenId);
+        names(&fs, open_id);
+        let known = look(&fs, "ou_a.jpg").unwrap();
+        let gate = Arc::new(crate::sync::gate::Gate::default());
+        fs.store().unwrap().hold_writes(gate.clone());
+        // An event adds a user: its listing is rewritten in the store, and
+        // the disk stalls.
+        let changer = {
+            let fs = fs.clone();
+            std::thread::spawn(move || {
+                fs.apply_user_change(&[(IdKind::OpenId, "ou_new")], Some(true))
+            })
+        };
+        gate.wait_for_waiters(1, Duration::from_secs(10));
+        let (looked, listed) = {
+            let fs = fs.clone();
+            within_10s(move || {
+                let looked = fs.lookup(open_id, name("ou_a.jpg"), Fetch::Never).errno();
+                let fh = fs.opendir(open_id).unwrap();
+                let page = fs.readdir(open_id, fh, 0, Fetch::Never).errno();
+                let listed: Vec<String> = page
+                    .map(|p| p.entries().map(|(_, e)| e.name).collect())
+                    .unwrap_or_default();
+                fs.releasedir(fh);
+                (looked, listed)
+            })
+        };
+        assert_eq!(looked.unwrap().ino, known.ino);
+        assert!(
+            listed.contains(&"ou_new.jpg".to_owned()),
+            "memory shows the change before the disk has it: {listed:?}"
+        );
+        gate.open();
+        changer.join().unwrap();
+        drop(fs);
+        // The store ends with what memory held.
+        let again = mount(&api, &dir, &TestClock::default());
+        assert!(names(&again, open_id).contains(&"ou_new.jpg".to_owned()));
     }
 
     #[test]

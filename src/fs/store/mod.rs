@@ -95,6 +95,9 @@ pub struct FaceStore {
     /// Whether "no room" was logged since the last write that found room.
     warned_full: AtomicBool,
     metrics: StoreMetrics,
+    /// Tests hold writes here to see that nothing else waits for them.
+    #[cfg(test)]
+    write_gate: Mutex<Option<Arc<crate::sync::gate::Gate>>>,
     _lock: StoreLock,
 }
 
@@ -120,6 +123,15 @@ impl Index {
         if let Some(old) = self.lru.pop(&name) {
             self.bytes -= old;
         }
+    }
+
+    /// Takes out the least recently used face: its name, and the bytes it
+    /// took on disk (its file is the caller's to delete).
+    fn evict_one(&mut self) -> Option<(u64, u64)> {
+        let (name, bytes) = self.lru.pop_lru()?;
+        self.bytes -= bytes;
+        self.evictions += 1;
+        Some((name, bytes))
     }
 }
 
@@ -242,6 +254,8 @@ impl FaceStore {
             next_temp: AtomicU64::new(0),
             warned_full: AtomicBool::new(false),
             metrics: StoreMetrics::default(),
+            #[cfg(test)]
+            write_gate: Mutex::new(None),
             _lock: lock,
         });
         let scanner = Arc::downgrade(&store);
@@ -301,8 +315,9 @@ impl FaceStore {
         index.scanned = true;
         let faces = index.lru.len();
         let bytes = index.bytes;
-        self.evict(&mut index, 0, 0);
         drop(index);
+        // Down to the bound, now that the total is known.
+        self.make_room(None, 0, 0);
         log::info!(
             "store {}: {faces} faces, {} MiB, scanned in {:?}{}",
             self.root.display(),
@@ -641,6 +656,13 @@ impl FaceStore {
         }
     }
 
+    /// From now on every write waits at `gate` first, as on a disk that
+    /// stalls.
+    #[cfg(test)]
+    pub fn hold_writes(&self, gate: Arc<crate::sync::gate::Gate>) {
+        *self.write_gate.lock() = Some(gate);
+    }
+
     /// Writes a new file beside `path` and renames it onto `path`; returns
     /// the bytes it takes on disk.
     fn write_then_rename(
@@ -648,6 +670,10 @@ impl FaceStore {
         path: &Path,
         write: impl FnOnce(&mut File) -> std::io::Result<()>,
     ) -> std::io::Result<u64> {
+        #[cfg(test)]
+        if let Some(gate) = self.write_gate.lock().clone() {
+            gate.pass();
+        }
         let temp = path.with_extension(format!(
             "{}.{}.tmp",
             std::process::id(),
@@ -670,13 +696,32 @@ impl FaceStore {
     /// being replaced (`name`) leaves the bound at once, but its old file
     /// stays on disk until the new one is renamed over it, and so does an
     /// old listing: `still_on_disk` bytes the floor must allow for.
+    ///
+    /// The index lock is held for the bookkeeping only: the file system is
+    /// asked for its free space before, and evicted files are deleted
+    /// after, because the kernel's never-wait reads take the same lock and
+    /// must not wait for a slow disk.
     fn make_room(&self, name: Option<u64>, incoming: u64, still_on_disk: u64) -> bool {
-        let mut index = self.index.lock();
-        let replaced = name.and_then(|name| index.lru.peek(&name).copied());
-        if let Some(name) = name {
-            index.remove(name);
+        let space = free_space(&self.root);
+        let (fits, evicted) = {
+            let mut index = self.index.lock();
+            let replaced = name.and_then(|name| index.lru.peek(&name).copied());
+            if let Some(name) = name {
+                index.remove(name);
+            }
+            match space {
+                Some(space) => self.plan_eviction(
+                    &mut index,
+                    &space,
+                    incoming,
+                    still_on_disk + replaced.unwrap_or(0),
+                ),
+                None => (false, Vec::new()),
+            }
+        };
+        for name in evicted {
+            let _ = std::fs::remove_file(face_path(&self.root, name));
         }
-        let fits = self.evict(&mut index, incoming, still_on_disk + replaced.unwrap_or(0));
         if !fits && !self.warned_full.swap(true, Ordering::Relaxed) {
             log::warn!(
                 "the store in {} is full (--cache-dir-size, or its file system is {:.0}% from full): new faces are not stored until room is made",
@@ -690,39 +735,40 @@ impl FaceStore {
         fits
     }
 
-    fn evict(&self, index: &mut Index, incoming: u64, still_on_disk: u64) -> bool {
-        let Some(space) = free_space(&self.root) else {
-            return false;
-        };
+    /// Takes the least recently used faces out of `index` until `incoming`
+    /// bytes fit; whether they do, and the faces to delete.
+    fn plan_eviction(
+        &self,
+        index: &mut Index,
+        space: &Space,
+        incoming: u64,
+        still_on_disk: u64,
+    ) -> (bool, Vec<u64>) {
+        let mut evicted = Vec::new();
         // Files take whole blocks, and a new directory may take one more.
         let incoming = incoming.div_ceil(space.block) * space.block;
         if incoming > self.max_bytes {
-            return false;
+            return (false, evicted);
         }
         // Before the scan the total is unknown: only the floor is kept.
         while index.scanned && index.bytes + incoming > self.max_bytes {
-            if self.evict_one(index).is_none() {
-                return false;
+            match index.evict_one() {
+                Some((name, _)) => evicted.push(name),
+                None => return (false, evicted),
             }
         }
         let needed = space.floor + incoming + space.block + still_on_disk;
         let mut free = space.free;
         while free < needed {
-            let Some(bytes) = self.evict_one(index) else {
-                return false;
-            };
-            free += bytes;
+            match index.evict_one() {
+                Some((name, bytes)) => {
+                    evicted.push(name);
+                    free += bytes;
+                }
+                None => return (false, evicted),
+            }
         }
-        true
-    }
-
-    /// Deletes the least recently used face; the bytes it took on disk.
-    fn evict_one(&self, index: &mut Index) -> Option<u64> {
-        let (name, bytes) = index.lru.pop_lru()?;
-        index.bytes -= bytes;
-        index.evictions += 1;
-        let _ = std::fs::remove_file(face_path(&self.root, name));
-        Some(bytes)
+        (true, evicted)
     }
 }
 

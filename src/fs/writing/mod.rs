@@ -12,13 +12,22 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::error::err;
-use super::inodes::{dir_ino, dir_kind};
+use parking_lot::Mutex;
+
+use super::answer::{Answer, Fetch, Step, Stop};
+use super::attr::{Attr, Ownership};
+use super::cache::ExpiringSet;
+use super::error::{err, FsError};
+use super::face::{Face, FaceMeta};
+use super::freshness::Freshness;
+use super::inodes::dir_kind;
 use super::layout::{self, FaceKey};
+use super::metrics::FsMetrics;
+use super::open_files::HandleNumbers;
 use super::pending::PendingBytes;
-use super::{Answer, Attr, FaceFs, Fetch, FsError, Invalidation, NodeKind, Step, Stop};
 use crate::api::image::{ImageType, MAX_UPLOAD_BYTES};
 use crate::api::{ApiError, IdKind};
 
@@ -33,7 +42,9 @@ const MAX_SCRATCH_FILES: usize = 1024;
 const SCRATCH_IDLE: Duration = Duration::from_secs(3600);
 /// How long after its upload a face takes `chmod`, `chown` and `utime`
 /// as no-ops (rsync sets them on what it wrote).
-pub(super) const WRITTEN_GRACE: Duration = Duration::from_secs(600);
+const WRITTEN_GRACE: Duration = Duration::from_secs(600);
+/// Users the API said do not exist, and faces just written, remembered at most.
+const REMEMBERED: usize = 16_384;
 /// Inode numbers of files created here; faces' numbers stay below.
 pub const FIRST_WRITTEN_INO: u64 = 1 << 63;
 
@@ -85,8 +96,27 @@ impl WrittenFile {
     }
 }
 
+/// What the rest of the core does for writing.
+pub trait WriteContext {
+    /// The face and version inode `ino` is.
+    fn face_version(&self, ino: u64) -> Result<(FaceKey, FaceMeta), FsError>;
+    /// The bytes of the version `digest` of `key` (`EIO` if it changed).
+    fn version_bytes(&self, key: &FaceKey, digest: u64, fetch: Fetch) -> Step<Arc<Face>>;
+    /// Uploads `bytes` as the face of `key`.
+    fn put_face(&self, key: &FaceKey, bytes: &[u8], image_type: ImageType) -> Result<(), ApiError>;
+    /// The digests of the user's faces as facefs knows them now.
+    fn known_digests(&self, key: &FaceKey) -> Vec<u64>;
+    /// The user's faces were replaced by an upload: what facefs and the
+    /// kernel held of them, `old_digests` included, goes.
+    fn uploaded(&self, key: &FaceKey, old_digests: &[u64]);
+    /// The kernel must forget what it holds of inode `ino`.
+    fn forget_inode(&self, ino: u64);
+    fn dir_attr(&self, ino: u64) -> Attr;
+    fn getattr(&self, ino: u64, fetch: Fetch) -> Answer<Attr>;
+}
+
 #[derive(Default)]
-pub(super) struct Writes {
+struct Writes {
     files: HashMap<u64, WrittenFile>,
     /// Names of files created here that are not gone, by directory.
     names: HashMap<(IdKind, String), u64>,
@@ -162,13 +192,69 @@ fn refuse_crop() -> FsError {
     )
 }
 
-impl FaceFs {
+/// Files being written (`--writable`), and what writing remembers.
+///
+/// Locks: `writes` is a leaf: held for bookkeeping only, never across an
+/// upload, a download or a call into the rest of the core.
+pub struct Writing {
+    writable: bool,
+    owner: Ownership,
+    numbers: Arc<HandleNumbers>,
+    writes: Mutex<Writes>,
+    /// Users the API said do not exist, by id (only a create asks).
+    absent_users: ExpiringSet<(IdKind, String)>,
+    /// Faces uploaded a moment ago (see [`WRITTEN_GRACE`]).
+    recently_written: ExpiringSet<FaceKey>,
+    freshness: Arc<Freshness>,
+    metrics: Arc<FsMetrics>,
+}
+
+impl Writing {
+    pub fn new(
+        writable: bool,
+        owner: Ownership,
+        numbers: Arc<HandleNumbers>,
+        freshness: Arc<Freshness>,
+        metrics: Arc<FsMetrics>,
+        negative_ttl: Duration,
+    ) -> Writing {
+        Writing {
+            writable,
+            owner,
+            numbers,
+            writes: Mutex::new(Writes::default()),
+            absent_users: ExpiringSet::new(negative_ttl, REMEMBERED),
+            recently_written: ExpiringSet::new(WRITTEN_GRACE, REMEMBERED),
+            freshness,
+            metrics,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.freshness.now()
+    }
+
     pub fn writable(&self) -> bool {
-        self.config.writable
+        self.writable
+    }
+
+    /// The API said the user `key` names does not exist: a create of its
+    /// face is `ENOENT` (kept only where something can be created).
+    pub fn user_absent(&self, key: &FaceKey) {
+        if self.writable {
+            self.absent_users
+                .insert((key.kind, key.id.clone()), self.now());
+        }
+    }
+
+    /// The user `id` changed (an event, an upload): whatever the API said
+    /// of it before no longer holds.
+    pub fn user_changed(&self, kind: IdKind, id: &str) {
+        self.absent_users.remove(&(kind, id.to_owned()));
     }
 
     fn writable_or_refuse(&self, what: &str) -> Result<(), FsError> {
-        if self.config.writable {
+        if self.writable {
             return Ok(());
         }
         Err(err!(
@@ -178,24 +264,18 @@ impl FaceFs {
     }
 
     fn written_attr_of(&self, ino: u64, file: &WrittenFile) -> Attr {
-        Attr {
+        self.owner.written(
             ino,
-            kind: NodeKind::File,
-            size: file.bytes.len(),
-            mtime: file.mtime,
-            perm: self.config.file_mode | 0o200,
-            nlink: u32::from(!matches!(file.target, Target::Gone)),
-            uid: self.config.uid,
-            gid: self.config.gid,
-            // It changes with every write: the kernel must ask each time.
-            valid_for: Duration::ZERO,
-        }
+            file.bytes.len(),
+            file.mtime,
+            !matches!(file.target, Target::Gone),
+        )
     }
 
     /// What `stat` shows of a file being written (or created here), if `ino` is one.
-    pub(super) fn written_attr(&self, ino: u64) -> Option<Attr> {
+    pub fn written_attr(&self, ino: u64) -> Option<Attr> {
         // Every stat asks: a read-only mount answers without the lock.
-        if !self.config.writable {
+        if !self.writable {
             return None;
         }
         let writes = self.writes.lock();
@@ -207,7 +287,10 @@ impl FaceFs {
 
     /// A lookup of a name created here (a temporary file, a face being
     /// written anew): counted, as the kernel will forget it.
-    pub(super) fn written_lookup(&self, kind: IdKind, name: &OsStr) -> Option<Attr> {
+    pub fn written_lookup(&self, kind: IdKind, name: &OsStr) -> Option<Attr> {
+        if !self.writable {
+            return None;
+        }
         let name = name.to_str()?;
         let mut writes = self.writes.lock();
         let ino = *writes.names.get(&(kind, name.to_owned()))?;
@@ -217,7 +300,7 @@ impl FaceFs {
     }
 
     /// The kernel forgets lookups of one of our inodes.
-    pub(super) fn forget_written(&self, ino: u64, lookups: u64) {
+    pub fn forget_written(&self, ino: u64, lookups: u64) {
         let mut writes = self.writes.lock();
         let Some(file) = writes.files.get_mut(&ino) else {
             return;
@@ -306,13 +389,13 @@ impl FaceFs {
             // it empty is reported (EINVAL), not silently ignored.
             changes: 1,
             uploaded: 0,
-            mtime: self.clock.wall(),
+            mtime: self.freshness.wall(),
             touched: now,
         };
         let attr = self.written_attr_of(ino, &file);
         writes.files.insert(ino, file);
         writes.names.insert((kind, text.to_owned()), ino);
-        let fh = self.handle();
+        let fh = self.numbers.next();
         writes.handles.insert(fh, ino);
         Ok((attr, fh))
     }
@@ -320,16 +403,21 @@ impl FaceFs {
     /// Opens a file for writing, or a file created here for reading. The
     /// original bytes of an existing face are not needed yet (see
     /// [`PendingBytes::over`]).
-    pub(super) fn open_written(&self, ino: u64, mode: OpenMode) -> Option<Result<u64, FsError>> {
+    pub fn open_written(
+        &self,
+        core: &dyn WriteContext,
+        ino: u64,
+        mode: OpenMode,
+    ) -> Option<Result<u64, FsError>> {
         let is_ours = self.writes.lock().files.contains_key(&ino);
         let truncate = matches!(mode, OpenMode::Write { truncate: true });
         if !is_ours {
             if mode == OpenMode::Read {
                 return None;
             }
-            return Some(self.open_face_for_write(ino, truncate));
+            return Some(self.open_face_for_write(core, ino, truncate));
         }
-        let fh = self.handle();
+        let fh = self.numbers.next();
         let mut writes = self.writes.lock();
         let Some(file) = writes.files.get_mut(&ino) else {
             return Some(Err(err!(libc::ESTALE, "the file is gone")));
@@ -355,13 +443,18 @@ impl FaceFs {
         Some(Ok(fh))
     }
 
-    fn open_face_for_write(&self, ino: u64, truncate: bool) -> Result<u64, FsError> {
+    fn open_face_for_write(
+        &self,
+        core: &dyn WriteContext,
+        ino: u64,
+        truncate: bool,
+    ) -> Result<u64, FsError> {
         self.writable_or_refuse("open for writing")?;
-        let (key, version) = self.face_version(ino)?;
+        let (key, version) = core.face_version(ino)?;
         if key.cropped {
             return Err(refuse_crop());
         }
-        let fh = self.handle();
+        let fh = self.numbers.next();
         let mut writes = self.writes.lock();
         if !writes.files.contains_key(&ino) {
             writes.check_room(0, version.size)?;
@@ -374,7 +467,7 @@ impl FaceFs {
                 lookups: 0,
                 changes: 0,
                 uploaded: 0,
-                mtime: self.clock.wall(),
+                mtime: self.freshness.wall(),
                 touched: self.now(),
             };
             writes.files.insert(ino, file);
@@ -396,7 +489,7 @@ impl FaceFs {
 
     /// Fills in what was not written of an existing face from its version's
     /// bytes, when a write or read needs them.
-    fn fill_from_original(&self, ino: u64, fetch: Fetch) -> Step<()> {
+    fn fill_from_original(&self, core: &dyn WriteContext, ino: u64, fetch: Fetch) -> Step<()> {
         let missing = {
             let writes = self.writes.lock();
             let file = writes
@@ -411,7 +504,7 @@ impl FaceFs {
         let Some((key, digest)) = missing else {
             return Ok(());
         };
-        let original = self.version_bytes(&key, digest, fetch)?;
+        let original = core.version_bytes(&key, digest, fetch)?;
         let mut writes = self.writes.lock();
         if let Some(file) = writes.files.get_mut(&ino) {
             if file.bytes.missing_base() == Some(digest) {
@@ -421,11 +514,14 @@ impl FaceFs {
         Ok(())
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8], fetch: Fetch) -> Answer<u32> {
-        self.write_step(fh, offset, data, fetch).into()
-    }
-
-    fn write_step(&self, fh: u64, offset: u64, data: &[u8], fetch: Fetch) -> Step<u32> {
+    pub fn write(
+        &self,
+        core: &dyn WriteContext,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        fetch: Fetch,
+    ) -> Step<u32> {
         self.writable_or_refuse("write")?;
         loop {
             let mut writes = self.writes.lock();
@@ -436,7 +532,7 @@ impl FaceFs {
             let old = writes.files.get(&ino).map_or(0, |f| f.bytes.len());
             let end = offset.saturating_add(data.len() as u64);
             writes.check_room(old, old.max(end))?;
-            let now = (self.now(), self.clock.wall());
+            let now = (self.now(), self.freshness.wall());
             let file = writes.files.get_mut(&ino).expect("a handle's file");
             match file.bytes.write(offset, data) {
                 Ok(()) => {
@@ -446,15 +542,16 @@ impl FaceFs {
                 }
                 Err(_) => {
                     drop(writes);
-                    self.fill_from_original(ino, fetch)?;
+                    self.fill_from_original(core, ino, fetch)?;
                 }
             }
         }
     }
 
     /// Reads through a handle of a written file.
-    pub(super) fn read_written(
+    pub fn read_written(
         &self,
+        core: &dyn WriteContext,
         fh: u64,
         offset: u64,
         size: u32,
@@ -476,18 +573,14 @@ impl FaceFs {
                 }
                 ino
             };
-            self.fill_from_original(ino, fetch)?;
+            self.fill_from_original(core, ino, fetch)?;
         }
     }
 
     /// Uploads what was written through `fh`, if anything was since the
     /// last upload: at `close()` (flush) and `fsync`, where the writer sees
     /// the outcome. Temporary files wait for their rename.
-    pub fn flush(&self, fh: u64, fetch: Fetch) -> Answer<()> {
-        self.flush_step(fh, fetch).into()
-    }
-
-    fn flush_step(&self, fh: u64, fetch: Fetch) -> Step<()> {
+    pub fn flush(&self, core: &dyn WriteContext, fh: u64, fetch: Fetch) -> Step<()> {
         let (ino, key, changes) = {
             let writes = self.writes.lock();
             let Some((&ino, file)) = writes
@@ -510,7 +603,7 @@ impl FaceFs {
         if fetch == Fetch::Never {
             return Err(Stop::WouldBlock);
         }
-        self.fill_from_original(ino, fetch)?;
+        self.fill_from_original(core, ino, fetch)?;
         let bytes = (self.writes.lock().files.get(&ino))
             .and_then(|file| file.bytes.whole().map(<[u8]>::to_vec))
             .ok_or_else(|| {
@@ -519,7 +612,7 @@ impl FaceFs {
                     "the written face is gone or misses bytes (a bug)"
                 )
             })?;
-        let result = self.upload(&key, &bytes);
+        let result = self.upload(core, &key, &bytes);
         if result.is_ok() {
             if let Some(file) = self.writes.lock().files.get_mut(&ino) {
                 file.uploaded = file.uploaded.max(changes);
@@ -529,7 +622,7 @@ impl FaceFs {
             // An existing face's inode: the kernel took its size from the
             // writes; the next reader must see what the service serves.
             // (Inodes created here are never cached: their answers have no TTL.)
-            self.tell_kernel(vec![Invalidation::Inode(ino)]);
+            core.forget_inode(ino);
         }
         Ok(result?)
     }
@@ -537,7 +630,7 @@ impl FaceFs {
     /// Closes a handle; returns whether it was one of a written file. The
     /// last handle of a face lets go of its bytes (uploaded at flush, or
     /// reported then); a temporary file stays until renamed or removed.
-    pub(super) fn release_written(&self, fh: u64) -> bool {
+    pub fn release_written(&self, fh: u64) -> bool {
         let mut writes = self.writes.lock();
         let Some(ino) = writes.handles.remove(&fh) else {
             return false;
@@ -568,7 +661,7 @@ impl FaceFs {
 
     /// Uploads `bytes` as `key`'s face and drops what facefs and the kernel
     /// held of the user. The bytes must be a whole JPEG or PNG.
-    fn upload(&self, key: &FaceKey, bytes: &[u8]) -> Result<(), FsError> {
+    fn upload(&self, core: &dyn WriteContext, key: &FaceKey, bytes: &[u8]) -> Result<(), FsError> {
         let image_type = ImageType::of_whole(bytes).ok_or_else(|| {
             err!(
                 libc::EINVAL,
@@ -576,9 +669,9 @@ impl FaceFs {
                 bytes.len()
             )
         })?;
-        let old = self.known_digests(key);
+        let old = core.known_digests(key);
         let start = Instant::now();
-        match self.api.put_face(key.kind, &key.id, bytes, image_type) {
+        match core.put_face(key, bytes, image_type) {
             Ok(()) => {
                 self.metrics.uploaded(bytes.len());
                 log::info!(
@@ -588,8 +681,8 @@ impl FaceFs {
                     image_type.file_type(),
                     start.elapsed()
                 );
-                let forget = self.after_upload(key, &old);
-                self.tell_kernel(forget);
+                self.recently_written.insert(key.clone(), self.now());
+                core.uploaded(key, &old);
                 Ok(())
             }
             Err(e) => {
@@ -606,73 +699,20 @@ impl FaceFs {
         }
     }
 
-    /// The digests of the user's faces as facefs knows them now (memory,
-    /// the kernel's inodes, the store): after an upload, those bytes
-    /// wherever they are (also under the user's other ids) are out of date.
-    fn known_digests(&self, key: &FaceKey) -> Vec<u64> {
-        let mut digests = Vec::new();
-        for cropped in [false, true] {
-            let key = FaceKey::new(key.kind, key.id.clone(), cropped);
-            digests.extend(self.faces.get(&key).map(|f| f.digest));
-            {
-                let inodes = self.inodes.lock();
-                digests.extend(
-                    inodes
-                        .existing(&key)
-                        .and_then(|ino| inodes.node(ino))
-                        .map(|n| n.meta.digest),
-                );
-            }
-            if let Some(store) = &self.store {
-                digests.extend(store.meta(&key).map(|m| m.digest));
-            }
-        }
-        digests.sort_unstable();
-        digests.dedup();
-        digests
-    }
-
-    /// The user's faces changed by our own upload: as for an event, and the
-    /// same bytes under the user's other ids (which facefs cannot name: the
-    /// API maps no id to another) are no longer trusted anywhere.
-    pub(super) fn after_upload(&self, key: &FaceKey, old_digests: &[u64]) -> Vec<Invalidation> {
-        let now = self.now();
-        self.recently_written.insert(key.clone(), now);
-        let mut forget = self.user_changed(&[(key.kind, &key.id)], Some(true));
-        if old_digests.is_empty() {
-            return forget;
-        }
-        {
-            let mut superseded = self.superseded.lock();
-            let wall = self.clock.wall();
-            for digest in old_digests {
-                superseded.put(*digest, wall);
-            }
-        }
-        for (ino, other) in self.inodes.lock().with_digests(old_digests) {
-            if other.kind != key.kind || other.id != key.id {
-                forget.push(Invalidation::Entry {
-                    parent: dir_ino(other.kind),
-                    name: other.file_name(),
-                });
-                forget.push(Invalidation::Inode(ino));
-            }
-        }
-        forget
-    }
-
-    pub fn setattr(&self, ino: u64, change: AttrChange, fetch: Fetch) -> Answer<Attr> {
-        self.setattr_step(ino, change, fetch).into()
-    }
-
-    fn setattr_step(&self, ino: u64, change: AttrChange, fetch: Fetch) -> Step<Attr> {
+    pub fn setattr(
+        &self,
+        core: &dyn WriteContext,
+        ino: u64,
+        change: AttrChange,
+        fetch: Fetch,
+    ) -> Step<Attr> {
         self.writable_or_refuse("setattr")?;
-        if ino == super::ROOT_INO || dir_kind(ino).is_some() {
+        if ino == super::inodes::ROOT_INO || dir_kind(ino).is_some() {
             if change.size.is_some() {
                 return Err(err!(libc::EISDIR, "a directory has no size to set").into());
             }
             // rsync -a sets the times of the directory it copied into.
-            return Ok(self.dir_attr(ino));
+            return Ok(core.dir_attr(ino));
         }
         {
             let mut writes = self.writes.lock();
@@ -683,7 +723,7 @@ impl FaceFs {
                     }
                     let old = file.bytes.len();
                     writes.check_room(old, size)?;
-                    let wall = self.clock.wall();
+                    let wall = self.freshness.wall();
                     let file = writes.files.get_mut(&ino).expect("checked above");
                     file.bytes.truncate(size);
                     file.changes += 1;
@@ -693,7 +733,7 @@ impl FaceFs {
                 return Ok(self.written_attr_of(ino, file));
             }
         }
-        let (key, _) = self.face_version(ino)?;
+        let (key, _) = core.face_version(ino)?;
         if change.size.is_some() {
             return Err(err!(
                 libc::EPERM,
@@ -708,28 +748,14 @@ impl FaceFs {
             )
             .into());
         }
-        match self.getattr(ino, fetch) {
-            Answer::Done(result) => Ok(result?),
-            Answer::WouldBlock => Err(Stop::WouldBlock),
-        }
+        core.getattr(ino, fetch).into()
     }
 
     /// Renames a temporary file onto a face's name, which uploads it, or
     /// onto another temporary name. Faces themselves cannot be renamed.
     pub fn rename(
         &self,
-        parent: u64,
-        name: &OsStr,
-        new_parent: u64,
-        new_name: &OsStr,
-        fetch: Fetch,
-    ) -> Answer<()> {
-        self.rename_step(parent, name, new_parent, new_name, fetch)
-            .into()
-    }
-
-    fn rename_step(
-        &self,
+        core: &dyn WriteContext,
         parent: u64,
         name: &OsStr,
         new_parent: u64,
@@ -784,7 +810,7 @@ impl FaceFs {
         let bytes = (self.writes.lock().files.get(&ino))
             .and_then(|file| file.bytes.whole().map(<[u8]>::to_vec))
             .ok_or_else(|| err!(libc::EIO, "the temporary file is gone or misses bytes"))?;
-        self.upload(&target, &bytes)?;
+        self.upload(core, &target, &bytes)?;
         // The kernel moves the name onto this inode, whose answers have no
         // TTL: the next lookup of the face's name comes here again.
         self.writes.lock().retire(ino);
@@ -821,7 +847,7 @@ impl FaceFs {
 
     /// Room left for written bytes, for `statfs`.
     pub fn pending_room(&self) -> u64 {
-        if !self.config.writable {
+        if !self.writable {
             return 0;
         }
         MAX_PENDING_BYTES.saturating_sub(self.writes.lock().held())

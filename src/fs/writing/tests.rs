@@ -12,7 +12,8 @@ use crate::api::memory::{MemoryApi, Upload};
 use crate::api::Endpoint;
 use crate::emulator::face_image::face_jpeg;
 use crate::fs::clock::TestClock;
-use crate::fs::{FsConfig, ROOT_INO};
+use crate::fs::inodes::dir_ino;
+use crate::fs::{Attr, FaceFs, FsConfig, Invalidation, ROOT_INO};
 
 type TestApi = FailureApi<MemoryApi>;
 
