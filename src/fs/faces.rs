@@ -103,6 +103,17 @@ impl Faces {
             .filter(|f| self.freshness.fresh_face(f.digest, f.fetched_at))
     }
 
+    /// The digests of the bytes of `key` in memory and in the store.
+    pub fn digests(&self, key: &FaceKey) -> Vec<u64> {
+        let stored = self.store.as_ref().and_then(|s| s.meta(key));
+        let in_memory = self.memory.get(key);
+        in_memory
+            .map(|f| f.digest)
+            .into_iter()
+            .chain(stored.map(|m| m.digest))
+            .collect()
+    }
+
     /// Whether the API's "does not exist" for `key` is remembered.
     pub fn is_absent(&self, key: &FaceKey) -> bool {
         self.absent.contains(key, self.freshness.now())

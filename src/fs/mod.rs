@@ -8,7 +8,7 @@
 //! [`Freshness`](freshness::Freshness) (what is trusted how long),
 //! [`Faces`](faces::Faces) (memory, store and API tiers),
 //! [`Listings`](listings::Listings), [`ReadAheads`](readahead::ReadAheads),
-//! the [`InodeTable`](inodes::InodeTable), [`OpenFiles`](open_files::OpenFiles),
+//! [`Nodes`](nodes::Nodes) (the inodes the kernel holds), [`OpenFiles`](open_files::OpenFiles),
 //! [`Writing`](writing::Writing) and [`KernelNotices`](kernel::KernelNotices).
 //! `FaceFs` routes each operation through them; the parts meet only here.
 
@@ -16,6 +16,7 @@ pub mod answer;
 pub mod attr;
 pub mod cache;
 pub mod clock;
+pub mod config;
 pub mod error;
 pub mod face;
 pub mod faces;
@@ -26,6 +27,7 @@ pub mod layout;
 pub mod listing;
 pub mod listings;
 pub mod metrics;
+pub mod nodes;
 pub mod open_files;
 pub mod pending;
 pub mod readahead;
@@ -34,28 +36,27 @@ pub mod writing;
 
 use std::ffi::OsStr;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
-
-use parking_lot::Mutex;
+use std::time::SystemTime;
 
 pub use self::answer::{Answer, Fetch};
 use self::answer::{Step, Stop};
-use self::attr::Ownership;
 pub use self::attr::{Attr, DirEntry, NodeKind};
 use self::cache::{CacheUsage, ExpiringSet};
 use self::clock::{Clock, SystemClock};
+pub use self::config::FsConfig;
 use self::error::err;
 pub use self::error::FsError;
 use self::face::{Face, FaceMeta};
 use self::faces::{Faces, LoadContext};
-use self::freshness::{Freshness, TrustPolicy};
+use self::freshness::Freshness;
 pub use self::inodes::ROOT_INO;
-use self::inodes::{dir_ino, dir_kind, InodeTable};
+use self::inodes::{dir_ino, dir_kind};
 pub use self::kernel::Invalidation;
 use self::kernel::KernelNotices;
 use self::layout::FaceKey;
 use self::listings::Listings;
 use self::metrics::FsMetrics;
+use self::nodes::Nodes;
 pub use self::open_files::{DirPage, ReadSlice};
 use self::open_files::{DirSnapshot, HandleNumbers, OpenFiles};
 use self::readahead::ReadAheads;
@@ -68,64 +69,17 @@ use crate::api::{ApiError, IdKind, Priority};
 /// oldest are forgotten.
 const REMEMBERED: usize = 16_384;
 
-#[derive(Clone, Debug)]
-pub struct FsConfig {
-    /// Bytes of face images kept in memory.
-    pub cache_bytes: u64,
-    /// How long a fetched face or listing is trusted.
-    pub ttl: Duration,
-    /// How long a face or listing may be trusted while the event connection
-    /// has been up since it was fetched (`--ttl-with-events`).
-    pub ttl_with_events: Duration,
-    /// How long past its TTL a face may still be served when refreshing it
-    /// fails for an outage (never a listing: see `listings`).
-    pub max_stale: Duration,
-    /// How long "does not exist" is remembered.
-    pub negative_ttl: Duration,
-    pub uid: u32,
-    pub gid: u32,
-    pub file_mode: u16,
-    pub dir_mode: u16,
-    /// Downloads that directory read-ahead may start ahead of a sequential
-    /// walk; 0 turns read-ahead off.
-    pub readahead: usize,
-    /// Threads that run read-ahead downloads.
-    pub prefetch_threads: usize,
-    /// Writing `<id>.jpg` uploads it (`--writable`).
-    pub writable: bool,
-}
-
-impl Default for FsConfig {
-    fn default() -> FsConfig {
-        FsConfig {
-            cache_bytes: 256 << 20,
-            ttl: Duration::from_secs(600),
-            max_stale: Duration::from_secs(3 * 24 * 3600),
-            ttl_with_events: Duration::from_secs(24 * 3600),
-            negative_ttl: Duration::from_secs(30),
-            uid: 0,
-            gid: 0,
-            file_mode: 0o400,
-            dir_mode: 0o700,
-            readahead: 64,
-            prefetch_threads: 32,
-            writable: false,
-        }
-    }
-}
-
-/// The core. Lock order: `inodes` may be held while asking `freshness`
-/// (whose locks are leaves); every other lock of the parts is a leaf,
-/// taken alone. No lock is held across disk or network I/O: downloads and
-/// listings wait in single-flights, not on mutexes.
+/// The core. Lock order: the inode table (in `nodes`) may be held while
+/// asking `freshness` (whose locks are leaves); every other lock of the
+/// parts is a leaf, taken alone. No lock is held across disk or network
+/// I/O: downloads and listings wait in single-flights, not on mutexes.
 pub struct FaceFs {
     me: Weak<FaceFs>,
-    owner: Ownership,
     freshness: Arc<Freshness>,
+    nodes: Nodes,
     faces: Faces,
     listings: Listings,
     readahead: ReadAheads,
-    inodes: Mutex<InodeTable>,
     open: OpenFiles,
     writing: Writing,
     kernel: KernelNotices,
@@ -147,26 +101,12 @@ impl FaceFs {
         clock: Arc<dyn Clock>,
     ) -> Arc<FaceFs> {
         let metrics = Arc::new(FsMetrics::default());
-        let freshness = Arc::new(Freshness::new(
-            clock,
-            TrustPolicy {
-                ttl: config.ttl,
-                ttl_with_events: config.ttl_with_events,
-                max_stale: config.max_stale,
-            },
-            REMEMBERED,
-        ));
-        let owner = Ownership {
-            uid: config.uid,
-            gid: config.gid,
-            file_mode: config.file_mode,
-            dir_mode: config.dir_mode,
-            mounted_at: SystemTime::now(),
-        };
+        let freshness = Arc::new(Freshness::new(clock, config.trust_policy(), REMEMBERED));
+        let owner = config.ownership(SystemTime::now());
         let numbers = Arc::new(HandleNumbers::default());
         Arc::new_cyclic(|me| FaceFs {
             me: me.clone(),
-            owner,
+            nodes: Nodes::new(owner, freshness.clone()),
             faces: Faces::new(
                 api.clone(),
                 config.cache_bytes,
@@ -181,7 +121,6 @@ impl FaceFs {
                 config.prefetch_threads,
                 config.cache_bytes,
             ),
-            inodes: Mutex::new(InodeTable::default()),
             open: OpenFiles::new(numbers.clone(), config.prefetch_threads.max(8) * 2),
             writing: Writing::new(
                 config.writable,
@@ -233,36 +172,6 @@ impl FaceFs {
         self.freshness.events_connected(up);
     }
 
-    fn dir_attr(&self, ino: u64) -> Attr {
-        self.owner.dir(ino, self.freshness.policy().ttl)
-    }
-
-    fn face_attr(&self, ino: u64, meta: FaceMeta) -> Attr {
-        self.owner
-            .face(ino, meta, self.freshness.remaining(meta.fetched_at))
-    }
-
-    /// The face and version inode `ino` is; directories and unknown inodes
-    /// are errors.
-    fn face_version(&self, ino: u64) -> Result<(FaceKey, FaceMeta), FsError> {
-        if ino == ROOT_INO || dir_kind(ino).is_some() {
-            return Err(err!(libc::EISDIR, "inode {ino} is a directory"));
-        }
-        self.inodes
-            .lock()
-            .node(ino)
-            .map(|n| (n.key.clone(), n.meta))
-            .ok_or_else(|| err!(libc::ENOENT, "no inode {ino}"))
-    }
-
-    /// `ENOTDIR` for a face's inode, `ENOENT` for one unknown.
-    fn not_a_directory(&self, ino: u64) -> FsError {
-        match self.inodes.lock().node(ino) {
-            Some(_) => err!(libc::ENOTDIR, "inode {ino} is a face, not a directory"),
-            None => err!(libc::ENOENT, "no inode {ino}"),
-        }
-    }
-
     pub fn lookup(&self, parent: u64, name: &OsStr, fetch: Fetch) -> Answer<Attr> {
         self.lookup_step(parent, name, fetch).into()
     }
@@ -271,10 +180,10 @@ impl FaceFs {
         if parent == ROOT_INO {
             let kind = layout::dir_kind(name)
                 .ok_or_else(|| err!(libc::ENOENT, "no such directory in the root"))?;
-            return Ok(self.dir_attr(dir_ino(kind)));
+            return Ok(self.nodes.dir_attr(dir_ino(kind)));
         }
         let Some(kind) = dir_kind(parent) else {
-            return Err(self.not_a_directory(parent).into());
+            return Err(self.nodes.not_a_directory(parent).into());
         };
         if let Some(attr) = self.writing.written_lookup(kind, name) {
             return Ok(attr);
@@ -330,30 +239,21 @@ impl FaceFs {
 
     pub fn getattr(&self, ino: u64, fetch: Fetch) -> Answer<Attr> {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
-            return Answer::Done(Ok(self.dir_attr(ino)));
+            return Answer::Done(Ok(self.nodes.dir_attr(ino)));
         }
         if let Some(attr) = self.writing.written_attr(ino) {
             return Answer::Done(Ok(attr));
         }
         let step = self
+            .nodes
             .face_version(ino)
             .map_err(Stop::from)
             .and_then(|(key, version)| {
-                // An older version's inode describes its own bytes, for good;
-                // not to be cached, as the name's next lookup finds the newer one.
-                let old = || Attr {
-                    valid_for: Duration::ZERO,
-                    ..self.face_attr(ino, version)
+                let current = match self.nodes.is_current(ino) {
+                    true => Some(self.face_meta(&key, fetch)?),
+                    false => None,
                 };
-                if !self.inodes.lock().is_current(ino) {
-                    return Ok(old());
-                }
-                let meta = self.face_meta(&key, fetch)?;
-                if meta.digest != version.digest {
-                    return Ok(old());
-                }
-                self.inodes.lock().confirm(&key, meta);
-                Ok(self.face_attr(ino, meta))
+                Ok(self.nodes.version_attr(ino, &key, version, current))
             });
         step.into()
     }
@@ -364,7 +264,7 @@ impl FaceFs {
             self.writing.forget_written(ino, lookups);
             return;
         }
-        if self.inodes.lock().forget(ino, lookups) {
+        if self.nodes.forget(ino, lookups) {
             self.open.unpin(ino);
         }
     }
@@ -373,16 +273,8 @@ impl FaceFs {
     /// else by downloading it, since only the bytes tell the exact size.
     fn face_meta(&self, key: &FaceKey, fetch: Fetch) -> Step<FaceMeta> {
         self.faces.known_absent(key)?;
-        {
-            let inodes = self.inodes.lock();
-            let known = inodes
-                .existing(key)
-                .and_then(|ino| inodes.node(ino))
-                .map(|n| n.meta);
-            if let Some(meta) = known.filter(|m| self.freshness.fresh_face(m.digest, m.fetched_at))
-            {
-                return Ok(meta);
-            }
+        if let Some(meta) = self.nodes.fresh_meta(key) {
+            return Ok(meta);
         }
         // A fresh stored face answers `stat` from its header alone (memory,
         // where it holds the face, is newer).
@@ -398,11 +290,11 @@ impl FaceFs {
     /// of what is being written to it while it is.
     fn stat_face(&self, key: &FaceKey, fetch: Fetch) -> Step<Attr> {
         let meta = self.face_meta(key, fetch)?;
-        let ino = self.inodes.lock().looked_up(key, meta);
+        let ino = self.nodes.looked_up(key, meta);
         Ok(self
             .writing
             .written_attr(ino)
-            .unwrap_or_else(|| self.face_attr(ino, meta)))
+            .unwrap_or_else(|| self.nodes.face_attr(ino, meta)))
     }
 
     /// A user's faces changed (an event said so, here or in the fleet):
@@ -428,11 +320,7 @@ impl FaceFs {
             for cropped in [false, true] {
                 let key = FaceKey::new(*kind, *id, cropped);
                 self.faces.changed(&key);
-                let ino = {
-                    let mut inodes = self.inodes.lock();
-                    inodes.expire(&key);
-                    inodes.existing(&key)
-                };
+                let ino = self.nodes.expire(&key);
                 // A name the kernel holds is one it looked up and has not
                 // forgotten (it keeps no "does not exist"): only those are
                 // told, since each notice takes the directory's lock.
@@ -462,7 +350,7 @@ impl FaceFs {
         if let Some(opened) = self.writing.open_written(self, ino, mode) {
             return Ok(opened?);
         }
-        let (key, version) = self.face_version(ino)?;
+        let (key, version) = self.nodes.face_version(ino)?;
         let face = self.version_bytes(&key, version.digest, fetch)?;
         Ok(self.open.open(face))
     }
@@ -492,6 +380,7 @@ impl FaceFs {
     /// itself once facefs answers `open` with ENOSYS): see [`Self::version_bytes`].
     pub fn read_inode(&self, ino: u64, offset: u64, size: u32, fetch: Fetch) -> Answer<ReadSlice> {
         let step = self
+            .nodes
             .face_version(ino)
             .map_err(Stop::from)
             .and_then(|(key, version)| {
@@ -538,7 +427,7 @@ impl FaceFs {
 
     pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
         if ino != ROOT_INO && dir_kind(ino).is_none() {
-            return Err(self.not_a_directory(ino));
+            return Err(self.nodes.not_a_directory(ino));
         }
         Ok(self.open.open_dir())
     }
@@ -552,23 +441,8 @@ impl FaceFs {
     }
 
     fn readdir_step(&self, ino: u64, fh: u64, offset: u64, fetch: Fetch) -> Step<DirPage> {
-        let snapshot = self
-            .open
-            .dir_snapshot(fh)
-            .ok_or_else(|| err!(libc::EBADF, "no open directory {fh}"))?;
-        let dir = match snapshot {
-            Some(dir) if offset > 0 => dir,
-            _ => {
-                let dir = self.dir_snapshot(ino, fetch)?;
-                self.open.set_dir_snapshot(fh, dir.clone());
-                dir
-            }
-        };
-        Ok(DirPage {
-            dir,
-            ino,
-            start: offset,
-        })
+        self.open
+            .dir_page(fh, ino, offset, || self.dir_snapshot(ino, fetch))
     }
 
     pub fn releasedir(&self, fh: u64) {
@@ -655,7 +529,7 @@ impl LoadContext for FaceFs {
     }
 
     fn kept(&self, key: &FaceKey, meta: FaceMeta) {
-        self.inodes.lock().confirm(key, meta);
+        self.nodes.confirm(key, meta);
     }
 
     fn user_absent(&self, key: &FaceKey) {
@@ -665,7 +539,7 @@ impl LoadContext for FaceFs {
 
 impl WriteContext for FaceFs {
     fn face_version(&self, ino: u64) -> Result<(FaceKey, FaceMeta), FsError> {
-        FaceFs::face_version(self, ino)
+        self.nodes.face_version(ino)
     }
 
     fn version_bytes(&self, key: &FaceKey, digest: u64, fetch: Fetch) -> Step<Arc<Face>> {
@@ -685,19 +559,8 @@ impl WriteContext for FaceFs {
         let mut digests = Vec::new();
         for cropped in [false, true] {
             let key = FaceKey::new(key.kind, key.id.clone(), cropped);
-            digests.extend(self.faces.in_memory(&key).map(|f| f.digest));
-            {
-                let inodes = self.inodes.lock();
-                digests.extend(
-                    inodes
-                        .existing(&key)
-                        .and_then(|ino| inodes.node(ino))
-                        .map(|n| n.meta.digest),
-                );
-            }
-            if let Some(store) = self.faces.store() {
-                digests.extend(store.meta(&key).map(|m| m.digest));
-            }
+            digests.extend(self.faces.digests(&key));
+            digests.extend(self.nodes.digest(&key));
         }
         digests.sort_unstable();
         digests.dedup();
@@ -711,15 +574,7 @@ impl WriteContext for FaceFs {
         let mut forget = self.user_changed(&[(key.kind, &key.id)], Some(true));
         if !old_digests.is_empty() {
             self.freshness.supersede(old_digests);
-            for (ino, other) in self.inodes.lock().with_digests(old_digests) {
-                if other.kind != key.kind || other.id != key.id {
-                    forget.push(Invalidation::Entry {
-                        parent: dir_ino(other.kind),
-                        name: other.file_name(),
-                    });
-                    forget.push(Invalidation::Inode(ino));
-                }
-            }
+            forget.extend(self.nodes.others_with(old_digests, key));
         }
         self.kernel.tell(forget);
     }
@@ -729,7 +584,7 @@ impl WriteContext for FaceFs {
     }
 
     fn dir_attr(&self, ino: u64) -> Attr {
-        FaceFs::dir_attr(self, ino)
+        self.nodes.dir_attr(ino)
     }
 
     fn getattr(&self, ino: u64, fetch: Fetch) -> Answer<Attr> {

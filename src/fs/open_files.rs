@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+use super::answer::Step;
 use super::attr::{DirEntry, NodeKind};
+use super::error::err;
 use super::face::Face;
 use super::inodes::{dir_ino, face_ino, ROOT_INO};
 use super::listing::Listing;
@@ -45,9 +47,9 @@ pub enum DirSnapshot {
 /// entry is made from the listing as the caller takes it, so reading a
 /// directory of a million faces costs what the reader reads.
 pub struct DirPage {
-    pub(super) dir: DirSnapshot,
-    pub(super) ino: u64,
-    pub(super) start: u64,
+    dir: DirSnapshot,
+    ino: u64,
+    start: u64,
 }
 
 impl DirPage {
@@ -241,16 +243,37 @@ impl OpenFiles {
         fh
     }
 
-    /// What the open directory `fh` showed at its first read: `None` if
-    /// `fh` is not open, `Some(None)` before its first read.
-    pub fn dir_snapshot(&self, fh: u64) -> Option<Option<DirSnapshot>> {
-        self.dirs.lock().get(&fh).cloned()
-    }
-
-    pub fn set_dir_snapshot(&self, fh: u64, dir: DirSnapshot) {
-        if let Some(slot) = self.dirs.lock().get_mut(&fh) {
-            *slot = Some(dir);
-        }
+    /// The entries of the open directory `fh` (inode `ino`) from `offset`
+    /// on. The first read takes what `snapshot` shows, and later reads page
+    /// through it, so one `ls` sees one consistent listing.
+    pub fn dir_page(
+        &self,
+        fh: u64,
+        ino: u64,
+        offset: u64,
+        snapshot: impl FnOnce() -> Step<DirSnapshot>,
+    ) -> Step<DirPage> {
+        let taken = self
+            .dirs
+            .lock()
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| err!(libc::EBADF, "no open directory {fh}"))?;
+        let dir = match taken {
+            Some(dir) if offset > 0 => dir,
+            _ => {
+                let dir = snapshot()?;
+                if let Some(slot) = self.dirs.lock().get_mut(&fh) {
+                    *slot = Some(dir.clone());
+                }
+                dir
+            }
+        };
+        Ok(DirPage {
+            dir,
+            ino,
+            start: offset,
+        })
     }
 
     pub fn release_dir(&self, fh: u64) {

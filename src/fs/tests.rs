@@ -5,6 +5,7 @@ use crate::api::Endpoint;
 use crate::fs::clock::TestClock;
 use crate::fs::faces::OUTAGE_BACKOFF;
 use crate::fs::writing::OpenMode;
+use std::time::Duration;
 
 type TestApi = FailureApi<MemoryApi>;
 
@@ -489,7 +490,7 @@ fn a_first_pass_that_would_block_changes_nothing() {
             Err(WOULD_BLOCK)
         );
     }
-    assert_eq!(fs.inodes.lock().len(), 0, "no inode numbered");
+    assert_eq!(fs.nodes.len(), 0, "no inode numbered");
     let fh = fs.opendir(dir).unwrap();
     assert_eq!(
         fs.readdir(dir, fh, 0, Fetch::Never).errno().err(),
@@ -502,7 +503,7 @@ fn a_first_pass_that_would_block_changes_nothing() {
         .entries()
         .collect();
     assert_eq!(entries.len(), 2 + 20);
-    let numbered = fs.inodes.lock().len();
+    let numbered = fs.nodes.len();
     for file in ["ou_000.jpg", "ou_000.cropped.jpg"] {
         assert_eq!(
             fs.lookup(dir, name(file), Fetch::Never).errno(),
@@ -513,7 +514,7 @@ fn a_first_pass_that_would_block_changes_nothing() {
         fs.readahead.is_idle(),
         "lookups that would block note no read-ahead"
     );
-    assert_eq!(fs.inodes.lock().len(), numbered);
+    assert_eq!(fs.nodes.len(), numbered);
     assert_eq!(api.requests(Endpoint::Face), 0);
     // Never, then Allowed, as the adapter does: the same inode as readdir
     // gave, and read-ahead as for a walk that asked only once.
@@ -553,12 +554,12 @@ fn names_that_do_not_exist_cost_no_memory_and_forgotten_faces_go() {
             Err(libc::ENOENT)
         );
     }
-    assert_eq!(fs.inodes.lock().len(), 0, "no inode for an absent name");
+    assert_eq!(fs.nodes.len(), 0, "no inode for an absent name");
     let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
     fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
-    assert_eq!(fs.inodes.lock().len(), 1);
+    assert_eq!(fs.nodes.len(), 1);
     fs.forget(a.ino, 2);
-    assert_eq!(fs.inodes.lock().len(), 0);
+    assert_eq!(fs.nodes.len(), 0);
     assert_eq!(fs.getattr(a.ino, Fetch::Never).errno(), Err(libc::ENOENT));
     let again = fs.lookup(dir, name("ou_a.jpg"), Fetch::Never).unwrap();
     assert_eq!(again.ino, a.ino, "a name keeps its number");

@@ -10,13 +10,16 @@
 //! existing face opened for writing keeps its inode, its bytes pending
 //! beside it until the last handle closes.
 
-use std::collections::HashMap;
+mod files;
+
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+pub use self::files::MAX_PENDING_BYTES;
+use self::files::{Target, Writes, WrittenFile};
 use super::answer::{Answer, Fetch, Step, Stop};
 use super::attr::{Attr, Ownership};
 use super::cache::ExpiringSet;
@@ -27,19 +30,9 @@ use super::inodes::dir_kind;
 use super::layout::{self, FaceKey};
 use super::metrics::FsMetrics;
 use super::open_files::HandleNumbers;
-use super::pending::PendingBytes;
-use crate::api::image::{ImageType, MAX_UPLOAD_BYTES};
+use crate::api::image::ImageType;
 use crate::api::{ApiError, IdKind};
 
-/// Bytes written and not yet uploaded or discarded, over all files: a
-/// write past it is refused with ENOSPC (enough for six faces of the
-/// largest size at once, or a thousand of the usual).
-pub const MAX_PENDING_BYTES: u64 = 64 << 20;
-/// Temporary files held at most.
-const MAX_SCRATCH_FILES: usize = 1024;
-/// A temporary file neither open nor touched for this long is dropped
-/// when the next one is created (a writer that died before its rename).
-const SCRATCH_IDLE: Duration = Duration::from_secs(3600);
 /// How long after its upload a face takes `chmod`, `chown` and `utime`
 /// as no-ops (rsync sets them on what it wrote).
 const WRITTEN_GRACE: Duration = Duration::from_secs(600);
@@ -63,39 +56,6 @@ pub enum OpenMode {
     Write { truncate: bool },
 }
 
-#[derive(Debug)]
-enum Target {
-    /// An existing face (its own inode, in the inode table), opened for writing.
-    Face(FaceKey),
-    /// A face written anew: uploaded when closed.
-    Created(FaceKey),
-    /// Any other name: held until renamed onto a face's name.
-    Scratch,
-    /// Uploaded, renamed or unlinked; the kernel may still hold the inode.
-    Gone,
-}
-
-struct WrittenFile {
-    dir: IdKind,
-    name: String,
-    target: Target,
-    bytes: PendingBytes,
-    handles: usize,
-    /// The kernel's lookups of our own inodes (not of `Target::Face`).
-    lookups: u64,
-    /// Writes so far, and how many of them the last upload carried.
-    changes: u64,
-    uploaded: u64,
-    mtime: SystemTime,
-    touched: Instant,
-}
-
-impl WrittenFile {
-    fn dirty(&self) -> bool {
-        self.changes != self.uploaded
-    }
-}
-
 /// What the rest of the core does for writing.
 pub trait WriteContext {
     /// The face and version inode `ino` is.
@@ -113,76 +73,6 @@ pub trait WriteContext {
     fn forget_inode(&self, ino: u64);
     fn dir_attr(&self, ino: u64) -> Attr;
     fn getattr(&self, ino: u64, fetch: Fetch) -> Answer<Attr>;
-}
-
-#[derive(Default)]
-struct Writes {
-    files: HashMap<u64, WrittenFile>,
-    /// Names of files created here that are not gone, by directory.
-    names: HashMap<(IdKind, String), u64>,
-    /// Open handles of written files.
-    handles: HashMap<u64, u64>,
-    next_ino: u64,
-}
-
-impl Writes {
-    fn new_ino(&mut self) -> u64 {
-        self.next_ino += 1;
-        FIRST_WRITTEN_INO + self.next_ino
-    }
-
-    /// Bytes held by every file being written.
-    fn held(&self) -> u64 {
-        self.files.values().map(|f| f.bytes.len()).sum()
-    }
-
-    /// Whether a file may grow from `old` to `new` bytes: not past
-    /// [`MAX_UPLOAD_BYTES`], nor all files together past [`MAX_PENDING_BYTES`].
-    fn check_room(&self, old: u64, new: u64) -> Result<(), FsError> {
-        if new > MAX_UPLOAD_BYTES {
-            return Err(err!(
-                libc::EFBIG,
-                "a face may have at most {} MiB (the service's image uploads take 10 MB)",
-                MAX_UPLOAD_BYTES >> 20
-            ));
-        }
-        if new > old && self.held() - old + new > MAX_PENDING_BYTES {
-            return Err(err!(
-                libc::ENOSPC,
-                "{} MiB of written faces are waiting to be uploaded; close (or finish renaming) some files first",
-                MAX_PENDING_BYTES >> 20
-            ));
-        }
-        Ok(())
-    }
-
-    /// The temporary file called `name` in the `kind` directory.
-    fn scratch_named(&self, kind: IdKind, name: &str) -> Option<u64> {
-        let ino = *self.names.get(&(kind, name.to_owned()))?;
-        let file = self.files.get(&ino)?;
-        matches!(file.target, Target::Scratch).then_some(ino)
-    }
-
-    /// Lets go of a file's bytes: it is gone, only its inode stays while
-    /// the kernel holds it.
-    fn retire(&mut self, ino: u64) {
-        let Some(file) = self.files.get_mut(&ino) else {
-            return;
-        };
-        file.bytes = PendingBytes::empty();
-        if self.names.get(&(file.dir, file.name.clone())) == Some(&ino) {
-            self.names.remove(&(file.dir, file.name.clone()));
-        }
-        match file.target {
-            Target::Face(_) => {
-                self.files.remove(&ino);
-            }
-            _ if file.lookups == 0 && file.handles == 0 => {
-                self.files.remove(&ino);
-            }
-            _ => file.target = Target::Gone,
-        }
-    }
 }
 
 fn refuse_crop() -> FsError {
@@ -301,14 +191,7 @@ impl Writing {
 
     /// The kernel forgets lookups of one of our inodes.
     pub fn forget_written(&self, ino: u64, lookups: u64) {
-        let mut writes = self.writes.lock();
-        let Some(file) = writes.files.get_mut(&ino) else {
-            return;
-        };
-        file.lookups = file.lookups.saturating_sub(lookups);
-        if file.lookups == 0 && file.handles == 0 && matches!(file.target, Target::Gone) {
-            writes.files.remove(&ino);
-        }
+        self.writes.lock().forget(ino, lookups);
     }
 
     /// Creates `name` in an id directory and opens it for writing.
@@ -345,64 +228,21 @@ impl Writing {
         let now = self.now();
         let mut writes = self.writes.lock();
         if matches!(target, Target::Scratch) {
-            let idle: Vec<u64> = writes
-                .files
-                .iter()
-                .filter(|(_, f)| {
-                    matches!(f.target, Target::Scratch)
-                        && f.handles == 0
-                        && now.saturating_duration_since(f.touched) > SCRATCH_IDLE
-                })
-                .map(|(ino, _)| *ino)
-                .collect();
-            for ino in idle {
-                log::info!(
-                    "dropping a temporary file unused for an hour (never renamed onto a face)"
-                );
-                writes.retire(ino);
-            }
-            let scratch = writes
-                .files
-                .values()
-                .filter(|f| matches!(f.target, Target::Scratch))
-                .count();
-            if scratch >= MAX_SCRATCH_FILES {
-                return Err(err!(
-                    libc::ENOSPC,
-                    "{MAX_SCRATCH_FILES} temporary files are held already; rename or remove some"
-                ));
-            }
+            writes.room_for_scratch(now)?;
         }
         if let Some(old) = writes.names.get(&(kind, text.to_owned())).copied() {
             // The kernel asked to create a name it did not know was there.
             writes.retire(old);
         }
-        let ino = writes.new_ino();
-        let file = WrittenFile {
-            dir: kind,
-            name: text.to_owned(),
-            target,
-            bytes: PendingBytes::empty(),
-            handles: 1,
-            lookups: 1,
-            // A new face is a change even if nothing is written: closing
-            // it empty is reported (EINVAL), not silently ignored.
-            changes: 1,
-            uploaded: 0,
-            mtime: self.freshness.wall(),
-            touched: now,
-        };
-        let attr = self.written_attr_of(ino, &file);
-        writes.files.insert(ino, file);
-        writes.names.insert((kind, text.to_owned()), ino);
         let fh = self.numbers.next();
-        writes.handles.insert(fh, ino);
-        Ok((attr, fh))
+        let file = WrittenFile::created(kind, text, target, now, self.freshness.wall());
+        let ino = writes.add_created(file, fh);
+        Ok((self.written_attr_of(ino, &writes.files[&ino]), fh))
     }
 
     /// Opens a file for writing, or a file created here for reading. The
     /// original bytes of an existing face are not needed yet (see
-    /// [`PendingBytes::over`]).
+    /// `PendingBytes::over`).
     pub fn open_written(
         &self,
         core: &dyn WriteContext,
@@ -417,30 +257,14 @@ impl Writing {
             }
             return Some(self.open_face_for_write(core, ino, truncate));
         }
-        let fh = self.numbers.next();
-        let mut writes = self.writes.lock();
-        let Some(file) = writes.files.get_mut(&ino) else {
-            return Some(Err(err!(libc::ESTALE, "the file is gone")));
-        };
-        if matches!(file.target, Target::Gone) {
-            return Some(Err(err!(
-                libc::ESTALE,
-                "this file was uploaded or removed; open its name again"
-            )));
-        }
         if mode != OpenMode::Read {
             if let Err(e) = self.writable_or_refuse("open for writing") {
                 return Some(Err(e));
             }
         }
-        file.handles += 1;
-        file.touched = self.now();
-        if truncate && !file.bytes.is_empty() {
-            file.bytes.truncate(0);
-            file.changes += 1;
-        }
-        writes.handles.insert(fh, ino);
-        Some(Ok(fh))
+        let fh = self.numbers.next();
+        let opened = self.writes.lock().reopen(ino, fh, truncate, self.now());
+        Some(opened.map(|()| fh))
     }
 
     fn open_face_for_write(
@@ -458,27 +282,10 @@ impl Writing {
         let mut writes = self.writes.lock();
         if !writes.files.contains_key(&ino) {
             writes.check_room(0, version.size)?;
-            let file = WrittenFile {
-                dir: key.kind,
-                name: key.file_name(),
-                target: Target::Face(key),
-                bytes: PendingBytes::over(version.size, version.digest),
-                handles: 0,
-                lookups: 0,
-                changes: 0,
-                uploaded: 0,
-                mtime: self.freshness.wall(),
-                touched: self.now(),
-            };
+            let file = WrittenFile::over_face(key, version, self.now(), self.freshness.wall());
             writes.files.insert(ino, file);
         }
-        let file = writes.files.get_mut(&ino).expect("inserted above");
-        file.handles += 1;
-        if truncate {
-            file.bytes.truncate(0);
-            file.changes += 1;
-        }
-        writes.handles.insert(fh, ino);
+        writes.reopen(ino, fh, truncate, self.now())?;
         Ok(fh)
     }
 
@@ -490,27 +297,12 @@ impl Writing {
     /// Fills in what was not written of an existing face from its version's
     /// bytes, when a write or read needs them.
     fn fill_from_original(&self, core: &dyn WriteContext, ino: u64, fetch: Fetch) -> Step<()> {
-        let missing = {
-            let writes = self.writes.lock();
-            let file = writes
-                .files
-                .get(&ino)
-                .ok_or_else(|| err!(libc::EBADF, "no written file {ino}"))?;
-            match (&file.target, file.bytes.missing_base()) {
-                (Target::Face(key), Some(digest)) => Some((key.clone(), digest)),
-                _ => None,
-            }
-        };
+        let missing = self.writes.lock().missing_original(ino)?;
         let Some((key, digest)) = missing else {
             return Ok(());
         };
         let original = core.version_bytes(&key, digest, fetch)?;
-        let mut writes = self.writes.lock();
-        if let Some(file) = writes.files.get_mut(&ino) {
-            if file.bytes.missing_base() == Some(digest) {
-                file.bytes.fill(&original.bytes);
-            }
-        }
+        self.writes.lock().fill(ino, digest, &original.bytes);
         Ok(())
     }
 
@@ -524,26 +316,12 @@ impl Writing {
     ) -> Step<u32> {
         self.writable_or_refuse("write")?;
         loop {
-            let mut writes = self.writes.lock();
-            let ino = *writes
-                .handles
-                .get(&fh)
-                .ok_or_else(|| err!(libc::EBADF, "handle {fh} is not open for writing"))?;
-            let old = writes.files.get(&ino).map_or(0, |f| f.bytes.len());
-            let end = offset.saturating_add(data.len() as u64);
-            writes.check_room(old, old.max(end))?;
             let now = (self.now(), self.freshness.wall());
-            let file = writes.files.get_mut(&ino).expect("a handle's file");
-            match file.bytes.write(offset, data) {
-                Ok(()) => {
-                    file.changes += 1;
-                    (file.touched, file.mtime) = now;
-                    return Ok(data.len() as u32);
-                }
-                Err(_) => {
-                    drop(writes);
-                    self.fill_from_original(core, ino, fetch)?;
-                }
+            let written = self.writes.lock().write_at(fh, offset, data, now)?;
+            match written {
+                Ok(()) => return Ok(data.len() as u32),
+                // Holes the original bytes fill first.
+                Err(ino) => self.fill_from_original(core, ino, fetch)?,
             }
         }
     }
@@ -558,22 +336,11 @@ impl Writing {
         fetch: Fetch,
     ) -> Step<Vec<u8>> {
         loop {
-            let ino = {
-                let writes = self.writes.lock();
-                let ino = *writes
-                    .handles
-                    .get(&fh)
-                    .ok_or_else(|| err!(libc::EBADF, "no open file {fh}"))?;
-                if let Some(bytes) = writes
-                    .files
-                    .get(&ino)
-                    .and_then(|f| f.bytes.read(offset, size))
-                {
-                    return Ok(bytes.to_vec());
-                }
-                ino
-            };
-            self.fill_from_original(core, ino, fetch)?;
+            let read = self.writes.lock().read_at(fh, offset, size)?;
+            match read {
+                Ok(bytes) => return Ok(bytes),
+                Err(ino) => self.fill_from_original(core, ino, fetch)?,
+            }
         }
     }
 
@@ -631,32 +398,7 @@ impl Writing {
     /// last handle of a face lets go of its bytes (uploaded at flush, or
     /// reported then); a temporary file stays until renamed or removed.
     pub fn release_written(&self, fh: u64) -> bool {
-        let mut writes = self.writes.lock();
-        let Some(ino) = writes.handles.remove(&fh) else {
-            return false;
-        };
-        let Some(file) = writes.files.get_mut(&ino) else {
-            return true;
-        };
-        file.handles -= 1;
-        if file.handles > 0 {
-            return true;
-        }
-        match &file.target {
-            Target::Face(_) | Target::Created(_) => {
-                if file.dirty() && file.bytes.is_empty() {
-                    log::info!("a {} face was closed empty: nothing uploaded", file.dir);
-                } else if file.dirty() {
-                    log::warn!(
-                        "a written {} face was closed without a successful upload; its bytes are dropped",
-                        file.dir
-                    );
-                }
-                writes.retire(ino);
-            }
-            Target::Scratch | Target::Gone => {}
-        }
-        true
+        self.writes.lock().release(fh)
     }
 
     /// Uploads `bytes` as `key`'s face and drops what facefs and the kernel
@@ -716,21 +458,11 @@ impl Writing {
         }
         {
             let mut writes = self.writes.lock();
-            if let Some(file) = writes.files.get(&ino) {
+            if writes.files.contains_key(&ino) {
                 if let Some(size) = change.size {
-                    if matches!(file.target, Target::Gone) {
-                        return Err(err!(libc::ESTALE, "this file was uploaded or removed").into());
-                    }
-                    let old = file.bytes.len();
-                    writes.check_room(old, size)?;
-                    let wall = self.freshness.wall();
-                    let file = writes.files.get_mut(&ino).expect("checked above");
-                    file.bytes.truncate(size);
-                    file.changes += 1;
-                    file.mtime = wall;
+                    writes.set_size(ino, size, self.freshness.wall())?;
                 }
-                let file = &writes.files[&ino];
-                return Ok(self.written_attr_of(ino, file));
+                return Ok(self.written_attr_of(ino, &writes.files[&ino]));
             }
         }
         let (key, _) = core.face_version(ino)?;
@@ -793,14 +525,9 @@ impl Writing {
             }
             None => {
                 // One temporary name to another.
-                let mut writes = self.writes.lock();
-                if let Some(old) = writes.names.remove(&(new_kind, to.to_owned())) {
-                    writes.retire(old);
-                }
-                writes.names.remove(&(kind, from.to_owned()));
-                let file = writes.files.get_mut(&ino).expect("a named file");
-                (file.dir, file.name) = (new_kind, to.to_owned());
-                writes.names.insert((new_kind, to.to_owned()), ino);
+                self.writes
+                    .lock()
+                    .rename_scratch(ino, (kind, from), (new_kind, to));
                 return Ok(());
             }
         };

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 
 use super::*;
 use crate::api::failure::{FailureApi, Fault};
+use crate::api::image::MAX_UPLOAD_BYTES;
 use crate::api::memory::{MemoryApi, Upload};
 use crate::api::Endpoint;
 use crate::emulator::face_image::face_jpeg;
