@@ -1,6 +1,5 @@
 //! The real client: Feishu's HTTP API over reqwest.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +12,7 @@ use serde::Deserialize;
 
 use super::codes;
 use super::metrics::{ApiMetrics, Outcome};
+pub use super::origin::{parse_base_url, SetupError};
 use super::token::{IssuedToken, TokenCache};
 use super::Endpoint;
 use super::{ApiError, ApiFailure, FaceApi, FaceBytes, ImageType, ListedUser, Priority, UserPage};
@@ -65,42 +65,6 @@ pub struct HttpApi {
     app_secret: Secret,
     tokens: TokenCache,
     metrics: Arc<ApiMetrics>,
-}
-
-/// Checks a `--base-url`: http(s), a host, nothing after the origin but an
-/// optional path prefix; plaintext only to a loopback address, because the
-/// app secret and tokens travel in every request.
-pub fn parse_base_url(text: &str) -> Result<Url, String> {
-    let url = Url::parse(text).map_err(|e| format!("invalid base URL {text:?}: {e}"))?;
-    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
-        return Err(format!(
-            "base URL {text:?} must be an origin such as https://open.feishu.cn"
-        ));
-    }
-    match url.scheme() {
-        "https" => {}
-        "http" if is_loopback(&url) => {}
-        "http" => {
-            return Err(format!(
-                "refusing plaintext http:// to {}: the app secret and tokens would cross the network in clear; use https://",
-                url.host_str().unwrap_or("")
-            ))
-        }
-        other => return Err(format!("base URL scheme {other:?} is not http or https")),
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("base URL {text:?} has no host"));
-    }
-    Ok(url)
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
-        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
-        None => false,
-    }
 }
 
 /// The JSON envelope every answer but a face download comes in.
@@ -247,14 +211,14 @@ impl Answer {
 }
 
 impl HttpApi {
-    pub fn new(config: HttpConfig) -> Result<HttpApi, String> {
+    pub fn new(config: HttpConfig) -> Result<HttpApi, SetupError> {
         let client = Client::builder()
             .connect_timeout(config.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("facefs/", env!("CARGO_PKG_VERSION")))
             // The API has no redirects; following one could carry the token elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+            .map_err(SetupError::Client)?;
         // Two threads drive every connection; each caller waits on its own
         // exchange, bounded by its own deadline.
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -262,7 +226,7 @@ impl HttpApi {
             .thread_name("facefs-http")
             .enable_all()
             .build()
-            .map_err(|e| format!("cannot start the HTTP client's threads: {e}"))?;
+            .map_err(SetupError::Runtime)?;
         Ok(HttpApi {
             client,
             runtime,
@@ -599,20 +563,6 @@ fn face_from_answer(answer: Answer) -> Result<FaceBytes, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn base_url_rules() {
-        assert!(parse_base_url("https://open.feishu.cn").is_ok());
-        assert!(parse_base_url("http://127.0.0.1:8080").is_ok());
-        assert!(parse_base_url("http://[::1]:8080/").is_ok());
-        assert!(parse_base_url("http://localhost:1").is_ok());
-        let err = parse_base_url("http://open.feishu.cn").unwrap_err();
-        assert!(err.contains("https://"), "{err}");
-        assert!(parse_base_url("http://10.0.0.1").is_err());
-        assert!(parse_base_url("ftp://x").is_err());
-        assert!(parse_base_url("https://x/?a=b").is_err());
-        assert!(parse_base_url("open.feishu.cn").is_err());
-    }
 
     fn answer(status: u16, body: &[u8]) -> Answer {
         Answer {

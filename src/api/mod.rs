@@ -9,6 +9,7 @@ pub mod id_kind;
 pub mod image;
 pub mod memory;
 pub mod metrics;
+pub mod origin;
 pub mod retry;
 pub mod secret;
 pub mod throttle;

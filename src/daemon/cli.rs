@@ -315,7 +315,8 @@ impl Cli {
         let source = if self.demo {
             Source::Demo
         } else {
-            let base_url = parse_base_url(&self.base_url)?;
+            let base_url =
+                parse_base_url(&self.base_url).map_err(|e| super::logging::with_causes(&e))?;
             let app_id = self
                 .app_id
                 .filter(|id| !id.trim().is_empty())
@@ -422,12 +423,12 @@ fn redis_url(
                 "the Redis URL holds a password, and command lines are readable by all: put it in a file (--redis-url-file PATH, mode 0600) or in ${REDIS_URL_ENV}"
             ));
         }
-        crate::fleet::parse_url(&url)?;
+        crate::fleet::parse_url(&url).map_err(|e| e.to_string())?;
         return Ok(Some(Secret::new(url)));
     }
     let url = read_private("the Redis URL", file, REDIS_URL_ENV)?;
     if let Some(url) = &url {
-        crate::fleet::parse_url(url.expose())?;
+        crate::fleet::parse_url(url.expose()).map_err(|e| e.to_string())?;
     }
     Ok(url)
 }

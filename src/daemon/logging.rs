@@ -122,6 +122,19 @@ impl Write for Syslog {
     }
 }
 
+/// An error as a person reads it: its message, then each cause's, joined
+/// by ": " ("cannot create the cache directory /x: Permission denied").
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -196,7 +196,7 @@ fn mount(
                 },
                 memory.clone(),
             )
-            .map_err(|e| format!("cannot use --cache-dir: {e}"))?,
+            .map_err(|e| format!("cannot use --cache-dir: {}", logging::with_causes(&e)))?,
         ),
         None => None,
     };
@@ -213,7 +213,8 @@ fn mount(
         app_secret,
         request_timeout: settings.request_timeout,
         memory: memory.clone(),
-    })?
+    })
+    .map_err(|e| logging::with_causes(&e))?
     .with_metrics(api_metrics.clone());
     http.check_credentials()
         .map_err(|e| format!("cannot get a tenant access token: {e}"))?;
@@ -223,12 +224,15 @@ fn mount(
     };
     let limiter = Arc::new(RateLimiter::new(settings.rate_limit));
     let fleet = match &settings.redis {
-        Some(redis) => Some(Arc::new(Fleet::new(FleetConfig {
-            url: redis.url.clone(),
-            prefix: redis.prefix.clone(),
-            tenant: tenant.clone(),
-            timeout: redis.timeout,
-        })?)),
+        Some(redis) => Some(Arc::new(
+            Fleet::new(FleetConfig {
+                url: redis.url.clone(),
+                prefix: redis.prefix.clone(),
+                tenant: tenant.clone(),
+                timeout: redis.timeout,
+            })
+            .map_err(|e| e.to_string())?,
+        )),
         None => None,
     };
     let fleet_events = fleet.clone().map(FleetEvents::new);

@@ -509,7 +509,11 @@ fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, metrics:
         // Acknowledged all the same: a re-push would not read better.
         Err(why) => {
             metrics.ignored.inc();
-            log::warn!("event long connection: {why}; acknowledged and dropped");
+            let cause = std::error::Error::source(&why).map(|c| format!(": {c}"));
+            log::warn!(
+                "event long connection: {why}{}; acknowledged and dropped",
+                cause.unwrap_or_default()
+            );
         }
     }
 }

@@ -98,10 +98,18 @@ struct UserIds {
 
 pub const USER_UPDATED: &str = "acs.user.updated_v1";
 
+/// Why an event's payload was not understood.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    #[error("not a schema 2.0 event")]
+    NotAnEvent(#[source] serde_json::Error),
+    #[error("an {USER_UPDATED} event without its fields")]
+    MissingFields(#[source] serde_json::Error),
+}
+
 /// Reads a schema 2.0 event.
-pub fn parse(payload: &[u8]) -> Result<Event, String> {
-    let envelope: Envelope =
-        serde_json::from_slice(payload).map_err(|e| format!("not a schema 2.0 event: {e}"))?;
+pub fn parse(payload: &[u8]) -> Result<Event, ParseError> {
+    let envelope: Envelope = serde_json::from_slice(payload).map_err(ParseError::NotAnEvent)?;
     let EnvelopeHeader {
         event_id,
         event_type,
@@ -112,8 +120,8 @@ pub fn parse(payload: &[u8]) -> Result<Event, String> {
             event_id,
         });
     }
-    let body: UserUpdated = serde_json::from_value(envelope.event)
-        .map_err(|e| format!("an {USER_UPDATED} event without its fields: {e}"))?;
+    let body: UserUpdated =
+        serde_json::from_value(envelope.event).map_err(ParseError::MissingFields)?;
     let non_empty = |id: Option<String>| id.filter(|s| !s.is_empty());
     Ok(Event::UserChanged(UserChange {
         event_id,
@@ -214,8 +222,8 @@ mod tests {
     #[test]
     fn the_documented_payload_reads_as_a_user_change() {
         assert_eq!(
-            parse(UPDATED.as_bytes()),
-            Ok(Event::UserChanged(UserChange {
+            parse(UPDATED.as_bytes()).ok(),
+            Some(Event::UserChanged(UserChange {
                 event_id: "5e37".into(),
                 open_id: Some("ou_1".into()),
                 union_id: Some("on_1".into()),

@@ -60,23 +60,32 @@ struct Health {
     next_try: Instant,
 }
 
+/// Why a Redis URL cannot be used. The Redis client's own error is kept
+/// by kind only: its text can quote the URL, password and all.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisUrlError {
+    #[error(
+        "the Redis URL cannot be read ({0:?}): write it as redis://host:port/db or rediss://..."
+    )]
+    Unreadable(redis::ErrorKind),
+    #[error("refusing plaintext redis:// to {0}: faces and the password would cross the network in clear; use rediss:// (Redis with TLS)")]
+    Plaintext(String),
+    #[error("cannot use the Redis URL: {0:?}")]
+    Client(redis::ErrorKind),
+}
+
 /// Checks a Redis URL: `rediss://` anywhere, plaintext `redis://` only to
 /// loopback (the fleet will carry face bytes; a password would cross in
 /// clear). Errors name the fix, never the password.
-pub fn parse_url(url: &str) -> Result<ConnectionInfo, String> {
-    let info = url.into_connection_info().map_err(|e| {
-        format!(
-            "the Redis URL cannot be read ({:?}): write it as redis://host:port/db or rediss://...",
-            e.kind()
-        )
-    })?;
+pub fn parse_url(url: &str) -> Result<ConnectionInfo, RedisUrlError> {
+    let info = url
+        .into_connection_info()
+        .map_err(|e| RedisUrlError::Unreadable(e.kind()))?;
     match &info.addr {
         redis::ConnectionAddr::TcpTls { .. } => Ok(info),
         redis::ConnectionAddr::Tcp(host, _) if is_loopback(host) => Ok(info),
         redis::ConnectionAddr::Unix(_) => Ok(info),
-        redis::ConnectionAddr::Tcp(host, _) => Err(format!(
-            "refusing plaintext redis:// to {host}: faces and the password would cross the network in clear; use rediss:// (Redis with TLS)"
-        )),
+        redis::ConnectionAddr::Tcp(host, _) => Err(RedisUrlError::Plaintext(host.clone())),
     }
 }
 
@@ -96,11 +105,10 @@ pub fn has_password(url: &str) -> bool {
 
 impl Fleet {
     /// Prepares the fleet's client; Redis need not be up (the mount goes on alone until it is).
-    pub fn new(config: FleetConfig) -> Result<Fleet, String> {
+    pub fn new(config: FleetConfig) -> Result<Fleet, RedisUrlError> {
         let info = parse_url(config.url.expose())?;
         let server = info.addr.to_string();
-        let client =
-            Client::open(info).map_err(|e| format!("cannot use the Redis URL: {:?}", e.kind()))?;
+        let client = Client::open(info).map_err(|e| RedisUrlError::Client(e.kind()))?;
         let prefix = config.prefix.map(|p| format!("{p}:")).unwrap_or_default();
         Ok(Fleet {
             client,
@@ -242,12 +250,14 @@ mod tests {
         assert!(parse_url("redis://127.0.0.1:6379/0").is_ok());
         assert!(parse_url("redis://localhost").is_ok());
         assert!(parse_url("rediss://redis.internal:6380").is_ok());
-        let err = parse_url("redis://:hunter2@10.0.0.5:6379").unwrap_err();
+        let err = parse_url("redis://:hunter2@10.0.0.5:6379")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("rediss://") && !err.contains("hunter2"),
             "{err}"
         );
-        let err = parse_url("http://x").unwrap_err();
+        let err = parse_url("http://x").unwrap_err().to_string();
         assert!(!err.is_empty());
         assert!(has_password("redis://:hunter2@127.0.0.1"));
         assert!(has_password("rediss://user:pw@h"));

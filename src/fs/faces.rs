@@ -20,7 +20,7 @@ use super::face::{Face, FaceMeta};
 use super::freshness::Freshness;
 use super::layout::FaceKey;
 use super::metrics::FsMetrics;
-use super::store::{FaceStore, Peek};
+use super::store::FaceStore;
 use crate::api::{ApiError, FaceApi, Priority};
 use crate::sync::single_flight::SingleFlight;
 
@@ -139,11 +139,7 @@ impl Faces {
         };
         let stored = match fetch {
             Fetch::Allowed => store.meta(key),
-            Fetch::Never => match store.meta_now(key) {
-                Peek::Found(meta) => Some(meta),
-                Peek::Absent => None,
-                Peek::WouldBlock => return Err(Stop::WouldBlock),
-            },
+            Fetch::Never => store.meta_now(key)?,
         };
         Ok(stored.filter(|m| self.freshness.fresh_face(m.digest, m.fetched_at)))
     }
@@ -191,9 +187,9 @@ impl Faces {
     fn refresh(&self, key: &FaceKey, context: &dyn LoadContext) -> Result<Arc<Face>, FsError> {
         let mut stale = self.memory.get(key);
         if let Some(store) = &self.store {
-            let stored = store.face(key).map_err(|message| {
-                err!(libc::EIO, "reading a stored {} face: {message}", key.kind)
-            })?;
+            let stored = store
+                .face(key)
+                .map_err(|e| err!(source: e, libc::EIO, "reading a stored {} face", key.kind))?;
             if let Some(face) = stored.map(Arc::new) {
                 if self.freshness.fresh_face(face.digest, face.fetched_at) {
                     self.metrics.cache(true);

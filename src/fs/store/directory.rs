@@ -7,6 +7,8 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use super::error::StoreError;
+
 fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
@@ -15,54 +17,50 @@ fn euid() -> u32 {
 /// The cache directory the user named: created `0700` if missing. One that
 /// exists must be a directory of the mounting user that no one else can
 /// write to, or another user could swap faces in.
-pub fn prepare_top(dir: &Path) -> Result<(), String> {
+pub fn prepare_top(dir: &Path) -> Result<(), StoreError> {
     match std::fs::metadata(dir) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| format!("cannot create the cache directory {}: {e}", dir.display())),
-        Err(e) => Err(format!(
-            "cannot use the cache directory {}: {e}",
-            dir.display()
-        )),
+            .map_err(StoreError::io("create the cache directory", dir)),
+        Err(e) => Err(StoreError::io("use the cache directory", dir)(e)),
         Ok(meta) => check_private(dir, &meta, false),
     }
 }
 
 /// A directory of the store's own, below the top: created `0700`, and if it
 /// exists, a real directory (no symlink) of the mounting user, `0700`.
-pub fn prepare_own(dir: &Path) -> Result<(), String> {
+pub fn prepare_own(dir: &Path) -> Result<(), StoreError> {
     match DirBuilder::new().mode(0o700).create(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let meta = std::fs::symlink_metadata(dir)
-                .map_err(|e| format!("cannot use {}: {e}", dir.display()))?;
+            let meta = std::fs::symlink_metadata(dir).map_err(StoreError::io("use", dir))?;
             check_private(dir, &meta, true)
         }
-        Err(e) => Err(format!("cannot create {}: {e}", dir.display())),
+        Err(e) => Err(StoreError::io("create", dir)(e)),
     }
 }
 
-fn check_private(dir: &Path, meta: &std::fs::Metadata, own: bool) -> Result<(), String> {
+fn check_private(dir: &Path, meta: &std::fs::Metadata, own: bool) -> Result<(), StoreError> {
     let shown = dir.display();
     if !meta.is_dir() {
-        return Err(format!(
+        return Err(StoreError::Unsafe(format!(
             "the cache directory {shown} is not a directory{}",
             if own {
                 " (the store's own directories are never symlinks); remove it"
             } else {
                 ""
             }
-        ));
+        )));
     }
     if meta.uid() != euid() {
-        return Err(format!(
+        return Err(StoreError::Unsafe(format!(
             "the cache directory {shown} belongs to uid {}, not to the mounting user (uid {}): faces are biometric data; run `chown {} {shown}` or choose another --cache-dir",
             meta.uid(),
             euid(),
             euid()
-        ));
+        )));
     }
     let mode = meta.permissions().mode() & 0o777;
     let loose = if own {
@@ -71,10 +69,10 @@ fn check_private(dir: &Path, meta: &std::fs::Metadata, own: bool) -> Result<(), 
         mode & 0o022 != 0
     };
     if loose {
-        return Err(format!(
+        return Err(StoreError::Unsafe(format!(
             "the cache directory {shown} has mode {mode:04o}, so other users can {} it: faces are biometric data; run `chmod 700 {shown}` or choose another --cache-dir",
             if own { "reach into" } else { "write to" }
-        ));
+        )));
     }
     Ok(())
 }
@@ -98,12 +96,12 @@ pub fn open_private(path: &Path) -> std::io::Result<File> {
 }
 
 /// Opens one of the store's directories, to open files relative to it.
-pub fn open_dir(dir: &Path) -> Result<File, String> {
+pub fn open_dir(dir: &Path) -> Result<File, StoreError> {
     OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(dir)
-        .map_err(|e| format!("cannot open {}: {e}", dir.display()))
+        .map_err(StoreError::io("open", dir))
 }
 
 /// [`open_private`] of `relative` below the open directory `dir`.
@@ -140,7 +138,7 @@ pub struct StoreLock {
 }
 
 /// Takes the lock in `dir`, or says which process holds it.
-pub fn lock(dir: &Path) -> Result<StoreLock, String> {
+pub fn lock(dir: &Path) -> Result<StoreLock, StoreError> {
     let path = dir.join("lock");
     let mut file = OpenOptions::new()
         .read(true)
@@ -149,7 +147,7 @@ pub fn lock(dir: &Path) -> Result<StoreLock, String> {
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        .map_err(StoreError::io("open", &path))?;
     // `umount` returns before the process of the old mount has exited and
     // let go of the lock: `umount && mount` must not be refused for it.
     let deadline = std::time::Instant::now() + LOCK_WAIT;
@@ -174,18 +172,52 @@ pub fn lock(dir: &Path) -> Result<StoreLock, String> {
             } else {
                 format!("another facefs (pid {holder})")
             };
-            return Err(format!(
-                "{who} is using the store in {} for this tenant; two mounts cannot share one store: give this mount its own --cache-dir, or unmount the other",
-                dir.display()
-            ));
+            return Err(StoreError::Locked {
+                holder: who,
+                dir: dir.to_owned(),
+            });
         }
-        return Err(format!("cannot lock {}: {e}", path.display()));
+        return Err(StoreError::io("lock", &path)(e));
     }
     // Who holds it, for the message above; the lock itself is the flock.
     let _ = file.set_len(0);
     let _ = file.rewind();
     let _ = write!(file, "{}", std::process::id());
     Ok(StoreLock { _file: file })
+}
+
+/// The tenant the store holds must be this one: the directory name is a
+/// hash, the `tenant` file the proof. A store whose proof is missing,
+/// damaged or names another tenant cannot be trusted to hold this tenant's
+/// faces: it is emptied (it is a cache) and claimed, and the mount starts.
+pub fn check_tenant(root: &Path, tenant: &str) -> Result<(), StoreError> {
+    let path = root.join("tenant");
+    let why = match std::fs::read(&path) {
+        Ok(found) if found == tenant.as_bytes() => return Ok(()),
+        Ok(_) => "its tenant file names another tenant or is damaged",
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "it has no tenant file",
+        Err(e) => return Err(StoreError::io("read", &path)(e)),
+    };
+    let mut emptied = false;
+    for dir in ["faces", "listings"] {
+        match std::fs::remove_dir_all(root.join(dir)) {
+            Ok(()) => emptied = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io("empty", &root.join(dir))(e)),
+        }
+    }
+    if emptied {
+        log::warn!(
+            "emptying the store in {}: {why}; its faces are downloaded again when needed",
+            root.display()
+        );
+    }
+    let temp = root.join("tenant.tmp");
+    let _ = std::fs::remove_file(&temp);
+    create_private(&temp)
+        .and_then(|mut f| f.write_all(tenant.as_bytes()))
+        .and_then(|()| std::fs::rename(&temp, &path))
+        .map_err(StoreError::io("write", &path))
 }
 
 #[cfg(test)]
@@ -208,7 +240,7 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o700);
         std::fs::set_permissions(&top, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let refused = prepare_top(&top).unwrap_err();
+        let refused = prepare_top(&top).unwrap_err().to_string();
         assert!(
             refused.contains("mode 0777") && refused.contains("chmod 700"),
             "{refused}"
@@ -219,10 +251,16 @@ mod tests {
         let own = top.join("own");
         prepare_own(&own).unwrap();
         std::fs::set_permissions(&own, std::fs::Permissions::from_mode(0o750)).unwrap();
-        assert!(prepare_own(&own).unwrap_err().contains("reach into"));
+        assert!(prepare_own(&own)
+            .unwrap_err()
+            .to_string()
+            .contains("reach into"));
         std::fs::remove_dir(&own).unwrap();
         std::os::unix::fs::symlink(&top, &own).unwrap();
-        assert!(prepare_own(&own).unwrap_err().contains("not a directory"));
+        assert!(prepare_own(&own)
+            .unwrap_err()
+            .to_string()
+            .contains("not a directory"));
         std::fs::remove_dir_all(&top).unwrap();
     }
 
@@ -231,7 +269,7 @@ mod tests {
         let dir = temp_dir("lock");
         prepare_top(&dir).unwrap();
         let held = lock(&dir).unwrap();
-        let refused = lock(&dir).err().unwrap();
+        let refused = lock(&dir).err().unwrap().to_string();
         assert!(
             refused.contains(&format!("pid {}", std::process::id()))
                 && refused.contains("--cache-dir"),

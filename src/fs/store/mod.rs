@@ -27,22 +27,34 @@
 
 mod directory;
 pub mod entry;
+mod error;
+mod files;
 pub mod metrics;
+mod room;
+mod scan;
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use lru::LruCache;
 use parking_lot::Mutex;
 
-use self::directory::{create_private, is_own_file, open_private, StoreLock};
+use self::directory::{check_tenant, is_own_file, open_private, StoreLock};
+pub use self::error::StoreError;
+use self::files::{
+    face_name, face_path, face_relative, is_face_file, listing_path, read_cached, read_prefix,
+    Replacer,
+};
 use self::metrics::StoreMetrics;
+pub use self::room::StoreUsage;
+use self::room::{free_space, Index, FREE_SPACE_FLOOR};
+use self::scan::{scan, Scan};
+use super::answer::{Step, Stop};
 use super::face::{digest, Face, FaceMeta};
 use super::layout::FaceKey;
 use super::listing::Listing;
@@ -51,11 +63,7 @@ use crate::sync::byte_budget::{ByteBudget, MemoryHold};
 
 /// The store's own directory under `--cache-dir`; a new format gets a new one.
 const FORMAT_DIR: &str = "facefs-v1";
-/// The store never leaves less than this share of its file system free.
-const FREE_SPACE_FLOOR: f64 = 0.05;
-/// No stored file is believed to be larger: a face, its header, some slack.
-const MAX_FACE_FILE: u64 = crate::api::http::MAX_FACE_BYTES + 4096;
-/// Nor any listing: 2,000,000 ids of at most 243 bytes and their ends.
+/// No stored listing is believed to be larger: 2,000,000 ids of at most 243 bytes and their ends.
 const MAX_LISTING_FILE: u64 = 2_000_000 * (243 + 4) + 4096;
 /// A face read within this of its last recorded use is not touched again:
 /// the LRU order across remounts needs hours, not every read.
@@ -72,17 +80,6 @@ pub struct StoreConfig {
     pub memory_wait: Duration,
 }
 
-/// What the store holds, for `statfs`-style reports and the metrics.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct StoreUsage {
-    pub bytes: u64,
-    pub faces: usize,
-    pub evictions: u64,
-    /// Whether the start-up scan is done (before it, the totals count only
-    /// what this mount wrote).
-    pub scanned: bool,
-}
-
 pub struct FaceStore {
     root: PathBuf,
     /// `root/faces`, open.
@@ -91,67 +88,12 @@ pub struct FaceStore {
     memory: Arc<ByteBudget>,
     memory_wait: Duration,
     index: Arc<Mutex<Index>>,
-    next_temp: AtomicU64,
+    /// Writes entries to a temporary name, then renames them into place.
+    replacer: Replacer,
     /// Whether "no room" was logged since the last write that found room.
     warned_full: AtomicBool,
     metrics: StoreMetrics,
-    /// Tests hold writes here to see that nothing else waits for them.
-    #[cfg(test)]
-    write_gate: Mutex<Option<Arc<crate::sync::gate::Gate>>>,
     _lock: StoreLock,
-}
-
-/// The faces on disk by file name, least recently used first out.
-struct Index {
-    lru: LruCache<u64, u64>,
-    /// Bytes on disk of the faces in `lru` and of the listings.
-    bytes: u64,
-    listings: [u64; 3],
-    evictions: u64,
-    scanned: bool,
-}
-
-impl Index {
-    fn put(&mut self, name: u64, bytes: u64) {
-        if let Some(old) = self.lru.put(name, bytes) {
-            self.bytes -= old;
-        }
-        self.bytes += bytes;
-    }
-
-    fn remove(&mut self, name: u64) {
-        if let Some(old) = self.lru.pop(&name) {
-            self.bytes -= old;
-        }
-    }
-
-    /// Takes out the least recently used face: its name, and the bytes it
-    /// took on disk (its file is the caller's to delete).
-    fn evict_one(&mut self) -> Option<(u64, u64)> {
-        let (name, bytes) = self.lru.pop_lru()?;
-        self.bytes -= bytes;
-        self.evictions += 1;
-        Some((name, bytes))
-    }
-}
-
-/// What [`FaceStore::meta_now`] found.
-#[derive(Debug, Clone, Copy)]
-pub enum Peek {
-    Found(FaceMeta),
-    /// No stored face (or none this store would serve).
-    Absent,
-    /// Answering needs the disk.
-    WouldBlock,
-}
-
-impl Peek {
-    fn found(self) -> Option<FaceMeta> {
-        match self {
-            Peek::Found(meta) => Some(meta),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -160,72 +102,13 @@ enum HeaderRead {
     Now,
 }
 
-/// Reads the start of `file` into `buf`; how many bytes it holds.
-fn read_prefix(file: &File, buf: &mut [u8]) -> Option<usize> {
-    let mut read = 0;
-    while read < buf.len() {
-        match std::os::unix::fs::FileExt::read_at(file, &mut buf[read..], read as u64) {
-            Ok(0) => break,
-            Ok(n) => read += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
-        }
-    }
-    Some(read)
-}
-
-/// [`read_prefix`] from the page cache only: `None` if that needs the disk.
-fn read_cached(file: &File, len: u64, buf: &mut [u8]) -> Option<usize> {
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    // SAFETY: one iovec over `buf`, which outlives the call; a descriptor owned by `file`.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
-    // A short read may mean the rest is not cached: only a whole header or
-    // the whole (short) file counts.
-    usize::try_from(n)
-        .ok()
-        .filter(|n| *n == buf.len() || *n as u64 == len)
-}
-
-/// Whether an opened file can be a face entry this store wrote.
-fn is_face_file(meta: &std::fs::Metadata) -> bool {
-    is_own_file(meta) && meta.len() <= MAX_FACE_FILE
-}
-
-/// The file name of a face: its key, hashed.
-fn face_name(key: &FaceKey) -> u64 {
-    let mut text = Vec::with_capacity(key.id.len() + 2);
-    text.push(key.kind.index() as u8);
-    text.push(u8::from(key.cropped));
-    text.extend_from_slice(key.id.as_bytes());
-    digest(&text)
-}
-
-fn face_path(root: &Path, name: u64) -> PathBuf {
-    root.join("faces").join(face_relative(name))
-}
-
-/// A face's path below `faces/`.
-fn face_relative(name: u64) -> String {
-    let hex = format!("{name:016x}");
-    format!("{}/{}", &hex[..2], &hex[2..])
-}
-
-fn listing_path(root: &Path, kind: IdKind) -> PathBuf {
-    root.join("listings").join(kind.as_str())
-}
-
-/// Bytes a file takes on disk (blocks, not length: what the bound is about).
-fn disk_bytes(meta: &std::fs::Metadata) -> u64 {
-    meta.blocks() * 512
-}
-
 impl FaceStore {
     /// Opens (creating it if need be) the tenant's store under the cache
     /// directory, takes its lock and starts the scan that sizes it.
-    pub fn open(config: StoreConfig, memory: Arc<ByteBudget>) -> Result<Arc<FaceStore>, String> {
+    pub fn open(
+        config: StoreConfig,
+        memory: Arc<ByteBudget>,
+    ) -> Result<Arc<FaceStore>, StoreError> {
         directory::prepare_top(&config.dir)?;
         let format_dir = config.dir.join(FORMAT_DIR);
         directory::prepare_own(&format_dir)?;
@@ -251,11 +134,9 @@ impl FaceStore {
             memory,
             memory_wait: config.memory_wait,
             index,
-            next_temp: AtomicU64::new(0),
+            replacer: Replacer::default(),
             warned_full: AtomicBool::new(false),
             metrics: StoreMetrics::default(),
-            #[cfg(test)]
-            write_gate: Mutex::new(None),
             _lock: lock,
         });
         let scanner = Arc::downgrade(&store);
@@ -271,8 +152,14 @@ impl FaceStore {
                     store.scanned(found, started);
                 }
             })
-            .map_err(|e| format!("cannot start the store's scan: {e}"))?;
+            .map_err(StoreError::Scan)?;
         Ok(store)
+    }
+
+    /// From now on every write waits at `gate` first, as on a disk that stalls.
+    #[cfg(test)]
+    pub fn hold_writes(&self, gate: Arc<crate::sync::gate::Gate>) {
+        self.replacer.hold_writes(gate);
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
@@ -284,13 +171,7 @@ impl FaceStore {
     }
 
     pub fn usage(&self) -> StoreUsage {
-        let index = self.index.lock();
-        StoreUsage {
-            bytes: index.bytes,
-            faces: index.lru.len(),
-            evictions: index.evictions,
-            scanned: index.scanned,
-        }
+        self.index.lock().usage()
     }
 
     /// Merges what the scan found under what this mount wrote meanwhile
@@ -334,7 +215,7 @@ impl FaceStore {
     /// The stored face of `key`, verified, or `None` (missing or damaged:
     /// damaged entries are deleted). `Err` only when no memory could be had
     /// for its bytes within the wait.
-    pub fn face(&self, key: &FaceKey) -> Result<Option<Face>, String> {
+    pub fn face(&self, key: &FaceKey) -> Result<Option<Face>, StoreError> {
         let name = face_name(key);
         let path = face_path(&self.root, name);
         let file = match self.open_face(name) {
@@ -441,7 +322,7 @@ impl FaceStore {
     /// the read that usually follows a stat then finds it in the page cache
     /// instead of waiting for the disk a second time.
     pub fn meta(&self, key: &FaceKey) -> Option<FaceMeta> {
-        self.header(key, HeaderRead::Wait).found()
+        self.header(key, HeaderRead::Wait).ok().flatten()
     }
 
     /// [`Self::meta`] without waiting for the disk's data, for the kernel's
@@ -451,21 +332,21 @@ impl FaceStore {
     /// still wait for directory blocks, as any local file system lookup;
     /// the start-up scan has usually brought those in. Keep `--cache-dir`
     /// on a local disk.)
-    pub fn meta_now(&self, key: &FaceKey) -> Peek {
+    pub fn meta_now(&self, key: &FaceKey) -> Step<Option<FaceMeta>> {
         self.header(key, HeaderRead::Now)
     }
 
-    fn header(&self, key: &FaceKey, how: HeaderRead) -> Peek {
+    fn header(&self, key: &FaceKey, how: HeaderRead) -> Step<Option<FaceMeta>> {
         let name = face_name(key);
         // What cannot be known here: a call that may wait finds out, and
         // only that one may delete.
         let unknown = match how {
-            HeaderRead::Now => Peek::WouldBlock,
-            HeaderRead::Wait => Peek::Absent,
+            HeaderRead::Now => Err(Stop::WouldBlock),
+            HeaderRead::Wait => Ok(None),
         };
         let file = match self.open_face(name) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Peek::Absent,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(_) => return unknown,
         };
         if how == HeaderRead::Wait {
@@ -482,16 +363,16 @@ impl FaceStore {
         };
         let Some(read) = read else { return unknown };
         match entry::verify_face_header(key, &start[..read], meta.len()) {
-            Ok((header, size)) => Peek::Found(FaceMeta {
+            Ok((header, size)) => Ok(Some(FaceMeta {
                 size,
                 digest: header.digest,
                 fetched_at: header.fetched_at,
-            }),
+            })),
             Err(_) if how == HeaderRead::Now => unknown,
             Err(damage) => {
                 let path = face_path(&self.root, name);
                 self.discard(name, &path, key, &damage.to_string());
-                Peek::Absent
+                Ok(None)
             }
         }
     }
@@ -505,13 +386,10 @@ impl FaceStore {
     /// Memory for `bytes` from the same budget as downloads. The budget is
     /// async (the HTTP client waits on it); a store read is not, and waits
     /// for room by polling, which only happens when memory is short.
-    fn hold(&self, bytes: u64) -> Result<MemoryHold, String> {
-        self.memory.hold_within(bytes, self.memory_wait).ok_or_else(|| {
-            format!(
-                "no memory for a stored face within {:?}: every byte of --cache-size is held by faces being read",
-                self.memory_wait
-            )
-        })
+    fn hold(&self, bytes: u64) -> Result<MemoryHold, StoreError> {
+        self.memory
+            .hold_within(bytes, self.memory_wait)
+            .ok_or(StoreError::NoMemory(self.memory_wait))
     }
 
     fn discard(&self, name: u64, path: &Path, key: &FaceKey, why: &str) {
@@ -542,7 +420,7 @@ impl FaceStore {
                 directory::prepare_own(dir).map_err(std::io::Error::other)
             })
             .and_then(|()| {
-                self.write_then_rename(&path, |file| {
+                self.replacer.write_then_rename(&path, |file| {
                     file.write_all(&header)?;
                     file.write_all(&face.bytes)
                 })
@@ -625,7 +503,10 @@ impl FaceStore {
         if !self.make_room(None, encoded.len() as u64, old) {
             return;
         }
-        match self.write_then_rename(&path, |file| file.write_all(&encoded)) {
+        match self
+            .replacer
+            .write_then_rename(&path, |file| file.write_all(&encoded))
+        {
             Ok(bytes) => {
                 let mut index = self.index.lock();
                 index.bytes -= std::mem::replace(&mut index.listings[kind.index()], bytes);
@@ -651,44 +532,12 @@ impl FaceStore {
 
     pub fn put_note(&self, name: &str, text: &str) {
         let path = self.root.join(format!("{name}.note"));
-        if let Err(e) = self.write_then_rename(&path, |file| file.write_all(text.as_bytes())) {
+        if let Err(e) = self
+            .replacer
+            .write_then_rename(&path, |file| file.write_all(text.as_bytes()))
+        {
             log::warn!("cannot write {}: {e}", path.display());
         }
-    }
-
-    /// From now on every write waits at `gate` first, as on a disk that
-    /// stalls.
-    #[cfg(test)]
-    pub fn hold_writes(&self, gate: Arc<crate::sync::gate::Gate>) {
-        *self.write_gate.lock() = Some(gate);
-    }
-
-    /// Writes a new file beside `path` and renames it onto `path`; returns
-    /// the bytes it takes on disk.
-    fn write_then_rename(
-        &self,
-        path: &Path,
-        write: impl FnOnce(&mut File) -> std::io::Result<()>,
-    ) -> std::io::Result<u64> {
-        #[cfg(test)]
-        if let Some(gate) = self.write_gate.lock().clone() {
-            gate.pass();
-        }
-        let temp = path.with_extension(format!(
-            "{}.{}.tmp",
-            std::process::id(),
-            self.next_temp.fetch_add(1, Ordering::Relaxed)
-        ));
-        let result = create_private(&temp).and_then(|mut file| {
-            write(&mut file)?;
-            let bytes = disk_bytes(&file.metadata()?);
-            std::fs::rename(&temp, path)?;
-            Ok(bytes)
-        });
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
-        }
-        result
     }
 
     /// Evicts until `incoming` more bytes fit the bound and the free-space
@@ -710,11 +559,11 @@ impl FaceStore {
                 index.remove(name);
             }
             match space {
-                Some(space) => self.plan_eviction(
-                    &mut index,
+                Some(space) => index.plan_eviction(
                     &space,
                     incoming,
                     still_on_disk + replaced.unwrap_or(0),
+                    self.max_bytes,
                 ),
                 None => (false, Vec::new()),
             }
@@ -734,153 +583,6 @@ impl FaceStore {
         }
         fits
     }
-
-    /// Takes the least recently used faces out of `index` until `incoming`
-    /// bytes fit; whether they do, and the faces to delete.
-    fn plan_eviction(
-        &self,
-        index: &mut Index,
-        space: &Space,
-        incoming: u64,
-        still_on_disk: u64,
-    ) -> (bool, Vec<u64>) {
-        let mut evicted = Vec::new();
-        // Files take whole blocks, and a new directory may take one more.
-        let incoming = incoming.div_ceil(space.block) * space.block;
-        if incoming > self.max_bytes {
-            return (false, evicted);
-        }
-        // Before the scan the total is unknown: only the floor is kept.
-        while index.scanned && index.bytes + incoming > self.max_bytes {
-            match index.evict_one() {
-                Some((name, _)) => evicted.push(name),
-                None => return (false, evicted),
-            }
-        }
-        let needed = space.floor + incoming + space.block + still_on_disk;
-        let mut free = space.free;
-        while free < needed {
-            match index.evict_one() {
-                Some((name, bytes)) => {
-                    evicted.push(name);
-                    free += bytes;
-                }
-                None => return (false, evicted),
-            }
-        }
-        (true, evicted)
-    }
-}
-
-/// The tenant the store holds must be this one: the directory name is a
-/// hash, the `tenant` file the proof. A store whose proof is missing,
-/// damaged or names another tenant cannot be trusted to hold this tenant's
-/// faces: it is emptied (it is a cache) and claimed, and the mount starts.
-fn check_tenant(root: &Path, tenant: &str) -> Result<(), String> {
-    let path = root.join("tenant");
-    let why = match std::fs::read(&path) {
-        Ok(found) if found == tenant.as_bytes() => return Ok(()),
-        Ok(_) => "its tenant file names another tenant or is damaged",
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "it has no tenant file",
-        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-    };
-    let mut emptied = false;
-    for dir in ["faces", "listings"] {
-        match std::fs::remove_dir_all(root.join(dir)) {
-            Ok(()) => emptied = true,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot empty {}: {e}", root.join(dir).display())),
-        }
-    }
-    if emptied {
-        log::warn!(
-            "emptying the store in {}: {why}; its faces are downloaded again when needed",
-            root.display()
-        );
-    }
-    let temp = root.join("tenant.tmp");
-    let _ = std::fs::remove_file(&temp);
-    create_private(&temp)
-        .and_then(|mut f| f.write_all(tenant.as_bytes()))
-        .and_then(|()| std::fs::rename(&temp, &path))
-        .map_err(|e| format!("cannot write {}: {e}", path.display()))
-}
-
-/// What the store's file system has free, in bytes.
-struct Space {
-    free: u64,
-    /// What must stay free.
-    floor: u64,
-    block: u64,
-}
-
-fn free_space(root: &Path) -> Option<Space> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(root.as_os_str().as_bytes()).ok()?;
-    // SAFETY: statvfs writes into the zeroed struct; path is NUL-terminated.
-    let stats = unsafe {
-        let mut stats: libc::statvfs = std::mem::zeroed();
-        (libc::statvfs(path.as_ptr(), &mut stats) == 0).then_some(stats)
-    }?;
-    let block = stats.f_frsize.max(512);
-    let total = stats.f_blocks.saturating_mul(block);
-    Some(Space {
-        free: stats.f_bavail.saturating_mul(block),
-        floor: (total as f64 * FREE_SPACE_FLOOR) as u64,
-        block,
-    })
-}
-
-/// What the start-up scan found: faces as (name, bytes on disk, last use).
-struct Scan {
-    faces: Vec<(u64, u64, SystemTime)>,
-    /// Bytes on disk of each kind's listing.
-    listings: [u64; 3],
-    removed: usize,
-}
-
-/// Walks the face files. Leftovers of writes that never finished (a crash)
-/// and files that cannot be the store's are removed: the lock says no one
-/// else writes here.
-fn scan(root: &Path) -> Scan {
-    let mut found = Scan {
-        faces: Vec::new(),
-        listings: IdKind::ALL.map(|kind| {
-            std::fs::symlink_metadata(listing_path(root, kind)).map_or(0, |m| disk_bytes(&m))
-        }),
-        removed: 0,
-    };
-    let Ok(dirs) = std::fs::read_dir(root.join("faces")) else {
-        return found;
-    };
-    // This process's own writes in flight, which the scan runs beside.
-    let own_temp = format!(".{}.", std::process::id());
-    for dir in dirs.flatten() {
-        let prefix = dir.file_name().to_string_lossy().into_owned();
-        let Ok(files) = std::fs::read_dir(dir.path()) else {
-            continue;
-        };
-        for file in files.flatten() {
-            let rest = file.file_name().to_string_lossy().into_owned();
-            let name = (prefix.len() == 2 && rest.len() == 14)
-                .then(|| u64::from_str_radix(&format!("{prefix}{rest}"), 16).ok())
-                .flatten();
-            match (name, file.metadata()) {
-                (Some(name), Ok(meta)) if meta.is_file() => found.faces.push((
-                    name,
-                    disk_bytes(&meta),
-                    meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                )),
-                _ if rest.contains(&own_temp) && rest.ends_with(".tmp") => {}
-                _ => {
-                    if std::fs::remove_file(file.path()).is_ok() {
-                        found.removed += 1;
-                    }
-                }
-            }
-        }
-    }
-    found
 }
 
 #[cfg(test)]

@@ -33,7 +33,7 @@ impl TempStoreDir {
         max_bytes: u64,
         memory: Arc<ByteBudget>,
         memory_wait: Duration,
-    ) -> Result<Arc<FaceStore>, String> {
+    ) -> Result<Arc<FaceStore>, StoreError> {
         FaceStore::open(
             StoreConfig {
                 dir: self.0.clone(),
@@ -140,7 +140,8 @@ fn a_second_store_of_one_tenant_in_one_directory_is_refused() {
             Duration::from_secs(1),
         )
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert!(
         refused.contains("two mounts cannot share one store"),
         "{refused}"
@@ -336,16 +337,19 @@ fn a_store_without_a_valid_tenant_proof_is_emptied_and_claimed() {
 fn a_peek_from_the_kernels_thread_never_changes_the_store() {
     let dir = TempStoreDir::new("peek");
     let store = dir.open("tenant", 1 << 30);
-    assert!(matches!(store.meta_now(&key("ou_a")), Peek::Absent));
+    assert!(matches!(store.meta_now(&key("ou_a")), Ok(None)));
     store.put_face(&key("ou_a"), &face(b"a face"));
     // Just written: in the page cache.
     match store.meta_now(&key("ou_a")) {
-        Peek::Found(meta) => assert_eq!((meta.size, meta.digest), (6, digest(b"a face"))),
-        other => panic!("{other:?}"),
+        Ok(Some(meta)) => assert_eq!((meta.size, meta.digest), (6, digest(b"a face"))),
+        _ => panic!("not found in the page cache"),
     }
     let file = file_of(&store, &key("ou_a"));
     std::fs::write(&file, b"garbage").unwrap();
-    assert!(matches!(store.meta_now(&key("ou_a")), Peek::WouldBlock));
+    assert!(matches!(
+        store.meta_now(&key("ou_a")),
+        Err(crate::fs::answer::Stop::WouldBlock)
+    ));
     assert!(file.exists(), "a peek deleted the damaged entry");
     assert!(store.meta(&key("ou_a")).is_none());
     assert!(!file.exists(), "the call that may wait deletes it");
