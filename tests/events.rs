@@ -306,7 +306,7 @@ fn an_event_whose_ack_was_lost_is_pushed_again_and_acted_on_once() {
         "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 1,
     }));
     let server = emu.long_connection();
-    *server.repush_after.lock() = Duration::from_millis(300);
+    server.set_repush_after(Duration::from_millis(300));
     let (_connection, recorder) = connect(&emu);
     wait_until(Duration::from_secs(10), "connected", || {
         server.clients() == 1

@@ -150,3 +150,145 @@ fn the_cycle_check_finds_a_cycle() {
         Some(vec!["fs".into(), "metrics".into(), "fs".into()])
     );
 }
+
+/// The non-test source files of `src/`, with their text.
+fn sources() -> Vec<(PathBuf, String)> {
+    rust_files(Path::new(SRC))
+        .into_iter()
+        .filter(|p| !is_test_file(p))
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            (p, text)
+        })
+        .collect()
+}
+
+fn relative(path: &Path) -> String {
+    path.strip_prefix(SRC).unwrap().display().to_string()
+}
+
+/// Lines up to a file's test module, comments included: what a newcomer reads.
+fn lines_before_tests(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .position(|w| w[0].trim() == "#[cfg(test)]" && w[1].trim_start().starts_with("mod "))
+        .unwrap_or(lines.len())
+}
+
+/// Files a newcomer reads whole: no source file (tests apart) past 600 lines.
+#[test]
+fn no_source_file_is_over_600_lines() {
+    let long: Vec<String> = sources()
+        .iter()
+        .map(|(path, text)| (path, lines_before_tests(text)))
+        .filter(|(_, lines)| *lines > 600)
+        .map(|(path, lines)| format!("{} ({lines} lines before its tests)", relative(path)))
+        .collect();
+    assert!(long.is_empty(), "split by what owns which state: {long:?}");
+}
+
+/// The fields of each `struct Name { ... }` in `text`, by name.
+fn struct_fields(text: &str) -> Vec<(String, usize)> {
+    let mut found = Vec::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        let trimmed = line.trim_start();
+        let declared = trimmed
+            .strip_prefix("pub ")
+            .or_else(|| trimmed.strip_prefix("pub(crate) "))
+            .or_else(|| trimmed.strip_prefix("pub(super) "))
+            .unwrap_or(trimmed);
+        let Some(rest) = declared.strip_prefix("struct ") else {
+            continue;
+        };
+        if !rest.trim_end().ends_with('{') {
+            continue;
+        }
+        let name: String = rest
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        let (mut depth, mut fields) = (1, 0);
+        for body in lines.by_ref() {
+            let code = body.split("//").next().unwrap_or(body);
+            if depth == 1 {
+                let field = code.trim_start();
+                let field = field
+                    .strip_prefix("pub ")
+                    .or_else(|| field.strip_prefix("pub(crate) "))
+                    .or_else(|| field.strip_prefix("pub(super) "))
+                    .unwrap_or(field);
+                let ident: String = field
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !ident.is_empty() && field[ident.len()..].starts_with(':') {
+                    fields += 1;
+                }
+            }
+            depth += code.matches('{').count() as i32 - code.matches('}').count() as i32;
+            if depth <= 0 {
+                break;
+            }
+        }
+        found.push((name, fields));
+    }
+    found
+}
+
+/// Parts that own their state: no struct past 12 fields, but the
+/// command line's (one field a flag).
+#[test]
+fn no_struct_outside_the_command_line_has_over_12_fields() {
+    let mut wide = Vec::new();
+    for (path, text) in sources() {
+        if relative(&path) == "daemon/cli.rs" || relative(&path) == "prefetch.rs" {
+            continue;
+        }
+        for (name, fields) in struct_fields(&text) {
+            if fields > 12 {
+                wide.push(format!("{} in {} ({fields} fields)", name, relative(&path)));
+            }
+        }
+    }
+    assert!(
+        wide.is_empty(),
+        "compose parts that own their state: {wide:?}"
+    );
+}
+
+#[test]
+fn the_field_count_sees_fields_and_not_their_types() {
+    let text = "pub struct A {\n    pub a: u32,\n    b: Mutex<HashMap<u64, Vec<u8>>>,\n    // c: a comment\n    d: fn(u32) -> u32,\n}\nstruct B(u32);\nstruct C {\n    e: E,\n}\n";
+    assert_eq!(
+        struct_fields(text),
+        vec![("A".to_owned(), 3), ("C".to_owned(), 1)]
+    );
+}
+
+/// Errors keep their source below the boundary that logs them: no
+/// `Result<_, String>` in the layers under the daemon.
+#[test]
+fn the_layers_under_the_daemon_return_no_string_errors() {
+    let mut stringly = Vec::new();
+    for (path, text) in sources() {
+        let file = relative(&path);
+        if !["fs/", "api/", "fleet/", "events/"]
+            .iter()
+            .any(|layer| file.starts_with(layer))
+        {
+            continue;
+        }
+        for line in code_lines(&text) {
+            let compact: String = line.split_whitespace().collect();
+            if compact.contains(",String>") && compact.contains("Result<") {
+                stringly.push(format!("{file}: {}", line.trim()));
+            }
+        }
+    }
+    assert!(
+        stringly.is_empty(),
+        "give these a typed error that keeps its source: {stringly:#?}"
+    );
+}

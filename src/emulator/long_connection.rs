@@ -52,7 +52,7 @@ enum Outgoing {
 }
 
 /// A pushed message not yet acknowledged, pushed again when due (the real
-/// service's 15 s, 5 min, 1 h, 6 h, shortened to `repush_after` each).
+/// service's 15 s, 5 min, 1 h, 6 h, shortened to `Repushes::after` each).
 struct Unacked {
     message_id: String,
     frames: Vec<Vec<u8>>,
@@ -74,11 +74,16 @@ pub struct Shared {
     pub pong_config: Mutex<String>,
     /// Whether pings are answered at all (off: a silent server).
     pub answer_pings: AtomicBool,
+    repushes: Repushes,
+}
+
+/// Messages pushed and not acknowledged, and how they are pushed again.
+struct Repushes {
     unacked: Mutex<Vec<Unacked>>,
     /// How long after a push without an ack it is pushed again.
-    pub repush_after: Mutex<Duration>,
+    after: Mutex<Duration>,
     /// Messages pushed again.
-    repushes: AtomicUsize,
+    count: AtomicUsize,
 }
 
 pub struct LongConnection {
@@ -103,9 +108,11 @@ impl LongConnection {
             refusal: Mutex::new(None),
             pong_config: Mutex::new(String::new()),
             answer_pings: AtomicBool::new(true),
-            unacked: Mutex::new(Vec::new()),
-            repush_after: Mutex::new(Duration::from_secs(1)),
-            repushes: AtomicUsize::new(0),
+            repushes: Repushes {
+                unacked: Mutex::new(Vec::new()),
+                after: Mutex::new(Duration::from_secs(1)),
+                count: AtomicUsize::new(0),
+            },
         });
         let stop = Arc::new(AtomicBool::new(false));
         let (repush_shared, repush_stop) = (shared.clone(), stop.clone());
@@ -248,24 +255,29 @@ impl Shared {
             let _ = client.send(Outgoing::Frame(frame.clone()));
         }
         drop(clients);
-        self.unacked.lock().push(Unacked {
+        self.repushes.unacked.lock().push(Unacked {
             message_id: message_id.clone(),
             frames,
-            due: Instant::now() + *self.repush_after.lock(),
+            due: Instant::now() + *self.repushes.after.lock(),
             left: 4,
         });
         Some(message_id)
     }
 
     pub fn repushes(&self) -> usize {
-        self.repushes.load(Ordering::SeqCst)
+        self.repushes.count.load(Ordering::SeqCst)
+    }
+
+    /// A message not acknowledged is pushed again after `after`.
+    pub fn set_repush_after(&self, after: Duration) {
+        *self.repushes.after.lock() = after;
     }
 
     /// Pushes again what is due and still not acknowledged, to a client
     /// connected then (not necessarily the one that lost it).
     fn repush_due(&self) {
         let now = Instant::now();
-        let mut unacked = self.unacked.lock();
+        let mut unacked = self.repushes.unacked.lock();
         unacked.retain(|u| u.left > 0);
         let clients = self.clients.lock();
         if clients.is_empty() {
@@ -277,8 +289,8 @@ impl Shared {
                 let _ = client.send(Outgoing::Frame(frame.clone()));
             }
             u.left -= 1;
-            u.due = now + *self.repush_after.lock();
-            self.repushes.fetch_add(1, Ordering::SeqCst);
+            u.due = now + *self.repushes.after.lock();
+            self.repushes.count.fetch_add(1, Ordering::SeqCst);
         }
     }
 
@@ -402,7 +414,11 @@ fn run(
                         .and_then(|v| v.get("code").and_then(|c| c.as_i64()));
                     let message_id = frame.header(frame::MESSAGE_ID).unwrap_or_default();
                     // Acknowledged: never pushed again.
-                    shared.unacked.lock().retain(|u| u.message_id != message_id);
+                    shared
+                        .repushes
+                        .unacked
+                        .lock()
+                        .retain(|u| u.message_id != message_id);
                     shared.acks.lock().push(Ack {
                         message_id: message_id.to_owned(),
                         code,

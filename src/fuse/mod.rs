@@ -5,205 +5,68 @@
 use std::ffi::OsStr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
-    IoctlFlags, KernelConfig, LockOwner, OpenAccMode, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen,
-    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    FileHandle, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner,
+    OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
 };
 
-use crate::fs::error::err;
 use crate::fs::writing::{AttrChange, OpenMode};
-use crate::fs::{Answer, Attr, FaceFs, Fetch, FsError, NodeKind};
-use crate::sync::worker_pool::WorkerPool;
+use crate::fs::FaceFs;
 
+mod dispatch;
+mod init;
 pub mod metrics;
+mod reply;
 
+use self::dispatch::Dispatcher;
 use self::metrics::{FuseMetrics, FuseOp};
+use self::reply::{empty, errno, file_attr, file_type};
 
 pub struct FuseAdapter {
-    core: Arc<FaceFs>,
-    workers: WorkerPool,
+    dispatch: Dispatcher,
     /// The kernel opens files itself (FUSE_NO_OPEN_SUPPORT): no OPEN or
     /// RELEASE reaches facefs, and reads come by inode. Safe because an inode
     /// is one version of a face, whose bytes never change.
     no_open: bool,
-    /// Threads of `workers`.
+    /// Threads that run operations which wait.
     parallel: usize,
-    metrics: Arc<FuseMetrics>,
 }
 
 impl FuseAdapter {
     pub fn new(core: Arc<FaceFs>, workers: usize) -> std::io::Result<FuseAdapter> {
         Ok(FuseAdapter {
-            core,
-            workers: WorkerPool::new("facefs-worker", workers)?,
+            dispatch: Dispatcher::new(core, workers)?,
             no_open: false,
             parallel: workers,
-            metrics: Arc::default(),
         })
     }
 
     pub fn metrics(&self) -> &Arc<FuseMetrics> {
-        &self.metrics
+        self.dispatch.metrics()
     }
 
-    /// Runs `work` without waiting for the API; if it would block, runs it
-    /// again on a worker thread and finishes there.
-    fn answer<T: 'static>(
-        &self,
-        op: FuseOp,
-        work: impl Fn(&FaceFs, Fetch) -> Answer<T> + Send + 'static,
-        reply: impl FnOnce(Result<T, FsError>) + Send + 'static,
-    ) {
-        let start = Instant::now();
-        match work(&self.core, Fetch::Never) {
-            Answer::Done(result) => finish(&self.metrics, op, start, result, reply),
-            Answer::WouldBlock => {
-                let core = self.core.clone();
-                let metrics = self.metrics.clone();
-                self.workers.spawn(move || {
-                    let result = match work(&core, Fetch::Allowed) {
-                        Answer::Done(result) => result,
-                        Answer::WouldBlock => Err(err!(
-                            libc::EIO,
-                            "{}: the core asked to wait where waiting is allowed (a bug)",
-                            op.as_str()
-                        )),
-                    };
-                    finish(&metrics, op, start, result, reply);
-                });
-            }
-        }
+    fn core(&self) -> &Arc<FaceFs> {
+        self.dispatch.core()
     }
-
-    /// Runs an operation that never waits for the API and finishes it.
-    fn inline<T>(
-        &self,
-        op: FuseOp,
-        work: impl FnOnce() -> Result<T, FsError>,
-        reply: impl FnOnce(Result<T, FsError>),
-    ) {
-        let start = Instant::now();
-        finish(&self.metrics, op, start, work(), reply);
-    }
-
-    /// Replies `errno` to an operation facefs does not offer, counted.
-    fn unsupported(&self, op: FuseOp, errno: i32, why: &str, reply: impl FnOnce(Errno)) {
-        self.inline(
-            op,
-            || Err::<(), _>(FsError::new(errno, why).at_level(log::Level::Trace)),
-            |result| {
-                if let Err(e) = result {
-                    reply(self::errno(&e));
-                }
-            },
-        );
-    }
-}
-
-/// The one place where an operation's outcome is logged, counted and
-/// replied: every reply of the adapter but the fixed ones goes through here.
-fn finish<T>(
-    metrics: &FuseMetrics,
-    op: FuseOp,
-    start: Instant,
-    result: Result<T, FsError>,
-    reply: impl FnOnce(Result<T, FsError>),
-) {
-    let errno = match &result {
-        Ok(_) => 0,
-        Err(e) => {
-            log::log!(e.level(), "{}: {e}", op.as_str());
-            e.errno()
-        }
-    };
-    metrics.op(op, start.elapsed(), errno);
-    reply(result);
 }
 
 /// The handle of a file the kernel opened itself (see `no_open`); the core's
 /// handles start at 1.
 const NO_HANDLE: u64 = 0;
 
-fn errno(err: &FsError) -> Errno {
-    Errno::from_i32(err.errno())
-}
-
-/// Replies to an operation that answers nothing but success or an errno.
-fn empty(reply: ReplyEmpty) -> impl FnOnce(Result<(), FsError>) {
-    move |result| match result {
-        Ok(()) => reply.ok(),
-        Err(e) => reply.error(errno(&e)),
-    }
-}
-
-fn file_attr(attr: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(attr.ino),
-        size: attr.size,
-        blocks: attr.size.div_ceil(512),
-        atime: attr.mtime,
-        mtime: attr.mtime,
-        ctime: attr.mtime,
-        crtime: attr.mtime,
-        kind: file_type(attr.kind),
-        perm: attr.perm,
-        nlink: attr.nlink,
-        uid: attr.uid,
-        gid: attr.gid,
-        rdev: 0,
-        blksize: 4096,
-        flags: 0,
-    }
-}
-
-fn file_type(kind: NodeKind) -> FileType {
-    match kind {
-        NodeKind::Directory => FileType::Directory,
-        NodeKind::File => FileType::RegularFile,
-    }
-}
-
 impl Filesystem for FuseAdapter {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Without it the kernel serialises lookups and readdir per directory,
-        // and one hung download would block every other name in its directory.
-        if let Err(missing) = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS) {
-            log::warn!(
-                "the kernel lacks {missing:?}: lookups in one directory will wait for each other"
-            );
-        }
-        // The kernel sends read-ahead reads as background requests, 12 at a
-        // time by default. If all 12 wait for downloads (that wait for
-        // memory), the reads of faces already in memory could not even be
-        // sent, and those readers could never finish and give memory back:
-        // allow more background requests than there are workers to block.
-        let background = u16::try_from(self.parallel * 4 + 64).unwrap_or(u16::MAX);
-        if config.set_max_background(background).is_ok() {
-            let _ = config.set_congestion_threshold(background / 4 * 3);
-        }
-        if self.core.writable() {
-            // O_TRUNC comes with the open, not as a setattr before it
-            // (which a face would refuse: it cannot be truncated alone).
-            if let Err(missing) = config.add_capabilities(InitFlags::FUSE_ATOMIC_O_TRUNC) {
-                log::warn!("the kernel lacks {missing:?}: truncating opens of faces will fail");
-            }
-            // Opens must reach facefs: a write opens a face for writing.
-            return Ok(());
-        }
-        // Two requests fewer per file read: a warm `cat` runs at page-cache speed.
-        self.no_open = config
-            .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
-            .is_ok();
+        self.no_open = init::configure(config, self.parallel, self.core().writable());
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Lookup,
             move |core, fetch| core.lookup(parent.0, &name, fetch),
             move |result| match result {
@@ -217,11 +80,11 @@ impl Filesystem for FuseAdapter {
     /// The kernel no longer holds `nlookup` lookups of `ino`: the core lets
     /// go of what it kept for it.
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.core.forget(ino.0, nlookup);
+        self.core().forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Getattr,
             move |core, fetch| core.getattr(ino.0, fetch),
             move |result| match result {
@@ -240,7 +103,7 @@ impl Filesystem for FuseAdapter {
         };
         if self.no_open && mode == OpenMode::Read {
             // The kernel takes ENOSYS as "open files yourself from now on".
-            self.unsupported(
+            self.dispatch.unsupported(
                 FuseOp::Open,
                 libc::ENOSYS,
                 "the kernel opens files itself",
@@ -248,8 +111,8 @@ impl Filesystem for FuseAdapter {
             );
             return;
         }
-        let core = self.core.clone();
-        self.answer(
+        let core = self.core().clone();
+        self.dispatch.answer(
             FuseOp::Open,
             move |core, fetch| core.open(ino.0, mode, fetch),
             move |result| match result {
@@ -281,7 +144,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyData,
     ) {
         if fh.0 == NO_HANDLE {
-            self.answer(
+            self.dispatch.answer(
                 FuseOp::Read,
                 move |core, fetch| core.read_inode(ino.0, offset, size, fetch),
                 move |result| match result {
@@ -291,7 +154,7 @@ impl Filesystem for FuseAdapter {
             );
             return;
         }
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Read,
             move |core, fetch| core.read(fh.0, offset, size, fetch),
             move |result| match result {
@@ -311,10 +174,10 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Release,
             || {
-                self.core.release(fh.0);
+                self.core().release(fh.0);
                 Ok(())
             },
             |_| reply.ok(),
@@ -330,7 +193,7 @@ impl Filesystem for FuseAdapter {
         _size: u32,
         reply: ReplyXattr,
     ) {
-        self.unsupported(
+        self.dispatch.unsupported(
             FuseOp::Getxattr,
             libc::ENOSYS,
             "no extended attributes",
@@ -339,7 +202,7 @@ impl Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        self.unsupported(
+        self.dispatch.unsupported(
             FuseOp::Listxattr,
             libc::ENOSYS,
             "no extended attributes",
@@ -361,13 +224,14 @@ impl Filesystem for FuseAdapter {
         _out_size: u32,
         reply: ReplyIoctl,
     ) {
-        self.unsupported(FuseOp::Ioctl, libc::ENOTTY, "no ioctls", |e| reply.error(e));
+        self.dispatch
+            .unsupported(FuseOp::Ioctl, libc::ENOTTY, "no ioctls", |e| reply.error(e));
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Opendir,
-            || self.core.opendir(ino.0),
+            || self.core().opendir(ino.0),
             |result| match result {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
                 Err(e) => reply.error(errno(&e)),
@@ -383,7 +247,7 @@ impl Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Readdir,
             move |core, fetch| core.readdir(ino.0, fh.0, offset, fetch),
             move |result| match result {
@@ -408,10 +272,10 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Releasedir,
             || {
-                self.core.releasedir(fh.0);
+                self.core().releasedir(fh.0);
                 Ok(())
             },
             |_| reply.ok(),
@@ -419,13 +283,13 @@ impl Filesystem for FuseAdapter {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Statfs,
-            || Ok(self.core.cache_usage()),
+            || Ok(self.core().cache_usage()),
             |result| {
                 let usage = result.unwrap_or_default();
                 // Free space: what may still be written before uploads (`--writable`).
-                let free = self.core.pending_room() / 4096;
+                let free = self.core().pending_room() / 4096;
                 let blocks = usage.bytes.div_ceil(4096) + free;
                 reply.statfs(blocks, free, free, usage.entries as u64, 0, 4096, 255, 4096);
             },
@@ -452,20 +316,16 @@ impl Filesystem for FuseAdapter {
         flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let owner = [mode, uid, gid].iter().any(Option::is_some) || flags.is_some();
+        let times = [atime, mtime].iter().any(Option::is_some)
+            || [ctime, crtime, chgtime, bkuptime]
+                .iter()
+                .any(Option::is_some);
         let change = AttrChange {
             size,
-            other: mode.is_some()
-                || uid.is_some()
-                || gid.is_some()
-                || atime.is_some()
-                || mtime.is_some()
-                || ctime.is_some()
-                || crtime.is_some()
-                || chgtime.is_some()
-                || bkuptime.is_some()
-                || flags.is_some(),
+            other: owner || times,
         };
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Setattr,
             move |core, fetch| core.setattr(ino.0, change, fetch),
             move |result| match result {
@@ -485,9 +345,9 @@ impl Filesystem for FuseAdapter {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Create,
-            || self.core.create(parent.0, name),
+            || self.core().create(parent.0, name),
             |result| match result {
                 Ok((attr, fh)) => reply.created(
                     &attr.valid_for,
@@ -514,7 +374,7 @@ impl Filesystem for FuseAdapter {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Write,
             move |core, fetch| core.write(fh.0, offset, &data, fetch),
             move |result| match result {
@@ -534,13 +394,13 @@ impl Filesystem for FuseAdapter {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if !self.core.is_write_handle(fh.0) {
-            if self.core.writable() {
+        if !self.core().is_write_handle(fh.0) {
+            if self.core().writable() {
                 reply.ok();
             } else {
                 // Nothing to flush on a read-only mount: ENOSYS stops the
                 // kernel sending flush at all, saving a round trip per close.
-                self.unsupported(
+                self.dispatch.unsupported(
                     FuseOp::Flush,
                     libc::ENOSYS,
                     "nothing to flush on a read-only mount",
@@ -549,7 +409,7 @@ impl Filesystem for FuseAdapter {
             }
             return;
         }
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Flush,
             move |core, fetch| core.flush(fh.0, fetch),
             empty(reply),
@@ -564,7 +424,7 @@ impl Filesystem for FuseAdapter {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Fsync,
             move |core, fetch| core.flush(fh.0, fetch),
             empty(reply),
@@ -583,7 +443,7 @@ impl Filesystem for FuseAdapter {
     ) {
         if !flags.is_empty() {
             // RENAME_NOREPLACE and RENAME_EXCHANGE: callers fall back to a plain rename.
-            self.unsupported(
+            self.dispatch.unsupported(
                 FuseOp::Rename,
                 libc::EINVAL,
                 "rename flags are not supported",
@@ -592,7 +452,7 @@ impl Filesystem for FuseAdapter {
             return;
         }
         let (name, newname) = (name.to_owned(), newname.to_owned());
-        self.answer(
+        self.dispatch.answer(
             FuseOp::Rename,
             move |core, fetch| core.rename(parent.0, &name, newparent.0, &newname, fetch),
             empty(reply),
@@ -600,9 +460,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Unlink,
-            || self.core.unlink(parent.0, name),
+            || self.core().unlink(parent.0, name),
             empty(reply),
         );
     }
@@ -617,9 +477,9 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Mknod,
-            || Err::<(), _>(self.core.refuse_change("mknod")),
+            || Err::<(), _>(self.core().refuse_change("mknod")),
             |result| {
                 if let Err(e) = result {
                     reply.error(errno(&e));
@@ -637,9 +497,9 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Mkdir,
-            || Err::<(), _>(self.core.refuse_change("mkdir")),
+            || Err::<(), _>(self.core().refuse_change("mkdir")),
             |result| {
                 if let Err(e) = result {
                     reply.error(errno(&e));
@@ -649,9 +509,9 @@ impl Filesystem for FuseAdapter {
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Rmdir,
-            || Err(self.core.refuse_change("rmdir")),
+            || Err(self.core().refuse_change("rmdir")),
             empty(reply),
         );
     }
@@ -664,9 +524,9 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Symlink,
-            || Err::<(), _>(self.core.refuse_change("symlink")),
+            || Err::<(), _>(self.core().refuse_change("symlink")),
             |result| {
                 if let Err(e) = result {
                     reply.error(errno(&e));
@@ -683,9 +543,9 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.inline(
+        self.dispatch.inline(
             FuseOp::Link,
-            || Err::<(), _>(self.core.refuse_change("link")),
+            || Err::<(), _>(self.core().refuse_change("link")),
             |result| {
                 if let Err(e) = result {
                     reply.error(errno(&e));
@@ -706,7 +566,7 @@ impl Filesystem for FuseAdapter {
         _mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.unsupported(
+        self.dispatch.unsupported(
             FuseOp::Fallocate,
             libc::EOPNOTSUPP,
             "space is not reserved ahead",
@@ -728,7 +588,7 @@ impl Filesystem for FuseAdapter {
         _flags: fuser::CopyFileRangeFlags,
         reply: ReplyWrite,
     ) {
-        self.unsupported(
+        self.dispatch.unsupported(
             FuseOp::CopyFileRange,
             libc::ENOSYS,
             "no copy_file_range",
