@@ -319,8 +319,18 @@ fn an_event_whose_ack_was_lost_is_pushed_again_and_acted_on_once() {
         server.wait_for_ack(&message, Duration::from_secs(10)),
         "acked on the next connection"
     );
-    std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(recorder.changes.lock().len(), 1, "acted on once");
+    // Acknowledged, it is never pushed again; a second event pushed now
+    // comes after every push of the first on the one connection, so once
+    // it is acknowledged, every delivery of the first was handled.
+    let later = emu.ids_with_faces(IdKind::OpenId)[1].clone();
+    let marker = emu.push_user_updated(&later, true, 1).unwrap();
+    assert!(server.wait_for_ack(&marker, Duration::from_secs(10)));
+    let changes = recorder.changes.lock();
+    let first = changes
+        .iter()
+        .filter(|c| c.open_id.as_deref() == Some(open_id.as_str()))
+        .count();
+    assert_eq!(first, 1, "acted on once: {changes:?}");
 }
 
 fn count_entries(dir: &str) -> usize {
@@ -368,16 +378,29 @@ fn twenty_dropped_connections_lose_no_event_and_leak_nothing() {
     });
     eprintln!("20 drops in {:?}", started.elapsed());
     // Threads and descriptors settle back (a bootstrap's HTTP client ends with it).
-    std::thread::sleep(Duration::from_millis(500));
-    let (threads_after, fds_after) = (
-        count_entries(&format!("/proc/{pid}/task")),
-        count_entries(&format!("/proc/{pid}/fd")),
-    );
+    let now = || {
+        (
+            count_entries(&format!("/proc/{pid}/task")),
+            count_entries(&format!("/proc/{pid}/fd")),
+        )
+    };
+    let settled = || {
+        let (threads_now, fds_now) = now();
+        threads_now <= threads && fds_now <= fds
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !settled() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (threads_after, fds_after) = now();
     assert!(
         threads_after <= threads,
-        "threads {threads} -> {threads_after}"
+        "threads {threads} -> {threads_after} after 10 s"
     );
-    assert!(fds_after <= fds, "descriptors {fds} -> {fds_after}");
+    assert!(
+        fds_after <= fds,
+        "descriptors {fds} -> {fds_after} after 10 s"
+    );
     let acted = mnt.log_text().matches("a user's faces changed").count();
     assert_eq!(acted, 20, "each event acted on once");
 }
@@ -398,12 +421,16 @@ fn with_events_repeated_backups_download_each_face_once_whatever_the_ttl() {
     let backup = TempDir::new("backup");
     let src = format!("{}/", mnt.join("open_id").display());
     let files = emu.ids_with_faces(IdKind::OpenId).len() * 2;
+    let started = std::time::Instant::now();
     for run_number in 0..10 {
         let out = run("rsync", &[&"-a", &src, &backup.path()]);
         assert!(out.status.success(), "run {run_number}: {}", stderr(&out));
         if run_number == 0 {
-            // Past --ttl for everything the first run fetched.
-            std::thread::sleep(Duration::from_millis(1100));
+            // What is waited for is time itself: past --ttl (1 s) for
+            // everything the first run fetched.
+            wait_until(Duration::from_secs(5), "past --ttl", || {
+                started.elapsed() > Duration::from_millis(1100)
+            });
         }
     }
     assert_eq!(
@@ -440,8 +467,16 @@ fn busy_answers_are_retried_and_a_pong_can_change_the_ping_interval() {
             *server.refusal.lock() = Some(Refusal::AuthRetry);
         }
         let before = server.connections();
+        let attempts = || match busy {
+            Some(_) => emu.count(facefs::emulator::Route::EventsEndpoint),
+            None => server.refusals(),
+        };
+        let attempted = attempts();
         server.drop_clients();
-        std::thread::sleep(Duration::from_millis(2500));
+        // Refused twice: the first try and one retry on the server's schedule.
+        wait_until(Duration::from_secs(10), "two refused attempts", || {
+            attempts() >= attempted + 2
+        });
         assert_eq!(server.connections(), before, "connected while refused");
         emu.set_bootstrap_code(None);
         *server.refusal.lock() = None;

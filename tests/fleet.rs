@@ -484,7 +484,11 @@ fn a_redis_that_stops_answering_fails_no_read() {
     read(0);
     std::thread::scope(|scope| {
         let sleeper = scope.spawn(|| redis.query(&["DEBUG", "SLEEP", "3"]));
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until(
+            Duration::from_secs(2),
+            "Redis stalled by DEBUG SLEEP",
+            || redis.is_stalled(),
+        );
         for i in 1..6 {
             read(i);
         }
@@ -512,18 +516,40 @@ fn a_throttling_answer_pauses_the_whole_fleet() {
     let emu = emulator(small_tenant(10));
     let redis = RedisServer::start(&[]);
     let url = redis.url();
-    let mnt = Mount::start(&emu, &["--redis", &url, "--rate-limit", "100"]);
-    // The emulator's throttling answer asks for 0.2 s.
+    let args = ["--redis", url.as_str(), "--rate-limit", "100"];
+    let (heard, other) = (Mount::start(&emu, &args), Mount::start(&emu, &args));
+    emu.set_throttle_reset(Duration::from_secs(2));
     emu.inject(Route::Face, WireFault::Throttle, 1.0);
     let ids = emu.ids_with_faces(IdKind::OpenId);
     std::thread::scope(|scope| {
-        let reader = scope.spawn(|| read_face(&emu, &mnt, &ids[0], false));
+        let throttled = scope.spawn(|| read_face(&emu, &heard, &ids[0], false));
         emu.wait_for_faulted(Route::Face, 1);
         emu.clear_faults();
         // Set once the answer is read; it outlives the pause by a second.
-        wait_until(Duration::from_secs(1), "the fleet's pause in Redis", || {
+        wait_until(Duration::from_secs(5), "the fleet's pause in Redis", || {
             redis.keys("facefs:*:rate:pause").len() == 1
         });
-        reader.join().unwrap();
+        let key = redis.keys("facefs:*:rate:pause").remove(0);
+        let until = std::time::UNIX_EPOCH + Duration::from_micros(redis.get_int(&key) as u64);
+        // The other mount never heard the 429: it waits for the fleet's pause all the same.
+        read_face(&emu, &other, &ids[1], false);
+        throttled.join().unwrap();
+        let log = emu.requests();
+        let sent = |id: &str| {
+            log.iter()
+                .filter(|r| r.route == Route::Face && r.user_id.as_deref() == Some(id))
+                .map(|r| r.at)
+                .collect::<Vec<_>>()
+        };
+        assert!(
+            sent(&ids[1]).iter().all(|at| *at >= until),
+            "the other mount asked before the pause ended"
+        );
+        assert_eq!(
+            sent(&ids[0]).len(),
+            2,
+            "the throttled request, then one retry"
+        );
+        assert!(sent(&ids[0])[1] >= until, "retried before the pause ended");
     });
 }

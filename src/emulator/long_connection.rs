@@ -70,6 +70,7 @@ pub struct Shared {
     connections: AtomicUsize,
     next_id: AtomicU64,
     pub refusal: Mutex<Option<Refusal>>,
+    refusals: AtomicUsize,
     /// The ClientConfig JSON pongs carry (empty: none).
     pub pong_config: Mutex<String>,
     /// Whether pings are answered at all (off: a silent server).
@@ -106,6 +107,7 @@ impl LongConnection {
             connections: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
             refusal: Mutex::new(None),
+            refusals: AtomicUsize::new(0),
             pong_config: Mutex::new(String::new()),
             answer_pings: AtomicBool::new(true),
             repushes: Repushes {
@@ -268,6 +270,11 @@ impl Shared {
         self.repushes.count.load(Ordering::SeqCst)
     }
 
+    /// Handshakes refused (see [`Shared::refusal`]).
+    pub fn refusals(&self) -> usize {
+        self.refusals.load(Ordering::SeqCst)
+    }
+
     /// A message not acknowledged is pushed again after `after`.
     pub fn set_repush_after(&self, after: Duration) {
         *self.repushes.after.lock() = after;
@@ -321,6 +328,7 @@ fn serve(stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
                 .map(str::to_owned)
         };
         let refuse = |status: &str, auth: Option<&str>| {
+            shared.refusals.fetch_add(1, Ordering::SeqCst);
             let mut refusal = ErrorResponse::new(Some("refused".into()));
             *refusal.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
             let headers = refusal.headers_mut();

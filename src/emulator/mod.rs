@@ -119,6 +119,8 @@ pub struct LoggedRequest {
     pub fault: Option<WireFault>,
     /// Refused by the emulated rate limit.
     pub throttled: bool,
+    /// When it arrived, on the wall clock.
+    pub at: std::time::SystemTime,
 }
 
 pub struct Emulator {
@@ -189,6 +191,12 @@ impl Emulator {
     /// token, and names only users already named: a list that never ends.
     pub fn set_endless_listing(&self, on: bool) {
         self.state.behave().endless_listing = on;
+    }
+
+    /// How long the injected throttling answer ([`WireFault::Throttle`])
+    /// asks to wait (0.2 s unless set).
+    pub fn set_throttle_reset(&self, reset: Duration) {
+        self.state.behave().throttle_reset = Some(reset);
     }
 
     /// Delay every ACS answer by this long.

@@ -42,6 +42,8 @@ pub(super) struct Behaviour {
     pub(super) client_config: Option<serde_json::Value>,
     /// The `code` uploads are refused with (HTTP 400), if any.
     pub(super) upload_refusal: Option<i64>,
+    /// What the injected throttling answer asks to wait.
+    pub(super) throttle_reset: Option<Duration>,
 }
 
 /// Fixed one-second windows, as the gateway's `x-ogw-ratelimit-reset` suggests.
@@ -225,6 +227,7 @@ impl State {
             user_id: user_id.clone(),
             fault,
             throttled: throttled.is_some(),
+            at: std::time::SystemTime::now(),
         });
         self.logged.notify_all();
         let logid = format!("2026emulator{serial:08}");
@@ -261,10 +264,18 @@ impl State {
             Some(WireFault::EmptyBadRequest) => {
                 Reply::Respond(Response::new(400, "text/plain", Vec::new()))
             }
-            Some(WireFault::Throttle) => Reply::Respond(
-                error(429, codes::RATE_LIMITED, "request trigger frequency limit")
-                    .with_header("x-ogw-ratelimit-reset", "0.2"),
-            ),
+            Some(WireFault::Throttle) => {
+                let reset = self
+                    .behave()
+                    .throttle_reset
+                    .unwrap_or(Duration::from_millis(200));
+                Reply::Respond(
+                    error(429, codes::RATE_LIMITED, "request trigger frequency limit").with_header(
+                        "x-ogw-ratelimit-reset",
+                        &format!("{:.3}", reset.as_secs_f64()),
+                    ),
+                )
+            }
             Some(WireFault::Hang) => Reply::Silence(HANG),
             Some(WireFault::Trickle) => Reply::Trickle(answer(req), Duration::from_millis(100)),
             Some(WireFault::ExpiredToken) => {

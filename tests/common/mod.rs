@@ -362,6 +362,21 @@ impl RedisServer {
         cmd.query(&mut connection).ok()
     }
 
+    /// Whether the server is stalled (a `DEBUG SLEEP` holds it): a PING on
+    /// a new connection gets no answer within 100 ms.
+    pub fn is_stalled(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut socket) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = socket.set_read_timeout(Some(Duration::from_millis(100)));
+        if socket.write_all(b"PING\r\n").is_err() {
+            return false;
+        }
+        let mut answer = [0u8; 7];
+        socket.read(&mut answer).is_err()
+    }
+
     /// The integer value of `key` (0 if missing).
     pub fn get_int(&self, key: &str) -> i64 {
         match self.query(&["GET", key]) {
