@@ -292,3 +292,37 @@ fn the_layers_under_the_daemon_return_no_string_errors() {
         "give these a typed error that keeps its source: {stringly:#?}"
     );
 }
+
+/// The README's code map and `lib.rs` name every module there is.
+#[test]
+fn the_code_map_and_lib_rs_name_every_module() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let map = readme
+        .split("## For developers")
+        .nth(1)
+        .expect("README has a 'For developers' section");
+    let lib = std::fs::read_to_string(Path::new(SRC).join("lib.rs")).unwrap();
+    let mut missing = Vec::new();
+    for path in rust_files(Path::new(SRC)) {
+        let file = relative(&path);
+        if let Some(module) = module_of(&path) {
+            if !lib.contains(&format!("pub mod {module};")) {
+                missing.push(format!("lib.rs: pub mod {module}"));
+            }
+            if !map.contains(&format!("src/{module}")) {
+                missing.push(format!("README: src/{module}"));
+            }
+        }
+        let name = path.file_name().unwrap().to_str().unwrap();
+        if !matches!(name, "mod.rs" | "lib.rs" | "main.rs" | "tests.rs")
+            && !file.starts_with("bin/")
+            && !map.contains(&format!("`{name}`"))
+            && !map.contains(&format!("`src/{file}`"))
+        {
+            missing.push(format!("README: {file}"));
+        }
+    }
+    missing.dedup();
+    assert!(missing.is_empty(), "not in the code map: {missing:?}");
+}

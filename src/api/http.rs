@@ -134,7 +134,7 @@ fn raw_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Erro
 }
 
 /// One answer as it came off the wire.
-struct Answer {
+struct HttpAnswer {
     status: u16,
     headers: HeaderMap,
     body: Vec<u8>,
@@ -142,7 +142,7 @@ struct Answer {
     held: MemoryHold,
 }
 
-impl Answer {
+impl HttpAnswer {
     fn log_id(&self, envelope: Option<&Envelope>) -> Option<String> {
         let header = |name| {
             self.headers
@@ -303,7 +303,7 @@ impl HttpApi {
         request: impl Fn(&Client) -> RequestBuilder,
         limit: u64,
         budget: Option<&ByteBudget>,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<HttpAnswer, ApiError> {
         let deadline = Instant::now() + self.request_timeout;
         let mut renewed = false;
         loop {
@@ -330,7 +330,7 @@ impl HttpApi {
         limit: u64,
         budget: Option<&ByteBudget>,
         deadline: Instant,
-    ) -> Result<Answer, ApiError> {
+    ) -> Result<HttpAnswer, ApiError> {
         let exchange = exchange(request, limit, budget);
         self.runtime.block_on(async {
             match tokio::time::timeout_at(deadline.into(), exchange).await {
@@ -378,7 +378,7 @@ async fn exchange(
     request: RequestBuilder,
     limit: u64,
     budget: Option<&ByteBudget>,
-) -> Result<Answer, ApiError> {
+) -> Result<HttpAnswer, ApiError> {
     let mut response = request
         .send()
         .await
@@ -425,7 +425,7 @@ async fn exchange(
         body.extend_from_slice(&chunk);
     }
     held.shrink_to(body.len() as u64);
-    Ok(Answer {
+    Ok(HttpAnswer {
         status,
         headers,
         body,
@@ -498,7 +498,7 @@ impl FaceApi for HttpApi {
 }
 
 /// Reads a user-list answer. Anything but a well-formed success is an error.
-fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
+fn page_from_answer(answer: HttpAnswer) -> Result<UserPage, ApiError> {
     answer.success()?;
     let data: ListData = serde_json::from_slice::<ListEnvelope>(&answer.body)
         .map_err(|e| ApiError::Failed(ApiFailure::message(format!("unreadable user list: {e}"))))?
@@ -538,7 +538,7 @@ fn page_from_answer(answer: Answer) -> Result<UserPage, ApiError> {
 
 /// Reads a face download: the body is the image itself on success; errors
 /// come as JSON, sometimes with HTTP 200, and an image never starts with '{'.
-fn face_from_answer(answer: Answer) -> Result<FaceBytes, ApiError> {
+fn face_from_answer(answer: HttpAnswer) -> Result<FaceBytes, ApiError> {
     if let Some(envelope) = answer.envelope().filter(|e| e.code.is_some()) {
         return Err(match envelope.code {
             Some(0) => ApiError::Failed(
@@ -564,8 +564,8 @@ fn face_from_answer(answer: Answer) -> Result<FaceBytes, ApiError> {
 mod tests {
     use super::*;
 
-    fn answer(status: u16, body: &[u8]) -> Answer {
-        Answer {
+    fn answer(status: u16, body: &[u8]) -> HttpAnswer {
+        HttpAnswer {
             status,
             headers: HeaderMap::new(),
             body: body.to_vec(),
@@ -575,12 +575,7 @@ mod tests {
 
     /// xorshift: the same random answers on every run.
     fn random_bytes(seed: &mut u64, max_len: usize) -> Vec<u8> {
-        let mut next = || {
-            *seed ^= *seed << 13;
-            *seed ^= *seed >> 7;
-            *seed ^= *seed << 17;
-            *seed
-        };
+        let mut next = || crate::hash::xorshift(seed);
         let len = (next() as usize) % (max_len + 1);
         // Half the bodies start like JSON, to reach the envelope parser.
         let mut body: Vec<u8> = (0..len).map(|_| next() as u8).collect();

@@ -59,11 +59,9 @@ fn random_unit() -> f64 {
     }
     STATE.with(|s| {
         let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
+        let next = crate::hash::xorshift(&mut x);
         s.set(x);
-        (x >> 11) as f64 / (1u64 << 53) as f64
+        crate::hash::unit_float(next)
     })
 }
 

@@ -71,7 +71,7 @@ impl Readiness {
     }
 }
 
-enum Event {
+enum MountEvent {
     Signal(i32),
     Ended(std::io::Result<()>),
 }
@@ -110,8 +110,8 @@ pub fn run(settings: Settings) -> i32 {
     std::thread::spawn(move || wait_for_signals(signals, events));
 
     match incoming.recv() {
-        Ok(Event::Ended(result)) => ended(result),
-        Ok(Event::Signal(signal)) => {
+        Ok(MountEvent::Ended(result)) => ended(result),
+        Ok(MountEvent::Signal(signal)) => {
             log::info!(
                 "signal {signal}: unmounting {}",
                 settings.mountpoint.display()
@@ -127,8 +127,8 @@ pub fn run(settings: Settings) -> i32 {
             }
             loop {
                 match incoming.recv_timeout(UNMOUNT_GRACE) {
-                    Ok(Event::Ended(result)) => return ended(result),
-                    Ok(Event::Signal(_)) => continue,
+                    Ok(MountEvent::Ended(result)) => return ended(result),
+                    Ok(MountEvent::Signal(_)) => continue,
                     Err(_) => {
                         log::warn!(
                             "the kernel did not end the session within {UNMOUNT_GRACE:?}; exiting"
@@ -159,7 +159,7 @@ fn ended(result: std::io::Result<()>) -> i32 {
 /// mount answers. Returns what unmounts it, and the servers to keep alive.
 fn mount(
     settings: &Settings,
-    events: Sender<Event>,
+    events: Sender<MountEvent>,
 ) -> Result<(fuser::SessionUnmounter, Servers), String> {
     let (base_url, app_id, app_secret, emulator) = match &settings.source {
         Source::Api {
@@ -367,7 +367,7 @@ fn mount(
     std::thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
-            let _ = events.send(Event::Ended(session.run()));
+            let _ = events.send(MountEvent::Ended(session.run()));
         })
         .map_err(|e| format!("cannot start the FUSE session: {e}"))?;
     if let Err(message) = wait_until_answering(&settings.mountpoint) {
@@ -586,12 +586,12 @@ fn block_signals() -> std::io::Result<libc::sigset_t> {
     }
 }
 
-fn wait_for_signals(set: libc::sigset_t, events: Sender<Event>) {
+fn wait_for_signals(set: libc::sigset_t, events: Sender<MountEvent>) {
     loop {
         let mut signal = 0;
         // SAFETY: set holds signals blocked in every thread; signal is a valid out pointer.
         if unsafe { libc::sigwait(&set, &mut signal) } == 0
-            && events.send(Event::Signal(signal)).is_err()
+            && events.send(MountEvent::Signal(signal)).is_err()
         {
             return;
         }

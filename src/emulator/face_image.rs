@@ -6,7 +6,7 @@ use jpeg_encoder::{ColorType, Encoder};
 /// The crop the emulator serves for an uploaded face: a face of its own,
 /// seeded by the upload's bytes (the real service cuts it out of them).
 pub fn crop_of(image: &[u8]) -> Vec<u8> {
-    face_jpeg(crate::fs::face::digest(image), 90, 90)
+    face_jpeg(crate::hash::digest(image), 90, 90)
 }
 
 /// A cartoon face of `width` x `height` pixels, varied by `seed`, with
@@ -14,12 +14,7 @@ pub fn crop_of(image: &[u8]) -> Vec<u8> {
 pub fn face_jpeg(seed: u64, width: u16, height: u16) -> Vec<u8> {
     let (w, h) = (f32::from(width), f32::from(height));
     let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut next = move || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = move || crate::hash::xorshift(&mut rng);
     let hue = (seed % 360) as f32;
     let background = hsv(hue, 0.35, 0.85);
     let skin = hsv(

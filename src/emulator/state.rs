@@ -109,11 +109,7 @@ impl State {
         self.behaviour.lock()
     }
     pub(super) fn random(&self) -> f64 {
-        let mut x = self.rng.lock();
-        *x ^= *x << 13;
-        *x ^= *x >> 7;
-        *x ^= *x << 17;
-        (*x >> 11) as f64 / (1u64 << 53) as f64
+        crate::hash::unit_float(crate::hash::xorshift(&mut self.rng.lock()))
     }
     /// How this request is to misbehave, as the tests set it up.
     pub(super) fn misbehave(&self, route: Route) -> Misbehaviour {

@@ -69,12 +69,12 @@ pub struct Tenant {
     users: Vec<User>,
     index: HashMap<(IdKind, String), usize>,
     /// Generated faces by (user, cropped).
-    faces: Mutex<FaceStore>,
+    faces: Mutex<FacesByUser>,
     /// Users whose enrolment changed since generation: whether they have a face now.
     enrolled: Mutex<HashMap<usize, bool>>,
 }
 
-type FaceStore = HashMap<(usize, bool), Arc<Vec<u8>>>;
+type FacesByUser = HashMap<(usize, bool), Arc<Vec<u8>>>;
 
 fn mix(seed: u64, i: u64, salt: u64) -> u64 {
     let mut x =

@@ -117,7 +117,7 @@ impl Fleet {
             // slot, as the scripts and transactions need.
             keys: format!(
                 "facefs:{{{prefix}{:016x}}}:",
-                crate::fs::face::digest(config.tenant.as_bytes())
+                crate::hash::digest(config.tenant.as_bytes())
             ),
             timeout: config.timeout,
             connections: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),

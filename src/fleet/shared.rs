@@ -20,7 +20,7 @@ use super::events::FleetEvents;
 use super::Fleet;
 use crate::api::{ApiError, FaceApi, FaceBytes, IdKind, ImageType, ListedUser, Priority, UserPage};
 use crate::events::message::UserChange;
-use crate::fs::face::{digest, digest_of_parts};
+use crate::hash::{digest, digest_of_parts};
 use crate::sync::byte_budget::ByteBudget;
 
 /// Faces larger than this are not shared (a face is tens of KB); the

@@ -55,21 +55,7 @@ pub struct FaceMeta {
     pub fetched_at: SystemTime,
 }
 
-/// FNV-1a: a digest that is the same in every process and on every machine.
-pub fn digest(bytes: &[u8]) -> u64 {
-    digest_of_parts(&[bytes])
-}
-
-/// The digest of `parts` as if they were one run of bytes, without
-/// copying them together.
-pub fn digest_of_parts(parts: &[&[u8]]) -> u64 {
-    parts
-        .iter()
-        .flat_map(|p| p.iter())
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        })
-}
+pub use crate::hash::digest;
 
 /// The API gives faces no timestamps. A time derived from the bytes stays the
 /// same for the same face across mounts and machines, so `rsync -a` skips

@@ -43,15 +43,7 @@ fn version_ino(key: &FaceKey, digest: u64) -> u64 {
 }
 
 fn number(key: &FaceKey, salt: &[u8]) -> u64 {
-    let bytes = [key.kind.index() as u8, u8::from(key.cropped)];
-    let hash = bytes
-        .iter()
-        .chain(key.id.as_bytes())
-        .chain(salt)
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    FIRST_FACE_INO + hash % (u64::MAX / 2)
+    FIRST_FACE_INO + key.digest(salt) % (u64::MAX / 2)
 }
 
 pub struct FaceNode {

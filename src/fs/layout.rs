@@ -35,6 +35,13 @@ impl FaceKey {
     pub fn file_name(&self) -> String {
         face_file_name(&self.id, self.cropped)
     }
+
+    /// FNV-1a over the kind, the variant, the id and `salt`: the same in
+    /// every mount, for inode numbers and the store's file names.
+    pub fn digest(&self, salt: &[u8]) -> u64 {
+        let variant = [self.kind.index() as u8, u8::from(self.cropped)];
+        crate::hash::digest_of_parts(&[&variant, self.id.as_bytes(), salt])
+    }
 }
 
 const FULL_SUFFIX: &str = ".jpg";
@@ -140,9 +147,7 @@ mod tests {
         let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
         let alphabet = b"ab./%?# +\xff\x00jpgcroped\xe5\xbc\xa0";
         for _ in 0..50_000 {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
+            crate::hash::xorshift(&mut seed);
             let len = (seed % 300) as usize;
             let mut bytes: Vec<u8> = (0..len)
                 .map(|i| alphabet[((seed >> (i % 50)) as usize + i) % alphabet.len()])

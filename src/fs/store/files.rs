@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use super::directory::{create_private, is_own_file};
 use crate::api::IdKind;
-use crate::fs::face::digest;
 use crate::fs::layout::FaceKey;
 
 /// No stored face file is believed to be larger: a face, its header, some slack.
@@ -53,11 +52,7 @@ pub(super) fn is_face_file(meta: &std::fs::Metadata) -> bool {
 
 /// The file name of a face: its key, hashed.
 pub(super) fn face_name(key: &FaceKey) -> u64 {
-    let mut text = Vec::with_capacity(key.id.len() + 2);
-    text.push(key.kind.index() as u8);
-    text.push(u8::from(key.cropped));
-    text.extend_from_slice(key.id.as_bytes());
-    digest(&text)
+    key.digest(&[])
 }
 
 pub(super) fn face_path(root: &Path, name: u64) -> PathBuf {
