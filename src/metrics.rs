@@ -8,7 +8,7 @@ use std::fmt;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
@@ -85,6 +85,16 @@ impl Collector for Scraped {
                 gauge.encode(metric)
             }
         }
+    }
+}
+
+/// Registers each `(name, help, counter)` (names without `_total`).
+pub fn register_counters(
+    registry: &mut Registry,
+    counters: &[(&'static str, &'static str, &Counter)],
+) {
+    for (name, help, counter) in counters {
+        registry.register(*name, *help, (*counter).clone());
     }
 }
 

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
 use super::{ApiError, Endpoint};
+use crate::metrics::register_counters;
 
 /// How one API request ended, as the `outcome` label.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,20 +126,25 @@ impl ApiMetrics {
             "API requests by endpoint and outcome",
             self.requests.clone(),
         );
-        registry.register(
-            "facefs_api_retries",
-            "Requests retried after a transient failure or throttling",
-            self.retries.clone(),
-        );
-        registry.register(
-            "facefs_api_throttled",
-            "Throttling answers (HTTP 429 / 99991400)",
-            self.throttled.clone(),
-        );
-        registry.register(
-            "facefs_token_renewals",
-            "Tenant access tokens fetched",
-            self.token_renewals.clone(),
+        register_counters(
+            registry,
+            &[
+                (
+                    "facefs_api_retries",
+                    "Requests retried after a transient failure or throttling",
+                    &self.retries,
+                ),
+                (
+                    "facefs_api_throttled",
+                    "Throttling answers (HTTP 429 / 99991400)",
+                    &self.throttled,
+                ),
+                (
+                    "facefs_token_renewals",
+                    "Tenant access tokens fetched",
+                    &self.token_renewals,
+                ),
+            ],
         );
     }
 }

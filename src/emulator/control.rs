@@ -17,14 +17,7 @@ pub(super) fn control(state: &State, req: &Request) -> Response {
     match (req.method.as_str(), req.path.as_str()) {
         // `?open_id=A&from=B`: A's face becomes B's, and the event goes out.
         ("POST", "/_emulator/replace-face") => {
-            let query = req.query_pairs().unwrap_or_default();
-            let param = |name: &str| {
-                query
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.clone())
-            };
-            let (Some(target), Some(from)) = (param("open_id"), param("from")) else {
+            let (Some(target), Some(from)) = (req.param("open_id"), req.param("from")) else {
                 return error(400, codes::INVALID_PARAM, "give open_id and from");
             };
             let (Some(i), Some(j)) = (
@@ -56,14 +49,7 @@ pub(super) fn control(state: &State, req: &Request) -> Response {
         // `?fault=Reset&rate=0.3` fails that share of face requests;
         // no query clears every fault.
         ("POST", "/_emulator/faults") => {
-            let query = req.query_pairs().unwrap_or_default();
-            let param = |name: &str| {
-                query
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .map(|(_, v)| v.as_str())
-            };
-            let Some(fault) = param("fault") else {
+            let Some(fault) = req.param("fault") else {
                 state.behave().faults.clear();
                 return Response::json(200, &json!({ "ok": true }));
             };
@@ -73,7 +59,10 @@ pub(super) fn control(state: &State, req: &Request) -> Response {
             else {
                 return error(400, codes::INVALID_PARAM, "unknown fault");
             };
-            let rate = param("rate").and_then(|r| r.parse().ok()).unwrap_or(1.0);
+            let rate = req
+                .param("rate")
+                .and_then(|r| r.parse().ok())
+                .unwrap_or(1.0);
             state.behave().faults.push((Route::Face, fault, rate));
             Response::json(200, &json!({ "ok": true }))
         }

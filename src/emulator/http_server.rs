@@ -46,6 +46,14 @@ impl Request {
             })
             .collect()
     }
+
+    /// The first value of the query parameter `name`, decoded.
+    pub fn param(&self, name: &str) -> Option<String> {
+        self.query_pairs()?
+            .into_iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
+    }
 }
 
 /// Percent-decodes one URL component (`+` is a literal plus, as in paths).

@@ -5,6 +5,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::register_counters;
+
 #[derive(Debug, Default)]
 pub struct EventMetrics {
     pub events: Counter,
@@ -26,7 +28,9 @@ impl EventMetrics {
 
     /// Registers these metrics; without `--events`, the same names at 0.
     pub fn register(&self, registry: &mut Registry) {
-        let counters = [
+        register_counters(
+            registry,
+            &[
             (
                 "facefs_events",
                 "acs.user.updated_v1 events acted on (--events; re-pushed duplicates not counted)",
@@ -47,10 +51,8 @@ impl EventMetrics {
                 "Times the event long connection came up",
                 &self.connects,
             ),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
+            ],
+        );
         registry.register(
             "facefs_event_connection_up",
             "1 while the event long connection is up",

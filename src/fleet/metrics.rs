@@ -6,6 +6,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::metrics::register_counters;
+
 #[derive(Debug, Default)]
 pub struct FleetMetrics {
     pub redis_up: Gauge,
@@ -24,24 +26,29 @@ impl FleetMetrics {
             self.redis_up.clone(),
         );
         registry.register(
-            "facefs_redis_failures",
-            "Redis commands that failed; the mount then goes on alone for a moment",
-            self.redis_failures.clone(),
-        );
-        registry.register(
             "facefs_fleet_requests_this_month",
             "API requests the whole fleet sent this month (UTC), counted in Redis",
             self.requests_this_month.clone(),
         );
-        registry.register(
-            "facefs_fleet_hits",
-            "Faces, listing pages and absences read from Redis instead of the API",
-            self.hits.clone(),
-        );
-        registry.register(
-            "facefs_fleet_events",
-            "Events other mounts heard, read from the fleet's stream and applied here",
-            self.events.clone(),
+        register_counters(
+            registry,
+            &[
+                (
+                    "facefs_redis_failures",
+                    "Redis commands that failed; the mount then goes on alone for a moment",
+                    &self.redis_failures,
+                ),
+                (
+                    "facefs_fleet_hits",
+                    "Faces, listing pages and absences read from Redis instead of the API",
+                    &self.hits,
+                ),
+                (
+                    "facefs_fleet_events",
+                    "Events other mounts heard, read from the fleet's stream and applied here",
+                    &self.events,
+                ),
+            ],
         );
     }
 }

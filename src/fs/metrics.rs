@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::cache::CacheUsage;
-use crate::metrics::{register_readings, Kind};
+use crate::metrics::{register_counters, register_readings, Kind};
 
 #[derive(Debug, Default)]
 pub struct FsMetrics {
@@ -57,41 +57,41 @@ impl FsMetrics {
         registry: &mut Registry,
         usage: Arc<dyn Fn() -> CacheUsage + Send + Sync>,
     ) {
-        let counters = [
-            (
-                "facefs_cache_hits",
-                "Faces served from the cache",
-                &self.cache_hits,
-            ),
-            (
-                "facefs_cache_misses",
-                "Faces that had to be downloaded",
-                &self.cache_misses,
-            ),
-            (
-                "facefs_stale_served",
-                "Faces served past their TTL because refreshing them failed (--max-stale)",
-                &self.stale_served,
-            ),
-            (
-                "facefs_kernel_invalidations",
-                "Names and inodes the kernel was told to forget after events and uploads",
-                &self.invalidations,
-            ),
-            (
-                "facefs_uploads",
-                "Faces uploaded by writing them (--writable)",
-                &self.uploads,
-            ),
-            (
-                "facefs_uploaded_bytes",
-                "Bytes of the faces uploaded",
-                &self.uploaded_bytes,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
+        register_counters(
+            registry,
+            &[
+                (
+                    "facefs_cache_hits",
+                    "Faces served from the cache",
+                    &self.cache_hits,
+                ),
+                (
+                    "facefs_cache_misses",
+                    "Faces that had to be downloaded",
+                    &self.cache_misses,
+                ),
+                (
+                    "facefs_stale_served",
+                    "Faces served past their TTL because refreshing them failed (--max-stale)",
+                    &self.stale_served,
+                ),
+                (
+                    "facefs_kernel_invalidations",
+                    "Names and inodes the kernel was told to forget after events and uploads",
+                    &self.invalidations,
+                ),
+                (
+                    "facefs_uploads",
+                    "Faces uploaded by writing them (--writable)",
+                    &self.uploads,
+                ),
+                (
+                    "facefs_uploaded_bytes",
+                    "Bytes of the faces uploaded",
+                    &self.uploaded_bytes,
+                ),
+            ],
+        );
         registry.register(
             "facefs_downloads_in_flight",
             "Face downloads under way",

@@ -77,6 +77,20 @@ impl Dispatcher {
         finish(&self.metrics, op, start, work(), reply);
     }
 
+    /// Refuses a change facefs never makes (mkdir, symlink, ...): `EPERM`,
+    /// or `EROFS` on a read-only mount; counted.
+    pub fn refuse(&self, op: FuseOp, what: &str, reply: impl FnOnce(Errno)) {
+        self.inline(
+            op,
+            || Err::<(), _>(self.core.refuse_change(what)),
+            |result| {
+                if let Err(e) = result {
+                    reply(errno(&e));
+                }
+            },
+        );
+    }
+
     /// Replies `errno` to an operation facefs does not offer, counted.
     pub fn unsupported(&self, op: FuseOp, code: i32, why: &str, reply: impl FnOnce(Errno)) {
         self.inline(

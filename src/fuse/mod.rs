@@ -477,15 +477,8 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.dispatch.inline(
-            FuseOp::Mknod,
-            || Err::<(), _>(self.core().refuse_change("mknod")),
-            |result| {
-                if let Err(e) = result {
-                    reply.error(errno(&e));
-                }
-            },
-        );
+        self.dispatch
+            .refuse(FuseOp::Mknod, "mknod", |e| reply.error(e));
     }
 
     fn mkdir(
@@ -497,15 +490,8 @@ impl Filesystem for FuseAdapter {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.dispatch.inline(
-            FuseOp::Mkdir,
-            || Err::<(), _>(self.core().refuse_change("mkdir")),
-            |result| {
-                if let Err(e) = result {
-                    reply.error(errno(&e));
-                }
-            },
-        );
+        self.dispatch
+            .refuse(FuseOp::Mkdir, "mkdir", |e| reply.error(e));
     }
 
     fn rmdir(&self, _req: &Request, _parent: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
@@ -524,15 +510,8 @@ impl Filesystem for FuseAdapter {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        self.dispatch.inline(
-            FuseOp::Symlink,
-            || Err::<(), _>(self.core().refuse_change("symlink")),
-            |result| {
-                if let Err(e) = result {
-                    reply.error(errno(&e));
-                }
-            },
-        );
+        self.dispatch
+            .refuse(FuseOp::Symlink, "symlink", |e| reply.error(e));
     }
 
     fn link(
@@ -543,15 +522,8 @@ impl Filesystem for FuseAdapter {
         _newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.dispatch.inline(
-            FuseOp::Link,
-            || Err::<(), _>(self.core().refuse_change("link")),
-            |result| {
-                if let Err(e) = result {
-                    reply.error(errno(&e));
-                }
-            },
-        );
+        self.dispatch
+            .refuse(FuseOp::Link, "link", |e| reply.error(e));
     }
 
     /// Space is not reserved ahead: EOPNOTSUPP makes callers (rsync

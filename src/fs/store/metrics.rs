@@ -7,7 +7,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 
 use super::FaceStore;
-use crate::metrics::{register_readings, Kind};
+use crate::metrics::{register_counters, register_readings, Kind};
 
 #[derive(Debug, Default)]
 pub struct StoreMetrics {
@@ -22,26 +22,26 @@ impl StoreMetrics {
     pub fn register(store: Option<&Arc<FaceStore>>, registry: &mut Registry) {
         let idle = StoreMetrics::default();
         let metrics = store.map_or(&idle, |s| &s.metrics);
-        let counters = [
-            (
-                "facefs_store_hits",
-                "Faces read from the on-disk store (--cache-dir), verified",
-                &metrics.hits,
-            ),
-            (
-                "facefs_store_writes",
-                "Faces written to the on-disk store",
-                &metrics.writes,
-            ),
-            (
-                "facefs_store_discarded",
-                "Stored faces and listings that failed verification and were deleted",
-                &metrics.discarded,
-            ),
-        ];
-        for (name, help, counter) in counters {
-            registry.register(name, help, counter.clone());
-        }
+        register_counters(
+            registry,
+            &[
+                (
+                    "facefs_store_hits",
+                    "Faces read from the on-disk store (--cache-dir), verified",
+                    &metrics.hits,
+                ),
+                (
+                    "facefs_store_writes",
+                    "Faces written to the on-disk store",
+                    &metrics.writes,
+                ),
+                (
+                    "facefs_store_discarded",
+                    "Stored faces and listings that failed verification and were deleted",
+                    &metrics.discarded,
+                ),
+            ],
+        );
         let store = store.cloned();
         register_readings(
             registry,
