@@ -2,6 +2,7 @@
 //! once the mount answers; then serve until `umount` or a signal, and on a
 //! signal unmount cleanly.
 
+mod assemble;
 pub mod cli;
 pub mod hardening;
 pub mod logging;
@@ -18,26 +19,18 @@ use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{Config, INodeNo, MountOption, SessionACL};
+use fuser::INodeNo;
 
-use self::cli::{Access, Settings, Source};
+use self::assemble::Origin;
+use self::cli::Settings;
 use self::metrics_server::{Layers, MetricsServer};
 use self::notify::notify;
-use crate::api::http::{HttpApi, HttpConfig, IN_FLIGHT_BYTES};
-use crate::api::metrics::ApiMetrics;
-use crate::api::retry::{RetryPolicy, RetryingApi};
-use crate::api::secret::Secret;
-use crate::api::throttle::RateLimiter;
-use crate::api::FaceApi;
-use crate::emulator::{Emulator, EmulatorConfig};
+use crate::api::http::IN_FLIGHT_BYTES;
+use crate::emulator::Emulator;
 use crate::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use crate::events::message::UserChange;
 use crate::fleet::events::{FleetEvents, StreamTarget};
-use crate::fleet::rate::FleetPacer;
-use crate::fleet::shared::{SharedApi, SharedConfig};
-use crate::fleet::{Fleet, FleetConfig};
-use crate::fs::store::{FaceStore, StoreConfig};
-use crate::fs::{FaceFs, FsConfig, Invalidation, ROOT_INO};
+use crate::fs::{FaceFs, Invalidation, ROOT_INO};
 use crate::fuse::FuseAdapter;
 use crate::sync::byte_budget::ByteBudget;
 
@@ -161,164 +154,28 @@ fn mount(
     settings: &Settings,
     events: Sender<MountEvent>,
 ) -> Result<(fuser::SessionUnmounter, Servers), String> {
-    let (base_url, app_id, app_secret, emulator) = match &settings.source {
-        Source::Api {
-            base_url,
-            app_id,
-            app_secret,
-        } => (base_url.clone(), app_id.clone(), app_secret.clone(), None),
-        Source::Demo => {
-            let emulator = Emulator::start(EmulatorConfig::default())
-                .map_err(|e| format!("cannot start the demo emulator: {e}"))?;
-            let config = emulator.config();
-            let url = reqwest::Url::parse(&emulator.base_url()).map_err(|e| e.to_string())?;
-            (
-                url,
-                config.app_id.clone(),
-                Secret::new(config.app_secret.clone()),
-                Some(emulator),
-            )
-        }
-    };
+    let origin = Origin::of(settings)?;
     // Everything held in faces: the cache, and downloads, stored faces being
     // read and open files beyond it.
     let memory = ByteBudget::new(settings.cache_size.saturating_add(IN_FLIGHT_BYTES));
-    // Faces are kept apart by tenant: the API origin and the app.
-    let tenant = format!("{base_url}\n{app_id}");
-    let store = match &settings.cache_dir {
-        Some(dir) => Some(
-            FaceStore::open(
-                StoreConfig {
-                    dir: dir.clone(),
-                    max_bytes: settings.cache_dir_size,
-                    tenant: tenant.clone(),
-                    memory_wait: settings.request_timeout,
-                },
-                memory.clone(),
-            )
-            .map_err(|e| format!("cannot use --cache-dir: {}", logging::with_causes(&e)))?,
-        ),
-        None => None,
-    };
+    let store = assemble::store(settings, &origin.tenant(), &memory)?;
     let events_config = settings.events.then(|| EventsConfig {
-        base_url: base_url.clone(),
-        app_id: app_id.clone(),
-        app_secret: app_secret.clone(),
+        base_url: origin.base_url.clone(),
+        app_id: origin.app_id.clone(),
+        app_secret: origin.app_secret.clone(),
         timeout: settings.request_timeout,
     });
-    let api_metrics = Arc::new(ApiMetrics::default());
-    let http = HttpApi::new(HttpConfig {
-        base_url,
-        app_id,
-        app_secret,
-        request_timeout: settings.request_timeout,
-        memory: memory.clone(),
-    })
-    .map_err(|e| logging::with_causes(&e))?
-    .with_metrics(api_metrics.clone());
-    http.check_credentials()
-        .map_err(|e| format!("cannot get a tenant access token: {e}"))?;
-    let policy = RetryPolicy {
-        budget: settings.retry_budget,
-        ..RetryPolicy::default()
-    };
-    let limiter = Arc::new(RateLimiter::new(settings.rate_limit));
-    let fleet = match &settings.redis {
-        Some(redis) => Some(Arc::new(
-            Fleet::new(FleetConfig {
-                url: redis.url.clone(),
-                prefix: redis.prefix.clone(),
-                tenant: tenant.clone(),
-                timeout: redis.timeout,
-            })
-            .map_err(|e| e.to_string())?,
-        )),
-        None => None,
-    };
-    let fleet_events = fleet.clone().map(FleetEvents::new);
-    let api: Arc<dyn FaceApi> = match (&settings.redis, &fleet) {
-        (Some(redis), Some(fleet)) => {
-            let fleet = fleet.clone();
-            log::info!(
-                "sharing this tenant's rate budget, faces, listings and events through Redis"
-            );
-            let pacer = FleetPacer::new(
-                limiter,
-                fleet.clone(),
-                settings.rate_limit,
-                redis.monthly_budget,
-            );
-            let retrying = RetryingApi::new(http, policy)
-                .with_metrics(api_metrics.clone())
-                .with_rate_limit(Arc::new(pacer));
-            Arc::new(SharedApi::new(
-                retrying,
-                fleet,
-                SharedConfig {
-                    face_ttl: settings.ttl,
-                    negative_ttl: settings.negative_ttl,
-                    wait: settings.request_timeout,
-                    memory: memory.clone(),
-                    events: fleet_events.clone(),
-                },
-            ))
-        }
-        _ => Arc::new(
-            RetryingApi::new(http, policy)
-                .with_metrics(api_metrics.clone())
-                .with_rate_limit(limiter),
-        ),
-    };
-
-    // SAFETY: getuid and getgid cannot fail.
-    let (uid, gid) = unsafe {
-        (
-            settings.uid.unwrap_or(libc::getuid()),
-            settings.gid.unwrap_or(libc::getgid()),
-        )
-    };
+    let client = assemble::client(settings, &origin, &memory)?;
+    let fleet_events = client.fleet_events.clone();
     let core = FaceFs::new(
-        api,
-        FsConfig {
-            cache_bytes: settings.cache_size,
-            ttl: settings.ttl,
-            max_stale: settings.max_stale,
-            ttl_with_events: settings.ttl_with_events,
-            negative_ttl: settings.negative_ttl,
-            uid,
-            gid,
-            file_mode: settings.file_mode,
-            dir_mode: settings.dir_mode,
-            readahead: settings.max_parallel * 2,
-            prefetch_threads: settings.max_parallel,
-            writable: settings.writable,
-        },
+        client.api.clone(),
+        assemble::fs_config(settings),
         store.clone(),
     );
     let adapter = FuseAdapter::new(core.clone(), settings.max_parallel)
         .map_err(|e| format!("cannot start workers: {e}"))?;
     let fuse_metrics = adapter.metrics().clone();
-    let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName("facefs".into()),
-        MountOption::Subtype("facefs".into()),
-        if settings.writable {
-            MountOption::RW
-        } else {
-            MountOption::RO
-        },
-        MountOption::NoDev,
-        MountOption::NoSuid,
-        MountOption::NoExec,
-        MountOption::DefaultPermissions,
-    ];
-    // Faces are biometric data: only the mounting user gets in unless asked.
-    config.acl = match settings.access {
-        Access::Owner => SessionACL::Owner,
-        Access::OwnerAndRoot => SessionACL::RootAndOwner,
-        Access::Everyone => SessionACL::All,
-    };
-    config.n_threads = Some(2);
+    let config = assemble::session_config(settings);
     let mut session = fuser::Session::new(adapter, &settings.mountpoint, &config).map_err(|e| {
         format!(
             "cannot mount at {}: {e}{}",
@@ -350,11 +207,11 @@ fn mount(
     let metrics = match &settings.metrics_listen {
         Some(addr) => {
             let registry = metrics_server::registry(&Layers {
-                api: &api_metrics,
+                api: &client.metrics,
                 core: &core,
                 store: store.as_ref(),
                 events: long_connection.as_ref().map(|c| &c.status.metrics),
-                fleet: fleet.as_ref().map(|f| &f.metrics),
+                fleet: client.fleet.as_ref().map(|f| &f.metrics),
                 fuse: &fuse_metrics,
             });
             let server = MetricsServer::start(addr, Arc::new(registry))
@@ -381,7 +238,7 @@ fn mount(
         Servers {
             core,
             _events: long_connection,
-            _emulator: emulator,
+            _emulator: origin.emulator,
             _metrics: metrics,
         },
     ))
