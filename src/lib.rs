@@ -3,9 +3,10 @@
 //!
 //! Layers, bottom up, one directory each; a module uses only those below
 //! it (`tests/structure.rs` fails on a cycle):
-//! - [`hash`], [`metrics`], [`sync`]: leaves every layer may use — FNV-1a
-//!   digests and xorshift; what each layer's metrics share (values read at
-//!   scrape, the text exposition); single-flight, worker pool, byte budget.
+//! - [`hash`], [`seal`], [`metrics`], [`sync`]: leaves every layer may use —
+//!   FNV-1a digests and xorshift; sealing what facefs keeps outside its
+//!   memory; what each layer's metrics share (values read at scrape, the
+//!   text exposition); single-flight, worker pool, byte budget.
 //! - [`api`]: the client side of the Feishu API — the [`api::FaceApi`] trait,
 //!   the HTTP client with its token cache, the retry and rate-limit layers,
 //!   the in-memory and fault-injecting clients tests stand in with, and the
@@ -36,4 +37,5 @@ pub mod fuse;
 pub mod hash;
 pub mod metrics;
 pub mod prefetch;
+pub mod seal;
 pub mod sync;

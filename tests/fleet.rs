@@ -553,3 +553,107 @@ fn a_throttling_answer_pauses_the_whole_fleet() {
         assert!(sent(&ids[0])[1] >= until, "retried before the pause ended");
     });
 }
+
+/// Whoever can write to the fleet's Redis can delete values (costing
+/// downloads) but cannot read a face or an id there, move a face under
+/// another name, plant a "does not exist" or a short listing.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn a_writer_to_redis_cannot_read_swap_or_plant_faces() {
+    use redis::Commands;
+    let emu = emulator(small_tenant(12));
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let (first, _) = mount_with_metrics(&emu, &["--redis", &url, "--rate-limit", "100"]);
+    let (second, port) = mount_with_metrics(&emu, &["--redis", &url, "--rate-limit", "100"]);
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let listed = std::fs::read_dir(first.join("open_id")).unwrap().count();
+    for id in &ids {
+        read_face(&emu, &first, id, false);
+    }
+    let nobody = "ou_nobody_at_all";
+    assert!(std::fs::metadata(first.join("open_id").join(format!("{nobody}.jpg"))).is_err());
+
+    // Nothing in Redis shows a face or names a user.
+    let mut connection = redis.connection();
+    let keys: Vec<String> = connection.keys("*").unwrap();
+    let mut every_id: Vec<String> = IdKind::ALL
+        .into_iter()
+        .flat_map(|kind| [emu.ids_with_faces(kind), emu.ids_without_faces(kind)].concat())
+        .collect();
+    every_id.push(nobody.to_owned());
+    for key in &keys {
+        assert!(
+            !every_id.iter().any(|id| key.contains(id.as_str())),
+            "{key} names a user"
+        );
+        let Ok(value) = connection.get::<_, Vec<u8>>(key) else {
+            continue; // not a string value (the stream, counters' kin)
+        };
+        assert!(
+            !value.windows(3).any(|w| w == b"\xff\xd8\xff"),
+            "{key} holds a JPEG"
+        );
+        for id in &every_id {
+            assert!(
+                !value.windows(id.len()).any(|w| w == id.as_bytes()),
+                "{key} names {id}"
+            );
+        }
+    }
+
+    // Every face value moved one key on; the absence put on every listing
+    // page and on the faces no mount read yet.
+    let faces: Vec<String> = keys
+        .iter()
+        .filter(|k| k.contains(":face:"))
+        .cloned()
+        .collect();
+    // Each face read (read-ahead adds some), and the absence.
+    assert!(faces.len() > ids.len(), "{keys:?}");
+    let values: Vec<Vec<u8>> = faces.iter().map(|k| connection.get(k).unwrap()).collect();
+    for (i, key) in faces.iter().enumerate() {
+        let moved = &values[(i + 1) % values.len()];
+        let _: () = connection.pset_ex(key, moved.as_slice(), 600_000).unwrap();
+    }
+    let absence = values
+        .iter()
+        .min_by_key(|v| v.len())
+        .expect("the absence is the shortest value")
+        .clone();
+    for key in keys.iter().filter(|k| k.contains(":list:")) {
+        let _: () = connection
+            .pset_ex(key, absence.as_slice(), 600_000)
+            .unwrap();
+    }
+    let downloads = emu.count(Route::Face);
+
+    // The second mount lists every file and reads every face right.
+    assert_eq!(
+        std::fs::read_dir(second.join("open_id")).unwrap().count(),
+        listed,
+        "a short listing"
+    );
+    for id in &ids {
+        read_face(&emu, &second, id, false);
+    }
+    assert!(
+        emu.count(Route::Face) >= downloads + ids.len(),
+        "the moved values were downloaded again"
+    );
+    // Read-ahead may still be opening values: the log is read between two
+    // counts, and is logged at the 1st, 2nd, 4th... rejection.
+    let rejected = || metric(&scrape_metrics(port), "facefs_fleet_rejected_total") as u64;
+    let before = rejected();
+    assert!(before >= ids.len() as u64);
+    let logged = second.log_text().matches("failed to open").count();
+    let after = rejected();
+    assert!(
+        (before.ilog2() as usize + 1..=after.ilog2() as usize + 1).contains(&logged),
+        "{logged} lines for {before}..{after} rejections:\n{}",
+        second.log_text()
+    );
+}

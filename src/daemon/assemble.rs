@@ -22,6 +22,7 @@ use crate::fleet::shared::{SharedApi, SharedConfig};
 use crate::fleet::{Fleet, FleetConfig};
 use crate::fs::store::{FaceStore, StoreConfig};
 use crate::fs::FsConfig;
+use crate::seal::Sealer;
 use crate::sync::byte_budget::ByteBudget;
 
 /// Where the faces come from: the API, or the demo's own emulator.
@@ -139,6 +140,10 @@ pub fn client(
             prefix: redis.prefix.clone(),
             tenant: origin.tenant(),
             timeout: redis.timeout,
+            sealer: Arc::new(Sealer::derive(
+                origin.app_secret.expose().as_bytes(),
+                &origin.tenant(),
+            )),
         })
         .map_err(|e| e.to_string())?,
     );

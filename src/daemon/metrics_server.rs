@@ -232,6 +232,7 @@ mod tests {
             "facefs_fleet_requests_this_month",
             "facefs_fleet_hits_total",
             "facefs_fleet_events_total",
+            "facefs_fleet_rejected_total",
             "facefs_fuse_op_seconds_bucket{op}",
             "facefs_fuse_op_seconds_sum{op}",
             "facefs_fuse_op_seconds_count{op}",

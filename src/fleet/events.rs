@@ -20,6 +20,7 @@ use super::shared::{face_key, listing_generation};
 use super::Fleet;
 use crate::api::IdKind;
 use crate::events::message::UserChange;
+use crate::seal::NotOpened;
 
 /// Events the stream keeps (about: trimming is approximate).
 pub const STREAM_LENGTH: usize = 10_000;
@@ -68,9 +69,11 @@ impl FleetEvents {
     /// new listing pages if who has a face changed), so that no mount reads
     /// the old ones from Redis.
     pub fn publish(&self, change: &UserChange) {
-        let Ok(event) = serde_json::to_string(change) else {
+        let Ok(event) = serde_json::to_vec(change) else {
             return;
         };
+        // Sealed: the entry names users, and a forged one must not apply.
+        let event = self.fleet.sealer.seal(&self.event_place(), &event);
         let mut stale: Vec<String> = Vec::new();
         for (kind, id) in change.ids() {
             for cropped in [false, true] {
@@ -105,6 +108,15 @@ impl FleetEvents {
                 change.event_id
             );
         }
+    }
+
+    /// What a stream entry is sealed to: the format and the stream.
+    fn event_place(&self) -> Vec<u8> {
+        [
+            &b"facefs fleet event v2\0"[..],
+            self.fleet.key("events").as_bytes(),
+        ]
+        .concat()
     }
 
     /// Starts the thread that applies the fleet's events to `target`.
@@ -167,9 +179,17 @@ impl FleetEvents {
                     if origin.as_deref() == Some(self.origin.as_str()) {
                         continue;
                     }
-                    let change = entry
-                        .get::<String>("event")
-                        .and_then(|e| serde_json::from_str::<UserChange>(&e).ok());
+                    let opened = entry
+                        .get::<Vec<u8>>("event")
+                        .ok_or(NotOpened)
+                        .and_then(|e| self.fleet.sealer.open(&self.event_place(), &e));
+                    let change = match opened {
+                        Ok(event) => serde_json::from_slice::<UserChange>(&event).ok(),
+                        Err(e) => {
+                            self.fleet.rejected(&e);
+                            continue;
+                        }
+                    };
                     match change {
                         Some(change) => {
                             self.fleet.metrics.events.inc();

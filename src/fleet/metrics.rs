@@ -15,6 +15,7 @@ pub struct FleetMetrics {
     pub hits: Counter,
     pub events: Counter,
     pub requests_this_month: Gauge,
+    pub rejected: Counter,
 }
 
 impl FleetMetrics {
@@ -47,6 +48,11 @@ impl FleetMetrics {
                     "facefs_fleet_events",
                     "Events other mounts heard, read from the fleet's stream and applied here",
                     &self.events,
+                ),
+                (
+                    "facefs_fleet_rejected",
+                    "Values and events read from Redis that failed to open (tampering, or another key): read as misses",
+                    &self.rejected,
                 ),
             ],
         );

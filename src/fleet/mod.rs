@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod rate;
 pub mod shared;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -20,6 +21,7 @@ use redis::{Client, Connection, ConnectionInfo, IntoConnectionInfo};
 
 use self::metrics::FleetMetrics;
 use crate::api::secret::Secret;
+use crate::seal::{NotOpened, Sealer};
 
 /// Connections to Redis at most: the threads of a busy mount ask at once,
 /// and one connection would make them queue past `--redis-timeout`.
@@ -38,6 +40,8 @@ pub struct FleetConfig {
     pub tenant: String,
     /// Bound on connecting and on each command.
     pub timeout: Duration,
+    /// The tenant's keys: what the fleet keeps in Redis is sealed with them.
+    pub sealer: Arc<Sealer>,
 }
 
 pub struct Fleet {
@@ -51,6 +55,7 @@ pub struct Fleet {
     next: std::sync::atomic::AtomicUsize,
     health: Mutex<Health>,
     pub metrics: FleetMetrics,
+    pub(crate) sealer: Arc<Sealer>,
 }
 
 struct Health {
@@ -127,6 +132,7 @@ impl Fleet {
                 next_try: Instant::now(),
             }),
             metrics: FleetMetrics::default(),
+            sealer: config.sealer,
         })
     }
 
@@ -211,6 +217,19 @@ impl Fleet {
         Ok(connection)
     }
 
+    /// A value read from Redis did not open: counted, and logged at the
+    /// 1st, 2nd, 4th, 8th... time, so that a flood cannot fill the log.
+    pub(crate) fn rejected(&self, why: &NotOpened) {
+        self.metrics.rejected.inc();
+        let count = self.metrics.rejected.get();
+        if count.is_power_of_two() {
+            log::warn!(
+                "Redis at {}: {why}; read as a miss, fetched again (rejected so far: {count}). If every value fails, the mounts of this fleet use different app secrets; otherwise someone writes to Redis",
+                self.server
+            );
+        }
+    }
+
     fn succeeded(&self) {
         let mut health = self.health.lock();
         if let Some(since) = health.down_since.take() {
@@ -272,6 +291,7 @@ mod tests {
                 prefix: prefix.map(str::to_owned),
                 tenant: tenant.into(),
                 timeout: Duration::from_millis(100),
+                sealer: Arc::new(Sealer::derive(b"secret", tenant)),
             })
             .unwrap()
         };
@@ -294,6 +314,7 @@ mod tests {
             prefix: None,
             tenant: "t".into(),
             timeout: Duration::from_millis(200),
+            sealer: Arc::new(Sealer::derive(b"secret", "t")),
         })
         .unwrap();
         assert_eq!(fleet.run(|c| redis::cmd("PING").query::<String>(c)), None);

@@ -5,8 +5,11 @@
 //! or "does not exist" — for `--ttl` (`--negative-ttl`); the others wait
 //! for it, bounded, and read it from Redis.
 //!
-//! Every value read from Redis is checked against its digest: a mismatch
-//! (a torn or foreign value) is a miss, never bytes handed to a reader.
+//! Every value is sealed to its key (see `crate::seal`), and keys name ids
+//! by a keyed hash: whoever can write to Redis can delete values, costing
+//! downloads, but cannot read a face, move one under another name, or forge
+//! one. A value that fails to open, or says it was fetched in the future,
+//! is a miss (counted, logged), never bytes, never a "does not exist".
 //! Redis failing is a miss too; waiting for another mount's download ends
 //! after `--request-timeout`, and then this mount asks the API itself.
 
@@ -20,7 +23,7 @@ use super::events::FleetEvents;
 use super::Fleet;
 use crate::api::{ApiError, FaceApi, FaceBytes, IdKind, ImageType, ListedUser, Priority, UserPage};
 use crate::events::message::UserChange;
-use crate::hash::{digest, digest_of_parts};
+use crate::seal::{NotOpened, Sealer};
 use crate::sync::byte_budget::ByteBudget;
 
 /// Faces larger than this are not shared (a face is tens of KB); the
@@ -31,8 +34,14 @@ const FACE: u8 = b'F';
 const NO_USER: u8 = b'U';
 const NO_FACE: u8 = b'N';
 const PAGE: u8 = b'L';
-/// Kind byte, fetched-at (ms since the epoch), digest of all else.
-const HEADER: usize = 1 + 8 + 8;
+/// Kind byte and fetched-at (ms since the epoch), sealed with the body.
+const HEADER: usize = 1 + 8;
+/// What sealing adds: a version, a nonce, a tag.
+const SEALING: usize = 1 + 12 + 16;
+/// A fetch time this far ahead of this clock is a forgery, not a skew.
+const MAX_AHEAD: Duration = Duration::from_secs(5);
+/// What a value is sealed to, before its key: the format.
+const PLACE: &[u8] = b"facefs fleet value v2\0";
 
 /// Deletes the lock only if it is still this mount's.
 const UNLOCK: &str = r"
@@ -59,36 +68,43 @@ pub struct SharedApi<A> {
     tokens: AtomicU64,
 }
 
-/// The digest over what a value says: its kind, time and bytes.
-fn sum(head: &[u8], body: &[u8]) -> u64 {
-    digest_of_parts(&[head, body])
+fn place(key: &str) -> Vec<u8> {
+    [PLACE, key.as_bytes()].concat()
 }
 
-/// A value as published: what was answered, when, and the digest of both.
-fn encode(kind: u8, body: &[u8], at: SystemTime) -> Vec<u8> {
+/// A value as published under `key`: what was answered and when, sealed
+/// to the key.
+fn encode(sealer: &Sealer, key: &str, kind: u8, body: &[u8], at: SystemTime) -> Vec<u8> {
     let ms = at
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as u64;
-    let mut value = Vec::with_capacity(HEADER + body.len());
-    value.push(kind);
-    value.extend_from_slice(&ms.to_le_bytes());
-    let digest = sum(&value, body);
-    value.extend_from_slice(&digest.to_le_bytes());
-    value.extend_from_slice(body);
-    value
+    let mut plain = Vec::with_capacity(HEADER + body.len());
+    plain.push(kind);
+    plain.extend_from_slice(&ms.to_le_bytes());
+    plain.extend_from_slice(body);
+    sealer.seal(&place(key), &plain)
 }
 
-/// (kind, body, fetched at), if the value is whole and its digest agrees.
-fn decode(value: &[u8]) -> Option<(u8, &[u8], SystemTime)> {
-    if value.len() < HEADER {
-        return None;
+/// (kind, body, fetched at) of the value under `key`, if it opens there
+/// and was not fetched in the future.
+fn decode(
+    sealer: &Sealer,
+    key: &str,
+    value: &[u8],
+) -> Result<(u8, Vec<u8>, SystemTime), NotOpened> {
+    let mut plain = sealer.open(&place(key), value)?;
+    if plain.len() < HEADER {
+        return Err(NotOpened);
     }
-    let ms = u64::from_le_bytes(value[1..9].try_into().ok()?);
-    let digest = u64::from_le_bytes(value[9..17].try_into().ok()?);
-    let body = &value[HEADER..];
-    (sum(&value[..9], body) == digest)
-        .then(|| (value[0], body, UNIX_EPOCH + Duration::from_millis(ms)))
+    let ms = u64::from_le_bytes(plain[1..9].try_into().map_err(|_| NotOpened)?);
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    if at > SystemTime::now() + MAX_AHEAD {
+        return Err(NotOpened);
+    }
+    let kind = plain[0];
+    plain.drain(..HEADER);
+    Ok((kind, plain, at))
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -119,7 +135,7 @@ impl<A: FaceApi> SharedApi<A> {
     /// the memory budget while it is read.
     fn published(&self, key: &str, limit: usize) -> Option<Vec<u8>> {
         let len: usize = self.fleet.run(|c| c.strlen(key))?;
-        if len == 0 || len > limit + HEADER {
+        if len == 0 || len > limit + HEADER + SEALING {
             return None;
         }
         let _held = self
@@ -136,12 +152,19 @@ impl<A: FaceApi> SharedApi<A> {
         &self,
         key: &str,
         limit: usize,
-        read: impl Fn(&[u8]) -> Option<Result<T, ApiError>>,
+        read: impl Fn(u8, Vec<u8>, SystemTime) -> Option<Result<T, ApiError>>,
         fetch: impl FnOnce() -> Result<T, ApiError>,
         publish: impl FnOnce(&Result<T, ApiError>) -> Option<(Vec<u8>, Duration)>,
     ) -> Result<T, ApiError> {
         let look = || {
-            let answer = self.published(key, limit).and_then(|v| read(&v));
+            let value = self.published(key, limit)?;
+            let answer = match decode(&self.fleet.sealer, key, &value) {
+                Ok((kind, body, at)) => read(kind, body, at),
+                Err(e) => {
+                    self.fleet.rejected(&e);
+                    None
+                }
+            };
             if answer.is_some() {
                 self.fleet.metrics.hits.inc();
             }
@@ -215,13 +238,15 @@ impl<A: FaceApi> SharedApi<A> {
     }
 }
 
-/// Where the fleet keeps a face; the id is personal data, its digest names it.
+/// Where the fleet keeps a face; the id is personal data, a keyed hash
+/// names it.
 pub(super) fn face_key(fleet: &Fleet, kind: IdKind, id: &str, cropped: bool) -> String {
-    fleet.key(&format!(
-        "face:{kind}:{}:{:016x}",
-        u8::from(cropped),
-        digest(id.as_bytes())
-    ))
+    let name = fleet.sealer.name(&[
+        kind.as_str().as_bytes(),
+        &[u8::from(cropped)],
+        id.as_bytes(),
+    ]);
+    fleet.key(&format!("face:{name}"))
 }
 
 /// The generation of `kind`'s listing pages: a change of who has a face
@@ -237,18 +262,19 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
             .run(|c| c.get::<_, Option<i64>>(listing_generation(&self.fleet, kind)))
             .flatten()
             .unwrap_or(0);
-        let key = self.fleet.key(&format!(
-            "list:{kind}:{generation}:{:016x}",
-            digest(page_token.unwrap_or("").as_bytes())
-        ));
+        let token = self
+            .fleet
+            .sealer
+            .name(&[page_token.unwrap_or("").as_bytes()]);
+        let key = self.fleet.key(&format!("list:{kind}:{generation}:{token}"));
         self.shared(
             &key,
             4 << 20,
-            |value| {
-                let (PAGE, body, at) = decode(value)? else {
+            |what, body, at| {
+                if what != PAGE {
                     return None;
-                };
-                let page: SharedPage = serde_json::from_slice(body).ok()?;
+                }
+                let page: SharedPage = serde_json::from_slice(&body).ok()?;
                 Some(Ok(UserPage {
                     users: page
                         .users
@@ -276,7 +302,8 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
                     unreadable: page.unreadable_ids,
                 };
                 let body = serde_json::to_vec(&shared).ok()?;
-                Some((encode(PAGE, &body, SystemTime::now()), self.config.face_ttl))
+                let value = encode(&self.fleet.sealer, &key, PAGE, &body, SystemTime::now());
+                Some((value, self.config.face_ttl))
             },
         )
     }
@@ -292,13 +319,12 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
         self.shared(
             &key,
             MAX_SHARED_FACE,
-            |value| {
-                let (what, body, at) = decode(value)?;
+            |what, body, at| {
                 Some(match what {
                     FACE => {
                         let held = self.config.memory.try_hold(body.len() as u64)?;
                         Ok(FaceBytes {
-                            bytes: body.to_vec(),
+                            bytes: body,
                             held,
                             fetched_at: Some(at),
                         })
@@ -309,21 +335,18 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
                 })
             },
             || self.inner.get_face(kind, id, cropped, priority),
-            |result| match result {
-                Ok(face) if face.bytes.len() <= MAX_SHARED_FACE => Some((
-                    encode(FACE, &face.bytes, SystemTime::now()),
-                    self.config.face_ttl,
-                )),
-                // The API's "does not exist", for as long as a mount remembers it.
-                Err(ApiError::UserNotFound) => Some((
-                    encode(NO_USER, b"", SystemTime::now()),
-                    self.config.negative_ttl,
-                )),
-                Err(ApiError::FaceNotFound) => Some((
-                    encode(NO_FACE, b"", SystemTime::now()),
-                    self.config.negative_ttl,
-                )),
-                _ => None,
+            |result| {
+                let (what, body, ttl) = match result {
+                    Ok(face) if face.bytes.len() <= MAX_SHARED_FACE => {
+                        (FACE, &face.bytes[..], self.config.face_ttl)
+                    }
+                    // The API's "does not exist", for as long as a mount remembers it.
+                    Err(ApiError::UserNotFound) => (NO_USER, &b""[..], self.config.negative_ttl),
+                    Err(ApiError::FaceNotFound) => (NO_FACE, &b""[..], self.config.negative_ttl),
+                    _ => return None,
+                };
+                let value = encode(&self.fleet.sealer, &key, what, body, SystemTime::now());
+                Some((value, ttl))
             },
         )
     }
@@ -361,19 +384,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_value_is_used_only_whole_and_with_its_digest() {
+    fn a_value_is_used_only_whole_under_its_key_and_never_from_the_future() {
+        let sealer = Sealer::derive(b"secret", "tenant");
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
-        let value = encode(FACE, b"face bytes", at);
-        assert_eq!(decode(&value), Some((FACE, &b"face bytes"[..], at)));
+        let value = encode(&sealer, "k:a", FACE, b"face bytes", at);
+        assert_eq!(
+            decode(&sealer, "k:a", &value),
+            Ok((FACE, b"face bytes".to_vec(), at))
+        );
+        assert_eq!(decode(&sealer, "k:b", &value), Err(NotOpened), "moved");
         for cut in 0..value.len() {
-            assert_eq!(decode(&value[..cut]), None, "cut at {cut}");
+            assert_eq!(decode(&sealer, "k:a", &value[..cut]), Err(NotOpened));
         }
         // Any change: the kind (a face turned into "no face" would be a
-        // false ENOENT), the time, the digest, the bytes.
+        // false ENOENT), the time, the bytes.
         for flip in 0..value.len() {
             let mut bad = value.clone();
             bad[flip] ^= 0x20;
-            assert_eq!(decode(&bad), None, "flip at {flip}");
+            assert_eq!(
+                decode(&sealer, "k:a", &bad),
+                Err(NotOpened),
+                "flip at {flip}"
+            );
         }
+        let ahead = SystemTime::now() + Duration::from_secs(3600);
+        let forged = encode(&sealer, "k:a", FACE, b"face bytes", ahead);
+        assert_eq!(
+            decode(&sealer, "k:a", &forged),
+            Err(NotOpened),
+            "from the future"
+        );
     }
 }

@@ -362,6 +362,13 @@ impl RedisServer {
         cmd.query(&mut connection).ok()
     }
 
+    /// A connection of its own, for commands on binary values.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+            .expect("a connection to the test's redis-server")
+    }
+
     /// Whether the server is stalled (a `DEBUG SLEEP` holds it): a PING on
     /// a new connection gets no answer within 100 ms.
     pub fn is_stalled(&self) -> bool {
