@@ -657,3 +657,40 @@ fn a_writer_to_redis_cannot_read_swap_or_plant_faces() {
         second.log_text()
     );
 }
+
+/// Numbers no mount could have written, planted in Redis, stop no read.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn numbers_forged_in_redis_stop_no_read() {
+    let emu = emulator(small_tenant(6));
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let mnt = Mount::start(&emu, &["--redis", &url, "--rate-limit", "100"]);
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    read_face(&emu, &mnt, &ids[0], false);
+    let prefix = redis
+        .keys("facefs:*:rate:next")
+        .remove(0)
+        .replace("rate:next", "");
+    for (key, value) in [
+        ("rate:pause", "9000000000000000"),
+        ("rate:next", "9000000000000000"),
+    ] {
+        assert!(redis
+            .query(&["SET", &format!("{prefix}{key}"), value])
+            .is_some());
+    }
+    let month = redis.keys("facefs:*:requests:*").remove(0);
+    assert!(redis.query(&["SET", &month, "-5"]).is_some());
+    // A forged pause would refuse every turn (EIO): each read must succeed.
+    for id in &ids[1..] {
+        read_face(&emu, &mnt, id, false);
+    }
+    assert!(
+        month_count(&redis) >= ids.len() as i64 - 1,
+        "counted again from 0"
+    );
+}

@@ -15,17 +15,32 @@ use crate::api::throttle::{NoTurn, Pacer, Priority, RateLimiter};
 
 /// KEYS: the arrival time, the pause, this month's counter.
 /// ARGV: the interval and the longest wait (µs), the monthly budget (0:
-/// none), the counter's lifetime (s).
+/// none), the counter's lifetime (s), the furthest ahead a turn or pause
+/// can be (µs).
 /// Returns {wait µs, requests this month}; the month's count is -1 when the
 /// wait is too long (no turn taken), -2 when the budget is spent.
+///
+/// Numbers that no mount could have written — a pause or turn further
+/// ahead than any wait, a count that is not one — are taken as forged and
+/// ignored: whoever can write to Redis must not stop the fleet with one SET.
 const TAKE_TURN: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local pause = tonumber(redis.call('GET', KEYS[2]) or '0')
-local tat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now, pause)
+local furthest = now + tonumber(ARGV[5])
+local function bounded(key)
+  local value = tonumber(redis.call('GET', key) or '0') or 0
+  if value > furthest then return 0 end
+  return value
+end
+local pause = bounded(KEYS[2])
+local tat = math.max(bounded(KEYS[1]), now, pause)
 local wait = tat - now
 if wait > tonumber(ARGV[2]) then return {wait, -1} end
 local used = tonumber(redis.call('GET', KEYS[3]) or '0')
+if used == nil or used < 0 or used > 1099511627776 or used ~= math.floor(used) then
+  used = 0
+  redis.call('SET', KEYS[3], 0, 'EX', ARGV[4])
+end
 local budget = tonumber(ARGV[3])
 if budget > 0 and used >= budget then return {used, -2} end
 local next = tat + tonumber(ARGV[1])
@@ -45,6 +60,10 @@ if until_ > old then
 end
 return 1
 ";
+
+/// The furthest ahead a turn or a pause may be (beyond twice the longest
+/// wait): the API's throttling answers ask for seconds, not minutes.
+const FURTHEST_AHEAD: Duration = Duration::from_secs(60);
 
 pub struct FleetPacer {
     local: Arc<RateLimiter>,
@@ -100,6 +119,7 @@ impl FleetPacer {
                 .arg(longest.as_micros() as u64)
                 .arg(self.monthly_budget.unwrap_or(0))
                 .arg(40 * 86_400)
+                .arg(FURTHEST_AHEAD.max(longest * 2).as_micros() as u64)
                 .invoke(c)
         })?;
         Some(match used {
