@@ -493,3 +493,21 @@ fn busy_answers_are_retried_and_a_pong_can_change_the_ping_interval() {
         connection.status.fatal.lock().is_some()
     });
 }
+
+/// The event connection's access key and ticket never reach the log, even
+/// at trace level.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn the_connection_url_stays_out_of_a_trace_log() {
+    let emu = emulator(small_tenant(4));
+    let mnt = Mount::start_with_env(&emu, &["--events"], &[("FACEFS_LOG", "trace")]);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
+    let log = mnt.log_text();
+    assert!(log.contains("TRACE"), "not a trace log:\n{log}");
+    for secret in ["ticket-", "secret", &emu.config().app_secret] {
+        assert!(!log.contains(secret), "{secret} in the log:\n{log}");
+    }
+}

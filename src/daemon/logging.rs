@@ -8,6 +8,13 @@ use std::path::Path;
 
 /// The filter variable, e.g. FACEFS_LOG=debug or FACEFS_LOG=facefs::api=trace.
 pub const FILTER_ENV: &str = "FACEFS_LOG";
+/// Dependencies' log targets that can carry a secret below `debug`; each is
+/// capped there, however specific the user's filter.
+const SECRET_TARGETS: [&str; 3] = [
+    "tungstenite",
+    "tungstenite::handshake",
+    "tungstenite::handshake::client",
+];
 /// The system log socket; the variable exists for systems (and tests) that put it elsewhere.
 const SYSLOG_ENV: &str = "FACEFS_SYSLOG_SOCKET";
 const SYSLOG_SOCKET: &str = "/dev/log";
@@ -19,6 +26,11 @@ pub fn init(foreground: bool, log_file: Option<&Path>) -> Result<(), String> {
         env_logger::Env::new().filter_or(FILTER_ENV, "info,fuser=error"),
     );
     logger.format_timestamp_millis();
+    // Whatever the user asks for: the WebSocket library prints the event
+    // connection's request, access key and ticket included, at trace.
+    for target in SECRET_TARGETS {
+        logger.filter_module(target, log::LevelFilter::Debug);
+    }
     match log_file {
         Some(path) => {
             let file = open_log_file(path)?;
