@@ -388,7 +388,7 @@ def store(args, work, shm, mnt, tenant):
     m.stop()
 
     # c. Disk bytes per stored face beyond the face.
-    stored = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(cache_dir, "facefs-v1"))
+    stored = [os.path.join(r, n) for r, _, ns in os.walk(os.path.join(cache_dir, "facefs-v2"))
               if "/faces/" in r + "/" for n in ns]
     face_bytes = sum(os.path.getsize(os.path.join(backup, n)) for n in os.listdir(backup))
     apparent = sum(os.stat(p).st_size for p in stored)

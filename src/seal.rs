@@ -17,6 +17,8 @@ use ring::rand::{SecureRandom, SystemRandom};
 /// The format of a sealed value: its first byte. A new format gets a new
 /// version, and values of another fail to open.
 const VERSION: u8 = 1;
+/// What sealing adds to a value: a version, a nonce, a tag.
+pub const SEALING: usize = 1 + NONCE_LEN + 16;
 /// The HKDF salt: what the keys are for.
 const SALT: &[u8] = b"facefs sealing v1";
 
@@ -76,20 +78,30 @@ impl Sealer {
 
     /// What [`Self::seal`] sealed to `place`.
     pub fn open(&self, place: &[u8], sealed: &[u8]) -> Result<Vec<u8>, NotOpened> {
-        let (&version, rest) = sealed.split_first().ok_or(NotOpened)?;
-        if version != VERSION || rest.len() < NONCE_LEN {
+        self.open_owned(place, sealed.to_vec())
+    }
+
+    /// [`Self::open`] in the sealed value's own buffer (a face's bytes are
+    /// not copied again).
+    pub fn open_owned(&self, place: &[u8], mut sealed: Vec<u8>) -> Result<Vec<u8>, NotOpened> {
+        if sealed.len() < SEALING || sealed[0] != VERSION {
             return Err(NotOpened);
         }
-        let (nonce, body) = rest.split_at(NONCE_LEN);
-        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| NotOpened)?;
-        let mut body = body.to_vec();
+        let nonce =
+            Nonce::try_assume_unique_for_key(&sealed[1..1 + NONCE_LEN]).map_err(|_| NotOpened)?;
+        sealed.drain(..1 + NONCE_LEN);
         let plain = self
             .aead
-            .open_in_place(nonce, Aad::from(place), &mut body)
+            .open_in_place(nonce, Aad::from(place), &mut sealed)
             .map_err(|_| NotOpened)?
             .len();
-        body.truncate(plain);
-        Ok(body)
+        sealed.truncate(plain);
+        Ok(sealed)
+    }
+
+    /// [`Self::name`] as a number, for file names.
+    pub fn name_number(&self, parts: &[&[u8]]) -> u128 {
+        u128::from_str_radix(&self.name(parts), 16).expect("hex")
     }
 
     /// A name for `parts` (a user id, a page token) that tells nothing of

@@ -417,7 +417,7 @@ fn a_restarted_mount_catches_up_on_the_events_it_missed() {
         assert!(std::fs::read(path(&a)).ok() == emu.face(IdKind::OpenId, who, false));
         // Until it has a place in the stream, noted in its store.
         let noted = || {
-            std::fs::read_dir(cache.path().join("facefs-v1"))
+            std::fs::read_dir(cache.path().join("facefs-v2"))
                 .into_iter()
                 .flatten()
                 .flatten()

@@ -15,7 +15,7 @@ use facefs::fs::layout::face_file_name;
 /// Every face file of the store under `cache_dir` (unfinished writes too).
 fn stored_faces(cache_dir: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
-    let Ok(tenants) = std::fs::read_dir(cache_dir.join("facefs-v1")) else {
+    let Ok(tenants) = std::fs::read_dir(cache_dir.join("facefs-v2")) else {
         return files;
     };
     for tenant in tenants.flatten() {
@@ -34,7 +34,7 @@ fn stored_faces(cache_dir: &Path) -> Vec<PathBuf> {
 }
 
 fn listing_file(cache_dir: &Path, kind: IdKind) -> PathBuf {
-    let tenant = std::fs::read_dir(cache_dir.join("facefs-v1"))
+    let tenant = std::fs::read_dir(cache_dir.join("facefs-v2"))
         .unwrap()
         .flatten()
         .next()
@@ -568,4 +568,74 @@ fn umount_then_mount_at_once_finds_the_store_free() {
         wait_with_timeout(old, Duration::from_secs(20)).code(),
         Some(0)
     );
+}
+
+/// Whoever reads the store's disk sees neither a face nor an id; whoever
+/// writes to it cannot put one face under another's name; the unsealed
+/// store of an older facefs goes at the first mount.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn the_store_shows_no_face_or_id_and_a_moved_face_is_not_served() {
+    let emu = emulator(small_tenant(10));
+    let cache = TempDir::new("sealed-store");
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &[]);
+        assert!(std::fs::read_dir(mnt.join("open_id")).unwrap().count() > 0);
+        read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    }
+    let files = stored_faces(cache.path());
+    assert!(files.len() >= 2);
+    let mut ids: Vec<String> = IdKind::ALL
+        .into_iter()
+        .flat_map(|kind| [emu.ids_with_faces(kind), emu.ids_without_faces(kind)].concat())
+        .collect();
+    ids.retain(|id| id.len() >= 3);
+    let tenant_dir = files[0].ancestors().nth(3).unwrap().to_owned();
+    let mut everything = files.clone();
+    let listing = listing_file(cache.path(), IdKind::OpenId);
+    assert!(listing.exists(), "the listing was stored");
+    everything.push(listing);
+    for file in &everything {
+        let bytes = std::fs::read(file).unwrap();
+        assert!(
+            !bytes.windows(3).any(|w| w == b"\xff\xd8\xff"),
+            "{file:?} holds a JPEG"
+        );
+        for id in &ids {
+            let shown = |b: &[u8]| b.windows(id.len()).any(|w| w == id.as_bytes());
+            assert!(!shown(&bytes), "{file:?} holds {id}");
+            assert!(
+                !file.to_string_lossy().contains(id.as_str()),
+                "{file:?} names {id}"
+            );
+        }
+    }
+
+    // Two faces' files swapped, and an older facefs's unsealed store beside.
+    let (a, b) = (
+        std::fs::read(&files[0]).unwrap(),
+        std::fs::read(&files[1]).unwrap(),
+    );
+    std::fs::write(&files[0], &b).unwrap();
+    std::fs::write(&files[1], &a).unwrap();
+    let old_store = cache
+        .path()
+        .join("facefs-v1")
+        .join(tenant_dir.file_name().unwrap());
+    std::fs::create_dir_all(old_store.join("faces/ab")).unwrap();
+    std::fs::write(old_store.join("faces/ab/cdef"), b"\xff\xd8\xff an old face").unwrap();
+    let downloads = emu.count(Route::Face);
+
+    let port = free_port();
+    let mnt = mount_with_store(&emu, cache.path(), &["--metrics-listen", &port.to_string()]);
+    read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    assert_eq!(
+        emu.count(Route::Face),
+        downloads + 2,
+        "the two moved faces, downloaded again"
+    );
+    let metrics = scrape_metrics(port);
+    assert_eq!(metric(&metrics, "facefs_store_discarded_total"), 2.0);
+    assert!(!old_store.exists(), "the unsealed store is still there");
+    assert!(mnt.log_text().contains("removed the unsealed store"));
 }

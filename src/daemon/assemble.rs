@@ -67,12 +67,22 @@ impl Origin {
     pub fn tenant(&self) -> String {
         format!("{}\n{}", self.base_url, self.app_id)
     }
+
+    /// The keys what facefs keeps outside its memory is sealed with:
+    /// derived from the app secret and the tenant.
+    pub fn sealer(&self) -> Arc<Sealer> {
+        Arc::new(Sealer::derive(
+            self.app_secret.expose().as_bytes(),
+            &self.tenant(),
+        ))
+    }
 }
 
 /// The on-disk store (`--cache-dir`), if asked for.
 pub fn store(
     settings: &Settings,
-    tenant: &str,
+    origin: &Origin,
+    sealer: &Arc<Sealer>,
     memory: &Arc<ByteBudget>,
 ) -> Result<Option<Arc<FaceStore>>, String> {
     let Some(dir) = &settings.cache_dir else {
@@ -81,8 +91,9 @@ pub fn store(
     let config = StoreConfig {
         dir: dir.clone(),
         max_bytes: settings.cache_dir_size,
-        tenant: tenant.to_owned(),
+        tenant: origin.tenant(),
         memory_wait: settings.request_timeout,
+        sealer: sealer.clone(),
     };
     FaceStore::open(config, memory.clone())
         .map(Some)
@@ -103,6 +114,7 @@ pub struct Client {
 pub fn client(
     settings: &Settings,
     origin: &Origin,
+    sealer: &Arc<Sealer>,
     memory: &Arc<ByteBudget>,
 ) -> Result<Client, String> {
     let metrics = Arc::new(ApiMetrics::default());
@@ -140,10 +152,7 @@ pub fn client(
             prefix: redis.prefix.clone(),
             tenant: origin.tenant(),
             timeout: redis.timeout,
-            sealer: Arc::new(Sealer::derive(
-                origin.app_secret.expose().as_bytes(),
-                &origin.tenant(),
-            )),
+            sealer: sealer.clone(),
         })
         .map_err(|e| e.to_string())?,
     );

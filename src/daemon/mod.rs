@@ -158,14 +158,15 @@ fn mount(
     // Everything held in faces: the cache, and downloads, stored faces being
     // read and open files beyond it.
     let memory = ByteBudget::new(settings.cache_size.saturating_add(IN_FLIGHT_BYTES));
-    let store = assemble::store(settings, &origin.tenant(), &memory)?;
+    let sealer = origin.sealer();
+    let store = assemble::store(settings, &origin, &sealer, &memory)?;
     let events_config = settings.events.then(|| EventsConfig {
         base_url: origin.base_url.clone(),
         app_id: origin.app_id.clone(),
         app_secret: origin.app_secret.clone(),
         timeout: settings.request_timeout,
     });
-    let client = assemble::client(settings, &origin, &memory)?;
+    let client = assemble::client(settings, &origin, &sealer, &memory)?;
     let fleet_events = client.fleet_events.clone();
     let core = FaceFs::new(
         client.api.clone(),

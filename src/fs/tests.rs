@@ -1004,7 +1004,7 @@ mod with_a_store {
         let attr = look(&first, "ou_a.jpg").unwrap();
         drop(first);
         // One bit of the face's bytes (its last byte) flipped on disk.
-        let file = std::fs::read_dir(dir.0.join("facefs-v1"))
+        let file = std::fs::read_dir(dir.0.join("facefs-v2"))
             .unwrap()
             .flatten()
             .flat_map(|tenant| std::fs::read_dir(tenant.path().join("faces")).unwrap())

@@ -220,6 +220,35 @@ pub fn check_tenant(root: &Path, tenant: &str) -> Result<(), StoreError> {
         .map_err(StoreError::io("write", &path))
 }
 
+/// Removes the store an older facefs kept for this tenant in `dir` (faces
+/// unsealed: they must not outlive the upgrade), unless a running facefs
+/// still holds its lock. Never follows a symlink; failures are logged.
+pub fn remove_unsealed(dir: &Path) {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() && meta.uid() == euid() => {}
+        _ => return,
+    }
+    let Ok(lock) = lock(dir) else {
+        log::warn!(
+            "an older facefs still uses its unsealed store in {}; remove it once that mount is gone",
+            dir.display()
+        );
+        return;
+    };
+    drop(lock);
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => log::info!(
+            "removed the unsealed store of an older facefs in {}; faces are stored sealed from now on",
+            dir.display()
+        ),
+        Err(e) => log::warn!("cannot remove the unsealed store in {}: {e}", dir.display()),
+    }
+    if let Some(parent) = dir.parent() {
+        // Only if no other tenant's store is left in it.
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,6 @@ use std::sync::Arc;
 
 use super::directory::{create_private, is_own_file};
 use crate::api::IdKind;
-use crate::fs::layout::FaceKey;
 
 /// No stored face file is believed to be larger: a face, its header, some slack.
 const MAX_FACE_FILE: u64 = crate::api::http::MAX_FACE_BYTES + 4096;
@@ -51,17 +50,17 @@ pub(super) fn is_face_file(meta: &std::fs::Metadata) -> bool {
 }
 
 /// The file name of a face: its key, hashed.
-pub(super) fn face_name(key: &FaceKey) -> u64 {
-    key.digest(&[])
-}
+/// The file name of a face: a keyed hash of its key, which tells nothing
+/// of the id to whoever lacks the tenant's keys (see [`super::FaceStore::name_of`]).
+pub type FaceName = u128;
 
-pub(super) fn face_path(root: &Path, name: u64) -> PathBuf {
+pub(super) fn face_path(root: &Path, name: FaceName) -> PathBuf {
     root.join("faces").join(face_relative(name))
 }
 
 /// A face's path below `faces/`.
-pub(super) fn face_relative(name: u64) -> String {
-    let hex = format!("{name:016x}");
+pub(super) fn face_relative(name: FaceName) -> String {
+    let hex = format!("{name:032x}");
     format!("{}/{}", &hex[..2], &hex[2..])
 }
 

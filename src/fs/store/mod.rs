@@ -6,10 +6,10 @@
 //! Layout, under the `--cache-dir` the user names:
 //!
 //! ```text
-//! facefs-v1/<tenant>/tenant           base URL and app id, in full
-//! facefs-v1/<tenant>/lock             flock of the mount using it, and its pid
-//! facefs-v1/<tenant>/faces/<hh>/<h>   one face: see entry.rs
-//! facefs-v1/<tenant>/listings/<kind>  one listing: see entry.rs
+//! facefs-v2/<tenant>/tenant           base URL and app id, in full
+//! facefs-v2/<tenant>/lock             flock of the mount using it, and its pid
+//! facefs-v2/<tenant>/faces/<hh>/<h>   one face: see entry.rs
+//! facefs-v2/<tenant>/listings/<kind>  one listing: see entry.rs
 //! ```
 //!
 //! `<tenant>` and `<h>` are FNV-1a hashes of the tenant and of the face's
@@ -47,24 +47,31 @@ use parking_lot::Mutex;
 use self::directory::{check_tenant, is_own_file, open_private, StoreLock};
 pub use self::error::StoreError;
 use self::files::{
-    face_name, face_path, face_relative, is_face_file, listing_path, read_cached, read_prefix,
+    face_path, face_relative, is_face_file, listing_path, read_cached, read_prefix, FaceName,
     Replacer,
 };
 use self::metrics::StoreMetrics;
 pub use self::room::StoreUsage;
 use self::room::{free_space, Index, FREE_SPACE_FLOOR};
-use self::scan::{scan, Scan};
+use self::scan::Scan;
 use super::answer::{Step, Stop};
 use super::face::{digest, Face, FaceMeta};
 use super::layout::FaceKey;
 use super::listing::Listing;
 use crate::api::{FaceBytes, IdKind};
+use crate::seal::Sealer;
 use crate::sync::byte_budget::{ByteBudget, MemoryHold};
 
 /// The store's own directory under `--cache-dir`; a new format gets a new one.
-const FORMAT_DIR: &str = "facefs-v1";
+const FORMAT_DIR: &str = "facefs-v2";
+/// Where stores of the unsealed format lived; this tenant's is removed.
+const OLD_FORMAT_DIR: &str = "facefs-v1";
 /// No stored listing is believed to be larger: 2,000,000 ids of at most 243 bytes and their ends.
 const MAX_LISTING_FILE: u64 = 2_000_000 * (243 + 4) + 4096;
+fn note_place(name: &str) -> Vec<u8> {
+    [&b"facefs store note v2\0"[..], name.as_bytes()].concat()
+}
+
 /// A face read within this of its last recorded use is not touched again:
 /// the LRU order across remounts needs hours, not every read.
 const TOUCH_EVERY: Duration = Duration::from_secs(3600);
@@ -78,6 +85,8 @@ pub struct StoreConfig {
     pub tenant: String,
     /// How long a read may wait for room in the memory budget.
     pub memory_wait: Duration,
+    /// The tenant's keys: every entry is sealed with them.
+    pub sealer: Arc<Sealer>,
 }
 
 pub struct FaceStore {
@@ -93,6 +102,7 @@ pub struct FaceStore {
     /// Whether "no room" was logged since the last write that found room.
     warned_full: AtomicBool,
     metrics: StoreMetrics,
+    sealer: Arc<Sealer>,
     _lock: StoreLock,
 }
 
@@ -112,7 +122,9 @@ impl FaceStore {
         directory::prepare_top(&config.dir)?;
         let format_dir = config.dir.join(FORMAT_DIR);
         directory::prepare_own(&format_dir)?;
-        let root = format_dir.join(format!("{:016x}", digest(config.tenant.as_bytes())));
+        let tenant_dir = format!("{:016x}", digest(config.tenant.as_bytes()));
+        directory::remove_unsealed(&config.dir.join(OLD_FORMAT_DIR).join(&tenant_dir));
+        let root = format_dir.join(tenant_dir);
         directory::prepare_own(&root)?;
         let lock = directory::lock(&root)?;
         check_tenant(&root, &config.tenant)?;
@@ -137,22 +149,16 @@ impl FaceStore {
             replacer: Replacer::default(),
             warned_full: AtomicBool::new(false),
             metrics: StoreMetrics::default(),
+            sealer: config.sealer,
             _lock: lock,
         });
         let scanner = Arc::downgrade(&store);
-        std::thread::Builder::new()
-            .name("facefs-store-scan".into())
-            .spawn(move || {
-                let started = Instant::now();
-                let Some(root) = scanner.upgrade().map(|s| s.root.clone()) else {
-                    return;
-                };
-                let found = scan(&root);
-                if let Some(store) = scanner.upgrade() {
-                    store.scanned(found, started);
-                }
-            })
-            .map_err(StoreError::Scan)?;
+        scan::start(store.root.clone(), move |found, started| {
+            if let Some(store) = scanner.upgrade() {
+                store.scanned(found, started);
+            }
+        })
+        .map_err(StoreError::Scan)?;
         Ok(store)
     }
 
@@ -160,6 +166,21 @@ impl FaceStore {
     #[cfg(test)]
     pub fn hold_writes(&self, gate: Arc<crate::sync::gate::Gate>) {
         self.replacer.hold_writes(gate);
+    }
+
+    /// The file name of `key`'s face.
+    fn name_of(&self, key: &FaceKey) -> FaceName {
+        self.sealer.name_number(&[
+            b"face",
+            &[key.kind.index() as u8, u8::from(key.cropped)],
+            key.id.as_bytes(),
+        ])
+    }
+
+    /// Where `key`'s face is stored.
+    #[cfg(test)]
+    pub fn face_path_of(&self, key: &FaceKey) -> PathBuf {
+        face_path(&self.root, self.name_of(key))
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
@@ -176,27 +197,9 @@ impl FaceStore {
 
     /// Merges what the scan found under what this mount wrote meanwhile
     /// (which is newer), then evicts down to the bound.
-    fn scanned(&self, mut found: Scan, started: Instant) {
-        found.faces.sort_by_key(|f| f.2);
-        let mut index = self.index.lock();
-        let written = std::mem::replace(&mut index.lru, LruCache::unbounded());
-        // A listing written since the scan looked is the one on disk now.
-        for (kind, bytes) in found.listings.iter().enumerate() {
-            if index.listings[kind] == 0 {
-                index.listings[kind] = *bytes;
-            }
-        }
-        index.bytes = index.listings.iter().sum();
-        for (name, bytes, _) in found.faces {
-            index.put(name, bytes);
-        }
-        for (name, bytes) in written.iter().rev() {
-            index.put(*name, *bytes);
-        }
-        index.scanned = true;
-        let faces = index.lru.len();
-        let bytes = index.bytes;
-        drop(index);
+    fn scanned(&self, found: Scan, started: Instant) {
+        let removed = found.removed;
+        let (faces, bytes) = self.index.lock().merge_scan(found);
         // Down to the bound, now that the total is known.
         self.make_room(None, 0, 0);
         log::info!(
@@ -204,8 +207,8 @@ impl FaceStore {
             self.root.display(),
             bytes >> 20,
             started.elapsed(),
-            if found.removed > 0 {
-                format!("; removed {} unfinished or foreign files", found.removed)
+            if removed > 0 {
+                format!("; removed {removed} unfinished or foreign files")
             } else {
                 String::new()
             }
@@ -216,7 +219,7 @@ impl FaceStore {
     /// damaged entries are deleted). `Err` only when no memory could be had
     /// for its bytes within the wait.
     pub fn face(&self, key: &FaceKey) -> Result<Option<Face>, StoreError> {
-        let name = face_name(key);
+        let name = self.name_of(key);
         let path = face_path(&self.root, name);
         let file = match self.open_face(name) {
             Ok(file) => file,
@@ -254,8 +257,8 @@ impl FaceStore {
             self.discard(name, &path, key, &format!("cannot be read ({e})"));
             return Ok(None);
         }
-        let header = match entry::verify_face(key, &bytes) {
-            Ok(header) => header,
+        let (header, bytes) = match entry::open_face(&self.sealer, key, bytes) {
+            Ok(opened) => opened,
             Err(damage) => {
                 self.discard(name, &path, key, &damage.to_string());
                 return Ok(None);
@@ -279,27 +282,27 @@ impl FaceStore {
     /// included, is `None` for a call that may wait to handle; this one
     /// then changed nothing.
     pub fn face_now(&self, key: &FaceKey, wanted: impl Fn(SystemTime) -> bool) -> Option<Face> {
-        let name = face_name(key);
+        let name = self.name_of(key);
         let file = self.open_face(name).ok()?;
         let meta = file.metadata().ok().filter(is_face_file)?;
         let held = self.memory.try_hold(meta.len())?;
         let mut bytes = vec![0u8; meta.len() as usize];
         let read = read_cached(&file, meta.len(), &mut bytes)?;
         bytes.truncate(read);
-        let header = entry::verify_face(key, &bytes)
+        entry::verify_face_header(&self.sealer, key, &bytes, bytes.len() as u64)
             .ok()
             .filter(|h| wanted(h.fetched_at))?;
+        let (header, bytes) = entry::open_face(&self.sealer, key, bytes).ok()?;
         Some(self.served(name, bytes, held, header))
     }
 
     fn served(
         &self,
-        name: u64,
-        mut bytes: Vec<u8>,
+        name: FaceName,
+        bytes: Vec<u8>,
         held: MemoryHold,
         header: entry::StoredFaceHeader,
     ) -> Face {
-        bytes.drain(..header.data_start);
         self.index.lock().lru.promote(&name);
         self.metrics.hits.inc();
         Face::verified(
@@ -337,7 +340,7 @@ impl FaceStore {
     }
 
     fn header(&self, key: &FaceKey, how: HeaderRead) -> Step<Option<FaceMeta>> {
-        let name = face_name(key);
+        let name = self.name_of(key);
         // What cannot be known here: a call that may wait finds out, and
         // only that one may delete.
         let unknown = match how {
@@ -362,9 +365,9 @@ impl FaceStore {
             HeaderRead::Wait => read_prefix(&file, &mut start),
         };
         let Some(read) = read else { return unknown };
-        match entry::verify_face_header(key, &start[..read], meta.len()) {
-            Ok((header, size)) => Ok(Some(FaceMeta {
-                size,
+        match entry::verify_face_header(&self.sealer, key, &start[..read], meta.len()) {
+            Ok(header) => Ok(Some(FaceMeta {
+                size: header.size,
                 digest: header.digest,
                 fetched_at: header.fetched_at,
             })),
@@ -379,7 +382,7 @@ impl FaceStore {
 
     /// Opens a stored face, relative to the open faces directory (a stat
     /// walk opens every face), never through a symlink.
-    fn open_face(&self, name: u64) -> std::io::Result<File> {
+    fn open_face(&self, name: FaceName) -> std::io::Result<File> {
         directory::open_private_at(&self.faces_dir, &face_relative(name))
     }
 
@@ -392,7 +395,7 @@ impl FaceStore {
             .ok_or(StoreError::NoMemory(self.memory_wait))
     }
 
-    fn discard(&self, name: u64, path: &Path, key: &FaceKey, why: &str) {
+    fn discard(&self, name: FaceName, path: &Path, key: &FaceKey, why: &str) {
         // The id is personal data: the log names the kind and the file.
         log::warn!(
             "discarding the stored {} face {}: {why}; it is downloaded again when needed",
@@ -407,10 +410,10 @@ impl FaceStore {
     /// Keeps `face` as the stored face of `key`. A failure to write is
     /// logged and costs only the next download.
     pub fn put_face(&self, key: &FaceKey, face: &Face) {
-        let name = face_name(key);
+        let name = self.name_of(key);
         let path = face_path(&self.root, name);
-        let header = entry::face_header(key, &face.bytes, face.digest, face.fetched_at);
-        let size = (header.len() + face.bytes.len()) as u64;
+        let sealed = entry::seal_face(&self.sealer, key, &face.bytes, face.digest, face.fetched_at);
+        let size = sealed.len() as u64;
         if !self.make_room(Some(name), size, 0) {
             return;
         }
@@ -420,10 +423,8 @@ impl FaceStore {
                 directory::prepare_own(dir).map_err(std::io::Error::other)
             })
             .and_then(|()| {
-                self.replacer.write_then_rename(&path, |file| {
-                    file.write_all(&header)?;
-                    file.write_all(&face.bytes)
-                })
+                self.replacer
+                    .write_then_rename(&path, |file| file.write_all(&sealed))
             });
         match written {
             Ok(bytes) => {
@@ -440,7 +441,7 @@ impl FaceStore {
 
     /// Forgets the stored face of `key` (the API said it does not exist).
     pub fn remove_face(&self, key: &FaceKey) {
-        let name = face_name(key);
+        let name = self.name_of(key);
         let _ = std::fs::remove_file(face_path(&self.root, name));
         self.index.lock().remove(name);
     }
@@ -476,7 +477,7 @@ impl FaceStore {
             self.discard_listing(kind, &path, "not a private file of a listing's size");
             return None;
         }
-        match entry::decode_listing(kind, &bytes) {
+        match entry::decode_listing(&self.sealer, kind, &bytes) {
             Ok(listing) => Some(listing),
             Err(damage) => {
                 self.discard_listing(kind, &path, &damage.to_string());
@@ -497,7 +498,7 @@ impl FaceStore {
     }
 
     pub fn put_listing(&self, kind: IdKind, listing: &Listing) {
-        let encoded = entry::encode_listing(kind, listing);
+        let encoded = entry::encode_listing(&self.sealer, kind, listing);
         let path = listing_path(&self.root, kind);
         let old = self.index.lock().listings[kind.index()];
         if !self.make_room(None, encoded.len() as u64, old) {
@@ -521,20 +522,25 @@ impl FaceStore {
 
     /// A small note kept beside the store's entries (e.g. how far the
     /// fleet's event stream was read), if one was written.
+    /// Sealed to its name, like every entry. One that does not open is
+    /// none: whoever needs it starts over (the fleet distrusts what it holds).
     pub fn note(&self, name: &str) -> Option<String> {
-        let mut text = String::new();
+        let mut sealed = Vec::new();
         directory::open_private(&self.root.join(format!("{name}.note")))
             .ok()?
-            .read_to_string(&mut text)
+            .take(64 << 10)
+            .read_to_end(&mut sealed)
             .ok()?;
-        Some(text)
+        let text = self.sealer.open(&note_place(name), &sealed).ok()?;
+        String::from_utf8(text).ok()
     }
 
     pub fn put_note(&self, name: &str, text: &str) {
         let path = self.root.join(format!("{name}.note"));
+        let sealed = self.sealer.seal(&note_place(name), text.as_bytes());
         if let Err(e) = self
             .replacer
-            .write_then_rename(&path, |file| file.write_all(text.as_bytes()))
+            .write_then_rename(&path, |file| file.write_all(&sealed))
         {
             log::warn!("cannot write {}: {e}", path.display());
         }
@@ -550,7 +556,7 @@ impl FaceStore {
     /// asked for its free space before, and evicted files are deleted
     /// after, because the kernel's never-wait reads take the same lock and
     /// must not wait for a slow disk.
-    fn make_room(&self, name: Option<u64>, incoming: u64, still_on_disk: u64) -> bool {
+    fn make_room(&self, name: Option<FaceName>, incoming: u64, still_on_disk: u64) -> bool {
         let space = free_space(&self.root);
         let (fits, evicted) = {
             let mut index = self.index.lock();

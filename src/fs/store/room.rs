@@ -6,6 +6,9 @@ use std::path::Path;
 
 use lru::LruCache;
 
+use super::files::FaceName;
+use super::scan::Scan;
+
 /// What the store holds, for `statfs`-style reports and the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StoreUsage {
@@ -22,7 +25,7 @@ pub(super) const FREE_SPACE_FLOOR: f64 = 0.05;
 
 /// The faces on disk by file name, least recently used first out.
 pub(super) struct Index {
-    pub(super) lru: LruCache<u64, u64>,
+    pub(super) lru: LruCache<FaceName, u64>,
     /// Bytes on disk of the faces in `lru` and of the listings.
     pub(super) bytes: u64,
     pub(super) listings: [u64; 3],
@@ -31,11 +34,33 @@ pub(super) struct Index {
 }
 
 impl Index {
-    pub(super) fn put(&mut self, name: u64, bytes: u64) {
+    pub(super) fn put(&mut self, name: FaceName, bytes: u64) {
         if let Some(old) = self.lru.put(name, bytes) {
             self.bytes -= old;
         }
         self.bytes += bytes;
+    }
+
+    /// Merges what the start-up scan found under what this mount wrote
+    /// meanwhile (which is newer); the faces and bytes now known.
+    pub(super) fn merge_scan(&mut self, mut found: Scan) -> (usize, u64) {
+        found.faces.sort_by_key(|f| f.2);
+        let written = std::mem::replace(&mut self.lru, LruCache::unbounded());
+        // A listing written since the scan looked is the one on disk now.
+        for (kind, bytes) in found.listings.iter().enumerate() {
+            if self.listings[kind] == 0 {
+                self.listings[kind] = *bytes;
+            }
+        }
+        self.bytes = self.listings.iter().sum();
+        for (name, bytes, _) in found.faces {
+            self.put(name, bytes);
+        }
+        for (name, bytes) in written.iter().rev() {
+            self.put(*name, *bytes);
+        }
+        self.scanned = true;
+        (self.lru.len(), self.bytes)
     }
 
     pub(super) fn usage(&self) -> StoreUsage {
@@ -47,7 +72,7 @@ impl Index {
         }
     }
 
-    pub(super) fn remove(&mut self, name: u64) {
+    pub(super) fn remove(&mut self, name: FaceName) {
         if let Some(old) = self.lru.pop(&name) {
             self.bytes -= old;
         }
@@ -55,7 +80,7 @@ impl Index {
 
     /// Takes out the least recently used face: its name, and the bytes it
     /// took on disk (its file is the caller's to delete).
-    fn evict_one(&mut self) -> Option<(u64, u64)> {
+    fn evict_one(&mut self) -> Option<(FaceName, u64)> {
         let (name, bytes) = self.lru.pop_lru()?;
         self.bytes -= bytes;
         self.evictions += 1;
@@ -70,7 +95,7 @@ impl Index {
         incoming: u64,
         still_on_disk: u64,
         max_bytes: u64,
-    ) -> (bool, Vec<u64>) {
+    ) -> (bool, Vec<FaceName>) {
         let mut evicted = Vec::new();
         // Files take whole blocks, and a new directory may take one more.
         let incoming = incoming.div_ceil(space.block) * space.block;

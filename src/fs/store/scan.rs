@@ -1,15 +1,15 @@
 //! The start-up scan: the face files on disk, sized into the index on a
 //! thread of its own so that mounting does not wait for it.
 
-use std::path::Path;
-use std::time::SystemTime;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
 
-use super::files::{disk_bytes, listing_path};
+use super::files::{disk_bytes, listing_path, FaceName};
 use crate::api::IdKind;
 
 /// What the start-up scan found: faces as (name, bytes on disk, last use).
 pub(super) struct Scan {
-    pub(super) faces: Vec<(u64, u64, SystemTime)>,
+    pub(super) faces: Vec<(FaceName, u64, SystemTime)>,
     /// Bytes on disk of each kind's listing.
     pub(super) listings: [u64; 3],
     pub(super) removed: usize,
@@ -18,7 +18,22 @@ pub(super) struct Scan {
 /// Walks the face files. Leftovers of writes that never finished (a crash)
 /// and files that cannot be the store's are removed: the lock says no one
 /// else writes here.
-pub(super) fn scan(root: &Path) -> Scan {
+/// Scans `root` on a thread of its own, then hands `done` what it found
+/// and when it started.
+pub(super) fn start(
+    root: PathBuf,
+    done: impl FnOnce(Scan, Instant) + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("facefs-store-scan".into())
+        .spawn(move || {
+            let started = Instant::now();
+            done(scan(&root), started);
+        })
+        .map(drop)
+}
+
+fn scan(root: &Path) -> Scan {
     let mut found = Scan {
         faces: Vec::new(),
         listings: IdKind::ALL.map(|kind| {
@@ -38,8 +53,8 @@ pub(super) fn scan(root: &Path) -> Scan {
         };
         for file in files.flatten() {
             let rest = file.file_name().to_string_lossy().into_owned();
-            let name = (prefix.len() == 2 && rest.len() == 14)
-                .then(|| u64::from_str_radix(&format!("{prefix}{rest}"), 16).ok())
+            let name = (prefix.len() == 2 && rest.len() == 30)
+                .then(|| FaceName::from_str_radix(&format!("{prefix}{rest}"), 16).ok())
                 .flatten();
             match (name, file.metadata()) {
                 (Some(name), Ok(meta)) if meta.is_file() => found.faces.push((

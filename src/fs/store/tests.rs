@@ -40,6 +40,7 @@ impl TempStoreDir {
                 max_bytes,
                 tenant: tenant.to_owned(),
                 memory_wait,
+                sealer: std::sync::Arc::new(crate::seal::Sealer::derive(b"test secret", tenant)),
             },
             memory,
         )
@@ -81,7 +82,7 @@ fn scanned(store: &FaceStore) -> StoreUsage {
 }
 
 fn file_of(store: &FaceStore, key: &FaceKey) -> PathBuf {
-    face_path(store.root(), face_name(key))
+    store.face_path_of(key)
 }
 
 #[test]
