@@ -123,6 +123,43 @@ pub fn open_private_at(dir: &File, relative: &str) -> std::io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Opens the directory `name` below the open directory `dir`, never
+/// through a symlink (a planted one is refused: ELOOP or ENOTDIR).
+pub fn open_dir_at(dir: &File, name: &str) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated name below a directory descriptor `dir` owns.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openat just returned this descriptor, owned by no one else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Removes the entry `name` (a file, or a symlink itself) of the open
+/// directory `dir`: whatever was swapped in on the way, nothing outside it.
+pub fn remove_at(dir: &File, name: &str) -> std::io::Result<()> {
+    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated name below a directory descriptor `dir` owns.
+    if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The entries of the open directory `dir` (through /proc: the directory
+/// itself, whatever its path leads to now).
+pub fn entries_of(dir: &File) -> std::io::Result<std::fs::ReadDir> {
+    std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
 /// Whether an opened file is one the store could have written.
 pub fn is_own_file(meta: &std::fs::Metadata) -> bool {
     meta.is_file() && meta.uid() == euid() && meta.permissions().mode() & 0o077 == 0

@@ -9,8 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(test)]
 use std::sync::Arc;
 
-use super::directory::{create_private, is_own_file};
+use super::directory::{self, create_private, is_own_file};
 use crate::api::IdKind;
+use crate::fs::layout::FaceKey;
+use crate::seal::Sealer;
 
 /// No stored face file is believed to be larger: a face, its header, some slack.
 const MAX_FACE_FILE: u64 = crate::api::http::MAX_FACE_BYTES + 4096;
@@ -51,7 +53,7 @@ pub(super) fn is_face_file(meta: &std::fs::Metadata) -> bool {
 
 /// The file name of a face: its key, hashed.
 /// The file name of a face: a keyed hash of its key, which tells nothing
-/// of the id to whoever lacks the tenant's keys (see [`super::FaceStore::name_of`]).
+/// of the id to whoever lacks the tenant's keys (see [`face_name`]).
 pub type FaceName = u128;
 
 pub(super) fn face_path(root: &Path, name: FaceName) -> PathBuf {
@@ -117,5 +119,32 @@ impl Replacer {
             let _ = std::fs::remove_file(&temp);
         }
         result
+    }
+}
+
+/// The file name of `key`'s face: a keyed hash, which tells nothing of the
+/// id to whoever lacks the tenant's keys.
+pub(super) fn face_name(sealer: &Sealer, key: &FaceKey) -> FaceName {
+    sealer.name_number(&[
+        b"face",
+        &[key.kind.index() as u8, u8::from(key.cropped)],
+        key.id.as_bytes(),
+    ])
+}
+
+/// Opens a stored face, relative to the open faces directory (a stat
+/// walk opens every face), never through a symlink.
+pub(super) fn open_face_file(faces_dir: &File, name: FaceName) -> std::io::Result<File> {
+    directory::open_private_at(faces_dir, &face_relative(name))
+}
+
+/// Deletes the file of the face `name`, relative to the open faces
+/// directory and its prefix directory opened without following a
+/// symlink: nothing outside the store, whatever was planted in it.
+pub(super) fn remove_face_file(faces_dir: &File, name: FaceName) {
+    let relative = face_relative(name);
+    let (prefix, file) = relative.split_once('/').expect("prefix/file");
+    if let Ok(dir) = directory::open_dir_at(faces_dir, prefix) {
+        let _ = directory::remove_at(&dir, file);
     }
 }

@@ -47,8 +47,8 @@ use parking_lot::Mutex;
 use self::directory::{check_tenant, is_own_file, open_private, StoreLock};
 pub use self::error::StoreError;
 use self::files::{
-    face_path, face_relative, is_face_file, listing_path, read_cached, read_prefix, FaceName,
-    Replacer,
+    face_name, face_path, is_face_file, listing_path, open_face_file, read_cached, read_prefix,
+    remove_face_file, FaceName, Replacer,
 };
 use self::metrics::StoreMetrics;
 pub use self::room::StoreUsage;
@@ -168,19 +168,10 @@ impl FaceStore {
         self.replacer.hold_writes(gate);
     }
 
-    /// The file name of `key`'s face.
-    fn name_of(&self, key: &FaceKey) -> FaceName {
-        self.sealer.name_number(&[
-            b"face",
-            &[key.kind.index() as u8, u8::from(key.cropped)],
-            key.id.as_bytes(),
-        ])
-    }
-
     /// Where `key`'s face is stored.
     #[cfg(test)]
     pub fn face_path_of(&self, key: &FaceKey) -> PathBuf {
-        face_path(&self.root, self.name_of(key))
+        face_path(&self.root, face_name(&self.sealer, key))
     }
 
     pub fn metrics(&self) -> &StoreMetrics {
@@ -219,9 +210,9 @@ impl FaceStore {
     /// damaged entries are deleted). `Err` only when no memory could be had
     /// for its bytes within the wait.
     pub fn face(&self, key: &FaceKey) -> Result<Option<Face>, StoreError> {
-        let name = self.name_of(key);
+        let name = face_name(&self.sealer, key);
         let path = face_path(&self.root, name);
-        let file = match self.open_face(name) {
+        let file = match open_face_file(&self.faces_dir, name) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             // A symlink where a face should be: planted, never followed.
@@ -282,8 +273,8 @@ impl FaceStore {
     /// included, is `None` for a call that may wait to handle; this one
     /// then changed nothing.
     pub fn face_now(&self, key: &FaceKey, wanted: impl Fn(SystemTime) -> bool) -> Option<Face> {
-        let name = self.name_of(key);
-        let file = self.open_face(name).ok()?;
+        let name = face_name(&self.sealer, key);
+        let file = open_face_file(&self.faces_dir, name).ok()?;
         let meta = file.metadata().ok().filter(is_face_file)?;
         let held = self.memory.try_hold(meta.len())?;
         let mut bytes = vec![0u8; meta.len() as usize];
@@ -340,14 +331,14 @@ impl FaceStore {
     }
 
     fn header(&self, key: &FaceKey, how: HeaderRead) -> Step<Option<FaceMeta>> {
-        let name = self.name_of(key);
+        let name = face_name(&self.sealer, key);
         // What cannot be known here: a call that may wait finds out, and
         // only that one may delete.
         let unknown = match how {
             HeaderRead::Now => Err(Stop::WouldBlock),
             HeaderRead::Wait => Ok(None),
         };
-        let file = match self.open_face(name) {
+        let file = match open_face_file(&self.faces_dir, name) {
             Ok(file) => file,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(_) => return unknown,
@@ -380,12 +371,6 @@ impl FaceStore {
         }
     }
 
-    /// Opens a stored face, relative to the open faces directory (a stat
-    /// walk opens every face), never through a symlink.
-    fn open_face(&self, name: FaceName) -> std::io::Result<File> {
-        directory::open_private_at(&self.faces_dir, &face_relative(name))
-    }
-
     /// Memory for `bytes` from the same budget as downloads. The budget is
     /// async (the HTTP client waits on it); a store read is not, and waits
     /// for room by polling, which only happens when memory is short.
@@ -397,20 +382,25 @@ impl FaceStore {
 
     fn discard(&self, name: FaceName, path: &Path, key: &FaceKey, why: &str) {
         // The id is personal data: the log names the kind and the file.
-        log::warn!(
-            "discarding the stored {} face {}: {why}; it is downloaded again when needed",
-            key.kind,
-            path.display()
-        );
         self.metrics.discarded.inc();
-        let _ = std::fs::remove_file(path);
+        // At the 1st, 2nd, 4th... discard: a rotated secret or a planted
+        // flood must not fill the log.
+        let count = self.metrics.discarded.get();
+        if count.is_power_of_two() {
+            log::warn!(
+                "discarding the stored {} face {}: {why}; it is downloaded again when needed (discarded so far: {count})",
+                key.kind,
+                path.display()
+            );
+        }
+        remove_face_file(&self.faces_dir, name);
         self.index.lock().remove(name);
     }
 
     /// Keeps `face` as the stored face of `key`. A failure to write is
     /// logged and costs only the next download.
     pub fn put_face(&self, key: &FaceKey, face: &Face) {
-        let name = self.name_of(key);
+        let name = face_name(&self.sealer, key);
         let path = face_path(&self.root, name);
         let sealed = entry::seal_face(&self.sealer, key, &face.bytes, face.digest, face.fetched_at);
         let size = sealed.len() as u64;
@@ -441,8 +431,8 @@ impl FaceStore {
 
     /// Forgets the stored face of `key` (the API said it does not exist).
     pub fn remove_face(&self, key: &FaceKey) {
-        let name = self.name_of(key);
-        let _ = std::fs::remove_file(face_path(&self.root, name));
+        let name = face_name(&self.sealer, key);
+        remove_face_file(&self.faces_dir, name);
         self.index.lock().remove(name);
     }
 
@@ -575,7 +565,7 @@ impl FaceStore {
             }
         };
         for name in evicted {
-            let _ = std::fs::remove_file(face_path(&self.root, name));
+            remove_face_file(&self.faces_dir, name);
         }
         if !fits && !self.warned_full.swap(true, Ordering::Relaxed) {
             log::warn!(

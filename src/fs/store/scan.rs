@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
+use super::directory;
 use super::files::{disk_bytes, listing_path, FaceName};
 use crate::api::IdKind;
 
@@ -33,6 +34,10 @@ pub(super) fn start(
         .map(drop)
 }
 
+/// Walks the face files. Leftovers of writes that never finished (a crash)
+/// and files that cannot be the store's are removed: the lock says no one
+/// else writes here. Nothing is followed out of the store: each directory
+/// is opened without following symlinks, and removals are relative to it.
 fn scan(root: &Path) -> Scan {
     let mut found = Scan {
         faces: Vec::new(),
@@ -41,35 +46,51 @@ fn scan(root: &Path) -> Scan {
         }),
         removed: 0,
     };
-    let Ok(dirs) = std::fs::read_dir(root.join("faces")) else {
+    let Ok(faces) = directory::open_dir(&root.join("faces")) else {
+        return found;
+    };
+    let Ok(dirs) = directory::entries_of(&faces) else {
         return found;
     };
     // This process's own writes in flight, which the scan runs beside.
     let own_temp = format!(".{}.", std::process::id());
+    let mut remove = |dir: &std::fs::File, name: &str| {
+        if directory::remove_at(dir, name).is_ok() {
+            found.removed += 1;
+        }
+    };
+    let mut listed = Vec::new();
     for dir in dirs.flatten() {
         let prefix = dir.file_name().to_string_lossy().into_owned();
-        let Ok(files) = std::fs::read_dir(dir.path()) else {
+        let opened = (prefix.len() == 2)
+            .then(|| directory::open_dir_at(&faces, &prefix).ok())
+            .flatten();
+        let (Some(opened), Ok(files)) = (
+            opened.as_ref(),
+            opened
+                .as_ref()
+                .map_or(Err(()), |d| directory::entries_of(d).map_err(drop)),
+        ) else {
+            // A file, a symlink (planted: never followed), a stray name.
+            remove(&faces, &prefix);
             continue;
         };
         for file in files.flatten() {
             let rest = file.file_name().to_string_lossy().into_owned();
-            let name = (prefix.len() == 2 && rest.len() == 30)
+            let name = (rest.len() == 30)
                 .then(|| FaceName::from_str_radix(&format!("{prefix}{rest}"), 16).ok())
                 .flatten();
             match (name, file.metadata()) {
-                (Some(name), Ok(meta)) if meta.is_file() => found.faces.push((
+                (Some(name), Ok(meta)) if meta.is_file() => listed.push((
                     name,
                     disk_bytes(&meta),
                     meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                 )),
                 _ if rest.contains(&own_temp) && rest.ends_with(".tmp") => {}
-                _ => {
-                    if std::fs::remove_file(file.path()).is_ok() {
-                        found.removed += 1;
-                    }
-                }
+                _ => remove(opened, &rest),
             }
         }
     }
+    found.faces = listed;
     found
 }

@@ -278,6 +278,40 @@ fn the_scan_removes_unfinished_writes_and_foreign_files() {
 }
 
 #[test]
+fn the_scan_and_its_deletions_stay_inside_the_store() {
+    let dir = TempStoreDir::new("symlinks");
+    let outside = TempStoreDir::new("outside");
+    std::fs::create_dir_all(&outside.0).unwrap();
+    let precious = outside.0.join("precious");
+    std::fs::write(&precious, b"not the store's").unwrap();
+    let faces;
+    {
+        let store = dir.open("tenant", 1 << 30);
+        store.put_face(&key("ou_a"), &face(b"a face"));
+        faces = file_of(&store, &key("ou_a"))
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+    }
+    // A directory of the store's shape that is a symlink to elsewhere.
+    let planted = faces.join("ab");
+    std::os::unix::fs::symlink(&outside.0, &planted).unwrap();
+    let store = dir.open("tenant", 1 << 30);
+    assert_eq!(scanned(&store).faces, 1);
+    assert!(
+        precious.exists(),
+        "the scan deleted a file outside the store"
+    );
+    assert!(
+        std::fs::symlink_metadata(&planted).is_err(),
+        "the planted symlink stays"
+    );
+    assert!(store.face(&key("ou_a")).unwrap().is_some());
+}
+
+#[test]
 fn a_store_reading_into_a_full_memory_budget_waits_then_fails() {
     let dir = TempStoreDir::new("memory");
     let budget = ByteBudget::new(64 << 10);
