@@ -644,3 +644,66 @@ fn the_store_shows_no_face_or_id_and_a_moved_face_is_not_served() {
     assert!(!old_store.exists(), "the unsealed store is still there");
     assert!(mnt.log_text().contains("removed the unsealed store"));
 }
+
+/// With --data-key-file the store is sealed with that key: another key opens
+/// none of it (each face is downloaded again, never served wrong), and a
+/// key too short to be one is refused with the way to make one.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_data_key_seals_the_store_and_another_key_opens_none_of_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let emu = emulator(small_tenant(6));
+    let cache = TempDir::new("data-key");
+    let keys = TempDir::new("keys");
+    let write_key = |name: &str, text: &str| {
+        let path = keys.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let first = write_key("first", "0123456789abcdef0123456789abcdef-first");
+    let second = write_key("second", "0123456789abcdef0123456789abcdef-second");
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &["--data-key-file", &first]);
+        read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    }
+    let downloads = emu.count(Route::Face);
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &["--data-key-file", &first]);
+        read_and_check_all(&emu, &mnt, IdKind::OpenId);
+        assert_eq!(
+            emu.count(Route::Face),
+            downloads,
+            "the same key opens the store"
+        );
+    }
+    let mnt = mount_with_store(&emu, cache.path(), &["--data-key-file", &second]);
+    read_and_check_all(&emu, &mnt, IdKind::OpenId);
+    assert_eq!(
+        emu.count(Route::Face),
+        2 * downloads,
+        "another key opens nothing: every face downloaded again"
+    );
+    let log = mnt.log_text();
+    assert_eq!(
+        log.matches("sealed under another key").count(),
+        1,
+        "said once:\n{log}"
+    );
+    drop(mnt);
+
+    let short = write_key("short", "too short");
+    let dir = TempDir::new("short-key");
+    let _cleanup = Unmount(dir.path());
+    let out = facefs_command(&emu, dir.path())
+        .args(["--data-key-file", &short, "-f"])
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("head -c 32 /dev/urandom"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!is_mounted(dir.path()));
+}

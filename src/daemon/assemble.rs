@@ -69,12 +69,11 @@ impl Origin {
     }
 
     /// The keys what facefs keeps outside its memory is sealed with:
-    /// derived from the app secret and the tenant.
-    pub fn sealer(&self) -> Arc<Sealer> {
-        Arc::new(Sealer::derive(
-            self.app_secret.expose().as_bytes(),
-            &self.tenant(),
-        ))
+    /// derived from `--data-key-file` if given, else from the app secret,
+    /// and the tenant.
+    pub fn sealer(&self, data_key: Option<&Secret>) -> Arc<Sealer> {
+        let key = data_key.unwrap_or(&self.app_secret);
+        Arc::new(Sealer::derive(key.expose().as_bytes(), &self.tenant()))
     }
 }
 
@@ -156,7 +155,10 @@ pub fn client(
         })
         .map_err(|e| e.to_string())?,
     );
-    log::info!("sharing this tenant's rate budget, faces, listings and events through Redis");
+    log::info!(
+        "sharing this tenant's rate budget, faces, listings and events through Redis, keys under {}* (what its Redis ACL should allow)",
+        fleet.key("")
+    );
     let fleet_events = FleetEvents::new(fleet.clone());
     let pacer = FleetPacer::new(
         limiter,

@@ -13,6 +13,10 @@ use crate::api::secret::Secret;
 pub const SECRET_ENV: &str = "FEISHU_APP_SECRET";
 /// Where a Redis URL holding a password may come from, besides a file.
 pub const REDIS_URL_ENV: &str = "FACEFS_REDIS_URL";
+/// Where a data key may come from instead of `--data-key-file`.
+pub const DATA_KEY_ENV: &str = "FACEFS_DATA_KEY";
+/// A data key holds at least this many bytes.
+const MIN_DATA_KEY: usize = 32;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -163,6 +167,12 @@ pub struct Cli {
     #[arg(long, value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
 
+    /// A file holding the key (at least 32 bytes) that seals the store and
+    /// the fleet's values, instead of one derived from the app secret; every
+    /// mount of a fleet needs the same (or set FACEFS_DATA_KEY).
+    #[arg(long, value_name = "PATH")]
+    pub data_key_file: Option<PathBuf>,
+
     /// Bound on each Redis command; past it the mount goes on alone.
     #[arg(long, value_name = "DURATION", default_value = "250ms", value_parser = parse_duration)]
     pub redis_timeout: Duration,
@@ -306,6 +316,8 @@ pub struct Settings {
     pub gid: Option<u32>,
     pub file_mode: u16,
     pub dir_mode: u16,
+    /// `--data-key-file`: seals instead of the app secret.
+    pub data_key: Option<Secret>,
 }
 
 impl Cli {
@@ -373,6 +385,7 @@ impl Cli {
             gid: self.gid,
             file_mode: self.file_mode,
             dir_mode: self.dir_mode,
+            data_key: data_key(self.data_key_file.as_deref())?,
             max_parallel: usize::from(self.max_parallel),
         })
     }
@@ -382,6 +395,20 @@ fn read_secret(file: Option<&std::path::Path>) -> Result<Secret, String> {
     read_private("the app secret", file, SECRET_ENV)?.ok_or_else(|| {
         format!("no app secret: pass --app-secret-file PATH or set {SECRET_ENV} (or try --demo)")
     })
+}
+
+/// `--data-key-file` or $FACEFS_DATA_KEY, if given: long enough to be a key.
+fn data_key(file: Option<&std::path::Path>) -> Result<Option<Secret>, String> {
+    let key = read_private("the data key", file, DATA_KEY_ENV)?;
+    if key
+        .as_ref()
+        .is_some_and(|k| k.expose().len() < MIN_DATA_KEY)
+    {
+        return Err(format!(
+            "the data key is shorter than {MIN_DATA_KEY} bytes; make one with: head -c 32 /dev/urandom | base64 > FILE"
+        ));
+    }
+    Ok(key)
 }
 
 /// A secret from `file` or else the environment variable `env` (which is

@@ -158,7 +158,7 @@ fn mount(
     // Everything held in faces: the cache, and downloads, stored faces being
     // read and open files beyond it.
     let memory = ByteBudget::new(settings.cache_size.saturating_add(IN_FLIGHT_BYTES));
-    let sealer = origin.sealer();
+    let sealer = origin.sealer(settings.data_key.as_ref());
     let store = assemble::store(settings, &origin, &sealer, &memory)?;
     let events_config = settings.events.then(|| EventsConfig {
         base_url: origin.base_url.clone(),

@@ -8,6 +8,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::Path;
 
 use super::error::StoreError;
+use crate::seal::Sealer;
 
 fn euid() -> u32 {
     // SAFETY: geteuid cannot fail.
@@ -223,15 +224,23 @@ pub fn lock(dir: &Path) -> Result<StoreLock, StoreError> {
     Ok(StoreLock { _file: file })
 }
 
-/// The tenant the store holds must be this one: the directory name is a
-/// hash, the `tenant` file the proof. A store whose proof is missing,
-/// damaged or names another tenant cannot be trusted to hold this tenant's
-/// faces: it is emptied (it is a cache) and claimed, and the mount starts.
-pub fn check_tenant(root: &Path, tenant: &str) -> Result<(), StoreError> {
+/// What the tenant proof is sealed to.
+const PROOF_PLACE: &[u8] = b"facefs store tenant proof v2";
+
+/// The store must be this tenant's, sealed with these keys: the directory
+/// name is a hash, the `tenant` file the proof (the tenant, sealed). A
+/// store whose proof is missing, damaged, names another tenant or was
+/// sealed under another key (a rotated app secret, another
+/// `--data-key-file`) holds nothing this mount can open: it is emptied (it
+/// is a cache), claimed, and the mount starts.
+pub fn check_tenant(root: &Path, tenant: &str, sealer: &Sealer) -> Result<(), StoreError> {
     let path = root.join("tenant");
     let why = match std::fs::read(&path) {
-        Ok(found) if found == tenant.as_bytes() => return Ok(()),
-        Ok(_) => "its tenant file names another tenant or is damaged",
+        Ok(found) => match sealer.open(PROOF_PLACE, &found) {
+            Ok(opened) if opened == tenant.as_bytes() => return Ok(()),
+            Ok(_) => "its tenant file names another tenant",
+            Err(_) => "it was sealed under another key (the app secret was rotated, or --data-key-file changed) or its tenant file is damaged",
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => "it has no tenant file",
         Err(e) => return Err(StoreError::io("read", &path)(e)),
     };
@@ -252,7 +261,7 @@ pub fn check_tenant(root: &Path, tenant: &str) -> Result<(), StoreError> {
     let temp = root.join("tenant.tmp");
     let _ = std::fs::remove_file(&temp);
     create_private(&temp)
-        .and_then(|mut f| f.write_all(tenant.as_bytes()))
+        .and_then(|mut f| f.write_all(&sealer.seal(PROOF_PLACE, tenant.as_bytes())))
         .and_then(|()| std::fs::rename(&temp, &path))
         .map_err(StoreError::io("write", &path))
 }

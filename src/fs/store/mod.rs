@@ -127,7 +127,7 @@ impl FaceStore {
         let root = format_dir.join(tenant_dir);
         directory::prepare_own(&root)?;
         let lock = directory::lock(&root)?;
-        check_tenant(&root, &config.tenant)?;
+        check_tenant(&root, &config.tenant, &config.sealer)?;
         for dir in ["faces", "listings"] {
             directory::prepare_own(&root.join(dir))?;
         }
