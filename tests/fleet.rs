@@ -296,17 +296,47 @@ fn the_redis_password_stays_out_of_argv_and_logs() {
     let file = secrets.path().join("redis-url");
     std::fs::write(&file, format!("{with_password}\n")).unwrap();
     let file_arg = file.to_str().unwrap();
+    // Every feature on, at trace level: events, the store, an upload.
+    let cache = TempDir::new("trace-store");
     let mnt = Mount::start_with_env(
         &emu,
-        &["--redis-url-file", file_arg, "--rate-limit", "100"],
+        &[
+            "--redis-url-file",
+            file_arg,
+            "--rate-limit",
+            "100",
+            "--events",
+            "--writable",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ],
         &[("FACEFS_LOG", "trace")],
     );
-    let id = &emu.ids_with_faces(IdKind::OpenId)[0];
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let id = &ids[0];
     std::fs::read(mnt.join("open_id").join(face_file_name(id, false))).unwrap();
     assert_eq!(month_count(&redis), 1, "authenticated and counted");
+    let replacement = emu.face(IdKind::OpenId, &ids[1], false).unwrap();
+    std::fs::write(
+        mnt.join("open_id").join(face_file_name(id, false)),
+        replacement,
+    )
+    .unwrap();
+    let log = mnt.log_text();
+    assert!(
+        log.contains("TRACE") && log.contains("uploaded a face"),
+        "{log}"
+    );
+    let mut secrets = vec![password.to_owned(), emu.config().app_secret.clone()];
+    secrets.extend(emu.issued_tokens());
+    secrets.push("ticket-".into());
+    for secret in &secrets {
+        assert!(!log.contains(secret.as_str()), "{secret} in a trace log");
+    }
     drop(mnt);
 
     // From the environment: read, then wiped from the process's environment.
+    let counted = month_count(&redis);
     let mnt = Mount::start_with_env(
         &emu,
         &["--rate-limit", "100"],
@@ -315,8 +345,12 @@ fn the_redis_password_stays_out_of_argv_and_logs() {
             ("FACEFS_LOG", "trace"),
         ],
     );
-    std::fs::read(mnt.join("open_id").join(face_file_name(id, true))).unwrap();
-    assert_eq!(month_count(&redis), 2);
+    std::fs::read(mnt.join("open_id").join(face_file_name(&ids[2], true))).unwrap();
+    assert_eq!(
+        month_count(&redis),
+        counted + 1,
+        "authenticated and counted"
+    );
     let pid = mnt.child.as_ref().unwrap().id();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     assert!(
