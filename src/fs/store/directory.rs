@@ -107,36 +107,20 @@ pub fn open_dir(dir: &Path) -> Result<File, StoreError> {
 
 /// [`open_private`] of `relative` below the open directory `dir`.
 pub fn open_private_at(dir: &File, relative: &str) -> std::io::Result<File> {
-    use std::os::fd::FromRawFd;
-    let path = std::ffi::CString::new(relative).map_err(std::io::Error::other)?;
-    // SAFETY: a NUL-terminated path below a directory descriptor `dir` owns.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: openat just returned this descriptor, owned by no one else.
-    Ok(unsafe { File::from_raw_fd(fd) })
+    open_at(dir, relative, libc::O_RDONLY | libc::O_NOFOLLOW)
 }
 
 /// Opens the directory `name` below the open directory `dir`, never
 /// through a symlink (a planted one is refused: ELOOP or ENOTDIR).
 pub fn open_dir_at(dir: &File, name: &str) -> std::io::Result<File> {
+    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+}
+
+fn open_at(dir: &File, relative: &str, flags: libc::c_int) -> std::io::Result<File> {
     use std::os::fd::FromRawFd;
-    let name = std::ffi::CString::new(name).map_err(std::io::Error::other)?;
-    // SAFETY: a NUL-terminated name below a directory descriptor `dir` owns.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            name.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
+    let path = std::ffi::CString::new(relative).map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated path below a directory descriptor `dir` owns.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), path.as_ptr(), flags | libc::O_CLOEXEC) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error());
     }
