@@ -113,7 +113,11 @@ pub fn open_private_at(dir: &File, relative: &str) -> std::io::Result<File> {
 /// Opens the directory `name` below the open directory `dir`, never
 /// through a symlink (a planted one is refused: ELOOP or ENOTDIR).
 pub fn open_dir_at(dir: &File, name: &str) -> std::io::Result<File> {
-    open_at(dir, name, libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW)
+    open_at(
+        dir,
+        name,
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+    )
 }
 
 fn open_at(dir: &File, relative: &str, flags: libc::c_int) -> std::io::Result<File> {
