@@ -267,6 +267,11 @@ mod tests {
             6,
             "exactly max_attempts requests"
         );
+        // Counted as the requests went: two retries, then two more and a give-up.
+        let counted = api.metrics();
+        assert_eq!(counted.retries(), 4);
+        assert_eq!(counted.requests(Endpoint::Face, Outcome::Transient), 5);
+        assert_eq!(counted.requests(Endpoint::Face, Outcome::Ok), 1);
     }
 
     #[test]

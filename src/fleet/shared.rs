@@ -91,9 +91,10 @@ fn encode(sealer: &Sealer, key: &str, kind: u8, body: &[u8], at: SystemTime) -> 
 fn decode(
     sealer: &Sealer,
     key: &str,
-    value: &[u8],
+    value: Vec<u8>,
 ) -> Result<(u8, Vec<u8>, SystemTime), NotOpened> {
-    let mut plain = sealer.open(&place(key), value)?;
+    // Opened in the value's own buffer: a face is not copied again.
+    let mut plain = sealer.open_owned(&place(key), value)?;
     if plain.len() < HEADER {
         return Err(NotOpened);
     }
@@ -158,7 +159,7 @@ impl<A: FaceApi> SharedApi<A> {
     ) -> Result<T, ApiError> {
         let look = || {
             let value = self.published(key, limit)?;
-            let answer = match decode(&self.fleet.sealer, key, &value) {
+            let answer = match decode(&self.fleet.sealer, key, value) {
                 Ok((kind, body, at)) => read(kind, body, at),
                 Err(e) => {
                     self.fleet.rejected(&e);
@@ -389,12 +390,19 @@ mod tests {
         let at = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         let value = encode(&sealer, "k:a", FACE, b"face bytes", at);
         assert_eq!(
-            decode(&sealer, "k:a", &value),
+            decode(&sealer, "k:a", value.clone()),
             Ok((FACE, b"face bytes".to_vec(), at))
         );
-        assert_eq!(decode(&sealer, "k:b", &value), Err(NotOpened), "moved");
+        assert_eq!(
+            decode(&sealer, "k:b", value.clone()),
+            Err(NotOpened),
+            "moved"
+        );
         for cut in 0..value.len() {
-            assert_eq!(decode(&sealer, "k:a", &value[..cut]), Err(NotOpened));
+            assert_eq!(
+                decode(&sealer, "k:a", value[..cut].to_vec()),
+                Err(NotOpened)
+            );
         }
         // Any change: the kind (a face turned into "no face" would be a
         // false ENOENT), the time, the bytes.
@@ -402,7 +410,7 @@ mod tests {
             let mut bad = value.clone();
             bad[flip] ^= 0x20;
             assert_eq!(
-                decode(&sealer, "k:a", &bad),
+                decode(&sealer, "k:a", bad),
                 Err(NotOpened),
                 "flip at {flip}"
             );
@@ -410,7 +418,7 @@ mod tests {
         let ahead = SystemTime::now() + Duration::from_secs(3600);
         let forged = encode(&sealer, "k:a", FACE, b"face bytes", ahead);
         assert_eq!(
-            decode(&sealer, "k:a", &forged),
+            decode(&sealer, "k:a", forged),
             Err(NotOpened),
             "from the future"
         );

@@ -135,12 +135,12 @@ impl ReadSlice {
 /// bytes as the face has were read (the kernel's reads of one file may come
 /// out of order), on FORGET, after [`PIN_IDLE`] without a read, or when more
 /// than `limit` files are being read; its bytes stay inside the memory budget.
-pub(super) struct ReadPins {
-    pub(super) pins: HashMap<u64, Pin>,
+struct ReadPins {
+    pins: HashMap<u64, Pin>,
     limit: usize,
 }
 
-pub(super) struct Pin {
+struct Pin {
     face: Arc<Face>,
     served: u64,
     last_read: Instant,
@@ -206,7 +206,7 @@ pub struct OpenFiles {
     /// Open directories, by handle, with what their first read showed.
     dirs: Mutex<HashMap<u64, Option<DirSnapshot>>>,
     /// Faces being read by inode (see [`ReadPins`]).
-    pub(super) pins: Mutex<ReadPins>,
+    pins: Mutex<ReadPins>,
 }
 
 impl OpenFiles {

@@ -177,13 +177,6 @@ impl FuseMetrics {
         }
     }
 
-    /// Operations `op` that failed with `errno` so far.
-    pub fn errors(&self, op: FuseOp, errno: i32) -> u64 {
-        self.errors
-            .get_or_create(&[("op", op.as_str()), ("errno", errno_name(errno))])
-            .get()
-    }
-
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "facefs_fuse_op_seconds",

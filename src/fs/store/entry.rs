@@ -194,11 +194,13 @@ pub fn encode_listing(sealer: &Sealer, kind: IdKind, listing: &Listing) -> Vec<u
     file
 }
 
-/// Opens a whole listing file as the listing of `kind`.
-pub fn decode_listing(sealer: &Sealer, kind: IdKind, file: &[u8]) -> Result<Listing, Damage> {
-    magic(file, &LISTING_MAGIC)?;
+/// Opens a whole listing file as the listing of `kind`, in the file's own
+/// buffer (a listing can be hundreds of MB: it is not copied).
+pub fn decode_listing(sealer: &Sealer, kind: IdKind, mut file: Vec<u8>) -> Result<Listing, Damage> {
+    magic(&file, &LISTING_MAGIC)?;
+    file.drain(..LISTING_MAGIC.len());
     let plain = sealer
-        .open(&listing_place(kind), &file[LISTING_MAGIC.len()..])
+        .open_owned(&listing_place(kind), file)
         .map_err(|_| Damage::NotOpened)?;
     if plain.len() < 12 {
         return Err(Damage::Inconsistent);
@@ -216,6 +218,7 @@ pub fn decode_listing(sealer: &Sealer, kind: IdKind, file: &[u8]) -> Result<List
         .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
         .collect();
     let text = String::from_utf8(plain[text_start..].to_vec()).map_err(|_| Damage::Inconsistent)?;
+    drop(plain);
     Listing::from_parts(text, ends, fetched_at).ok_or(Damage::Inconsistent)
 }
 
@@ -318,17 +321,17 @@ mod tests {
         let listing = Listing::new(ids, at(1_700_000_000_000));
         let file = encode_listing(&sealer(), IdKind::OpenId, &listing);
         assert!(!file.windows(4).any(|w| w == b"ou_a"));
-        let back = decode_listing(&sealer(), IdKind::OpenId, &file).unwrap();
+        let back = decode_listing(&sealer(), IdKind::OpenId, file.clone()).unwrap();
         assert_eq!(back.parts(), listing.parts());
         assert_eq!(back.fetched_at, listing.fetched_at);
         assert!(back.place_of(&FaceKey::new(IdKind::OpenId, "ou_ccc", true)) == Some(5));
         assert_eq!(
-            decode_listing(&sealer(), IdKind::UserId, &file).err(),
+            decode_listing(&sealer(), IdKind::UserId, file.clone()).err(),
             Some(Damage::NotOpened)
         );
         for cut in [1, 8, 20, file.len() - 1] {
             assert!(
-                decode_listing(&sealer(), IdKind::OpenId, &file[..cut]).is_err(),
+                decode_listing(&sealer(), IdKind::OpenId, file[..cut].to_vec()).is_err(),
                 "cut at {cut}"
             );
         }
@@ -336,7 +339,7 @@ mod tests {
             let mut flipped = file.clone();
             flipped[i] ^= 0x04;
             assert!(
-                decode_listing(&sealer(), IdKind::OpenId, &flipped).is_err(),
+                decode_listing(&sealer(), IdKind::OpenId, flipped).is_err(),
                 "byte {i} flipped"
             );
         }

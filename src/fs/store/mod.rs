@@ -467,7 +467,7 @@ impl FaceStore {
             self.discard_listing(kind, &path, "not a private file of a listing's size");
             return None;
         }
-        match entry::decode_listing(&self.sealer, kind, &bytes) {
+        match entry::decode_listing(&self.sealer, kind, bytes) {
             Ok(listing) => Some(listing),
             Err(damage) => {
                 self.discard_listing(kind, &path, &damage.to_string());
