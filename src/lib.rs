@@ -3,9 +3,9 @@
 //!
 //! Layers, bottom up, one directory each; a module uses only those below
 //! it (`tests/structure.rs` fails on a cycle):
-//! - [`hash`], [`seal`], [`metrics`], [`sync`]: leaves every layer may use —
-//!   FNV-1a digests and xorshift; sealing what facefs keeps outside its
-//!   memory; what each layer's metrics share (values read at scrape, the
+//! - [`hash`], [`seal`], [`text`], [`metrics`], [`sync`]: leaves every
+//!   layer may use — FNV-1a digests and xorshift; sealing what facefs keeps
+//!   outside its memory; text from peers made safe to print; what each layer's metrics share (values read at scrape, the
 //!   text exposition); single-flight, worker pool, byte budget.
 //! - [`api`]: the client side of the Feishu API — the [`api::FaceApi`] trait,
 //!   the HTTP client with its token cache, the retry and rate-limit layers,
@@ -39,3 +39,4 @@ pub mod metrics;
 pub mod prefetch;
 pub mod seal;
 pub mod sync;
+pub mod text;

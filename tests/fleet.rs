@@ -728,3 +728,130 @@ fn numbers_forged_in_redis_stop_no_read() {
         "counted again from 0"
     );
 }
+
+/// A Redis that announces a 2 GB reply and floods it, or one that trickles
+/// its replies a byte at a time, costs a mount bounded memory and at most
+/// `--redis-timeout` a command: every read gets the right bytes, soon.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn a_redis_that_floods_or_trickles_costs_bounded_memory_and_time() {
+    let emu = emulator(small_tenant(12));
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let real = RedisServer::start(&[]);
+    let flood = HostileRedis::Flood.serve();
+    let trickle = HostileRedis::Trickle {
+        upstream: real.port,
+        every: Duration::from_millis(20),
+    }
+    .serve();
+    for (what, port) in [("flood", flood), ("trickle", trickle)] {
+        let url = format!("redis://127.0.0.1:{port}/0");
+        let (mnt, metrics_port) = mount_with_metrics(
+            &emu,
+            &[
+                "--redis",
+                &url,
+                "--rate-limit",
+                "100",
+                "--redis-timeout",
+                "250ms",
+            ],
+        );
+        let mut slowest = Duration::ZERO;
+        for (i, id) in ids.iter().enumerate() {
+            let start = Instant::now();
+            read_face(&emu, &mnt, id, i % 2 == 1);
+            slowest = slowest.max(start.elapsed());
+        }
+        let listed = std::fs::read_dir(mnt.join("open_id")).unwrap().count();
+        assert_eq!(listed, 2 * ids.len(), "{what}");
+        // A command costs at most 250 ms, and after a failure Redis is
+        // left alone for 2 s: a read pays a few timeouts at most (the
+        // redis crate's per-read timeout let one trickled reply take 20 s).
+        assert!(
+            slowest < Duration::from_secs(3),
+            "{what}: a read took {slowest:?}"
+        );
+        let peak_mib = memory_kib(mnt.child.as_ref().unwrap().id(), "VmHWM") / 1024;
+        assert!(peak_mib < 200, "{what}: peak {peak_mib} MiB");
+        let metrics = scrape_metrics(metrics_port);
+        assert!(
+            metric(&metrics, "facefs_redis_failures_total") >= 1.0,
+            "{what}"
+        );
+        let log = mnt.log_text();
+        assert!(log.contains("failed (no answer in time)"), "{what}: {log}");
+    }
+}
+
+/// Entries planted in the fleet's stream — too large to keep, or forged —
+/// are read past and counted, at bounded memory and log, and the next real
+/// event still reaches every mount.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn planted_stream_entries_are_skipped_and_the_next_event_applies() {
+    use redis::Commands;
+    let emu = emulator(small_tenant(6));
+    let redis = RedisServer::start(&[]);
+    let url = redis.url();
+    let args = ["--ttl", "1h", "--rate-limit", "100", "--redis", &url];
+    let hearing = Mount::start(&emu, &[&args[..], &["--events"]].concat());
+    let (reader, port) = mount_with_metrics(&emu, &args);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "the event connection", || {
+        server.clients() == 1
+    });
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let who = &ids[0];
+    let file = reader.join("open_id").join(face_file_name(who, false));
+    read_face(&emu, &reader, who, false);
+    read_face(&emu, &hearing, who, false);
+
+    let stream = redis
+        .keys("facefs:*:rate:next")
+        .remove(0)
+        .replace("rate:next", "events");
+    let mut connection = redis.connection();
+    let big = vec![b'x'; 20 << 20];
+    for _ in 0..4 {
+        let _: String = connection
+            .xadd(
+                &stream,
+                "*",
+                &[("origin", &b"elsewhere"[..]), ("event", &big[..])],
+            )
+            .unwrap();
+    }
+    let forged = vec![7u8; 300];
+    let _: String = connection
+        .xadd(
+            &stream,
+            "*",
+            &[("origin", &b"elsewhere"[..]), ("event", &forged[..])],
+        )
+        .unwrap();
+    drop(big);
+
+    let new = emu.face(IdKind::OpenId, &ids[1], false).unwrap();
+    let message = emu
+        .replace_face(IdKind::OpenId, who, false, new.clone())
+        .unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    wait_until(
+        Duration::from_secs(10),
+        "the new face from the stream",
+        || std::fs::read(&file).ok() == Some(new.clone()),
+    );
+    let rejected = metric(&scrape_metrics(port), "facefs_fleet_rejected_total");
+    assert_eq!(rejected, 5.0);
+    let peak_mib = memory_kib(reader.child.as_ref().unwrap().id(), "VmHWM") / 1024;
+    assert!(peak_mib < 200, "peak {peak_mib} MiB");
+    let log = reader.log_text();
+    assert!(log.len() < 64 << 10, "{} bytes of log", log.len());
+}

@@ -13,19 +13,28 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redis::streams::{StreamInfoStreamReply, StreamReadOptions, StreamReadReply};
-use redis::Commands;
-
+use super::client::{ClientError, Cmd, Connection, Limits, Reply};
 use super::shared::{face_key, listing_generation};
 use super::Fleet;
 use crate::api::IdKind;
 use crate::events::message::UserChange;
 use crate::seal::NotOpened;
+use crate::text::shown;
 
 /// Events the stream keeps (about: trimming is approximate).
 pub const STREAM_LENGTH: usize = 10_000;
 /// How long one read waits for new events.
 const BLOCK: Duration = Duration::from_secs(1);
+/// Entries read at a time.
+const READ_COUNT: usize = 16;
+/// The largest entry value kept: a sealed event is a few hundred bytes.
+/// A larger one is read past, counted as rejected and skipped.
+const MAX_EVENT: usize = 16 << 10;
+/// What one read may hold: [`READ_COUNT`] entries of the largest size.
+const READ_LIMITS: Limits = Limits {
+    bulk: MAX_EVENT,
+    total: READ_COUNT * (MAX_EVENT + (4 << 10)),
+};
 /// What the stream reader asks of the mount it serves; it sees the mount
 /// only through this.
 pub trait StreamTarget: Send + Sync {
@@ -49,6 +58,112 @@ pub struct FleetEvents {
 fn id_order(id: &str) -> (u64, u64) {
     let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
     (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}
+
+/// Whether `id` is a stream id (`ms-seq`, two numbers): anything else
+/// from Redis is not used as a position, nor logged.
+fn is_stream_id(id: &str) -> bool {
+    id.split_once('-').is_some_and(|(ms, seq)| {
+        [ms, seq]
+            .iter()
+            .all(|n| !n.is_empty() && n.len() <= 20 && n.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
+/// One entry read from the stream.
+struct Entry {
+    id: String,
+    origin: Option<Vec<u8>>,
+    /// The sealed event, or the size of one too large to keep.
+    event: Result<Vec<u8>, usize>,
+}
+
+/// The entries of an `XREAD` reply (nil: none came within the block).
+fn entries(reply: Reply) -> Result<Vec<Entry>, ClientError> {
+    const SHAPE: ClientError = ClientError::Protocol("not a stream read");
+    let mut out = Vec::new();
+    if reply == Reply::Nil {
+        return Ok(out);
+    }
+    for stream in reply.array()? {
+        let mut stream = stream.array()?.into_iter();
+        let (Some(_key), Some(items), None) = (stream.next(), stream.next(), stream.next()) else {
+            return Err(SHAPE);
+        };
+        for item in items.array()? {
+            let mut item = item.array()?.into_iter();
+            let (Some(id), Some(fields)) = (item.next(), item.next()) else {
+                return Err(SHAPE);
+            };
+            let id = id
+                .text()
+                .filter(|id| is_stream_id(id))
+                .ok_or(SHAPE)?
+                .to_owned();
+            let mut entry = Entry {
+                id,
+                origin: None,
+                event: Err(0),
+            };
+            // A deleted entry's fields are nil.
+            let fields = if fields == Reply::Nil {
+                Vec::new()
+            } else {
+                fields.array()?
+            };
+            let mut fields = fields.into_iter();
+            while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+                match (name.text(), value) {
+                    (Some("origin"), Reply::Bulk(v)) => entry.origin = Some(v),
+                    (Some("event"), Reply::Bulk(v)) => entry.event = Ok(v),
+                    (Some("event"), Reply::Oversized(n)) => entry.event = Err(n),
+                    _ => {}
+                }
+            }
+            out.push(entry);
+        }
+    }
+    Ok(out)
+}
+
+/// What `XINFO STREAM` says of where the stream begins and ends.
+#[derive(Debug, PartialEq)]
+struct StreamInfo {
+    length: u64,
+    last_generated_id: String,
+    first_entry_id: Option<String>,
+}
+
+fn stream_info(reply: Reply) -> Result<StreamInfo, ClientError> {
+    const SHAPE: ClientError = ClientError::Protocol("not a stream's information");
+    let mut info = StreamInfo {
+        length: 0,
+        last_generated_id: String::new(),
+        first_entry_id: None,
+    };
+    let mut fields = reply.array()?.into_iter();
+    while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+        match name.text() {
+            Some("length") => info.length = u64::try_from(value.int()?).map_err(|_| SHAPE)?,
+            Some("last-generated-id") => {
+                info.last_generated_id = value
+                    .text()
+                    .filter(|id| is_stream_id(id))
+                    .ok_or(SHAPE)?
+                    .to_owned()
+            }
+            Some("first-entry") if value != Reply::Nil => {
+                let first = value.array()?.into_iter().next().ok_or(SHAPE)?;
+                let id = first.text().filter(|id| is_stream_id(id)).ok_or(SHAPE)?;
+                info.first_entry_id = Some(id.to_owned());
+            }
+            _ => {}
+        }
+    }
+    if info.last_generated_id.is_empty() {
+        return Err(SHAPE);
+    }
+    Ok(info)
 }
 
 impl FleetEvents {
@@ -80,10 +195,8 @@ impl FleetEvents {
                 stale.push(face_key(&self.fleet, kind, id, cropped));
             }
         }
-        let published = self.fleet.run(|c| {
-            let mut pipe = redis::pipe();
-            pipe.atomic();
-            pipe.cmd("XADD")
+        let mut commands = vec![
+            Cmd::new("XADD")
                 .arg(self.fleet.key("events"))
                 .arg("MAXLEN")
                 .arg("~")
@@ -92,20 +205,27 @@ impl FleetEvents {
                 .arg("origin")
                 .arg(&self.origin)
                 .arg("event")
-                .arg(&event)
-                .ignore();
-            pipe.del(&stale).ignore();
-            if change.face_uploaded.is_some() {
-                for kind in IdKind::ALL {
-                    pipe.incr(listing_generation(&self.fleet, kind), 1).ignore();
-                }
+                .arg(&event),
+            stale.iter().fold(Cmd::new("DEL"), |del, key| del.arg(key)),
+        ];
+        if change.face_uploaded.is_some() {
+            for kind in IdKind::ALL {
+                commands.push(Cmd::new("INCR").arg(listing_generation(&self.fleet, kind)));
             }
-            pipe.query::<()>(c)
+        }
+        let published = self.fleet.run(|c| {
+            let replies = c.transaction(&commands)?;
+            match replies.iter().any(|r| matches!(r, Reply::Error(_))) {
+                true => Err(ClientError::Unexpected(
+                    "a command of the transaction failed",
+                )),
+                false => Ok(()),
+            }
         });
         if published.is_none() {
             log::warn!(
                 "event {}: not passed on to the fleet (Redis is failing); other mounts see the change after their --ttl",
-                change.event_id
+                shown(&change.event_id)
             );
         }
     }
@@ -135,82 +255,109 @@ impl FleetEvents {
         // Logged once per outage; the request path tells the rest.
         let mut broken = false;
         loop {
-            let mut connection = match self.fleet.dedicated(BLOCK) {
-                Ok(connection) => connection,
-                Err(e) => {
-                    if !std::mem::replace(&mut broken, true) {
-                        log::warn!(
-                            "the fleet's event stream cannot be read ({:?}); reading it again every {:?}",
-                            e.kind(),
-                            super::RETRY_AFTER
-                        );
+            let failure = match self.fleet.dedicated() {
+                Ok(mut connection) => {
+                    match self.read_connection(&mut connection, &mut position, &mut broken, target)
+                    {
+                        Err(e) => e,
+                        Ok(never) => match never {},
                     }
-                    std::thread::sleep(super::RETRY_AFTER);
-                    continue;
                 }
+                Err(e) => e,
             };
-            // At every (re)connect: Redis may have restarted and lost the stream.
-            let mut at = self.resume_from(&mut connection, position.take(), target);
-            // From here on, a restart resumes here (the store holds what
-            // these events would change).
-            target.set_position(&at);
-            position = Some(at.clone());
-            loop {
-                let options = StreamReadOptions::default()
-                    .block(BLOCK.as_millis() as usize)
-                    .count(100);
-                let read: redis::RedisResult<Option<StreamReadReply>> =
-                    connection.xread_options(&[self.fleet.key("events")], &[&at], &options);
-                let reply = match read {
-                    Ok(reply) => reply.unwrap_or_default(),
-                    Err(e) => {
-                        log::debug!("reading the fleet's event stream: {:?}", e.kind());
-                        break;
-                    }
-                };
-                if std::mem::take(&mut broken) {
-                    log::info!("the fleet's event stream is read again");
-                }
-                let mut moved = false;
-                for entry in reply.keys.into_iter().flat_map(|k| k.ids) {
-                    at = entry.id.clone();
-                    moved = true;
-                    let origin: Option<String> = entry.get("origin");
-                    if origin.as_deref() == Some(self.origin.as_str()) {
-                        continue;
-                    }
-                    let opened = entry
-                        .get::<Vec<u8>>("event")
-                        .ok_or(NotOpened)
-                        .and_then(|e| self.fleet.sealer.open(&self.event_place(), &e));
-                    let change = match opened {
-                        Ok(event) => serde_json::from_slice::<UserChange>(&event).ok(),
-                        Err(e) => {
-                            self.fleet.rejected(&e);
-                            continue;
-                        }
-                    };
-                    match change {
-                        Some(change) => {
-                            self.fleet.metrics.events.inc();
-                            log::info!(
-                                "event {} from the fleet: a user's faces changed (face_uploaded {:?}); dropping them",
-                                change.event_id,
-                                change.face_uploaded
-                            );
-                            target.apply(&change);
-                        }
-                        None => log::warn!(
-                            "an unreadable entry {} in the fleet's event stream",
-                            entry.id
-                        ),
-                    }
-                }
-                if moved {
-                    position = Some(at.clone());
-                    target.set_position(&at);
-                }
+            if !std::mem::replace(&mut broken, true) {
+                log::warn!(
+                    "the fleet's event stream cannot be read ({failure}); reading it again every {:?}",
+                    super::RETRY_AFTER
+                );
+            } else {
+                log::debug!("reading the fleet's event stream: {failure}");
             }
+            // Also after a connection that broke: a Redis that answers
+            // nonsense is not asked again at once.
+            std::thread::sleep(super::RETRY_AFTER);
+        }
+    }
+
+    /// Reads and applies entries on `connection` until it fails.
+    fn read_connection(
+        &self,
+        connection: &mut Connection,
+        position: &mut Option<String>,
+        broken: &mut bool,
+        target: &dyn StreamTarget,
+    ) -> Result<std::convert::Infallible, ClientError> {
+        // At every (re)connect: Redis may have restarted and lost the stream.
+        let mut at = self.resume_from(connection, position.clone(), target)?;
+        // From here on, a restart resumes here (the store holds what
+        // these events would change).
+        target.set_position(&at);
+        *position = Some(at.clone());
+        let stream = self.fleet.key("events");
+        loop {
+            // A blocking read answers after BLOCK: allow for a busy machine.
+            connection.set_deadline(
+                std::time::Instant::now()
+                    + BLOCK
+                    + self.fleet.timeout().max(Duration::from_secs(2)),
+            );
+            let read = Cmd::new("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream)
+                .arg(&at);
+            let read = entries(connection.query_within(&read, READ_LIMITS)?)?;
+            if std::mem::take(broken) {
+                log::info!("the fleet's event stream is read again");
+            }
+            for entry in &read {
+                if id_order(&entry.id) <= id_order(&at) {
+                    return Err(ClientError::Protocol("a stream entry out of order"));
+                }
+                at = entry.id.clone();
+                self.apply(entry, target);
+            }
+            if !read.is_empty() {
+                *position = Some(at.clone());
+                target.set_position(&at);
+            }
+        }
+    }
+
+    /// Applies one entry another mount appended.
+    fn apply(&self, entry: &Entry, target: &dyn StreamTarget) {
+        if entry.origin.as_deref() == Some(self.origin.as_bytes()) {
+            return;
+        }
+        let opened = entry
+            .event
+            .as_ref()
+            .map_err(|_| NotOpened)
+            .and_then(|e| self.fleet.sealer.open(&self.event_place(), e));
+        let change = match opened {
+            Ok(event) => serde_json::from_slice::<UserChange>(&event).ok(),
+            Err(e) => {
+                self.fleet.rejected(&e);
+                return;
+            }
+        };
+        match change {
+            Some(change) => {
+                self.fleet.metrics.events.inc();
+                log::info!(
+                    "event {} from the fleet: a user's faces changed (face_uploaded {:?}); dropping them",
+                    shown(&change.event_id),
+                    change.face_uploaded
+                );
+                target.apply(&change);
+            }
+            None => log::warn!(
+                "an unreadable entry {} in the fleet's event stream",
+                entry.id
+            ),
         }
     }
 
@@ -220,36 +367,49 @@ impl FleetEvents {
     /// Without a `last` (a first start: nothing held to go stale), the end.
     fn resume_from(
         &self,
-        connection: &mut redis::Connection,
+        connection: &mut Connection,
         last: Option<String>,
         target: &dyn StreamTarget,
-    ) -> String {
-        let info: redis::RedisResult<StreamInfoStreamReply> =
-            connection.xinfo_stream(self.fleet.key("events"));
+    ) -> Result<String, ClientError> {
+        connection.set_deadline(std::time::Instant::now() + self.fleet.timeout());
+        let info = match connection.query_within(
+            &Cmd::new("XINFO")
+                .arg("STREAM")
+                .arg(self.fleet.key("events")),
+            READ_LIMITS,
+        ) {
+            Ok(reply) => Some(stream_info(reply)?),
+            // No such key: no stream yet, or Redis lost it.
+            Err(ClientError::Refused(_)) => None,
+            Err(e) => return Err(e),
+        };
         let end = info
             .as_ref()
-            .map_or_else(|_| "0-0".to_owned(), |i| i.last_generated_id.clone());
-        let Some(last) = last else {
-            return end;
+            .map_or_else(|| "0-0".to_owned(), |i| i.last_generated_id.clone());
+        let Some(last) = last.filter(|last| is_stream_id(last)) else {
+            return Ok(end);
         };
         // The entry last read must still be there (ids only grow, also in
         // a stream made anew after Redis lost the old one).
         let lost = match &info {
             // Read from the start of a stream made after this mount
             // started: all of it is there unless some was trimmed.
-            Ok(info) if last == "0-0" => info.length >= STREAM_LENGTH,
-            Ok(info) if info.length == 0 => id_order(&info.last_generated_id) > id_order(&last),
-            Ok(info) => id_order(&info.first_entry.id) > id_order(&last),
+            Some(info) if last == "0-0" => info.length >= STREAM_LENGTH as u64,
+            Some(StreamInfo {
+                first_entry_id: Some(first),
+                ..
+            }) => id_order(first) > id_order(&last),
+            Some(info) => id_order(&info.last_generated_id) > id_order(&last),
             // No stream at all where there was one: Redis lost it.
-            Err(_) => last != "0-0",
+            None => last != "0-0",
         };
         if !lost {
-            return last;
+            return Ok(last);
         }
         log::warn!(
             "the fleet's event stream no longer holds every event since this mount last read it (Redis restarted, or more than {STREAM_LENGTH} events passed): faces and listings fetched before now are fetched again when next needed"
         );
         target.distrust_before(SystemTime::now());
-        end
+        Ok(end)
     }
 }

@@ -8,6 +8,7 @@
 //! Keys live under `facefs:{<prefix>:<tenant>}:` (the tenant is a hash of
 //! the API origin and the app id), so tenants and deployments never mix.
 
+pub mod client;
 pub mod events;
 pub mod metrics;
 pub mod rate;
@@ -17,8 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redis::{Client, Connection, ConnectionInfo, IntoConnectionInfo};
 
+use self::client::{Address, AddressError, ClientError, Connection, Place};
 use self::metrics::FleetMetrics;
 use crate::api::secret::Secret;
 use crate::seal::{NotOpened, Sealer};
@@ -38,14 +39,16 @@ pub struct FleetConfig {
     pub prefix: Option<String>,
     /// The API origin and app id: whose budget and faces these are.
     pub tenant: String,
-    /// Bound on connecting and on each command.
+    /// Bound on each command, connecting included.
     pub timeout: Duration,
     /// The tenant's keys: what the fleet keeps in Redis is sealed with them.
     pub sealer: Arc<Sealer>,
 }
 
 pub struct Fleet {
-    client: Client,
+    address: Address,
+    /// For `rediss://`.
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// Where Redis is, for logs (never the URL: it may hold the password).
     server: String,
     keys: String,
@@ -65,32 +68,27 @@ struct Health {
     next_try: Instant,
 }
 
-/// Why a Redis URL cannot be used. The Redis client's own error is kept
-/// by kind only: its text can quote the URL, password and all.
+/// Why a Redis URL cannot be used; never quoting it (it may hold the password).
 #[derive(Debug, thiserror::Error)]
 pub enum RedisUrlError {
     #[error(
-        "the Redis URL cannot be read ({0:?}): write it as redis://host:port/db or rediss://..."
+        "the Redis URL cannot be read ({0}): write it as redis://host:port/db or rediss://..."
     )]
-    Unreadable(redis::ErrorKind),
+    Unreadable(#[source] AddressError),
     #[error("refusing plaintext redis:// to {0}: faces and the password would cross the network in clear; use rediss:// (Redis with TLS)")]
     Plaintext(String),
-    #[error("cannot use the Redis URL: {0:?}")]
-    Client(redis::ErrorKind),
 }
 
 /// Checks a Redis URL: `rediss://` anywhere, plaintext `redis://` only to
 /// loopback (the fleet will carry face bytes; a password would cross in
 /// clear). Errors name the fix, never the password.
-pub fn parse_url(url: &str) -> Result<ConnectionInfo, RedisUrlError> {
-    let info = url
-        .into_connection_info()
-        .map_err(|e| RedisUrlError::Unreadable(e.kind()))?;
-    match &info.addr {
-        redis::ConnectionAddr::TcpTls { .. } => Ok(info),
-        redis::ConnectionAddr::Tcp(host, _) if is_loopback(host) => Ok(info),
-        redis::ConnectionAddr::Unix(_) => Ok(info),
-        redis::ConnectionAddr::Tcp(host, _) => Err(RedisUrlError::Plaintext(host.clone())),
+pub fn parse_url(url: &str) -> Result<Address, RedisUrlError> {
+    let address = Address::parse(url).map_err(RedisUrlError::Unreadable)?;
+    match &address.place {
+        Place::Tcp { host, .. } if !address.tls && !is_loopback(host) => {
+            Err(RedisUrlError::Plaintext(host.clone()))
+        }
+        _ => Ok(address),
     }
 }
 
@@ -104,20 +102,18 @@ fn is_loopback(host: &str) -> bool {
 
 /// Whether a Redis URL carries a password (it must then not come from argv).
 pub fn has_password(url: &str) -> bool {
-    url.into_connection_info()
-        .is_ok_and(|info| info.redis.password.is_some())
+    Address::parse(url).is_ok_and(|a| a.password.is_some())
 }
 
 impl Fleet {
     /// Prepares the fleet's client; Redis need not be up (the mount goes on alone until it is).
     pub fn new(config: FleetConfig) -> Result<Fleet, RedisUrlError> {
-        let info = parse_url(config.url.expose())?;
-        let server = info.addr.to_string();
-        let client = Client::open(info).map_err(|e| RedisUrlError::Client(e.kind()))?;
+        let address = parse_url(config.url.expose())?;
         let prefix = config.prefix.map(|p| format!("{p}:")).unwrap_or_default();
         Ok(Fleet {
-            client,
-            server,
+            tls: address.tls.then(client::tls_config),
+            server: address.to_string(),
+            address,
             // One hash tag for every key: a Redis Cluster keeps them in one
             // slot, as the scripts and transactions need.
             keys: format!(
@@ -145,12 +141,14 @@ impl Fleet {
         self.timeout
     }
 
-    /// Runs `command` on the connection within the timeout; `None` if Redis
-    /// failed (or failed a moment ago), and the caller goes on alone.
+    /// Runs `command` on a connection, all of it (waiting for a free
+    /// connection, connecting, the command) within the timeout; `None` if
+    /// Redis failed (or failed a moment ago), and the caller goes on alone.
     pub fn run<T>(
         &self,
-        command: impl FnOnce(&mut Connection) -> redis::RedisResult<T>,
+        command: impl FnOnce(&mut Connection) -> Result<T, ClientError>,
     ) -> Option<T> {
+        let deadline = Instant::now() + self.timeout;
         {
             let health = self.health.lock();
             if health.down_since.is_some() && Instant::now() < health.next_try {
@@ -163,7 +161,7 @@ impl Fleet {
             Some(slot) => slot,
             None => {
                 let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(slot) = self.connections[turn % CONNECTIONS].try_lock_for(self.timeout)
+                let Some(slot) = self.connections[turn % CONNECTIONS].try_lock_until(deadline)
                 else {
                     log::debug!(
                         "fleet: every connection to Redis busy for {:?}",
@@ -175,8 +173,11 @@ impl Fleet {
             }
         };
         let result = match slot.as_mut() {
-            Some(connection) => command(connection),
-            None => match self.connect() {
+            Some(connection) => {
+                connection.set_deadline(deadline);
+                command(connection)
+            }
+            None => match Connection::open(&self.address, self.tls.as_ref(), deadline) {
                 Ok(connection) => command(slot.insert(connection)),
                 Err(e) => Err(e),
             },
@@ -189,7 +190,7 @@ impl Fleet {
             Err(e) => {
                 // A refusal of the command itself (a script error, OOM)
                 // leaves the connection usable; anything else drops it.
-                if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+                if e.breaks_connection() {
                     *slot = None;
                 }
                 drop(slot);
@@ -199,22 +200,16 @@ impl Fleet {
         }
     }
 
-    /// A connection of its own, for blocking reads of up to `block`. Its
-    /// failures are its user's to handle: they say nothing about whether
-    /// readers should go on alone (the next request finds that out).
-    pub fn dedicated(&self, block: Duration) -> redis::RedisResult<Connection> {
-        let connection = self.client.get_connection_with_timeout(self.timeout)?;
-        // A blocking read answers after `block`: allow for a busy machine.
-        connection.set_read_timeout(Some(block + self.timeout.max(Duration::from_secs(2))))?;
-        connection.set_write_timeout(Some(self.timeout))?;
-        Ok(connection)
-    }
-
-    fn connect(&self) -> redis::RedisResult<Connection> {
-        let connection = self.client.get_connection_with_timeout(self.timeout)?;
-        connection.set_read_timeout(Some(self.timeout))?;
-        connection.set_write_timeout(Some(self.timeout))?;
-        Ok(connection)
+    /// A connection of its own (for blocking reads), connected within the
+    /// timeout; its user sets a deadline before each command. Its failures
+    /// are its user's to handle: they say nothing about whether readers
+    /// should go on alone (the next request finds that out).
+    pub fn dedicated(&self) -> Result<Connection, ClientError> {
+        Connection::open(
+            &self.address,
+            self.tls.as_ref(),
+            Instant::now() + self.timeout,
+        )
     }
 
     /// A value read from Redis did not open: counted, and logged at the
@@ -242,19 +237,16 @@ impl Fleet {
         self.metrics.redis_up.set(1);
     }
 
-    fn failed(&self, e: &redis::RedisError) {
+    fn failed(&self, e: &ClientError) {
         let mut health = self.health.lock();
         health.next_try = Instant::now() + RETRY_AFTER;
         self.metrics.redis_failures.inc();
         self.metrics.redis_up.set(0);
         if health.down_since.is_none() {
             health.down_since = Some(Instant::now());
-            // The error's kind and code only: its text can quote the URL.
             log::warn!(
-                "Redis at {} failed ({:?}{}): this mount goes on alone (its own --rate-limit and caches) and asks Redis again every {RETRY_AFTER:?}",
+                "Redis at {} failed ({e}): this mount goes on alone (its own --rate-limit and caches) and asks Redis again every {RETRY_AFTER:?}",
                 self.server,
-                e.kind(),
-                e.code().map(|c| format!(" {c}")).unwrap_or_default()
             );
         }
     }
@@ -317,7 +309,7 @@ mod tests {
             sealer: Arc::new(Sealer::derive(b"secret", "t")),
         })
         .unwrap();
-        assert_eq!(fleet.run(|c| redis::cmd("PING").query::<String>(c)), None);
+        assert_eq!(fleet.run(|c| c.query(&client::Cmd::new("PING"))), None);
         assert!(fleet.health.lock().down_since.is_some());
         assert!(
             fleet.health.lock().next_try > Instant::now(),
@@ -327,7 +319,7 @@ mod tests {
         assert_eq!(
             fleet.run(|c| {
                 asked = true;
-                redis::cmd("PING").query::<String>(c)
+                c.query(&client::Cmd::new("PING"))
             }),
             None
         );

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::client::{ClientError, Script};
 use super::Fleet;
 use crate::api::throttle::{NoTurn, Pacer, Priority, RateLimiter};
 
@@ -70,8 +71,8 @@ pub struct FleetPacer {
     fleet: Arc<Fleet>,
     interval: Duration,
     monthly_budget: Option<u64>,
-    take_turn: redis::Script,
-    pause: redis::Script,
+    take_turn: Script,
+    pause: Script,
 }
 
 /// The counter's key part for the month of `now` (UTC), e.g. `2026-12`.
@@ -101,8 +102,8 @@ impl FleetPacer {
             fleet,
             interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
             monthly_budget,
-            take_turn: redis::Script::new(TAKE_TURN),
-            pause: redis::Script::new(PAUSE),
+            take_turn: Script::new(TAKE_TURN),
+            pause: Script::new(PAUSE),
         }
     }
 
@@ -110,17 +111,25 @@ impl FleetPacer {
     fn fleet_turn(&self, deadline: Instant) -> Option<Result<(), NoTurn>> {
         let longest = deadline.saturating_duration_since(Instant::now());
         let month = month_of(SystemTime::now());
-        let (wait, used): (i64, i64) = self.fleet.run(|c| {
-            self.take_turn
-                .key(self.fleet.key("rate:next"))
-                .key(self.fleet.key("rate:pause"))
-                .key(self.fleet.key(&format!("requests:{month}")))
-                .arg(self.interval.as_micros() as u64)
-                .arg(longest.as_micros() as u64)
-                .arg(self.monthly_budget.unwrap_or(0))
-                .arg(40 * 86_400)
-                .arg(FURTHEST_AHEAD.max(longest * 2).as_micros() as u64)
-                .invoke(c)
+        let keys = [
+            self.fleet.key("rate:next"),
+            self.fleet.key("rate:pause"),
+            self.fleet.key(&format!("requests:{month}")),
+        ];
+        let call = self
+            .take_turn
+            .call(&[&keys[0], &keys[1], &keys[2]])
+            .arg(self.interval.as_micros() as u64)
+            .arg(longest.as_micros() as u64)
+            .arg(self.monthly_budget.unwrap_or(0))
+            .arg(40u64 * 86_400)
+            .arg(FURTHEST_AHEAD.max(longest * 2).as_micros() as u64);
+        let (wait, used) = self.fleet.run(|c| {
+            let mut answer = c.invoke(&call)?.array()?.into_iter();
+            match (answer.next(), answer.next(), answer.next()) {
+                (Some(wait), Some(used), None) => Ok((wait.int()?, used.int()?)),
+                _ => Err(ClientError::Unexpected("a turn is two numbers")),
+            }
         })?;
         Some(match used {
             -1 => Err(NoTurn::TooLate),
@@ -130,8 +139,9 @@ impl FleetPacer {
             }),
             used => {
                 self.fleet.metrics.requests_this_month.set(used.max(0));
+                // Never past the caller's deadline, whatever Redis answers.
                 if wait > 0 {
-                    std::thread::sleep(Duration::from_micros(wait as u64));
+                    std::thread::sleep(Duration::from_micros(wait as u64).min(longest));
                 }
                 Ok(())
             }
@@ -148,12 +158,9 @@ impl Pacer for FleetPacer {
 
     fn pause_for(&self, length: Duration) {
         self.local.pause_for(length);
-        let _ = self.fleet.run(|c| {
-            self.pause
-                .key(self.fleet.key("rate:pause"))
-                .arg(length.as_micros() as u64)
-                .invoke::<i64>(c)
-        });
+        let key = self.fleet.key("rate:pause");
+        let call = self.pause.call(&[&key]).arg(length.as_micros() as u64);
+        let _ = self.fleet.run(|c| c.invoke(&call));
     }
 }
 

@@ -17,8 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::Commands;
-
+use super::client::{Cmd, Limits, Script};
 use super::events::FleetEvents;
 use super::Fleet;
 use crate::api::{ApiError, FaceApi, FaceBytes, IdKind, ImageType, ListedUser, Priority, UserPage};
@@ -64,7 +63,7 @@ pub struct SharedApi<A> {
     inner: A,
     fleet: Arc<Fleet>,
     config: SharedConfig,
-    unlock: redis::Script,
+    unlock: Script,
     tokens: AtomicU64,
 }
 
@@ -121,7 +120,7 @@ impl<A: FaceApi> SharedApi<A> {
             inner,
             fleet,
             config,
-            unlock: redis::Script::new(UNLOCK),
+            unlock: Script::new(UNLOCK),
             tokens: AtomicU64::new(
                 SystemTime::now()
                     .duration_since(UNIX_EPOCH)
@@ -135,7 +134,10 @@ impl<A: FaceApi> SharedApi<A> {
     /// The published value under `key`, bounded by `limit` bytes, held in
     /// the memory budget while it is read.
     fn published(&self, key: &str, limit: usize) -> Option<Vec<u8>> {
-        let len: usize = self.fleet.run(|c| c.strlen(key))?;
+        let len = self
+            .fleet
+            .run(|c| c.query(&Cmd::new("STRLEN").arg(key))?.int())?;
+        let len = usize::try_from(len).ok()?;
         if len == 0 || len > limit + HEADER + SEALING {
             return None;
         }
@@ -143,7 +145,12 @@ impl<A: FaceApi> SharedApi<A> {
             .config
             .memory
             .hold_within(len as u64, self.fleet.timeout())?;
-        let value: Vec<u8> = self.fleet.run(|c| c.get(key))?;
+        // Read under the length just seen: a value grown since is refused
+        // unread, never held past the budget.
+        let reply = self
+            .fleet
+            .run(|c| c.query_within(&Cmd::new("GET").arg(key), Limits::value(len)))?;
+        let value = reply.value().ok()??;
         (value.len() == len).then_some(value)
     }
 
@@ -178,14 +185,13 @@ impl<A: FaceApi> SharedApi<A> {
         let token = self.tokens.fetch_add(1, Ordering::Relaxed).to_string();
         let lock_for = self.config.wait + Duration::from_secs(1);
         let took: Option<bool> = self.fleet.run(|c| {
-            redis::cmd("SET")
+            let set = Cmd::new("SET")
                 .arg(&lock)
                 .arg(&token)
                 .arg("NX")
                 .arg("PX")
-                .arg(lock_for.as_millis() as u64)
-                .query::<Option<String>>(c)
-                .map(|ok| ok.is_some())
+                .arg(lock_for.as_millis() as u64);
+            c.query(&set)?.ok_or_nil()
         });
         match took {
             // Redis is failing: this mount alone.
@@ -196,7 +202,7 @@ impl<A: FaceApi> SharedApi<A> {
             Some(true) => {
                 let unlock = || {
                     self.fleet
-                        .run(|c| self.unlock.key(&lock).arg(&token).invoke::<i64>(c))
+                        .run(|c| c.invoke(&self.unlock.call(&[&lock]).arg(&token)))
                 };
                 // Published between the look and the lock: no need to ask.
                 if let Some(answer) = look() {
@@ -205,9 +211,11 @@ impl<A: FaceApi> SharedApi<A> {
                 }
                 let result = fetch();
                 if let Some((value, ttl)) = publish(&result) {
-                    let _ = self
-                        .fleet
-                        .run(|c| c.pset_ex::<_, _, ()>(key, value, ttl.as_millis().max(1) as u64));
+                    let set = Cmd::new("PSETEX")
+                        .arg(key)
+                        .arg(ttl.as_millis().max(1) as u64)
+                        .arg(value);
+                    let _ = self.fleet.run(|c| c.query(&set));
                 }
                 let _ = unlock();
                 result
@@ -223,7 +231,9 @@ impl<A: FaceApi> SharedApi<A> {
                     }
                     // The other mount is done: published (looked at once
                     // more, as it may have come just now) or gave up.
-                    let held: Option<bool> = self.fleet.run(|c| c.exists(&lock));
+                    let held: Option<bool> = self
+                        .fleet
+                        .run(|c| Ok(c.query(&Cmd::new("EXISTS").arg(&lock))?.int()? > 0));
                     if held != Some(true) {
                         if let Some(answer) = look() {
                             return answer;
@@ -260,8 +270,12 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
         let generation: i64 = self
             .fleet
-            .run(|c| c.get::<_, Option<i64>>(listing_generation(&self.fleet, kind)))
-            .flatten()
+            .run(|c| {
+                match c.query(&Cmd::new("GET").arg(listing_generation(&self.fleet, kind)))? {
+                    super::client::Reply::Nil => Ok(0),
+                    reply => reply.int(),
+                }
+            })
             .unwrap_or(0);
         let token = self
             .fleet
@@ -372,7 +386,9 @@ impl<A: FaceApi> FaceApi for SharedApi<A> {
                         face_key(&self.fleet, kind, id, false),
                         face_key(&self.fleet, kind, id, true),
                     ];
-                    let _ = self.fleet.run(|c| c.del::<_, i64>(&keys[..]));
+                    let _ = self
+                        .fleet
+                        .run(|c| c.query(&Cmd::new("DEL").arg(&keys[0]).arg(&keys[1])));
                 }
             }
         }

@@ -415,6 +415,66 @@ impl Drop for RedisServer {
     }
 }
 
+/// A Redis that misbehaves, on a free loopback port, for as long as it lives.
+pub enum HostileRedis {
+    /// Answers every command with a reply announcing 2 GB and sends bytes
+    /// as fast as the reader takes them.
+    Flood,
+    /// Passes everything to and from a real Redis, but its replies one byte
+    /// every `every`.
+    Trickle { upstream: u16, every: Duration },
+}
+
+impl HostileRedis {
+    /// Starts serving; returns the port. The threads end with the test process.
+    pub fn serve(self) -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hostile = std::sync::Arc::new(self);
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let hostile = hostile.clone();
+                std::thread::spawn(move || hostile.answer(client));
+            }
+        });
+        port
+    }
+
+    fn answer(&self, mut client: std::net::TcpStream) {
+        use std::io::{Read, Write};
+        match self {
+            HostileRedis::Flood => {
+                let mut command = [0u8; 65536];
+                let zeros = vec![0u8; 1 << 16];
+                if matches!(client.read(&mut command), Ok(n) if n > 0)
+                    && client.write_all(b"$2000000000\r\n").is_ok()
+                {
+                    while client.write_all(&zeros).is_ok() {}
+                }
+            }
+            HostileRedis::Trickle { upstream, every } => {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", *upstream)) else {
+                    return;
+                };
+                let (mut to_server, mut from_client) =
+                    (server.try_clone().unwrap(), client.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                });
+                let mut from_server = server;
+                let mut byte = [0u8; 1];
+                while matches!(from_server.read(&mut byte), Ok(1)) {
+                    std::thread::sleep(*every);
+                    if client.write_all(&byte).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Polls `done` until it holds; fails the test after `limit`.
 pub fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
     let deadline = Instant::now() + limit;

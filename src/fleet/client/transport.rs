@@ -1,0 +1,198 @@
+//! The byte stream to Redis — TCP, TLS over TCP, or a Unix socket — under
+//! one deadline: every read and write waits at most until it, so a Redis
+//! that trickles its reply a byte at a time costs the caller its deadline,
+//! not a socket timeout per byte.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use super::address::{Address, Place};
+
+/// A socket whose every read and write ends by `deadline`.
+pub struct Socket {
+    stream: SocketStream,
+    pub deadline: Instant,
+}
+
+enum SocketStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Socket {
+    /// Time left, or `TimedOut` if none.
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        // A zero timeout would mean "none" to the socket.
+        Ok(left.max(Duration::from_millis(1)))
+    }
+}
+
+impl Read for Socket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        match &mut self.stream {
+            SocketStream::Tcp(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.read(buf)
+            }
+            SocketStream::Unix(s) => {
+                s.set_read_timeout(Some(left))?;
+                s.read(buf)
+            }
+        }
+    }
+}
+
+impl Write for Socket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.left()?;
+        match &mut self.stream {
+            SocketStream::Tcp(s) => {
+                s.set_write_timeout(Some(left))?;
+                s.write(buf)
+            }
+            SocketStream::Unix(s) => {
+                s.set_write_timeout(Some(left))?;
+                s.write(buf)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The connection's bytes, in clear or through TLS.
+pub enum Transport {
+    Plain(Socket),
+    Tls(Box<StreamOwned<ClientConnection, Socket>>),
+}
+
+impl Transport {
+    /// Connects to `address` by `deadline` (name resolution included),
+    /// with TLS where the address asks for it.
+    pub fn connect(
+        address: &Address,
+        tls: Option<&Arc<ClientConfig>>,
+        deadline: Instant,
+    ) -> io::Result<Transport> {
+        let stream = match &address.place {
+            Place::Tcp { host, port } => SocketStream::Tcp(connect_tcp(host, *port, deadline)?),
+            Place::Unix(path) => SocketStream::Unix(UnixStream::connect(path)?),
+        };
+        let socket = Socket { stream, deadline };
+        match (&address.place, address.tls) {
+            (Place::Tcp { host, .. }, true) => {
+                let config = tls.ok_or_else(|| io::Error::other("TLS is not set up"))?;
+                let name = ServerName::try_from(host.trim_matches(['[', ']']).to_owned()).map_err(
+                    |_| io::Error::new(io::ErrorKind::InvalidInput, "not a TLS server name"),
+                )?;
+                let connection =
+                    ClientConnection::new(config.clone(), name).map_err(io::Error::other)?;
+                let mut stream = StreamOwned::new(connection, socket);
+                // The handshake now, under the connect deadline.
+                while stream.conn.is_handshaking() {
+                    stream.conn.complete_io(&mut stream.sock)?;
+                }
+                Ok(Transport::Tls(Box::new(stream)))
+            }
+            _ => Ok(Transport::Plain(socket)),
+        }
+    }
+
+    pub fn set_deadline(&mut self, deadline: Instant) {
+        match self {
+            Transport::Plain(s) => s.deadline = deadline,
+            Transport::Tls(s) => s.sock.deadline = deadline,
+        }
+    }
+}
+
+impl Read for Transport {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.read(buf),
+            Transport::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Transport {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Transport::Plain(s) => s.write(buf),
+            Transport::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Transport::Plain(s) => s.flush(),
+            Transport::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Resolves and connects by `deadline`. A name is resolved on a thread of
+/// its own: the system resolver has no timeout to give it.
+fn connect_tcp(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
+    let bare = host.trim_matches(['[', ']']);
+    let addrs: Vec<SocketAddr> = match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => {
+            let (send, receive) = std::sync::mpsc::channel();
+            let name = (bare.to_owned(), port);
+            std::thread::Builder::new()
+                .name("facefs-redis-dns".into())
+                .spawn(move || {
+                    let _ = send.send(name.to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+                })?;
+            receive
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "resolving the Redis host took too long",
+                    )
+                })??
+        }
+    };
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the Redis host has no address");
+    for addr in addrs {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        match TcpStream::connect_timeout(&addr, left) {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// TLS as the HTTP client has it: rustls on ring, the Mozilla roots.
+pub fn tls_config() -> Arc<ClientConfig> {
+    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring offers the default TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    Arc::new(config)
+}
