@@ -3,9 +3,11 @@
 //!
 //! Layers, bottom up, one directory each; a module uses only those below
 //! it (`tests/structure.rs` fails on a cycle):
-//! - [`hash`], [`seal`], [`text`], [`metrics`], [`sync`]: leaves every
-//!   layer may use — FNV-1a digests and xorshift; sealing what facefs keeps
-//!   outside its memory; text from peers made safe to print; what each layer's metrics share (values read at scrape, the
+//! - [`hash`], [`seal`], [`text`], [`net`], [`repeated_warning`],
+//!   [`metrics`], [`sync`]: leaves every layer may use — FNV-1a digests and
+//!   xorshift; sealing what facefs keeps outside its memory; text from peers
+//!   made safe to print; connecting by a deadline; warnings a flood cannot
+//!   multiply; what each layer's metrics share (values read at scrape, the
 //!   text exposition); single-flight, worker pool, byte budget.
 //! - [`api`]: the client side of the Feishu API — the [`api::FaceApi`] trait,
 //!   the HTTP client with its token cache, the retry and rate-limit layers,
@@ -36,7 +38,9 @@ pub mod fs;
 pub mod fuse;
 pub mod hash;
 pub mod metrics;
+pub mod net;
 pub mod prefetch;
+pub mod repeated_warning;
 pub mod seal;
 pub mod sync;
 pub mod text;

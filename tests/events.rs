@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use facefs::api::secret::Secret;
 use facefs::api::IdKind;
-use facefs::emulator::long_connection::Refusal;
+use facefs::emulator::long_connection::{Misbehaviour, Refusal};
 use facefs::emulator::Emulator;
 use facefs::events::connection::{ChangeSink, EventConnection, EventsConfig};
 use facefs::events::message::UserChange;
@@ -119,7 +119,7 @@ fn a_dropped_or_silent_connection_is_made_again() {
     wait_until(Duration::from_secs(10), "reconnected", || {
         server.connections() >= 2 && server.clients() == 1
     });
-    // A server that stops answering: the watchdog (2 pings + 5 s) ends it.
+    // A server that stops answering: the next ping unanswered for 10 s ends it.
     server
         .answer_pings
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -510,4 +510,185 @@ fn the_connection_url_stays_out_of_a_trace_log() {
     for secret in ["ticket-", "secret", &emu.config().app_secret] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
+}
+
+/// A server that starts a frame and trickles it, or never answers a ping
+/// (asking for pings a day apart), is down within the pong and frame
+/// bounds, not after a day: the reader's deadlines hold however slowly
+/// bytes come.
+#[test]
+fn a_trickled_frame_or_a_silent_server_is_down_within_its_bound() {
+    use facefs::events::connection::{FRAME_WAIT, PONG_WAIT};
+    let bound = PONG_WAIT.max(FRAME_WAIT) + Duration::from_secs(3);
+    let emu = emulator(small_tenant(4));
+    let server = emu.long_connection();
+    let (connection, recorder) = connect(&emu);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
+    let started = Instant::now();
+    server.misbehave_clients(Misbehaviour::TrickleFrame);
+    wait_until(bound, "a trickled frame ends the connection", || {
+        recorder.ups.lock().contains(&false)
+    });
+    assert!(!connection
+        .status
+        .up
+        .load(std::sync::atomic::Ordering::SeqCst));
+    eprintln!("trickle: down after {:?}", started.elapsed());
+
+    let emu = emulator(small_tenant(4));
+    emu.set_client_config(serde_json::json!({
+        "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 1, "PingInterval": 86_400,
+    }));
+    let server = emu.long_connection();
+    server
+        .answer_pings
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let (_connection, recorder) = connect(&emu);
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
+    wait_until(bound, "a silent server ends the connection", || {
+        recorder.ups.lock().contains(&false)
+    });
+}
+
+/// A server that accepts and closes at once, asking for no pause between
+/// tries, gets a few bootstraps (each carries the app secret), not hundreds.
+#[test]
+fn a_server_that_closes_at_once_gets_few_bootstraps() {
+    use facefs::emulator::Route;
+    let emu = emulator(small_tenant(4));
+    emu.set_client_config(serde_json::json!({
+        "ReconnectCount": -1, "ReconnectInterval": 1, "ReconnectNonce": 0, "PingInterval": 1,
+    }));
+    *emu.long_connection().misbehaviour.lock() = Some(Misbehaviour::CloseAtOnce);
+    let (connection, _) = connect(&emu);
+    std::thread::sleep(Duration::from_secs(10));
+    let bootstraps = emu.count(Route::EventsEndpoint);
+    drop(connection);
+    // Tries at 0, 1, 1-2, 2-4 and 4-8 s: at most six in ten seconds.
+    assert!(
+        (2..=6).contains(&bootstraps),
+        "{bootstraps} bootstraps in 10 s"
+    );
+}
+
+/// An event server stuck mid-frame while the connection seems up: within
+/// the detection bound facefs stops trusting the connection, so a face
+/// replaced at the service (no event can arrive) reads new after `--ttl`;
+/// and SIGTERM still ends facefs within 10 s, its store lock with it.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_stuck_event_connection_costs_trust_not_freshness_or_shutdown() {
+    use facefs::events::connection::{FRAME_WAIT, PONG_WAIT};
+    use facefs::fs::layout::face_file_name;
+    let emu = emulator(small_tenant(6));
+    let store = TempDir::new("stuck-events-store");
+    let store_path = store.path().to_str().unwrap().to_owned();
+    let args = [
+        "--ttl",
+        "2s",
+        "--rate-limit",
+        "100",
+        "--cache-dir",
+        &store_path,
+    ];
+    let mut mnt = Mount::start(&emu, &[&args[..], &["--events"]].concat());
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let file = mnt.join("open_id").join(face_file_name(&ids[0], false));
+    assert_eq!(
+        std::fs::read(&file).ok(),
+        emu.face(IdKind::OpenId, &ids[0], false)
+    );
+    // Replaced at the service without an event: only distrust brings it.
+    let new = emu.face(IdKind::OpenId, &ids[1], false).unwrap();
+    let user = emu.tenant().find(IdKind::OpenId, &ids[0]).unwrap();
+    emu.tenant().replace_face(user, false, new.clone());
+    *server.misbehaviour.lock() = Some(Misbehaviour::TrickleFrame);
+    server.misbehave_clients(Misbehaviour::TrickleFrame);
+    let stuck = Instant::now();
+    // The next ping (2 s) unanswered for PONG_WAIT, or the frame not whole
+    // within FRAME_WAIT; then --ttl; and a margin for a busy machine.
+    let bound = Duration::from_secs(2) + PONG_WAIT.min(FRAME_WAIT) + Duration::from_secs(2 + 4);
+    wait_until(bound, "the replaced face read new", || {
+        std::fs::read(&file).ok() == Some(new.clone())
+    });
+    eprintln!("stuck connection: new face after {:?}", stuck.elapsed());
+
+    let stopping = Instant::now();
+    let status = mnt.signal_and_wait(libc::SIGTERM);
+    let took = stopping.elapsed();
+    assert!(took < Duration::from_secs(10), "SIGTERM took {took:?}");
+    assert!(status.success(), "{status:?}");
+    // The store's lock went with the process: the store mounts again.
+    let again = Mount::start(&emu, &args);
+    let file = again.join("open_id").join(face_file_name(&ids[0], false));
+    assert_eq!(std::fs::read(&file).ok(), Some(new));
+}
+
+/// A server flooding malformed frames and events that are not JSON gets
+/// a few warning lines a minute, not one per frame, and the next real
+/// event still applies.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_flood_of_malformed_frames_logs_a_few_lines() {
+    use facefs::repeated_warning::BURST;
+    let emu = emulator(small_tenant(6));
+    let mnt = Mount::start(&emu, &["--events", "--rate-limit", "100"]);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
+    server.misbehave_clients(Misbehaviour::MalformedFrames(100_000));
+    server.misbehave_clients(Misbehaviour::BadEvents(20_000));
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let message = emu.push_user_updated(&ids[0], true, 1).unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(60)));
+    let log = mnt.log_text();
+    let frames = log.matches("not pbbp2").count();
+    let events = log.matches("acknowledged and dropped").count();
+    // Per minute: BURST lines, then one saying how many were left out.
+    assert!((1..=2 * BURST as usize).contains(&frames), "{frames} lines");
+    assert!((1..=2 * BURST as usize).contains(&events), "{events} lines");
+    assert_eq!(log.matches("a user's faces changed").count(), 1);
+    assert!(log.len() < 64 << 10, "{} bytes of log", log.len());
+}
+
+/// A bootstrap answer of 1.5 GB is refused past 4 MiB: memory stays near
+/// the idle daemon's, and the log says why.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_bootstrap_answer_of_gigabytes_is_cut_at_its_limit() {
+    use facefs::emulator::{Route, WireFault};
+    let emu = emulator(small_tenant(4));
+    let mnt = Mount::start(&emu, &["--events", "--rate-limit", "100"]);
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "connected", || {
+        server.clients() == 1
+    });
+    // The next bootstraps (after the server's 1 s schedule) answer 1.5 GB.
+    emu.inject(Route::EventsEndpoint, WireFault::Flood, 1.0);
+    server.drop_clients();
+    let refused = Instant::now() + Duration::from_secs(20);
+    while mnt.log_text().matches("over 4 MiB").count() < 2 {
+        assert!(
+            Instant::now() < refused,
+            "not refused twice:\n{}",
+            mnt.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let peak_mib = memory_kib(mnt.child.as_ref().unwrap().id(), "VmHWM") / 1024;
+    assert!(peak_mib < 100, "peak {peak_mib} MiB");
+    // Without the fault, the connection comes up again.
+    emu.clear_faults();
+    wait_until(Duration::from_secs(20), "connected again", || {
+        server.clients() == 1
+    });
 }

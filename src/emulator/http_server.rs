@@ -107,6 +107,9 @@ pub enum Reply {
     Silence(Duration),
     /// Send the head at once, then the body one byte per this long.
     Trickle(Response, Duration),
+    /// Send the head, chunked, then this many bytes of JSON whitespace (an
+    /// answer that never ends as far as a client should care).
+    Flood(Response, u64),
 }
 
 pub type Handler = dyn Fn(&Request) -> Reply + Send + Sync;
@@ -224,6 +227,18 @@ fn serve_connection(stream: TcpStream, handler: &Handler, stop: &AtomicBool) -> 
                     std::thread::sleep(gap);
                     writer.write_all(std::slice::from_ref(byte))?;
                 }
+            }
+            Reply::Flood(response, total) => {
+                writer.write_all(&head(&response, None, &[]))?;
+                let chunk = [b' '; 1 << 16];
+                let mut sent = 0u64;
+                while sent < total && !stop.load(Ordering::SeqCst) {
+                    writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+                    writer.write_all(&chunk)?;
+                    writer.write_all(b"\r\n")?;
+                    sent += chunk.len() as u64;
+                }
+                writer.write_all(b"0\r\n\r\n")?;
             }
             Reply::Silence(length) => {
                 // Until the time is up, or the client gives up and closes

@@ -43,12 +43,28 @@ pub enum Refusal {
     AuthRetry,
 }
 
+/// How the server misbehaves on each new connection, on purpose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// Closes the connection as soon as it is made.
+    CloseAtOnce,
+    /// Announces a 16 MiB frame and sends it one byte every 100 ms.
+    TrickleFrame,
+    /// Sends this many frames that are not `pbbp2`, as fast as it can,
+    /// then serves as usual.
+    MalformedFrames(usize),
+    /// Sends this many events whose payload is not JSON, then serves as usual.
+    BadEvents(usize),
+}
+
 enum Outgoing {
     Frame(Vec<u8>),
     /// End the connection without a close frame (a dead network).
     Drop,
     /// End it properly, with a close frame.
     Close,
+    /// Misbehave from now on.
+    Misbehave(Misbehaviour),
 }
 
 /// A pushed message not yet acknowledged, pushed again when due (the real
@@ -66,16 +82,24 @@ pub struct Shared {
     clients: Mutex<Vec<(u64, Sender<Outgoing>)>>,
     acks: Mutex<Vec<Ack>>,
     acked: Condvar,
-    pings: AtomicUsize,
-    connections: AtomicUsize,
-    next_id: AtomicU64,
+    counts: Counts,
     pub refusal: Mutex<Option<Refusal>>,
-    refusals: AtomicUsize,
     /// The ClientConfig JSON pongs carry (empty: none).
     pub pong_config: Mutex<String>,
     /// Whether pings are answered at all (off: a silent server).
     pub answer_pings: AtomicBool,
+    /// How new connections misbehave, if they do.
+    pub misbehaviour: Mutex<Option<Misbehaviour>>,
     repushes: Repushes,
+}
+
+/// What the server counts, and the ids it hands out.
+struct Counts {
+    pings: AtomicUsize,
+    connections: AtomicUsize,
+    /// Handshakes refused.
+    refusals: AtomicUsize,
+    next_id: AtomicU64,
 }
 
 /// Messages pushed and not acknowledged, and how they are pushed again.
@@ -103,13 +127,16 @@ impl LongConnection {
             clients: Mutex::new(Vec::new()),
             acks: Mutex::new(Vec::new()),
             acked: Condvar::new(),
-            pings: AtomicUsize::new(0),
-            connections: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
+            counts: Counts {
+                pings: AtomicUsize::new(0),
+                connections: AtomicUsize::new(0),
+                refusals: AtomicUsize::new(0),
+                next_id: AtomicU64::new(1),
+            },
             refusal: Mutex::new(None),
-            refusals: AtomicUsize::new(0),
             pong_config: Mutex::new(String::new()),
             answer_pings: AtomicBool::new(true),
+            misbehaviour: Mutex::new(None),
             repushes: Repushes {
                 unacked: Mutex::new(Vec::new()),
                 after: Mutex::new(Duration::from_secs(1)),
@@ -151,7 +178,7 @@ impl LongConnection {
 
     /// A connection URL with a fresh access key and ticket, good once.
     pub fn issue_url(&self) -> String {
-        let n = self.shared.next_id.fetch_add(1, Ordering::SeqCst);
+        let n = self.shared.counts.next_id.fetch_add(1, Ordering::SeqCst);
         let (key, ticket) = (format!("ak{n:08x}secret"), format!("ticket-{n:08x}"));
         self.shared
             .tickets
@@ -180,11 +207,11 @@ impl Shared {
     }
 
     pub fn connections(&self) -> usize {
-        self.connections.load(Ordering::SeqCst)
+        self.counts.connections.load(Ordering::SeqCst)
     }
 
     pub fn pings(&self) -> usize {
-        self.pings.load(Ordering::SeqCst)
+        self.counts.pings.load(Ordering::SeqCst)
     }
 
     pub fn acks(&self) -> Vec<Ack> {
@@ -215,7 +242,7 @@ impl Shared {
         reversed: bool,
         pick: f64,
     ) -> Option<String> {
-        let n = self.next_id.fetch_add(1, Ordering::SeqCst);
+        let n = self.counts.next_id.fetch_add(1, Ordering::SeqCst);
         let message_id = format!("msg-{n}");
         let fragments = fragments.clamp(1, payload.len().max(1));
         let size = payload.len().div_ceil(fragments).max(1);
@@ -272,7 +299,7 @@ impl Shared {
 
     /// Handshakes refused (see [`Shared::refusal`]).
     pub fn refusals(&self) -> usize {
-        self.refusals.load(Ordering::SeqCst)
+        self.counts.refusals.load(Ordering::SeqCst)
     }
 
     /// A message not acknowledged is pushed again after `after`.
@@ -308,6 +335,14 @@ impl Shared {
         }
     }
 
+    /// Makes every connection misbehave from now on (a trickled frame: a
+    /// connection stuck while it seems up).
+    pub fn misbehave_clients(&self, misbehaviour: Misbehaviour) {
+        for (_, client) in self.clients.lock().iter() {
+            let _ = client.send(Outgoing::Misbehave(misbehaviour));
+        }
+    }
+
     /// Ends every connection with a close frame (code 1000).
     pub fn close_clients(&self) {
         for (_, client) in self.clients.lock().drain(..) {
@@ -328,7 +363,7 @@ fn serve(stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
                 .map(str::to_owned)
         };
         let refuse = |status: &str, auth: Option<&str>| {
-            shared.refusals.fetch_add(1, Ordering::SeqCst);
+            shared.counts.refusals.fetch_add(1, Ordering::SeqCst);
             let mut refusal = ErrorResponse::new(Some("refused".into()));
             *refusal.status_mut() = tungstenite::http::StatusCode::FORBIDDEN;
             let headers = refusal.headers_mut();
@@ -360,12 +395,68 @@ fn serve(stream: TcpStream, shared: &Shared, stop: &AtomicBool) {
     let _ = socket
         .get_ref()
         .set_read_timeout(Some(Duration::from_millis(20)));
-    let id = shared.next_id.fetch_add(1, Ordering::SeqCst);
+    let id = shared.counts.next_id.fetch_add(1, Ordering::SeqCst);
+    shared.counts.connections.fetch_add(1, Ordering::SeqCst);
+    let misbehaviour = *shared.misbehaviour.lock();
+    if let Some(misbehaviour) = misbehaviour {
+        if !misbehave(&mut socket, misbehaviour, stop) {
+            return;
+        }
+    }
     let (tx, rx) = channel();
     shared.clients.lock().push((id, tx));
-    shared.connections.fetch_add(1, Ordering::SeqCst);
     run(&mut socket, shared, stop, &rx);
     shared.clients.lock().retain(|(c, _)| *c != id);
+}
+
+/// Misbehaves as told; whether the connection goes on to serve.
+fn misbehave(
+    socket: &mut WebSocket<TcpStream>,
+    misbehaviour: Misbehaviour,
+    stop: &AtomicBool,
+) -> bool {
+    use std::io::Write;
+    match misbehaviour {
+        Misbehaviour::CloseAtOnce => {
+            let _ = socket.get_ref().shutdown(std::net::Shutdown::Both);
+            false
+        }
+        Misbehaviour::TrickleFrame => {
+            // FIN + binary, a 64-bit length of 16 MiB, then a byte at a time.
+            let mut head = vec![0x82, 127];
+            head.extend_from_slice(&(16u64 << 20).to_be_bytes());
+            let stream = socket.get_mut();
+            if stream.write_all(&head).is_err() {
+                return false;
+            }
+            while !stop.load(Ordering::SeqCst) && stream.write_all(&[0]).is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            false
+        }
+        Misbehaviour::MalformedFrames(count) => {
+            (0..count).all(|_| socket.send(Message::Binary(vec![0xff; 8].into())).is_ok())
+        }
+        Misbehaviour::BadEvents(count) => (0..count).all(|n| {
+            let header = |key: &str, value: String| Header {
+                key: key.into(),
+                value,
+            };
+            let event = Frame {
+                service: SERVICE_ID,
+                method: frame::DATA,
+                headers: vec![
+                    header(frame::TYPE, "event".into()),
+                    header(frame::MESSAGE_ID, format!("bad-{n}")),
+                ],
+                payload: Some(b"{not json".to_vec()),
+                ..Frame::default()
+            };
+            socket
+                .send(Message::Binary(event.to_bytes().into()))
+                .is_ok()
+        }),
+    }
 }
 
 fn run(
@@ -391,6 +482,11 @@ fn run(
                     let _ = socket.flush();
                     return;
                 }
+                Outgoing::Misbehave(misbehaviour) => {
+                    if !misbehave(socket, misbehaviour, stop) {
+                        return;
+                    }
+                }
             }
         }
         match socket.read() {
@@ -399,7 +495,7 @@ fn run(
                     continue;
                 };
                 if frame.method == frame::CONTROL && frame.header(frame::TYPE) == Some("ping") {
-                    shared.pings.fetch_add(1, Ordering::SeqCst);
+                    shared.counts.pings.fetch_add(1, Ordering::SeqCst);
                     if !shared.answer_pings.load(Ordering::SeqCst) {
                         continue;
                     }

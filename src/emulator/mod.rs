@@ -87,6 +87,9 @@ pub enum WireFault {
     ExpiredToken,
     /// A correct answer whose body comes one byte per 100 ms.
     Trickle,
+    /// A 200 answer, chunked, of 1.5 GB of whitespace (not in [`WireFault::ALL`]:
+    /// a bound for tests of one peer at a time).
+    Flood,
 }
 
 impl WireFault {

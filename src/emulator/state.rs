@@ -274,6 +274,7 @@ impl State {
             }
             Some(WireFault::Hang) => Reply::Silence(HANG),
             Some(WireFault::Trickle) => Reply::Trickle(answer(req), Duration::from_millis(100)),
+            Some(WireFault::Flood) => Reply::Flood(answer(req), 1536 << 20),
             Some(WireFault::ExpiredToken) => {
                 self.expire_tokens();
                 Reply::Respond(error(

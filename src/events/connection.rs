@@ -1,37 +1,54 @@
 //! The long connection itself: one thread that bootstraps, connects, pings,
 //! reads frames, acknowledges each whole message at once, and reconnects on
-//! the schedule the server's ClientConfig gives. It follows the Go SDK
-//! (`ws/client.go`) where the SDKs differ, with two additions the SDKs
-//! lack: a watchdog (nothing received for two ping intervals and 5 s ends
-//! the connection, as larksuite-oapi-sdk-rs does) and acks of 200 for event
-//! types facefs ignores (lark_oapi answers those 500, which makes the
-//! service push them again for hours).
+//! the schedule the server's ClientConfig gives (held to bounds, see
+//! [`super::bootstrap`]). It follows the Go SDK (`ws/client.go`) where the
+//! SDKs differ, with additions the SDKs lack:
+//! - deadlines a server cannot stretch: a ping unanswered for
+//!   [`PONG_WAIT`], or a frame begun and not whole within [`FRAME_WAIT`],
+//!   ends the connection (and with it the trust `--ttl-with-events` gives),
+//!   however slowly bytes keep coming;
+//! - back-off: connections that keep failing before their first pong (or
+//!   never come up) are tried again after exponentially longer waits with
+//!   jitter, up to [`MAX_BACKOFF`], whatever the server's ReconnectInterval
+//!   says; and bootstraps are rationed (20 at once, then one per 6 s);
+//! - acks of 200 for event types facefs ignores (lark_oapi answers those
+//!   500, which makes the service push them again for hours);
+//! - warnings about what the server sends, at most 10 a minute each.
 //!
 //! The connection URL carries an access key and a ticket: it is never
 //! logged, nor is any error text that could hold it.
 
-use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
+use super::bootstrap::{bootstrap, Schedule};
 use super::frame::{self, Frame};
 use super::message::{self, Event, Fragments, SeenEvents, UserChange};
 use super::metrics::EventMetrics;
+use super::socket::{connect, error_kind, Pace, Socket};
 use crate::api::secret::Secret;
+use crate::repeated_warning::RepeatedWarning;
+use crate::text::shown;
 
-/// Bootstrap codes worth retrying ("system busy", "internal error"); any
-/// other non-zero code is a refusal that retrying will not change.
-const RETRYABLE_CODES: [i64; 2] = [1, 1_000_040_343];
 /// The handshake's auth error for "too many connections" (50 per app).
-const TOO_MANY_CONNECTIONS: i64 = 1_000_040_350;
+pub(super) const TOO_MANY_CONNECTIONS: i64 = 1_000_040_350;
 /// How often the reader wakes to ping, watch and check for a stop.
 const TICK: Duration = Duration::from_millis(200);
+/// How long a ping may go unanswered.
+pub const PONG_WAIT: Duration = Duration::from_secs(10);
+/// How long a frame may take from its first byte to its last.
+pub const FRAME_WAIT: Duration = Duration::from_secs(10);
+/// The first and the longest back-off after connections that never work.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// How long dropping the connection waits for its thread (which checks
+/// its stop flag every tick, but may be in a bootstrap request).
+const JOIN_WAIT: Duration = Duration::from_secs(2);
 /// Event ids remembered for deduplication (the service re-pushes an
 /// unacknowledged event four times over about seven hours).
 const SEEN_EVENTS: usize = 16_384;
@@ -52,58 +69,13 @@ pub struct EventsConfig {
     pub timeout: Duration,
 }
 
-/// The ClientConfig: the SDKs' defaults until the server sends its own.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct Schedule {
-    reconnect_count: i64,
-    reconnect_interval: Duration,
-    reconnect_nonce: Duration,
-    ping_interval: Duration,
-}
-
-impl Default for Schedule {
-    fn default() -> Schedule {
-        Schedule {
-            reconnect_count: -1,
-            reconnect_interval: Duration::from_secs(120),
-            reconnect_nonce: Duration::from_secs(30),
-            ping_interval: Duration::from_secs(120),
-        }
-    }
-}
-
-impl Schedule {
-    /// Applies a ClientConfig JSON object (seconds); fields it lacks or
-    /// holds nonsense in stay as they were.
-    fn apply(&mut self, config: &serde_json::Value) {
-        let secs = |name: &str, min: u64| {
-            config
-                .get(name)
-                .and_then(|v| v.as_u64())
-                .filter(|s| *s >= min && *s <= 86_400)
-                .map(Duration::from_secs)
-        };
-        if let Some(count) = config.get("ReconnectCount").and_then(|v| v.as_i64()) {
-            self.reconnect_count = count;
-        }
-        self.reconnect_interval = secs("ReconnectInterval", 1).unwrap_or(self.reconnect_interval);
-        self.reconnect_nonce = secs("ReconnectNonce", 0).unwrap_or(self.reconnect_nonce);
-        self.ping_interval = secs("PingInterval", 1).unwrap_or(self.ping_interval);
-    }
-
-    fn watchdog(&self) -> Duration {
-        self.ping_interval * 2 + Duration::from_secs(5)
-    }
-}
-
 /// How a connection ended.
-enum Ended {
+pub(super) enum Ended {
     Stopped,
-    /// Worth another try later; `connected` says whether it got as far as
-    /// a working connection (which restarts the reconnect count).
+    /// Worth another try later, after a connection that got this far.
     Retry {
         why: String,
-        connected: bool,
+        reached: Reached,
     },
     /// A refusal that retrying will not change.
     Fatal(String),
@@ -144,10 +116,20 @@ impl EventConnection {
 }
 
 impl Drop for EventConnection {
+    /// Stops the thread and waits for it a moment: never longer, so that a
+    /// bootstrap request in flight cannot hold up the process's exit.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let until = Instant::now() + JOIN_WAIT;
+            while !thread.is_finished() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            } else {
+                log::debug!("the event connection's thread is still busy; not waiting for it");
+            }
         }
     }
 }
@@ -172,6 +154,58 @@ fn jitter(up_to: Duration) -> Duration {
     Duration::from_millis(if span == 0 { 0 } else { nanos % span })
 }
 
+/// How long to wait before the next try, after `failures` in a row (each
+/// a connection that never worked): the server's schedule,
+/// but from the second failure on at least a back-off doubling from
+/// [`MIN_BACKOFF`] to [`MAX_BACKOFF`], its upper half random.
+fn next_wait(failures: u32, schedule: &Schedule) -> Duration {
+    if failures <= 1 {
+        // A random first delay, so that many mounts do not come back at once.
+        return jitter(schedule.reconnect_nonce);
+    }
+    let backoff = MIN_BACKOFF
+        .saturating_mul(1 << (failures - 2).min(16))
+        .min(MAX_BACKOFF);
+    schedule
+        .reconnect_interval
+        .max(backoff / 2 + jitter(backoff / 2))
+}
+
+/// How far a connection got before it ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Reached {
+    Nothing,
+    /// Connected (restarts the count of tries the server's ReconnectCount
+    /// allows).
+    Connected,
+    /// Its pings were answered: a working connection (restarts the back-off).
+    Answered,
+}
+
+/// Bootstraps (each carries the app secret) at most [`BOOTSTRAP_BURST`]
+/// at once, then one per [`BOOTSTRAP_EVERY`], however connections end.
+const BOOTSTRAP_BURST: f64 = 20.0;
+const BOOTSTRAP_EVERY: Duration = Duration::from_secs(6);
+
+struct BootstrapBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl BootstrapBudget {
+    /// How long until the next bootstrap may go; takes its token.
+    fn take(&mut self, now: Instant) -> Duration {
+        let refill = now.duration_since(self.at).as_secs_f64() / BOOTSTRAP_EVERY.as_secs_f64();
+        self.tokens = (self.tokens + refill).min(BOOTSTRAP_BURST) - 1.0;
+        self.at = now;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            BOOTSTRAP_EVERY.mul_f64(-self.tokens)
+        }
+    }
+}
+
 /// What every connection of the thread shares.
 struct Listener<'a> {
     sink: &'a dyn ChangeSink,
@@ -179,6 +213,14 @@ struct Listener<'a> {
     status: &'a ConnectionStatus,
     schedule: Schedule,
     seen: SeenEvents,
+    warnings: Warnings,
+}
+
+/// Warnings about what the server sends, each at most 10 a minute.
+#[derive(Default)]
+struct Warnings {
+    frame: RepeatedWarning,
+    event: RepeatedWarning,
 }
 
 fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: &ConnectionStatus) {
@@ -188,9 +230,24 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
         status,
         schedule: Schedule::default(),
         seen: SeenEvents::new(SEEN_EVENTS),
+        warnings: Warnings::default(),
     };
-    let mut failures: i64 = 0;
+    // Tries since a connection last came up (for the server's
+    // ReconnectCount), and failures since one last worked (for the
+    // back-off).
+    let (mut tries, mut failures): (u32, u32) = (0, 0);
+    let mut budget = BootstrapBudget {
+        tokens: BOOTSTRAP_BURST,
+        at: Instant::now(),
+    };
     loop {
+        let wait = budget.take(Instant::now());
+        if !wait.is_zero() {
+            log::debug!("event long connection: bootstraps are rationed; the next in {wait:?}");
+            if !pause(wait, stop) {
+                return;
+            }
+        }
         let ended = session(config, &mut listener);
         let schedule = listener.schedule;
         match ended {
@@ -203,13 +260,19 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                 *status.fatal.lock() = Some(why);
                 return;
             }
-            Ended::Retry { why, connected } => {
-                if connected {
+            Ended::Retry { why, reached } => {
+                if reached >= Reached::Connected {
+                    tries = 0;
+                }
+                if reached == Reached::Answered {
                     failures = 0;
                 }
-                failures += 1;
-                if schedule.reconnect_count >= 0 && failures > schedule.reconnect_count.max(1) {
-                    let why = format!("{why}; no connection after {} tries", failures - 1);
+                tries = tries.saturating_add(1);
+                failures = failures.saturating_add(1);
+                if schedule.reconnect_count >= 0
+                    && i64::from(tries) > schedule.reconnect_count.max(1)
+                {
+                    let why = format!("{why}; no connection after {} tries", tries - 1);
                     log::error!(
                         "the event long connection gave up: {why}; facefs goes on with --ttl alone"
                     );
@@ -217,12 +280,7 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                     *status.fatal.lock() = Some(why);
                     return;
                 }
-                // A random first delay, so that many mounts do not come back at once.
-                let wait = if failures == 1 {
-                    jitter(schedule.reconnect_nonce)
-                } else {
-                    schedule.reconnect_interval
-                };
+                let wait = next_wait(failures, &schedule);
                 log::warn!(
                     "the event long connection is down ({why}); connecting again in {wait:?}"
                 );
@@ -231,131 +289,6 @@ fn run(config: &EventsConfig, sink: &dyn ChangeSink, stop: &AtomicBool, status: 
                 }
             }
         }
-    }
-}
-
-/// The bootstrap: the connection URL for this app, and the server's
-/// ClientConfig.
-fn bootstrap(config: &EventsConfig, schedule: &mut Schedule) -> Result<reqwest::Url, Ended> {
-    let retry = |why: String| Ended::Retry {
-        why,
-        connected: false,
-    };
-    let client = reqwest::blocking::Client::builder()
-        .timeout(config.timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .map_err(|e| retry(format!("cannot build an HTTP client: {e}")))?;
-    let endpoint = config
-        .base_url
-        .join("/callback/ws/endpoint")
-        .map_err(|e| Ended::Fatal(format!("no bootstrap URL: {e}")))?;
-    let body =
-        serde_json::json!({ "AppID": config.app_id, "AppSecret": config.app_secret.expose() });
-    let answer = client
-        .post(endpoint)
-        .header("locale", "zh")
-        .header(reqwest::header::CONTENT_TYPE, "application/json")
-        .body(body.to_string())
-        .send()
-        .map_err(|e| retry(format!("the bootstrap request failed: {}", e.without_url())))?;
-    if answer.status() != reqwest::StatusCode::OK {
-        return Err(retry(format!(
-            "the bootstrap answered HTTP {}",
-            answer.status()
-        )));
-    }
-    let value: serde_json::Value = answer
-        .bytes()
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| retry("the bootstrap answer is not JSON".into()))?;
-    let code = value.get("code").and_then(|c| c.as_i64()).unwrap_or(-1);
-    let msg = value.get("msg").and_then(|m| m.as_str()).unwrap_or("");
-    if code != 0 {
-        let why = format!("the bootstrap answered code {code} ({msg})");
-        return Err(if RETRYABLE_CODES.contains(&code) {
-            retry(why)
-        } else {
-            Ended::Fatal(format!(
-                "{why}: check the app id and secret, and that the app is a self-built app subscribed to events in long-connection mode"
-            ))
-        });
-    }
-    if let Some(client_config) = value.pointer("/data/ClientConfig") {
-        schedule.apply(client_config);
-    }
-    let url = value
-        .pointer("/data/URL")
-        .and_then(|u| u.as_str())
-        .and_then(|u| reqwest::Url::parse(u).ok())
-        .ok_or_else(|| retry("the bootstrap answer has no connection URL".into()))?;
-    let loopback = url.host().is_some_and(|h| match h {
-        url::Host::Domain(d) => d == "localhost",
-        url::Host::Ipv4(ip) => ip.is_loopback(),
-        url::Host::Ipv6(ip) => ip.is_loopback(),
-    });
-    match url.scheme() {
-        "wss" => Ok(url),
-        "ws" if loopback => Ok(url),
-        _ => Err(Ended::Fatal(
-            "the bootstrap gave a connection URL that is not wss:// (plaintext ws:// is accepted only to loopback)".into(),
-        )),
-    }
-}
-
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn connect(url: &reqwest::Url, timeout: Duration) -> Result<Socket, Ended> {
-    let retry = |why: String| Ended::Retry {
-        why,
-        connected: false,
-    };
-    let host = url.host_str().unwrap_or_default().to_owned();
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| retry(format!("cannot resolve {host}")))?;
-    let stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| retry(format!("cannot connect to {host}: {e}")))?;
-    let _ = stream.set_read_timeout(Some(timeout));
-    let _ = stream.set_write_timeout(Some(timeout));
-    match tungstenite::client_tls(url.as_str(), stream) {
-        Ok((socket, _)) => {
-            let _ = match socket.get_ref() {
-                MaybeTlsStream::Plain(s) => s.set_read_timeout(Some(TICK)),
-                MaybeTlsStream::Rustls(s) => s.get_ref().set_read_timeout(Some(TICK)),
-                _ => Ok(()),
-            };
-            Ok(socket)
-        }
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(answer))) => {
-            let header = |name: &str| {
-                answer
-                    .headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            let (status, auth) = (header("Handshake-Status"), header("Handshake-Autherrcode"));
-            let why = format!(
-                "the handshake was refused (HTTP {}, Handshake-Status {status}, Handshake-Autherrcode {auth}: {})",
-                answer.status().as_u16(),
-                header("Handshake-Msg")
-            );
-            if status == "403" || (status == "514" && auth == TOO_MANY_CONNECTIONS.to_string()) {
-                Err(Ended::Fatal(format!(
-                    "{why}; 403 is a banned app, 1000040350 more than 50 connections for the app"
-                )))
-            } else {
-                Err(retry(why))
-            }
-        }
-        // tungstenite's errors may hold the URL: only the kind is told.
-        Err(_) => Err(retry(format!("the WebSocket handshake with {host} failed"))),
     }
 }
 
@@ -372,58 +305,85 @@ fn session(config: &EventsConfig, listener: &mut Listener) -> Ended {
     let connection_id = url
         .query_pairs()
         .find(|(k, _)| k == "device_id")
-        .map(|(_, v)| v.into_owned())
+        .map(|(_, v)| shown(&v).to_string())
         .unwrap_or_default();
-    let mut socket = match connect(&url, config.timeout) {
-        Ok(socket) => socket,
+    let (mut socket, pace) = match connect(&url, config.timeout) {
+        Ok(connected) => connected,
         Err(ended) => return ended,
     };
     log::info!("event long connection up (connection {connection_id})");
     listener.status.up.store(true, Ordering::SeqCst);
     listener.status.metrics.connection(true);
     listener.sink.connected(true);
-    let ended = read_frames(&mut socket, service, listener);
+    let ended = read_frames(&mut socket, &pace, service, listener);
     listener.status.up.store(false, Ordering::SeqCst);
     listener.status.metrics.connection(false);
     listener.sink.connected(false);
+    // A last word, under a short bound: the server may not be reading.
+    pace.until(Instant::now() + TICK);
     let _ = socket.close(None);
     let _ = socket.flush();
     ended
 }
 
-fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> Ended {
+/// The deadlines the reader keeps, besides its stop flag.
+struct Deadlines {
+    next_ping: Instant,
+    /// When the ping now unanswered went out.
+    unanswered_since: Option<Instant>,
+    /// Bytes received when the last whole message came.
+    received_at_last_message: u64,
+    /// Since when bytes of a frame not yet whole have been coming.
+    partial_since: Option<Instant>,
+}
+
+fn read_frames(socket: &mut Socket, pace: &Pace, service: i32, listener: &mut Listener) -> Ended {
     let Listener {
         sink,
         stop,
         status,
         schedule,
         seen,
+        warnings,
     } = listener;
-    let retry = |why: String| Ended::Retry {
-        why,
-        connected: true,
-    };
+    let mut reached = Reached::Connected;
+    let retry = |why: String, reached: Reached| Ended::Retry { why, reached };
     let mut fragments = Fragments::default();
     // The first ping goes at once, as in every SDK.
-    let mut next_ping = Instant::now();
-    let mut last_ping = Instant::now();
-    let mut last_heard = Instant::now();
+    let mut deadlines = Deadlines {
+        next_ping: Instant::now(),
+        unanswered_since: None,
+        received_at_last_message: pace.received(),
+        partial_since: None,
+    };
     loop {
         if stop.load(Ordering::SeqCst) {
             return Ended::Stopped;
         }
         let now = Instant::now();
-        if now >= next_ping {
+        if now >= deadlines.next_ping {
+            pace.until(now + PONG_WAIT);
             let ping = Frame::control(service, "ping").to_bytes();
             if socket.send(Message::Binary(ping.into())).is_err() {
-                return retry("cannot send a ping".into());
+                return retry("cannot send a ping".into(), reached);
             }
-            last_ping = now;
-            next_ping = now + schedule.ping_interval;
+            deadlines.unanswered_since.get_or_insert(now);
+            deadlines.next_ping = now + schedule.ping_interval;
         }
-        if now.saturating_duration_since(last_heard) > schedule.watchdog() {
-            return retry(format!("nothing received for {:?}", schedule.watchdog()));
+        if let Some(since) = deadlines.unanswered_since {
+            if now.duration_since(since) > PONG_WAIT {
+                return retry(format!("a ping went unanswered for {PONG_WAIT:?}"), reached);
+            }
         }
+        if let Some(since) = deadlines.partial_since {
+            if now.duration_since(since) > FRAME_WAIT {
+                return retry(
+                    format!("a frame did not arrive whole within {FRAME_WAIT:?}"),
+                    reached,
+                );
+            }
+        }
+        pace.until(now + TICK);
         let message = match socket.read() {
             Ok(message) => message,
             Err(tungstenite::Error::Io(e))
@@ -432,36 +392,45 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) =>
             {
+                if pace.received() > deadlines.received_at_last_message {
+                    deadlines.partial_since.get_or_insert(now);
+                }
                 // Pongs to the server's WebSocket pings go out on a flush.
                 let _ = socket.flush();
                 continue;
             }
             Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
-                return retry("the server closed the connection".into())
+                return retry("the server closed the connection".into(), reached)
             }
-            Err(e) => return retry(format!("reading failed: {}", error_kind(&e))),
+            Err(e) => return retry(format!("reading failed: {}", error_kind(&e)), reached),
         };
-        last_heard = Instant::now();
+        deadlines.received_at_last_message = pace.received();
+        deadlines.partial_since = None;
         let bytes = match message {
             Message::Binary(bytes) => bytes,
-            Message::Close(_) => return retry("the server closed the connection".into()),
+            Message::Close(_) => return retry("the server closed the connection".into(), reached),
             _ => continue,
         };
         let Ok(frame) = Frame::from_bytes(&bytes) else {
-            log::warn!("event long connection: a frame that is not pbbp2; ignored");
+            warnings
+                .frame
+                .warn(|| "event long connection: a frame that is not pbbp2; ignored".into());
             continue;
         };
         match (frame.method, frame.header(frame::TYPE)) {
             (frame::CONTROL, Some("pong")) => {
+                deadlines.unanswered_since = None;
+                reached = Reached::Answered;
                 let config = frame
                     .payload
                     .as_deref()
                     .filter(|p| !p.is_empty())
                     .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok());
                 if let Some(config) = config {
+                    let last_ping = deadlines.next_ping - schedule.ping_interval;
                     schedule.apply(&config);
                     // A new interval counts from the last ping, not the next.
-                    next_ping = last_ping + schedule.ping_interval;
+                    deadlines.next_ping = last_ping + schedule.ping_interval;
                 }
             }
             (frame::DATA, Some("event")) => {
@@ -476,10 +445,11 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
                 );
                 // Only the fragment that completes a message is acknowledged.
                 let Some(payload) = whole else { continue };
-                handle(&payload, seen, *sink, &status.metrics);
+                handle(&payload, seen, *sink, &status.metrics, &warnings.event);
                 let ack = frame.ack(started.elapsed().as_millis() as u64);
+                pace.until(Instant::now() + PONG_WAIT);
                 if socket.send(Message::Binary(ack.to_bytes().into())).is_err() {
-                    return retry("cannot send an acknowledgement".into());
+                    return retry("cannot send an acknowledgement".into(), reached);
                 }
             }
             // Cards and anything else: not for facefs.
@@ -488,7 +458,13 @@ fn read_frames(socket: &mut Socket, service: i32, listener: &mut Listener) -> En
     }
 }
 
-fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, metrics: &EventMetrics) {
+fn handle(
+    payload: &[u8],
+    seen: &mut SeenEvents,
+    sink: &dyn ChangeSink,
+    metrics: &EventMetrics,
+    warning: &RepeatedWarning,
+) {
     match message::parse(payload) {
         Ok(Event::UserChanged(change)) => {
             if seen.first_time(&change.event_id) {
@@ -509,23 +485,14 @@ fn handle(payload: &[u8], seen: &mut SeenEvents, sink: &dyn ChangeSink, metrics:
         // Acknowledged all the same: a re-push would not read better.
         Err(why) => {
             metrics.ignored.inc();
-            let cause = std::error::Error::source(&why).map(|c| format!(": {c}"));
-            log::warn!(
-                "event long connection: {why}{}; acknowledged and dropped",
-                cause.unwrap_or_default()
-            );
+            warning.warn(|| {
+                let cause = std::error::Error::source(&why).map(|c| format!(": {c}"));
+                format!(
+                    "event long connection: {why}{}; acknowledged and dropped",
+                    cause.unwrap_or_default()
+                )
+            });
         }
-    }
-}
-
-/// What went wrong, without anything that could hold the URL.
-fn error_kind(e: &tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::Io(e) => e.kind().to_string(),
-        tungstenite::Error::Tls(_) => "TLS error".into(),
-        tungstenite::Error::Protocol(p) => format!("protocol error: {p}"),
-        tungstenite::Error::Capacity(c) => format!("capacity: {c}"),
-        _ => "WebSocket error".into(),
     }
 }
 
@@ -534,17 +501,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_client_config_changes_only_what_it_sets_sensibly() {
-        let mut s = Schedule::default();
-        s.apply(&serde_json::json!({"PingInterval": 90, "ReconnectCount": 3, "ReconnectInterval": 0, "ReconnectNonce": "x"}));
-        assert_eq!(s.ping_interval, Duration::from_secs(90));
-        assert_eq!(s.reconnect_count, 3);
-        assert_eq!(
-            s.reconnect_interval,
-            Duration::from_secs(120),
-            "0 s is nonsense"
-        );
-        assert_eq!(s.reconnect_nonce, Duration::from_secs(30));
-        assert_eq!(s.watchdog(), Duration::from_secs(185));
+    fn connections_that_never_work_are_tried_ever_less_often() {
+        let schedule = Schedule {
+            reconnect_nonce: Duration::ZERO,
+            reconnect_interval: Duration::from_secs(1),
+            ..Schedule::default()
+        };
+        assert_eq!(next_wait(1, &schedule), Duration::ZERO);
+        let mut elapsed = Duration::ZERO;
+        let mut tries_in_a_minute = 0;
+        for failures in 1.. {
+            elapsed += next_wait(failures, &schedule);
+            if elapsed > Duration::from_secs(60) {
+                break;
+            }
+            tries_in_a_minute += 1;
+        }
+        assert!((6..=9).contains(&tries_in_a_minute), "{tries_in_a_minute}");
+        let late = next_wait(40, &schedule);
+        assert!(late >= MAX_BACKOFF / 2 && late <= MAX_BACKOFF, "{late:?}");
+        // The server's longer interval still holds.
+        let patient = Schedule {
+            reconnect_interval: Duration::from_secs(120),
+            ..schedule
+        };
+        assert_eq!(next_wait(2, &patient), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bootstraps_are_rationed_whatever_ends_the_connections() {
+        let start = Instant::now();
+        let mut budget = BootstrapBudget {
+            tokens: BOOTSTRAP_BURST,
+            at: start,
+        };
+        let mut at = start;
+        let mut sent = 0;
+        // Tries as fast as the budget lets, for ten minutes.
+        while at < start + Duration::from_secs(600) {
+            at += budget.take(at);
+            sent += 1;
+        }
+        assert_eq!(sent, 20 + 600 / 6);
     }
 }

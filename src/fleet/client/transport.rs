@@ -4,7 +4,7 @@
 //! not a socket timeout per byte.
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,7 +88,9 @@ impl Transport {
         deadline: Instant,
     ) -> io::Result<Transport> {
         let stream = match &address.place {
-            Place::Tcp { host, port } => SocketStream::Tcp(connect_tcp(host, *port, deadline)?),
+            Place::Tcp { host, port } => {
+                SocketStream::Tcp(crate::net::connect_by(host, *port, deadline)?)
+            }
             Place::Unix(path) => SocketStream::Unix(UnixStream::connect(path)?),
         };
         let socket = Socket { stream, deadline };
@@ -142,47 +144,6 @@ impl Write for Transport {
             Transport::Tls(s) => s.flush(),
         }
     }
-}
-
-/// Resolves and connects by `deadline`. A name is resolved on a thread of
-/// its own: the system resolver has no timeout to give it.
-fn connect_tcp(host: &str, port: u16, deadline: Instant) -> io::Result<TcpStream> {
-    let bare = host.trim_matches(['[', ']']);
-    let addrs: Vec<SocketAddr> = match bare.parse::<std::net::IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => {
-            let (send, receive) = std::sync::mpsc::channel();
-            let name = (bare.to_owned(), port);
-            std::thread::Builder::new()
-                .name("facefs-redis-dns".into())
-                .spawn(move || {
-                    let _ = send.send(name.to_socket_addrs().map(Iterator::collect::<Vec<_>>));
-                })?;
-            receive
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "resolving the Redis host took too long",
-                    )
-                })??
-        }
-    };
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the Redis host has no address");
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(io::ErrorKind::TimedOut.into());
-        }
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(stream) => {
-                stream.set_nodelay(true)?;
-                return Ok(stream);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
 }
 
 /// TLS as the HTTP client has it: rustls on ring, the Mozilla roots.
