@@ -93,7 +93,7 @@ fn prefetch(cli: &PrefetchCli) -> Result<i32, String> {
             .map_err(|e| {
                 format!(
                     "cannot list {}: {e} (the mount's log says why)",
-                    dir.display()
+                    printable(&dir)
                 )
             })?;
         files.extend(entries);
@@ -106,7 +106,7 @@ fn prefetch(cli: &PrefetchCli) -> Result<i32, String> {
     let total = files.len();
     eprintln!(
         "facefs prefetch: {total} faces listed under {}",
-        cli.mountpoint.display()
+        printable(&cli.mountpoint)
     );
     let started = Instant::now();
     let progress = Arc::new(Progress {
@@ -133,13 +133,13 @@ fn prefetch(cli: &PrefetchCli) -> Result<i32, String> {
 /// A facefs mount, or the command has nothing to do.
 fn check_mount(mountpoint: &Path) -> Result<(), String> {
     let wanted = std::fs::canonicalize(mountpoint)
-        .map_err(|e| format!("cannot use {}: {e}", mountpoint.display()))?;
+        .map_err(|e| format!("cannot use {}: {e}", printable(mountpoint)))?;
     // Mounted by root the type is plain "fuse"; through fusermount3, "fuse.facefs".
     match crate::daemon::mountpoint::mounted_at(&wanted) {
         Some((fstype, source)) if source == "facefs" && matches!(fstype.as_str(), "fuse" | "fuse.facefs") => Ok(()),
         _ => Err(format!(
             "{} is not a facefs mount; mount it first, e.g. `facefs {0} --cache-dir /var/cache/facefs ...`",
-            mountpoint.display()
+            printable(mountpoint)
         )),
     }
 }
@@ -248,7 +248,7 @@ fn summary(progress: &Progress, total: usize, started: Instant) -> Result<i32, S
             failed.len()
         );
         for (path, e) in failed.iter() {
-            eprintln!("  {}: {e}", path.display());
+            eprintln!("  {}: {e}", printable(path));
         }
     }
     if STOP.load(Ordering::SeqCst) {
@@ -259,6 +259,12 @@ fn summary(progress: &Progress, total: usize, started: Instant) -> Result<i32, S
         return Ok(130);
     }
     Ok(if failed.is_empty() { 0 } else { 1 })
+}
+
+/// A path as it may go to a terminal: ids come from the API, and a
+/// control character in one must not drive the terminal or forge a line.
+fn printable(path: &std::path::Path) -> String {
+    crate::text::shown_whole(&path.to_string_lossy()).to_string()
 }
 
 #[cfg(test)]

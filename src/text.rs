@@ -13,6 +13,11 @@ pub fn shown(text: &str) -> Shown<'_> {
     }
 }
 
+/// `text` as it may be printed, at most `max` characters of it.
+pub fn shown_up_to(text: &str, max: usize) -> Shown<'_> {
+    Shown { text, max }
+}
+
 /// `text` as it may be printed, whole (for names a user asked to see).
 pub fn shown_whole(text: &str) -> Shown<'_> {
     Shown {

@@ -428,6 +428,65 @@ fn sigterm_and_sigint_unmount_and_exit_zero() {
     }
 }
 
+/// SIGUSR1 and SIGUSR2, whose default would kill facefs and leave a dead
+/// mount, are ignored: the mount goes on serving.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn user_signals_leave_the_mount_serving() {
+    let emu = emulator(small_tenant(4));
+    let mnt = Mount::start(&emu, &[]);
+    let pid = mnt.child.as_ref().unwrap().id() as i32;
+    for signal in [libc::SIGUSR1, libc::SIGUSR2] {
+        // SAFETY: kill on our own child's pid.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+    }
+    wait_until(Duration::from_secs(5), "both signals logged", || {
+        mnt.log_text()
+            .matches("ignored, facefs goes on serving")
+            .count()
+            == 2
+    });
+    let id = &emu.ids_with_faces(IdKind::OpenId)[0];
+    let bytes = std::fs::read(mnt.join("open_id").join(face_file_name(id, false))).unwrap();
+    assert_eq!(Some(bytes), emu.face(IdKind::OpenId, id, false));
+    assert!(mnt.child.as_ref().is_some_and(|c| {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(c.id() as i32, 0) == 0 }
+    }));
+}
+
+/// A mount point with files in it is refused (the mount would hide them),
+/// naming the fix; `--allow-non-empty` (or `-o nonempty`) mounts over it.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_non_empty_mount_point_is_refused_unless_allowed() {
+    let emu = emulator(small_tenant(2));
+    let dir = TempDir::new("nonempty");
+    let _cleanup = Unmount(dir.path());
+    std::fs::write(dir.path().join("notes.txt"), b"mine").unwrap();
+    let out = facefs_command(&emu, dir.path()).arg("-f").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("not empty") && stderr(&out).contains("--allow-non-empty"));
+    assert!(!is_mounted(dir.path()));
+    for allow in ["--allow-non-empty", "-ononempty"] {
+        let out = facefs_command(&emu, dir.path())
+            .arg(allow)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{allow}: {}", stderr(&out));
+        assert!(is_mounted(dir.path()));
+        assert_eq!(ls(dir.path()).len(), 3, "the mount shows its own root");
+        force_unmount(dir.path());
+        wait_until(Duration::from_secs(10), "unmounted", || {
+            !is_mounted(dir.path())
+        });
+    }
+    assert_eq!(
+        std::fs::read(dir.path().join("notes.txt")).unwrap(),
+        b"mine"
+    );
+}
+
 /// 100,000 users listed in all three directories: every name shown, and the
 /// daemon's peak memory within 128 MiB with nothing in the face cache.
 #[test]

@@ -443,6 +443,40 @@ fn prefetch_fills_the_store_resumes_and_lists_what_failed() {
     );
 }
 
+/// Ids are the API's: one that holds terminal escapes or a newline reaches
+/// the terminal escaped (as `ls -b` shows it), never as a control.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn prefetch_prints_hostile_ids_escaped() {
+    use facefs::emulator::tenant::{TenantSpec, HOSTILE_USER_IDS};
+    let emu = emulator(facefs::emulator::EmulatorConfig {
+        tenant: TenantSpec {
+            users: 4,
+            odd_user_ids: HOSTILE_USER_IDS.map(str::to_owned).to_vec(),
+            ..TenantSpec::default()
+        },
+        ..facefs::emulator::EmulatorConfig::default()
+    });
+    let cache = TempDir::new("store");
+    let mnt = mount_with_store(&emu, cache.path(), &["--retry-budget", "100ms"]);
+    // Failures are printed by name.
+    emu.inject(Route::Face, facefs::emulator::WireFault::ServerError, 1.0);
+    let out = prefetch(&mnt, &["user_id"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = stderr(&out);
+    assert!(
+        !report.contains('\x1b') && !report.contains('\x07') && !report.contains('\u{202e}'),
+        "{report:?}"
+    );
+    assert!(!report.contains("\nFAKE"), "{report:?}");
+    assert!(report.contains("esc\\033]0;pwned\\007"), "{report:?}");
+    assert!(
+        report.contains("line\\nFAKE: all 3 faces ok.jpg"),
+        "{report:?}"
+    );
+    assert!(report.contains("bidi\\u{202e}gpj.exe"), "{report:?}");
+}
+
 #[test]
 #[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn prefetch_stops_cleanly_on_ctrl_c_and_goes_on_when_run_again() {

@@ -212,11 +212,11 @@ impl ApiFailure {
 
 impl fmt::Display for ApiFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(if self.msg.is_empty() {
-            "no message"
-        } else {
-            &self.msg
-        })?;
+        // The message and log id are the server's words: escaped, bounded.
+        match self.msg.is_empty() {
+            true => f.write_str("no message")?,
+            false => write!(f, "{}", crate::text::shown_up_to(&self.msg, 300))?,
+        }
         if let Some(code) = self.code {
             write!(f, " (code {code})")?;
         }
@@ -224,7 +224,7 @@ impl fmt::Display for ApiFailure {
             write!(f, " [HTTP {status}]")?;
         }
         if let Some(log_id) = &self.log_id {
-            write!(f, " [log id {log_id}]")?;
+            write!(f, " [log id {}]", crate::text::shown(log_id))?;
         }
         Ok(())
     }

@@ -29,7 +29,7 @@ const MIN_DATA_KEY: usize = 32;
                   Fill a --cache-dir store ahead of a backup: facefs prefetch MOUNTPOINT [open_id|union_id|user_id] (facefs prefetch -h tells more)."
 )]
 pub struct Cli {
-    /// Where to mount: an existing, empty directory.
+    /// Where to mount: an existing, empty directory (unless --allow-non-empty is given).
     pub mountpoint: PathBuf,
 
     /// API origin; plaintext http:// is accepted only for loopback addresses.
@@ -135,6 +135,11 @@ pub struct Cli {
     /// ("Transport endpoint is not connected"), detach it and mount afresh.
     #[arg(long)]
     pub recover: bool,
+
+    /// Mount even if the mount point holds files (hidden while mounted;
+    /// refused otherwise). `-o nonempty` says the same.
+    #[arg(long, alias = "nonempty")]
+    pub allow_non_empty: bool,
 
     /// Hear about changed faces as they happen over Feishu's event long
     /// connection (acs.user.updated_v1); needs the app subscribed to the event
@@ -323,7 +328,13 @@ pub struct Settings {
 impl Cli {
     /// Checks the flags and reads the secret. Errors name the fix.
     pub fn into_settings(self) -> Result<Settings, String> {
-        let mountpoint = crate::daemon::mountpoint::check(&self.mountpoint, self.recover)?;
+        let mountpoint = crate::daemon::mountpoint::check(
+            &self.mountpoint,
+            crate::daemon::mountpoint::Allow {
+                recover: self.recover,
+                non_empty: self.allow_non_empty,
+            },
+        )?;
         let source = if self.demo {
             Source::Demo
         } else {

@@ -37,7 +37,10 @@ use crate::sync::byte_budget::ByteBudget;
 /// How long the new mount has to answer its first `stat`.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a signal, how long to wait for readers to let go of the mount.
-const UNMOUNT_GRACE: Duration = Duration::from_secs(10);
+const UNMOUNT_GRACE: Duration = Duration::from_secs(7);
+/// After a signal, the process ends within this however its threads are
+/// stuck (the README promises 10 s; the store's lock goes with it).
+const EXIT_LIMIT: Duration = Duration::from_millis(9_500);
 
 /// Where the outcome of mounting goes: the terminal, or the waiting parent.
 enum Readiness {
@@ -105,6 +108,7 @@ pub fn run(settings: Settings) -> i32 {
     match incoming.recv() {
         Ok(MountEvent::Ended(result)) => ended(result),
         Ok(MountEvent::Signal(signal)) => {
+            exit_at_the_latest(EXIT_LIMIT);
             log::info!(
                 "signal {signal}: unmounting {}",
                 settings.mountpoint.display()
@@ -133,6 +137,21 @@ pub fn run(settings: Settings) -> i32 {
         }
         Err(_) => 1,
     }
+}
+
+/// Ends the process after `limit` if it has not ended by then: no thread
+/// stuck in I/O (a peer that never answers) may keep it, or the store's
+/// lock, alive.
+fn exit_at_the_latest(limit: Duration) {
+    let _ = std::thread::Builder::new()
+        .name("facefs-exit".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            log::error!("stopping took over {limit:?} (a thread is stuck in I/O); exiting now");
+            log::logger().flush();
+            // SAFETY: _exit ends the process at once; nothing is used after.
+            unsafe { libc::_exit(1) };
+        });
 }
 
 fn ended(result: std::io::Result<()>) -> i32 {
@@ -427,14 +446,21 @@ fn detach_stdio() {
     }
 }
 
-/// Blocks the termination signals in this thread and all it starts, so that
-/// one thread can take them with `sigwait`.
+/// Blocks the termination signals (and the user signals, whose default
+/// would kill facefs) in this thread and all it starts, so that one thread
+/// can take them with `sigwait`.
 fn block_signals() -> std::io::Result<libc::sigset_t> {
     // SAFETY: sigset operations on a local set; pthread_sigmask on this thread.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        for signal in [
+            libc::SIGINT,
+            libc::SIGTERM,
+            libc::SIGHUP,
+            libc::SIGUSR1,
+            libc::SIGUSR2,
+        ] {
             libc::sigaddset(&mut set, signal);
         }
         match libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) {
@@ -448,9 +474,15 @@ fn wait_for_signals(set: libc::sigset_t, events: Sender<MountEvent>) {
     loop {
         let mut signal = 0;
         // SAFETY: set holds signals blocked in every thread; signal is a valid out pointer.
-        if unsafe { libc::sigwait(&set, &mut signal) } == 0
-            && events.send(MountEvent::Signal(signal)).is_err()
-        {
+        if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
+            continue;
+        }
+        // Their default would kill facefs and leave a dead mount; they have no use here.
+        if matches!(signal, libc::SIGUSR1 | libc::SIGUSR2) {
+            log::info!("signal {signal} (SIGUSR1 or SIGUSR2): ignored, facefs goes on serving");
+            continue;
+        }
+        if events.send(MountEvent::Signal(signal)).is_err() {
             return;
         }
     }

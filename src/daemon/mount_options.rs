@@ -47,9 +47,11 @@ enum Flag {
 fn flag_of(name: &str) -> Option<Flag> {
     let long = name.replace('_', "-");
     let command = Cli::command();
-    let arg = command
-        .get_arguments()
-        .find(|a| a.get_long() == Some(long.as_str()))?;
+    let arg = command.get_arguments().find(|a| {
+        a.get_long() == Some(long.as_str())
+            || a.get_all_aliases()
+                .is_some_and(|aliases| aliases.contains(&long.as_str()))
+    })?;
     // --help and --version print and exit: nothing for a mount table.
     if matches!(long.as_str(), "help" | "version") {
         return None;
@@ -164,6 +166,11 @@ mod tests {
         assert_eq!(
             expand_str(&["facefs", "-ottl=5m", "/m"]).unwrap(),
             ["facefs", "--ttl", "5m", "/m"]
+        );
+        // fuse2's `nonempty` is the flag's alias.
+        assert_eq!(
+            expand_str(&["facefs", "-o", "nonempty", "/m"]).unwrap(),
+            ["facefs", "--nonempty", "/m"]
         );
         // Without -o nothing is dropped: a stray second path stays an error for clap.
         assert_eq!(

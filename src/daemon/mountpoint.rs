@@ -1,14 +1,22 @@
 //! The mount point before mounting: it must be a directory that nothing is
-//! mounted on. A dead mount left by a crashed process is named as such, with
+//! mounted on, and empty unless asked (a mount would hide its files). A dead mount left by a crashed process is named as such, with
 //! the fix, and detached only when asked; facefs never stacks over a mount.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-/// Checks `path` and returns it canonical. With `recover`, a dead mount
-/// there is detached first.
-pub fn check(path: &Path, recover: bool) -> Result<PathBuf, String> {
+/// What the mount point may be besides an empty directory.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Allow {
+    /// A dead mount there is detached first (`--recover`).
+    pub recover: bool,
+    /// A directory with files in it, hidden while mounted (`--allow-non-empty`).
+    pub non_empty: bool,
+}
+
+/// Checks `path` and returns it canonical.
+pub fn check(path: &Path, allow: Allow) -> Result<PathBuf, String> {
     let shown = path.display();
     let missing =
         || format!("mount point {shown} does not exist; create it with `mkdir -p {shown}`");
@@ -37,7 +45,7 @@ pub fn check(path: &Path, recover: bool) -> Result<PathBuf, String> {
                  facefs does not mount over another mount"
             ));
         }
-        if !recover {
+        if !allow.recover {
             return Err(format!(
                 "{shown} is a dead mount left by a facefs (or other FUSE) process that ended \
                  (Transport endpoint is not connected); detach it with `umount -l {shown}` \
@@ -46,13 +54,44 @@ pub fn check(path: &Path, recover: bool) -> Result<PathBuf, String> {
         }
         detach(&canonical).map_err(|e| format!("cannot detach the dead mount at {shown}: {e}"))?;
         log::warn!("detached the dead mount at {shown}");
-        return check(path, false);
+        return check(
+            path,
+            Allow {
+                recover: false,
+                ..allow
+            },
+        );
     }
     match std::fs::metadata(&canonical) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(missing()),
         Err(e) => Err(format!("mount point {shown}: {e}")),
         Ok(meta) if !meta.is_dir() => Err(format!("mount point {shown} is not a directory")),
-        Ok(_) => std::fs::canonicalize(&canonical).map_err(|e| format!("mount point {shown}: {e}")),
+        Ok(_) => {
+            if !allow.non_empty {
+                refuse_non_empty(&canonical, path)?;
+            }
+            std::fs::canonicalize(&canonical).map_err(|e| format!("mount point {shown}: {e}"))
+        }
+    }
+}
+
+/// Refuses a mount point with entries in it: mounting would hide them.
+fn refuse_non_empty(dir: &Path, shown: &Path) -> Result<(), String> {
+    let shown = shown.display();
+    let mut entries = std::fs::read_dir(dir).map_err(|e| format!("mount point {shown}: {e}"))?;
+    match entries.next() {
+        None => Ok(()),
+        Some(first) => {
+            let name = first
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Err(format!(
+                "mount point {shown} is not empty (it holds {} and {} more): mounting would hide its files; \
+                 empty it, choose another directory, or pass --allow-non-empty (-o nonempty) to mount over them",
+                crate::text::shown(&name),
+                entries.count()
+            ))
+        }
     }
 }
 
@@ -142,14 +181,34 @@ mod tests {
 
     #[test]
     fn the_root_is_a_mount_point_and_a_file_is_not_a_directory() {
-        assert!(check(Path::new("/etc/hostname"), false)
+        let plain = Allow::default();
+        assert!(check(Path::new("/etc/hostname"), plain)
             .unwrap_err()
             .contains("not a directory"));
-        assert!(check(Path::new("/no/such/dir"), false)
+        assert!(check(Path::new("/no/such/dir"), plain)
             .unwrap_err()
             .contains("mkdir -p"));
-        assert!(check(Path::new("/proc"), false)
+        assert!(check(Path::new("/proc"), plain)
             .unwrap_err()
             .contains("already a mount point (proc)"));
+    }
+
+    #[test]
+    fn a_directory_with_files_is_refused_unless_allowed() {
+        let dir = std::env::temp_dir().join(format!("facefs-nonempty-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(check(&dir, Allow::default()).is_ok(), "empty");
+        std::fs::write(dir.join("keep\x1b[2J.txt"), b"").unwrap();
+        let err = check(&dir, Allow::default()).unwrap_err();
+        assert!(
+            err.contains("--allow-non-empty") && err.contains("keep\\033[2J.txt"),
+            "{err}"
+        );
+        let allowed = Allow {
+            non_empty: true,
+            ..Allow::default()
+        };
+        assert!(check(&dir, allowed).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -21,9 +21,19 @@ pub const ODD_USER_IDS: [&str; 8] = [
     "semi;colon&x=1",
 ];
 
+/// user_ids a hostile directory could hold: terminal escapes (set the
+/// title, clear the screen) and a newline that forges an output line.
+pub const HOSTILE_USER_IDS: [&str; 3] = [
+    "esc\x1b]0;pwned\x07\x1b[2J",
+    "line\nFAKE: all 3 faces ok",
+    "bidi\u{202e}gpj.exe",
+];
+
 #[derive(Clone, Debug)]
 pub struct TenantSpec {
     pub users: usize,
+    /// The user_ids of the first users (then `e00008`, ...).
+    pub odd_user_ids: Vec<String>,
     pub seed: u64,
     /// Full faces are this size; cropped ones a smaller square.
     pub face_width: u16,
@@ -37,6 +47,7 @@ impl Default for TenantSpec {
     fn default() -> TenantSpec {
         TenantSpec {
             users: 30,
+            odd_user_ids: ODD_USER_IDS.map(str::to_owned).to_vec(),
             seed: 1,
             face_width: 120,
             face_height: 150,
@@ -89,9 +100,10 @@ impl Tenant {
         let users: Vec<User> = (0..spec.users)
             .map(|i| {
                 let n = i as u64;
-                let user_id = ODD_USER_IDS
+                let user_id = spec
+                    .odd_user_ids
                     .get(i)
-                    .map_or_else(|| format!("e{i:05}"), |s| (*s).to_owned());
+                    .map_or_else(|| format!("e{i:05}"), |s| s.clone());
                 User {
                     ids: [
                         format!(
@@ -107,7 +119,7 @@ impl Tenant {
                         user_id,
                     ],
                     // Every seventh user past the odd ones has no face enrolled.
-                    has_face: i < ODD_USER_IDS.len() || i % 7 != 6,
+                    has_face: i < spec.odd_user_ids.len() || i % 7 != 6,
                     card: 100_000 + n,
                     seed: mix(spec.seed, n, 5),
                 }
