@@ -17,6 +17,7 @@ pub mod attr;
 pub mod cache;
 pub mod clock;
 pub mod config;
+mod contexts;
 pub mod error;
 pub mod face;
 pub mod faces;
@@ -61,9 +62,8 @@ pub use self::open_files::{DirPage, ReadSlice};
 use self::open_files::{DirSnapshot, HandleNumbers, OpenFiles};
 use self::readahead::ReadAheads;
 use self::store::FaceStore;
-use self::writing::{AttrChange, OpenMode, WriteContext, Writing, FIRST_WRITTEN_INO};
-use crate::api::image::ImageType;
-use crate::api::{ApiError, IdKind, Priority};
+use self::writing::{AttrChange, OpenMode, Writing, FIRST_WRITTEN_INO};
+use crate::api::{IdKind, Priority};
 
 /// Absent names and replaced digests remembered at most; beyond it the
 /// oldest are forgotten.
@@ -201,6 +201,17 @@ impl FaceFs {
             self.read_ahead_after(&key);
         }
         answer
+    }
+
+    /// How a lookup of `name` ranks: probes of names no fresh listing shows
+    /// wait behind everything else (at the rate limit and in the adapter's
+    /// queue). Names outside the layout are answered without waiting.
+    pub fn lookup_priority(&self, parent: u64, name: &OsStr) -> Priority {
+        let key = dir_kind(parent).and_then(|kind| {
+            let (id, cropped) = layout::parse_face_name(name)?;
+            Some(FaceKey::new(kind, id, cropped))
+        });
+        key.map_or(Priority::Listed, |key| self.priority(&key))
     }
 
     /// Notes a lookup of `key`; if the lookups are walking the listing in
@@ -514,81 +525,6 @@ impl FaceFs {
     /// Room left for written bytes, for `statfs`.
     pub fn pending_room(&self) -> u64 {
         self.writing.pending_room()
-    }
-}
-
-impl LoadContext for FaceFs {
-    fn priority(&self, key: &FaceKey) -> Priority {
-        // A name no fresh listing shows waits behind those one does: probes
-        // of names that do not exist must not hold up the faces that do.
-        if self.listings.shows(key) {
-            Priority::Listed
-        } else {
-            Priority::Probe
-        }
-    }
-
-    fn kept(&self, key: &FaceKey, meta: FaceMeta) {
-        self.nodes.confirm(key, meta);
-    }
-
-    fn user_absent(&self, key: &FaceKey) {
-        self.writing.user_absent(key);
-    }
-}
-
-impl WriteContext for FaceFs {
-    fn face_version(&self, ino: u64) -> Result<(FaceKey, FaceMeta), FsError> {
-        self.nodes.face_version(ino)
-    }
-
-    fn version_bytes(&self, key: &FaceKey, digest: u64, fetch: Fetch) -> Step<Arc<Face>> {
-        FaceFs::version_bytes(self, key, digest, fetch)
-    }
-
-    fn put_face(&self, key: &FaceKey, bytes: &[u8], image_type: ImageType) -> Result<(), ApiError> {
-        self.faces
-            .api()
-            .put_face(key.kind, &key.id, bytes, image_type)
-    }
-
-    /// The digests of the user's faces as facefs knows them now (memory,
-    /// the kernel's inodes, the store): after an upload, those bytes
-    /// wherever they are (also under the user's other ids) are out of date.
-    fn known_digests(&self, key: &FaceKey) -> Vec<u64> {
-        let mut digests = Vec::new();
-        for cropped in [false, true] {
-            let key = FaceKey::new(key.kind, key.id.clone(), cropped);
-            digests.extend(self.faces.digests(&key));
-            digests.extend(self.nodes.digest(&key));
-        }
-        digests.sort_unstable();
-        digests.dedup();
-        digests
-    }
-
-    /// The user's faces changed by our own upload: as for an event, and the
-    /// same bytes under the user's other ids (which facefs cannot name: the
-    /// API maps no id to another) are no longer trusted anywhere.
-    fn uploaded(&self, key: &FaceKey, old_digests: &[u64]) {
-        let mut forget = self.user_changed(&[(key.kind, &key.id)], Some(true));
-        if !old_digests.is_empty() {
-            self.freshness.supersede(old_digests);
-            forget.extend(self.nodes.others_with(old_digests, key));
-        }
-        self.kernel.tell(forget);
-    }
-
-    fn forget_inode(&self, ino: u64) {
-        self.kernel.tell(vec![Invalidation::Inode(ino)]);
-    }
-
-    fn dir_attr(&self, ino: u64) -> Attr {
-        self.nodes.dir_attr(ino)
-    }
-
-    fn getattr(&self, ino: u64, fetch: Fetch) -> Answer<Attr> {
-        FaceFs::getattr(self, ino, fetch)
     }
 }
 

@@ -17,7 +17,7 @@ use super::cache::CacheUsage;
 use super::layout::FaceKey;
 use super::listing::Listing;
 use crate::api::IdKind;
-use crate::sync::worker_pool::WorkerPool;
+use crate::sync::worker_pool::{Lane, WorkerPool};
 
 /// The first window, once two lookups in a row followed the listing.
 const START: usize = 4;
@@ -88,7 +88,7 @@ impl ReadAheads {
     /// window of 0 turns read-ahead off.
     pub fn new(max_window: usize, threads: usize, cache_bytes: u64) -> ReadAheads {
         let workers = (max_window > 0)
-            .then(|| WorkerPool::new("facefs-prefetch", threads))
+            .then(|| WorkerPool::new("facefs-prefetch", threads, 0))
             .and_then(|pool| {
                 pool.map_err(|e| log::warn!("read-ahead is off: cannot start its threads: {e}"))
                     .ok()
@@ -143,7 +143,7 @@ impl ReadAheads {
     pub fn spawn(&self, job: impl FnOnce() + Send + 'static) {
         if let Some(workers) = &self.workers {
             self.started.fetch_add(1, Ordering::Relaxed);
-            workers.spawn(job);
+            workers.spawn(Lane::First, job);
         }
     }
 

@@ -11,7 +11,7 @@ use super::metrics::{FuseMetrics, FuseOp};
 use super::reply::errno;
 use crate::fs::error::err;
 use crate::fs::{Answer, FaceFs, Fetch, FsError};
-use crate::sync::worker_pool::WorkerPool;
+use crate::sync::worker_pool::{Lane, WorkerPool};
 
 pub struct Dispatcher {
     core: Arc<FaceFs>,
@@ -20,11 +20,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// `workers` threads for operations that must wait.
+    /// `workers` threads for operations that must wait, and an eighth
+    /// more (at least two) kept for those that are not probes.
     pub fn new(core: Arc<FaceFs>, workers: usize) -> std::io::Result<Dispatcher> {
         Ok(Dispatcher {
             core,
-            workers: WorkerPool::new("facefs-worker", workers)?,
+            workers: WorkerPool::new("facefs-worker", workers, (workers / 8).max(2))?,
             metrics: Arc::default(),
         })
     }
@@ -45,13 +46,25 @@ impl Dispatcher {
         work: impl Fn(&FaceFs, Fetch) -> Answer<T> + Send + 'static,
         reply: impl FnOnce(Result<T, FsError>) + Send + 'static,
     ) {
+        self.answer_in(op, |_| Lane::First, work, reply);
+    }
+
+    /// As [`Dispatcher::answer`], on a worker of the lane `lane` says
+    /// (asked only if the operation must wait).
+    pub fn answer_in<T: 'static>(
+        &self,
+        op: FuseOp,
+        lane: impl FnOnce(&FaceFs) -> Lane,
+        work: impl Fn(&FaceFs, Fetch) -> Answer<T> + Send + 'static,
+        reply: impl FnOnce(Result<T, FsError>) + Send + 'static,
+    ) {
         let start = Instant::now();
         match work(&self.core, Fetch::Never) {
             Answer::Done(result) => finish(&self.metrics, op, start, result, reply),
             Answer::WouldBlock => {
                 let core = self.core.clone();
                 let metrics = self.metrics.clone();
-                self.workers.spawn(move || {
+                self.workers.spawn(lane(&self.core), move || {
                     let result = match work(&core, Fetch::Allowed) {
                         Answer::Done(result) => result,
                         Answer::WouldBlock => Err(err!(

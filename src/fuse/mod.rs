@@ -14,8 +14,10 @@ use fuser::{
     TimeOrNow, WriteFlags,
 };
 
+use crate::api::Priority;
 use crate::fs::writing::{AttrChange, OpenMode};
 use crate::fs::FaceFs;
+use crate::sync::worker_pool::Lane;
 
 mod dispatch;
 mod init;
@@ -66,8 +68,15 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        self.dispatch.answer(
+        // A name no fresh listing shows waits behind everything else.
+        let lane = |core: &FaceFs| match core.lookup_priority(parent.0, &name) {
+            Priority::Listed => Lane::First,
+            Priority::Probe => Lane::Second,
+        };
+        let name = name.clone();
+        self.dispatch.answer_in(
             FuseOp::Lookup,
+            lane,
             move |core, fetch| core.lookup(parent.0, &name, fetch),
             move |result| match result {
                 // The kernel may keep the answer as long as the core trusts it.
