@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use facefs::api::IdKind;
@@ -740,4 +740,94 @@ fn a_data_key_seals_the_store_and_another_key_opens_none_of_it() {
         stderr(&out)
     );
     assert!(!is_mounted(dir.path()));
+}
+
+/// A store on a disk that takes 5 s per access (every store file out of
+/// the page cache): each read of a stored face gives up on the store after
+/// its bound and downloads instead — seconds, not the minutes a hung disk
+/// cost — and the right bytes.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn a_slow_store_disk_costs_downloads_not_hangs() {
+    use facefs::fs::store::bounded::STORE_WAIT;
+    let emu = emulator(small_tenant(8));
+    let cache = TempDir::new("store");
+    let ids: Vec<String> = emu
+        .ids_with_faces(IdKind::OpenId)
+        .into_iter()
+        .take(8)
+        .collect();
+    {
+        let mnt = mount_with_store(&emu, cache.path(), &[]);
+        for id in &ids {
+            std::fs::read(mnt.join("open_id").join(face_file_name(id, false))).unwrap();
+        }
+    }
+    assert_eq!(
+        stored_faces(cache.path()).len(),
+        ids.len(),
+        "stored at unmount"
+    );
+    // Out of the page cache: the next reads must reach the "disk".
+    for file in stored_faces(cache.path()) {
+        let f = std::fs::File::open(&file).unwrap();
+        f.sync_all().unwrap(); // dirty pages stay cached
+                               // SAFETY: a valid descriptor; advice only.
+        unsafe {
+            libc::posix_fadvise(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                0,
+                0,
+                libc::POSIX_FADV_DONTNEED,
+            )
+        };
+    }
+    let downloads = emu.count(Route::Face);
+    let port = free_port();
+    let mnt = Mount::start_with_env(
+        &emu,
+        &[
+            "--rate-limit",
+            "500",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+            "--metrics-listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+        &[("FACEFS_TEST_STORE_DELAY", "5s")],
+    );
+    let started = Instant::now();
+    let slowest = std::thread::scope(|scope| {
+        let readers: Vec<_> = ids
+            .iter()
+            .map(|id| {
+                let (mnt, emu) = (&mnt, &emu);
+                scope.spawn(move || {
+                    let start = Instant::now();
+                    let bytes =
+                        std::fs::read(mnt.join("open_id").join(face_file_name(id, false))).unwrap();
+                    assert_eq!(Some(bytes), emu.face(IdKind::OpenId, id, false));
+                    start.elapsed()
+                })
+            })
+            .collect();
+        readers
+            .into_iter()
+            .map(|r| r.join().unwrap())
+            .max()
+            .unwrap()
+    });
+    // The header and then the bytes each wait out the bound, then a download.
+    assert!(
+        slowest < STORE_WAIT * 2 + Duration::from_secs(3),
+        "a read took {slowest:?}"
+    );
+    eprintln!("8 reads over a slow store in {:?}", started.elapsed());
+    assert_eq!(
+        emu.count(Route::Face),
+        downloads + ids.len(),
+        "each downloaded instead"
+    );
+    let metrics = scrape_metrics(port);
+    assert!(metric(&metrics, "facefs_store_abandoned_total") >= ids.len() as f64);
 }

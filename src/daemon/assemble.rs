@@ -4,6 +4,7 @@
 //! session's options. `mount` in `mod.rs` puts them together.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
 
@@ -93,10 +94,22 @@ pub fn store(
         tenant: origin.tenant(),
         memory_wait: settings.request_timeout,
         sealer: sealer.clone(),
+        disk_delay: test_disk_delay(),
     };
     FaceStore::open(config, memory.clone())
         .map(Some)
         .map_err(|e| format!("cannot use --cache-dir: {}", with_causes(&e)))
+}
+
+/// Debug builds (the ones tests mount) read `FACEFS_TEST_STORE_DELAY`
+/// (e.g. `5s`): every store access that may wait for the disk first
+/// waits that long, as on a failing disk. Release builds never do.
+fn test_disk_delay() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let delay = std::env::var("FACEFS_TEST_STORE_DELAY").ok()?;
+    humantime::parse_duration(&delay).ok()
 }
 
 /// The client the core calls, and what the fleet shares.

@@ -38,6 +38,8 @@ use crate::sync::byte_budget::ByteBudget;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// After a signal, how long to wait for readers to let go of the mount.
 const UNMOUNT_GRACE: Duration = Duration::from_secs(7);
+/// At the end, how long queued store writes may take.
+const STORE_FLUSH: Duration = Duration::from_secs(2);
 /// After a signal, the process ends within this however its threads are
 /// stuck (the README promises 10 s; the store's lock goes with it).
 const EXIT_LIMIT: Duration = Duration::from_millis(9_500);
@@ -106,7 +108,7 @@ pub fn run(settings: Settings) -> i32 {
     std::thread::spawn(move || wait_for_signals(signals, events));
 
     match incoming.recv() {
-        Ok(MountEvent::Ended(result)) => ended(result),
+        Ok(MountEvent::Ended(result)) => ended(result, &servers.core),
         Ok(MountEvent::Signal(signal)) => {
             exit_at_the_latest(EXIT_LIMIT);
             log::info!(
@@ -124,7 +126,7 @@ pub fn run(settings: Settings) -> i32 {
             }
             loop {
                 match incoming.recv_timeout(UNMOUNT_GRACE) {
-                    Ok(MountEvent::Ended(result)) => return ended(result),
+                    Ok(MountEvent::Ended(result)) => return ended(result, &servers.core),
                     Ok(MountEvent::Signal(_)) => continue,
                     Err(_) => {
                         log::warn!(
@@ -154,7 +156,12 @@ fn exit_at_the_latest(limit: Duration) {
         });
 }
 
-fn ended(result: std::io::Result<()>) -> i32 {
+/// The session ended: what the store still has queued is written (for a
+/// bounded time: the disk may be the reason it is queued), then the exit code.
+fn ended(result: std::io::Result<()>, core: &FaceFs) -> i32 {
+    if !core.flush_store(STORE_FLUSH) {
+        log::warn!("the store's queued writes did not finish within {STORE_FLUSH:?}; they cost downloads after the next mount");
+    }
     match result {
         Ok(()) => {
             log::info!("unmounted");

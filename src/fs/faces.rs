@@ -20,6 +20,7 @@ use super::face::{Face, FaceMeta};
 use super::freshness::Freshness;
 use super::layout::FaceKey;
 use super::metrics::FsMetrics;
+use super::store::bounded::{BoundedStore, Write};
 use super::store::FaceStore;
 use crate::api::{ApiError, FaceApi, Priority};
 use crate::sync::single_flight::SingleFlight;
@@ -43,8 +44,8 @@ pub trait LoadContext {
 pub struct Faces {
     api: Arc<dyn FaceApi>,
     memory: ByteLru<FaceKey, Face>,
-    /// The on-disk tier behind `memory` (`--cache-dir`).
-    store: Option<Arc<FaceStore>>,
+    /// The on-disk tier behind `memory` (`--cache-dir`), under its time bound.
+    store: Option<Arc<BoundedStore>>,
     /// Faces the API said do not exist, until `--negative-ttl`.
     absent: ExpiringSet<FaceKey>,
     downloads: SingleFlight<FaceKey, Result<Arc<Face>, FsError>>,
@@ -58,7 +59,7 @@ impl Faces {
     pub fn new(
         api: Arc<dyn FaceApi>,
         memory_bytes: u64,
-        store: Option<Arc<FaceStore>>,
+        store: Option<Arc<BoundedStore>>,
         absent: ExpiringSet<FaceKey>,
         freshness: Arc<Freshness>,
         metrics: Arc<FsMetrics>,
@@ -80,7 +81,12 @@ impl Faces {
     }
 
     pub fn store(&self) -> Option<&Arc<FaceStore>> {
-        self.store.as_ref()
+        self.store.as_ref().map(|s| s.store())
+    }
+
+    /// Waits for the store's queued writes, at most `limit`.
+    pub fn flush_store(&self, limit: Duration) -> bool {
+        self.store.as_ref().is_none_or(|s| s.flush(limit))
     }
 
     pub fn metrics(&self) -> &Arc<FsMetrics> {
@@ -105,7 +111,7 @@ impl Faces {
 
     /// The digests of the bytes of `key` in memory and in the store.
     pub fn digests(&self, key: &FaceKey) -> Vec<u64> {
-        let stored = self.store.as_ref().and_then(|s| s.meta(key));
+        let stored = self.stored_header(key);
         let in_memory = self.memory.get(key);
         in_memory
             .map(|f| f.digest)
@@ -138,10 +144,17 @@ impl Faces {
             return Ok(None);
         };
         let stored = match fetch {
-            Fetch::Allowed => store.meta(key),
-            Fetch::Never => store.meta_now(key)?,
+            Fetch::Allowed => self.stored_header(key),
+            Fetch::Never => store.store().meta_now(key)?,
         };
         Ok(stored.filter(|m| self.freshness.fresh_face(m.digest, m.fetched_at)))
+    }
+
+    /// The store's header of `key`, waiting for the disk at most its bound.
+    fn stored_header(&self, key: &FaceKey) -> Option<FaceMeta> {
+        let store = self.store.as_ref()?;
+        let owned = key.clone();
+        store.read(lane_of(key), move |s| s.meta(&owned)).flatten()
     }
 
     /// Whether the store holds `key` fresh (its header read, waiting for the disk).
@@ -162,7 +175,7 @@ impl Faces {
             let stored = self
                 .store
                 .as_ref()
-                .and_then(|s| s.face_now(key, |at| self.freshness.fresh(at)))
+                .and_then(|s| s.store().face_now(key, |at| self.freshness.fresh(at)))
                 .filter(|f| !self.freshness.superseded_since(f.digest, f.fetched_at));
             if let Some(face) = stored.map(Arc::new) {
                 self.metrics.cache(true);
@@ -187,9 +200,13 @@ impl Faces {
     fn refresh(&self, key: &FaceKey, context: &dyn LoadContext) -> Result<Arc<Face>, FsError> {
         let mut stale = self.memory.get(key);
         if let Some(store) = &self.store {
+            // Not answered within its bound (a slow disk): as if not stored.
+            let owned = key.clone();
             let stored = store
-                .face(key)
-                .map_err(|e| err!(source: e, libc::EIO, "reading a stored {} face", key.kind))?;
+                .read(lane_of(key), move |s| s.face(&owned))
+                .transpose()
+                .map_err(|e| err!(source: e, libc::EIO, "reading a stored {} face", key.kind))?
+                .flatten();
             if let Some(face) = stored.map(Arc::new) {
                 if self.freshness.fresh_face(face.digest, face.fetched_at) {
                     self.metrics.cache(true);
@@ -273,7 +290,10 @@ impl Faces {
         let face = Arc::new(Face::new(bytes, at));
         self.keep(key, face.clone(), context);
         if let Some(store) = &self.store {
-            store.put_face(key, &face);
+            let (owned, stored) = (key.clone(), face.clone());
+            store.write(lane_of(key), Write::Droppable, move |s| {
+                s.put_face(&owned, &stored)
+            });
         }
         Ok(face)
     }
@@ -294,7 +314,13 @@ impl Faces {
     fn drop_copies(&self, key: &FaceKey) {
         self.memory.remove(key);
         if let Some(store) = &self.store {
-            store.remove_face(key);
+            let owned = key.clone();
+            store.write(lane_of(key), Write::Needed, move |s| s.remove_face(&owned));
         }
     }
+}
+
+/// The store lane of `key`: every access to one face goes in one order.
+fn lane_of(key: &FaceKey) -> u64 {
+    crate::hash::digest(key.id.as_bytes()).wrapping_add(u64::from(key.cropped))
 }

@@ -23,6 +23,7 @@ const MAX_LISTING_TIME: Duration = Duration::from_secs(3600);
 /// The ids with a face, in the API's order, without repeats, packed: one
 /// string holding them all, where each ends, and their order by text for
 /// lookups by name — about 8 bytes an id besides the id itself.
+#[derive(Clone)]
 pub struct Listing {
     text: String,
     ends: Vec<u32>,
@@ -87,25 +88,49 @@ impl Listing {
         (!repeated).then_some(listing)
     }
 
-    /// This listing with `id` added at the end (`None` if it is listed or
-    /// cannot be a file name), as of the same fetch.
-    pub fn with(&self, id: &str) -> Option<Listing> {
+    /// Adds `id` at the end (false if it is listed or cannot be a file
+    /// name). Costs the change, not the listing: an append, and one
+    /// insertion into the order by name.
+    pub fn add(&mut self, id: &str) -> bool {
         if !layout::representable_id(id) || self.position(id).is_some() {
-            return None;
+            return false;
         }
-        let (mut text, mut ends) = (self.text.clone(), self.ends.clone());
-        text.push_str(id);
-        ends.push(text.len() as u32);
-        Some(Listing::packed(text, ends, self.fetched_at))
+        self.text.push_str(id);
+        self.ends.push(self.text.len() as u32);
+        let new = (self.ends.len() - 1) as u32;
+        let at = self.by_id.partition_point(|i| self.id(*i as usize) < id);
+        self.by_id.insert(at, new);
+        true
     }
 
-    /// This listing without `id` (`None` if it is not listed).
-    pub fn without(&self, id: &str) -> Option<Listing> {
-        let gone = self.position(id)?;
-        let ids = (0..self.len())
-            .filter(|i| *i != gone)
-            .map(|i| self.id(i).to_owned());
-        Some(Listing::new(ids.collect(), self.fetched_at))
+    /// Removes `id` (false if it is not listed): the bytes and places after
+    /// it move down once, nothing is sorted again.
+    pub fn remove(&mut self, id: &str) -> bool {
+        let Ok(found) = self
+            .by_id
+            .binary_search_by(|i| self.id(*i as usize).cmp(id))
+        else {
+            return false;
+        };
+        let gone = self.by_id.remove(found) as usize;
+        let start = if gone == 0 {
+            0
+        } else {
+            self.ends[gone - 1] as usize
+        };
+        let end = self.ends[gone] as usize;
+        self.text.replace_range(start..end, "");
+        self.ends.remove(gone);
+        let length = (end - start) as u32;
+        for e in &mut self.ends[gone..] {
+            *e -= length;
+        }
+        for i in &mut self.by_id {
+            if *i as usize > gone {
+                *i -= 1;
+            }
+        }
+        true
     }
 
     /// The place of `id` in the API's order.
@@ -265,6 +290,37 @@ mod tests {
 
     use super::*;
     use crate::api::{FaceBytes, ImageType, ListedUser, Priority, UserPage};
+
+    /// Adds and removals in place keep the API's order and the lookup by
+    /// name exactly as a listing packed anew would have them.
+    #[test]
+    fn edits_in_place_match_a_listing_made_anew() {
+        let mut state = 7u64;
+        let mut model: Vec<String> = (0..50).map(|i| format!("ou_{i:03}")).collect();
+        let mut listing = Listing::new(model.clone(), SystemTime::UNIX_EPOCH);
+        for _ in 0..2000 {
+            let n = crate::hash::xorshift(&mut state) % 120;
+            let id = format!("ou_{n:03}");
+            let listed = model.contains(&id);
+            if crate::hash::xorshift(&mut state).is_multiple_of(2) {
+                assert_eq!(listing.add(&id), !listed);
+                if !listed {
+                    model.push(id);
+                }
+            } else {
+                assert_eq!(listing.remove(&id), listed);
+                model.retain(|m| *m != id);
+            }
+        }
+        let anew = Listing::new(model.clone(), SystemTime::UNIX_EPOCH);
+        assert_eq!(listing.parts(), anew.parts());
+        assert_eq!(listing.by_id, anew.by_id);
+        for (i, id) in model.iter().enumerate() {
+            assert_eq!(listing.position(id), Some(i));
+        }
+        assert!(!listing.add("a/b"), "not a file name");
+        assert!(!listing.remove("ou_999"));
+    }
 
     /// A user list that never ends, in one of the ways a broken API can.
     struct Endless {

@@ -7,10 +7,15 @@
 //! Locks: `held` is a leaf, taken for a map look-up or an insert and never
 //! across I/O (the kernel's never-wait lookups read it). Concurrent
 //! fetches of one directory share one in `flights`.
+//!
+//! The store is written behind: a change queues one write of the listing
+//! as it will be when the write runs, unless one is queued already, so a
+//! burst of events costs a write or two, not one per event.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 
@@ -19,15 +24,23 @@ use super::error::FsError;
 use super::freshness::Freshness;
 use super::layout::FaceKey;
 use super::listing::{self, Listing};
-use super::store::FaceStore;
+use super::store::bounded::{BoundedStore, Write};
 use crate::api::{FaceApi, IdKind};
 use crate::sync::single_flight::SingleFlight;
 
+/// How long reading a stored listing may take (it can be hundreds of MB)
+/// before it is fetched from the API instead.
+pub const STORED_LISTING_WAIT: Duration = Duration::from_secs(30);
+
+type Held = Arc<Mutex<HashMap<IdKind, Arc<Listing>>>>;
+
 pub struct Listings {
     api: Arc<dyn FaceApi>,
-    store: Option<Arc<FaceStore>>,
+    store: Option<Arc<BoundedStore>>,
     freshness: Arc<Freshness>,
-    held: Mutex<HashMap<IdKind, Arc<Listing>>>,
+    held: Held,
+    /// Per directory: a write of its listing is queued and not begun.
+    writes_queued: Arc<[AtomicBool; 3]>,
     flights: SingleFlight<IdKind, Result<Arc<Listing>, FsError>>,
     /// Set when the mount is going away: listings under way end with `EIO`
     /// before their next page instead of running on.
@@ -37,14 +50,15 @@ pub struct Listings {
 impl Listings {
     pub fn new(
         api: Arc<dyn FaceApi>,
-        store: Option<Arc<FaceStore>>,
+        store: Option<Arc<BoundedStore>>,
         freshness: Arc<Freshness>,
     ) -> Listings {
         Listings {
             api,
             store,
             freshness,
-            held: Mutex::new(HashMap::new()),
+            held: Held::default(),
+            writes_queued: Arc::default(),
             flights: SingleFlight::default(),
             stopping: AtomicBool::new(false),
         }
@@ -87,7 +101,12 @@ impl Listings {
             if let Some(listing) = self.fresh(kind) {
                 return Ok(listing);
             }
-            let stored = self.store.as_ref().and_then(|s| s.listing(kind));
+            let stored = self.store.as_ref().and_then(|s| {
+                s.read_within(slot(kind) as u64, STORED_LISTING_WAIT, move |s| {
+                    s.listing(kind)
+                })
+                .flatten()
+            });
             if let Some(listing) = stored.filter(|l| self.freshness.fresh(l.fetched_at)) {
                 let listing = Arc::new(listing);
                 self.held.lock().insert(kind, listing.clone());
@@ -99,10 +118,8 @@ impl Listings {
                 self.freshness.wall(),
                 &self.stopping,
             )?);
-            if let Some(store) = &self.store {
-                store.put_listing(kind, &listing);
-            }
             self.held.lock().insert(kind, listing.clone());
+            self.store_held(kind);
             Ok(listing)
         });
         Ok(result?)
@@ -111,38 +128,49 @@ impl Listings {
     /// The user `id` gained a face (`listed`) or lost it: the listing held
     /// of `kind`, if any, shows it so, in memory and then in the store.
     pub fn user_changed(&self, kind: IdKind, id: &str, listed: bool) {
-        let changed = {
+        {
             let mut held = self.held.lock();
-            let Some(listing) = held.get(&kind) else {
+            let Some(listing) = held.get_mut(&kind) else {
                 return;
             };
+            // In place while no open directory holds this version (else
+            // copied once, and the open directory keeps what it read).
+            let listing = Arc::make_mut(listing);
             let changed = if listed {
-                listing.with(id)
+                listing.add(id)
             } else {
-                listing.without(id)
+                listing.remove(id)
             };
-            let Some(changed) = changed.map(Arc::new) else {
+            if !changed {
                 return;
-            };
-            held.insert(kind, changed.clone());
-            changed
+            }
         };
-        self.store_held(kind, changed);
+        self.store_held(kind);
     }
 
-    /// Writes `listing` to the store without holding the lock (a listing
-    /// can be hundreds of MB); if another change replaced it meanwhile,
-    /// writes that one too, so the store ends with what memory holds.
-    fn store_held(&self, kind: IdKind, mut listing: Arc<Listing>) {
+    /// Queues a write of the listing of `kind` to the store, unless one
+    /// is queued and not begun: that one writes what is held when it runs.
+    fn store_held(&self, kind: IdKind) {
         let Some(store) = &self.store else {
             return;
         };
-        loop {
-            store.put_listing(kind, &listing);
-            match self.held(kind) {
-                Some(now) if !Arc::ptr_eq(&now, &listing) => listing = now,
-                _ => return,
-            }
+        let queued = self.writes_queued.clone();
+        if queued[slot(kind)].swap(true, Ordering::SeqCst) {
+            return;
         }
+        let held = self.held.clone();
+        store.write(slot(kind) as u64, Write::Needed, move |s| {
+            // Cleared first: a change from here on queues another write.
+            queued[slot(kind)].store(false, Ordering::SeqCst);
+            let listing = held.lock().get(&kind).cloned();
+            if let Some(listing) = listing {
+                s.put_listing(kind, &listing);
+            }
+        });
     }
+}
+
+/// The directory's place in per-directory arrays (and its store lane).
+fn slot(kind: IdKind) -> usize {
+    kind.index()
 }

@@ -61,6 +61,7 @@ use self::nodes::Nodes;
 pub use self::open_files::{DirPage, ReadSlice};
 use self::open_files::{DirSnapshot, HandleNumbers, OpenFiles};
 use self::readahead::ReadAheads;
+use self::store::bounded::BoundedStore;
 use self::store::FaceStore;
 use self::writing::{AttrChange, OpenMode, Writing, FIRST_WRITTEN_INO};
 use crate::api::{IdKind, Priority};
@@ -104,6 +105,13 @@ impl FaceFs {
         let freshness = Arc::new(Freshness::new(clock, config.trust_policy(), REMEMBERED));
         let owner = config.ownership(SystemTime::now());
         let numbers = Arc::new(HandleNumbers::default());
+        let store = store.and_then(|store| match BoundedStore::new(store) {
+            Ok(bounded) => Some(Arc::new(bounded)),
+            Err(e) => {
+                log::error!("cannot start the store's threads ({e}): going on without --cache-dir");
+                None
+            }
+        });
         Arc::new_cyclic(|me| FaceFs {
             me: me.clone(),
             nodes: Nodes::new(owner, freshness.clone()),
@@ -152,6 +160,11 @@ impl FaceFs {
 
     pub fn metrics(&self) -> &FsMetrics {
         self.faces.metrics()
+    }
+
+    /// Waits for the store's queued writes, at most `limit`; whether all were done.
+    pub fn flush_store(&self, limit: std::time::Duration) -> bool {
+        self.faces.flush_store(limit)
     }
 
     /// The on-disk store, if there is one.

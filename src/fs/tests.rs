@@ -1120,6 +1120,37 @@ mod with_a_store {
         assert_eq!(look(&fs, "ou_b.jpg"), Err(libc::EIO));
     }
 
+    /// 20,000 events adding users cost the changes: each edits the listing
+    /// in place, and the store is written behind — a write covers every
+    /// change made while the one before it ran — not once per event.
+    #[test]
+    fn a_burst_of_events_costs_a_few_listing_writes_not_one_each() {
+        let api = tenant();
+        let dir = TempStoreDir::new("core-burst");
+        let clock = TestClock::default();
+        let fs = mount(&api, &dir, &clock);
+        let ino = dir_ino(IdKind::OpenId);
+        let before = names(&fs, ino).len();
+        assert!(fs.flush_store(Duration::from_secs(10)));
+        let store = fs.store().unwrap().clone();
+        let writes = store.metrics().listing_writes.get();
+        for i in 0..20_000 {
+            fs.apply_user_change(&[(IdKind::OpenId, &format!("ou_new{i}"))], Some(true));
+        }
+        assert!(fs.flush_store(Duration::from_secs(30)));
+        let written = store.metrics().listing_writes.get() - writes;
+        // Each write covers every change made while the one before ran.
+        assert!((1..2_000).contains(&written), "{written} listing writes");
+        assert_eq!(names(&fs, ino).len(), before + 40_000);
+        let stored = store.listing(IdKind::OpenId).unwrap();
+        // Two files a user, and `.` and `..`.
+        assert_eq!(
+            2 * stored.len() + 2,
+            before + 40_000,
+            "the store holds what memory does"
+        );
+    }
+
     #[test]
     fn a_stored_listing_is_never_served_past_its_ttl() {
         let api = tenant();

@@ -65,6 +65,12 @@ impl WorkerPool {
         Ok(WorkerPool { shared, threads })
     }
 
+    /// Jobs waiting for a worker.
+    pub fn queued(&self) -> usize {
+        let queues = self.shared.queues.lock();
+        queues.first.len() + queues.second.len()
+    }
+
     pub fn spawn(&self, lane: Lane, job: impl FnOnce() + Send + 'static) {
         let mut queues = self.shared.queues.lock();
         if !queues.open {

@@ -14,6 +14,9 @@ pub struct StoreMetrics {
     pub hits: Counter,
     pub writes: Counter,
     pub discarded: Counter,
+    pub abandoned: Counter,
+    pub writes_dropped: Counter,
+    pub listing_writes: Counter,
 }
 
 impl StoreMetrics {
@@ -39,6 +42,21 @@ impl StoreMetrics {
                     "facefs_store_discarded",
                     "Stored faces and listings that failed verification and were deleted",
                     &metrics.discarded,
+                ),
+                (
+                    "facefs_store_listing_writes",
+                    "Listings written to the on-disk store (a burst of events costs one or two)",
+                    &metrics.listing_writes,
+                ),
+                (
+                    "facefs_store_abandoned",
+                    "Store reads that took over their bound (a slow disk): the API was asked instead",
+                    &metrics.abandoned,
+                ),
+                (
+                    "facefs_store_writes_dropped",
+                    "Face writes dropped because the store's queue was full (a slow disk)",
+                    &metrics.writes_dropped,
                 ),
             ],
         );

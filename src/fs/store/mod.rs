@@ -25,6 +25,7 @@
 //! LRU that bounds the store, so mounting does not wait for the scan, and
 //! reads need no index (a face's path comes from its key).
 
+pub mod bounded;
 mod directory;
 pub mod entry;
 mod error;
@@ -87,6 +88,9 @@ pub struct StoreConfig {
     pub memory_wait: Duration,
     /// The tenant's keys: every entry is sealed with them.
     pub sealer: Arc<Sealer>,
+    /// Every access that may wait for the disk first waits this long (a
+    /// slow disk, for tests; see [`bounded`]).
+    pub disk_delay: Option<Duration>,
 }
 
 pub struct FaceStore {
@@ -103,6 +107,7 @@ pub struct FaceStore {
     warned_full: AtomicBool,
     metrics: StoreMetrics,
     sealer: Arc<Sealer>,
+    disk_delay: Option<Duration>,
     _lock: StoreLock,
 }
 
@@ -150,6 +155,7 @@ impl FaceStore {
             warned_full: AtomicBool::new(false),
             metrics: StoreMetrics::default(),
             sealer: config.sealer,
+            disk_delay: config.disk_delay,
             _lock: lock,
         });
         let scanner = Arc::downgrade(&store);
@@ -176,6 +182,10 @@ impl FaceStore {
 
     pub fn metrics(&self) -> &StoreMetrics {
         &self.metrics
+    }
+
+    pub fn disk_delay(&self) -> Option<Duration> {
+        self.disk_delay
     }
 
     pub fn root(&self) -> &Path {
@@ -499,6 +509,7 @@ impl FaceStore {
             .write_then_rename(&path, |file| file.write_all(&encoded))
         {
             Ok(bytes) => {
+                self.metrics.listing_writes.inc();
                 let mut index = self.index.lock();
                 index.bytes -= std::mem::replace(&mut index.listings[kind.index()], bytes);
                 index.bytes += bytes;

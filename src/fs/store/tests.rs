@@ -41,6 +41,7 @@ impl TempStoreDir {
                 tenant: tenant.to_owned(),
                 memory_wait,
                 sealer: std::sync::Arc::new(crate::seal::Sealer::derive(b"test secret", tenant)),
+                disk_delay: None,
             },
             memory,
         )
