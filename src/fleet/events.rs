@@ -18,8 +18,13 @@ use super::shared::{face_key, listing_generation};
 use super::Fleet;
 use crate::api::IdKind;
 use crate::events::message::UserChange;
+use crate::repeated_warning::RepeatedWarning;
 use crate::seal::NotOpened;
 use crate::text::shown;
+
+/// Warnings that can repeat with every event.
+static NOT_PASSED_ON: RepeatedWarning = RepeatedWarning::new();
+static UNREADABLE: RepeatedWarning = RepeatedWarning::new();
 
 /// Events the stream keeps (about: trimming is approximate).
 pub const STREAM_LENGTH: usize = 10_000;
@@ -223,10 +228,12 @@ impl FleetEvents {
             }
         });
         if published.is_none() {
-            log::warn!(
-                "event {}: not passed on to the fleet (Redis is failing); other mounts see the change after their --ttl",
-                shown(&change.event_id)
-            );
+            NOT_PASSED_ON.warn(|| {
+                format!(
+                    "event {}: not passed on to the fleet (Redis is failing); other mounts see the change after their --ttl",
+                    shown(&change.event_id)
+                )
+            });
         }
     }
 
@@ -354,10 +361,12 @@ impl FleetEvents {
                 );
                 target.apply(&change);
             }
-            None => log::warn!(
-                "an unreadable entry {} in the fleet's event stream",
-                entry.id
-            ),
+            None => UNREADABLE.warn(|| {
+                format!(
+                    "an unreadable entry {} in the fleet's event stream",
+                    entry.id
+                )
+            }),
         }
     }
 

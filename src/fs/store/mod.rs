@@ -60,6 +60,7 @@ use super::face::{digest, Face, FaceMeta};
 use super::layout::FaceKey;
 use super::listing::Listing;
 use crate::api::{FaceBytes, IdKind};
+use crate::repeated_warning::RepeatedWarning;
 use crate::seal::Sealer;
 use crate::sync::byte_budget::{ByteBudget, MemoryHold};
 
@@ -110,6 +111,10 @@ pub struct FaceStore {
     disk_delay: Option<Duration>,
     _lock: StoreLock,
 }
+
+/// Failures that repeat with every read or write of a failing disk.
+static CANNOT_OPEN: RepeatedWarning = RepeatedWarning::new();
+static CANNOT_WRITE: RepeatedWarning = RepeatedWarning::new();
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HeaderRead {
@@ -232,11 +237,13 @@ impl FaceStore {
             }
             // Out of descriptors, an I/O error: the entry may be good.
             Err(e) => {
-                log::warn!(
-                    "cannot open the stored {} face {}: {e}",
-                    key.kind,
-                    path.display()
-                );
+                CANNOT_OPEN.warn(|| {
+                    format!(
+                        "cannot open the stored {} face {}: {e}",
+                        key.kind,
+                        path.display()
+                    )
+                });
                 return Ok(None);
             }
         };
@@ -431,11 +438,13 @@ impl FaceStore {
                 self.index.lock().put(name, bytes);
                 self.metrics.writes.inc();
             }
-            Err(e) => log::warn!(
-                "cannot store a {} face in {}: {e}",
-                key.kind,
-                self.root.display()
-            ),
+            Err(e) => CANNOT_WRITE.warn(|| {
+                format!(
+                    "cannot store a {} face in {}: {e}",
+                    key.kind,
+                    self.root.display()
+                )
+            }),
         }
     }
 
