@@ -333,6 +333,49 @@ fn the_redis_password_stays_out_of_argv_and_logs() {
     for secret in &secrets {
         assert!(!log.contains(secret.as_str()), "{secret} in a trace log");
     }
+    // With store, events and an upload on: nothing in Redis (values and
+    // stream entries) or in the store shows a face or names a user.
+    let every_id: Vec<String> = IdKind::ALL
+        .into_iter()
+        .flat_map(|kind| [emu.ids_with_faces(kind), emu.ids_without_faces(kind)].concat())
+        .collect();
+    let shows = |bytes: &[u8]| {
+        bytes.windows(3).any(|w| w == b"\xff\xd8\xff")
+            || every_id
+                .iter()
+                .any(|id| bytes.windows(id.len()).any(|w| w == id.as_bytes()))
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "the upload's event in the stream",
+        || !redis.keys("facefs:*:events").is_empty(),
+    );
+    let mut connection = redis.connection();
+    for key in redis.keys("*") {
+        assert!(!shows(key.as_bytes()), "{key}");
+        let value: redis::Value = match redis::cmd("TYPE")
+            .arg(&key)
+            .query::<String>(&mut connection)
+            .unwrap()
+            .as_str()
+        {
+            "stream" => redis::cmd("XRANGE")
+                .arg(&key)
+                .arg("-")
+                .arg("+")
+                .query(&mut connection)
+                .unwrap(),
+            "string" => redis::cmd("GET").arg(&key).query(&mut connection).unwrap(),
+            other => panic!("{key} is a {other}"),
+        };
+        assert!(!shows(&flatten(&value)), "{key} shows a face or an id");
+    }
+    let mut stored = 0;
+    for file in walk(cache.path()) {
+        stored += 1;
+        assert!(!shows(&std::fs::read(&file).unwrap()), "{}", file.display());
+    }
+    assert!(stored > 2, "the store holds entries");
     drop(mnt);
 
     // From the environment: read, then wiped from the process's environment.
@@ -854,4 +897,28 @@ fn planted_stream_entries_are_skipped_and_the_next_event_applies() {
     assert!(peak_mib < 200, "peak {peak_mib} MiB");
     let log = reader.log_text();
     assert!(log.len() < 64 << 10, "{} bytes of log", log.len());
+}
+
+/// Every byte string in a Redis reply, concatenated.
+fn flatten(value: &redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(bytes) => bytes.clone(),
+        redis::Value::Array(items) => items.iter().flat_map(flatten).collect(),
+        redis::Value::SimpleString(text) => text.clone().into_bytes(),
+        _ => Vec::new(),
+    }
+}
+
+/// Every file below `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }

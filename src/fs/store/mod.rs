@@ -31,6 +31,7 @@ pub mod entry;
 mod error;
 mod files;
 pub mod metrics;
+mod notes;
 mod room;
 mod scan;
 
@@ -70,9 +71,6 @@ const FORMAT_DIR: &str = "facefs-v2";
 const OLD_FORMAT_DIR: &str = "facefs-v1";
 /// No stored listing is believed to be larger: 2,000,000 ids of at most 243 bytes and their ends.
 const MAX_LISTING_FILE: u64 = 2_000_000 * (243 + 4) + 4096;
-fn note_place(name: &str) -> Vec<u8> {
-    [&b"facefs store note v2\0"[..], name.as_bytes()].concat()
-}
 
 /// A face read within this of its last recorded use is not touched again:
 /// the LRU order across remounts needs hours, not every read.
@@ -527,32 +525,6 @@ impl FaceStore {
                 "cannot store the {kind} listing in {}: {e}",
                 self.root.display()
             ),
-        }
-    }
-
-    /// A small note kept beside the store's entries (e.g. how far the
-    /// fleet's event stream was read), if one was written.
-    /// Sealed to its name, like every entry. One that does not open is
-    /// none: whoever needs it starts over (the fleet distrusts what it holds).
-    pub fn note(&self, name: &str) -> Option<String> {
-        let mut sealed = Vec::new();
-        directory::open_private(&self.root.join(format!("{name}.note")))
-            .ok()?
-            .take(64 << 10)
-            .read_to_end(&mut sealed)
-            .ok()?;
-        let text = self.sealer.open(&note_place(name), &sealed).ok()?;
-        String::from_utf8(text).ok()
-    }
-
-    pub fn put_note(&self, name: &str, text: &str) {
-        let path = self.root.join(format!("{name}.note"));
-        let sealed = self.sealer.seal(&note_place(name), text.as_bytes());
-        if let Err(e) = self
-            .replacer
-            .write_then_rename(&path, |file| file.write_all(&sealed))
-        {
-            log::warn!("cannot write {}: {e}", path.display());
         }
     }
 
