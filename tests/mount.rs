@@ -487,6 +487,41 @@ fn a_non_empty_mount_point_is_refused_unless_allowed() {
     );
 }
 
+/// A user the listing shows without a face is "does not exist" from the
+/// listing, without the API, and the kernel keeps that answer: more stats
+/// within `--negative-ttl` do not reach facefs at all.
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn the_listing_answers_for_users_without_a_face_and_the_kernel_keeps_it() {
+    let emu = emulator(small_tenant(20));
+    let port = free_port();
+    let mnt = Mount::start(&emu, &["--metrics-listen", &port.to_string()]);
+    let dir = mnt.join("open_id");
+    assert_eq!(ls(&dir).len(), 2 * emu.ids_with_faces(IdKind::OpenId).len());
+    let faces = emu.count(Route::Face);
+    let lookups = || {
+        metric(
+            &scrape_metrics(port),
+            "facefs_fuse_op_seconds_count{op=\"lookup\"}",
+        )
+    };
+    let faceless = emu.ids_without_faces(IdKind::OpenId);
+    assert!(!faceless.is_empty());
+    let before = lookups();
+    for id in &faceless {
+        for _ in 0..3 {
+            let err = std::fs::metadata(dir.join(face_file_name(id, false))).unwrap_err();
+            assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+        }
+    }
+    assert_eq!(emu.count(Route::Face), faces, "the API was not asked");
+    assert_eq!(
+        lookups() - before,
+        faceless.len() as f64,
+        "one lookup a name"
+    );
+}
+
 /// 100,000 users listed in all three directories: every name shown, and the
 /// daemon's peak memory within 128 MiB with nothing in the face cache.
 #[test]

@@ -11,6 +11,7 @@ use facefs::api::{codes, IdKind};
 use facefs::emulator::face_image::face_jpeg;
 use facefs::emulator::{Emulator, Route, WireFault};
 use facefs::fs::layout::face_file_name;
+use facefs::fs::listings::MISSES_BEFORE_LISTING;
 
 fn writable(emu: &Emulator, extra: &[&str]) -> Mount {
     let mut args = vec!["--writable", "--rate-limit", "500"];
@@ -134,6 +135,50 @@ fn an_rsync_restore_puts_back_what_was_backed_up() {
     // No temporary file is left behind in memory or in a listing.
     let listed = ls(&mnt.join("open_id"));
     assert!(listed.iter().all(|n| !n.starts_with('.')), "{listed:?}");
+}
+
+/// A restore of wiped faces asks the API for the uploads, one listing and
+/// the first few lookups only: after the API said "does not exist" 8
+/// times, the listing is fetched, it shows the wiped users without a face, and the
+/// lookups of rsync's generator and of each rename's target are answered
+/// from it (the kernel keeping those absences instead of asking again).
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_rsync)),
+    ignore = "needs FUSE, rsync (scripts/test.sh runs it)"
+)]
+fn a_restore_of_wiped_faces_sends_only_uploads_and_the_listing() {
+    let emu = emulator(small_tenant(30));
+    let saved = TempDir::new("backup");
+    {
+        let mnt = Mount::start(&emu, &[]);
+        backup(&mnt, saved.path());
+    }
+    let wiped = emu.ids_with_faces(IdKind::OpenId);
+    for id in &wiped {
+        emu.set_has_face(id, false);
+    }
+    let mnt = writable(&emu, &[]);
+    let (faces, lists) = (emu.count(Route::Face), emu.count(Route::ListUsers));
+    let out = restore(saved.path(), &mnt);
+    assert!(
+        out.status.success(),
+        "rsync: {}\n{}",
+        stderr(&out),
+        mnt.log_text()
+    );
+    assert_eq!(uploads(&emu), wiped.len(), "one upload per wiped face");
+    // "Does it exist?" is asked for the first lookups only: the 8th "no"
+    // starts the listing in the background, and from then on the listing
+    // answers (a lookup or two may ask while its one page is under way).
+    let asked = emu.count(Route::Face) - faces;
+    let before_listing = MISSES_BEFORE_LISTING as usize;
+    assert!(
+        (before_listing..=before_listing + 2).contains(&asked),
+        "{asked} faces asked for"
+    );
+    assert_eq!(emu.count(Route::ListUsers), lists + 1, "one listing page");
+    assert_served_equals(&emu, saved.path());
 }
 
 fn ls(dir: &Path) -> Vec<String> {

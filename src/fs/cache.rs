@@ -106,6 +106,11 @@ impl<K: Hash + Eq> ExpiringSet<K> {
         }
     }
 
+    /// How long a key is remembered.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
     /// Remembers `key` as absent from `now` on.
     pub fn insert(&self, key: K, now: Instant) {
         if self.ttl.is_zero() {

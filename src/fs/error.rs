@@ -20,6 +20,9 @@ pub struct FsError {
     /// Shared, not boxed: single-flight hands one error to every waiter.
     source: Option<Arc<dyn std::error::Error + Send + Sync>>,
     level: log::Level,
+    /// For `ENOENT` that facefs trusts for a while: how long the kernel
+    /// may keep the absence (a negative entry).
+    cached_for: Option<std::time::Duration>,
 }
 
 /// Builds an [`FsError`]: `err!(libc::EIO, "listing {kind} failed")`, with
@@ -50,7 +53,19 @@ impl FsError {
             message: message.into(),
             source: None,
             level,
+            cached_for: None,
         }
+    }
+
+    /// The same error, which the kernel may keep for `ttl` (for `ENOENT`).
+    pub fn cached_for(mut self, ttl: std::time::Duration) -> FsError {
+        self.cached_for = Some(ttl);
+        self
+    }
+
+    /// How long the kernel may keep this answer, if it may.
+    pub fn kernel_ttl(&self) -> Option<std::time::Duration> {
+        self.cached_for.filter(|ttl| !ttl.is_zero())
     }
 
     pub fn with_source(

@@ -120,6 +120,11 @@ impl Faces {
             .collect()
     }
 
+    /// `--negative-ttl`: how long "does not exist" is trusted.
+    pub fn negative_ttl(&self) -> Duration {
+        self.absent.ttl()
+    }
+
     /// Whether the API's "does not exist" for `key` is remembered.
     pub fn is_absent(&self, key: &FaceKey) -> bool {
         self.absent.contains(key, self.freshness.now())

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::error::{err, FsError};
+use super::id_set::IdSet;
 use super::layout::{self, FaceKey};
 use crate::api::{ApiError, FaceApi, IdKind};
 
@@ -29,6 +30,9 @@ pub struct Listing {
     ends: Vec<u32>,
     /// Places in `ends`, sorted by their ids.
     by_id: Vec<u32>,
+    /// The users the API listed without a face: a lookup of theirs is
+    /// answered "does not exist" from the listing, without the API.
+    without_face: IdSet,
     pub fetched_at: SystemTime,
 }
 
@@ -52,6 +56,7 @@ impl Listing {
             text,
             ends,
             by_id: Vec::new(),
+            without_face: IdSet::default(),
             fetched_at,
         };
         let mut by_id: Vec<u32> = (0..listing.ends.len() as u32).collect();
@@ -63,6 +68,40 @@ impl Listing {
     /// The packed ids and where each ends, for the on-disk store.
     pub fn parts(&self) -> (&str, &[u32]) {
         (&self.text, &self.ends)
+    }
+
+    /// This listing knowing these users to have no face (any it lists with
+    /// a face are left out).
+    pub fn with_users_without_face(mut self, mut ids: Vec<String>) -> Listing {
+        ids.retain(|id| self.position(id).is_none());
+        self.without_face = IdSet::from_ids(ids);
+        self
+    }
+
+    /// This listing with `set` as its users without a face, read back from
+    /// the store; `None` if one of them is also listed with a face.
+    pub fn with_set_without_face(mut self, set: IdSet) -> Option<Listing> {
+        let (text, ends) = set.parts();
+        let mut start = 0;
+        for end in ends {
+            let id = &text[start..*end as usize];
+            if self.position(id).is_some() || !layout::representable_id(id) {
+                return None;
+            }
+            start = *end as usize;
+        }
+        self.without_face = set;
+        Some(self)
+    }
+
+    /// The users listed without a face, for the on-disk store.
+    pub fn users_without_face(&self) -> &IdSet {
+        &self.without_face
+    }
+
+    /// Whether the API listed `id` without a face.
+    pub fn shows_without_face(&self, id: &str) -> bool {
+        self.without_face.contains(id)
     }
 
     /// A listing from [`Listing::parts`] read back, if they are parts of a
@@ -95,6 +134,7 @@ impl Listing {
         if !layout::representable_id(id) || self.position(id).is_some() {
             return false;
         }
+        self.without_face.remove(id);
         self.text.push_str(id);
         self.ends.push(self.text.len() as u32);
         let new = (self.ends.len() - 1) as u32;
@@ -103,15 +143,21 @@ impl Listing {
         true
     }
 
-    /// Removes `id` (false if it is not listed): the bytes and places after
-    /// it move down once, nothing is sorted again.
+    /// Shows `id` without a face (false if nothing changed): removed if it
+    /// is listed — the bytes and places after it move down once, nothing
+    /// is sorted again — and kept among the users without a face.
     pub fn remove(&mut self, id: &str) -> bool {
+        let known = self.len() + self.without_face.len();
         let Ok(found) = self
             .by_id
             .binary_search_by(|i| self.id(*i as usize).cmp(id))
         else {
-            return false;
+            // An unknown user: remembered, within the bound on users.
+            return layout::representable_id(id)
+                && known < MAX_LISTED_USERS
+                && self.without_face.insert(id);
         };
+        self.without_face.insert(id);
         let gone = self.by_id.remove(found) as usize;
         let start = if gone == 0 {
             0
@@ -173,7 +219,9 @@ impl Listing {
 
     /// Bytes this listing holds.
     pub fn heap_bytes(&self) -> usize {
-        self.text.capacity() + 4 * (self.ends.capacity() + self.by_id.capacity())
+        self.text.capacity()
+            + 4 * (self.ends.capacity() + self.by_id.capacity())
+            + self.without_face.heap_bytes()
     }
 }
 
@@ -203,6 +251,7 @@ pub fn fetch(
         let mut seen = HashSet::new();
         let mut page_tokens = HashSet::new();
         let mut ids = Vec::new();
+        let mut without_face = Vec::new();
         let mut skipped = 0usize;
         let mut misleading_ids = 0usize;
         let mut stalled_pages = 0;
@@ -233,7 +282,13 @@ pub fn fetch(
             }
             let known = seen.len();
             for user in page.users {
-                if !seen.insert(user.user_id.clone()) || !user.face_uploaded {
+                if !seen.insert(user.user_id.clone()) {
+                    continue;
+                }
+                if !user.face_uploaded {
+                    if layout::representable_id(&user.user_id) {
+                        without_face.push(user.user_id);
+                    }
                     continue;
                 }
                 if layout::representable_id(&user.user_id) {
@@ -280,7 +335,7 @@ pub fn fetch(
         if misleading_ids > 0 {
             log::warn!("{misleading_ids} {kind} ids hold control or bidirectional-override characters; they are listed as they are (use find -print0 or ls -b in scripts)");
         }
-        return Ok(Listing::new(ids, fetched_at));
+        return Ok(Listing::new(ids, fetched_at).with_users_without_face(without_face));
     }
 }
 
@@ -297,6 +352,7 @@ mod tests {
     fn edits_in_place_match_a_listing_made_anew() {
         let mut state = 7u64;
         let mut model: Vec<String> = (0..50).map(|i| format!("ou_{i:03}")).collect();
+        let mut without: std::collections::BTreeSet<String> = Default::default();
         let mut listing = Listing::new(model.clone(), SystemTime::UNIX_EPOCH);
         for _ in 0..2000 {
             let n = crate::hash::xorshift(&mut state) % 120;
@@ -305,21 +361,27 @@ mod tests {
             if crate::hash::xorshift(&mut state).is_multiple_of(2) {
                 assert_eq!(listing.add(&id), !listed);
                 if !listed {
-                    model.push(id);
+                    model.push(id.clone());
                 }
+                without.remove(&id);
             } else {
-                assert_eq!(listing.remove(&id), listed);
+                // Listed or not, the user is now one without a face.
+                assert_eq!(listing.remove(&id), listed || !without.contains(&id));
                 model.retain(|m| *m != id);
+                without.insert(id.clone());
             }
+            assert_eq!(listing.shows_without_face(&id), without.contains(&id));
         }
-        let anew = Listing::new(model.clone(), SystemTime::UNIX_EPOCH);
+        let anew = Listing::new(model.clone(), SystemTime::UNIX_EPOCH)
+            .with_users_without_face(without.iter().cloned().collect());
         assert_eq!(listing.parts(), anew.parts());
         assert_eq!(listing.by_id, anew.by_id);
+        assert_eq!(listing.users_without_face(), anew.users_without_face());
         for (i, id) in model.iter().enumerate() {
             assert_eq!(listing.position(id), Some(i));
         }
         assert!(!listing.add("a/b"), "not a file name");
-        assert!(!listing.remove("ou_999"));
+        assert!(!listing.remove("a/b"));
     }
 
     /// A user list that never ends, in one of the ways a broken API can.

@@ -13,7 +13,7 @@
 //! burst of events costs a write or two, not one per event.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,13 @@ use super::store::bounded::{BoundedStore, Write};
 use crate::api::{FaceApi, IdKind};
 use crate::sync::single_flight::SingleFlight;
 
+/// Names the API said do not exist, looked up in one directory without a
+/// fresh listing, after which its listing is fetched in the background: a
+/// restore looks up thousands of wiped names, and one listing (50 users a
+/// page) then answers them all instead of one "does it exist?" each.
+/// Reads of faces that exist, and a single stat, list nothing.
+pub const MISSES_BEFORE_LISTING: u32 = 8;
+
 /// How long reading a stored listing may take (it can be hundreds of MB)
 /// before it is fetched from the API instead.
 pub const STORED_LISTING_WAIT: Duration = Duration::from_secs(30);
@@ -41,6 +48,9 @@ pub struct Listings {
     held: Held,
     /// Per directory: a write of its listing is queued and not begun.
     writes_queued: Arc<[AtomicBool; 3]>,
+    /// Per directory: lookups no fresh listing could answer, since it last
+    /// had one (see [`MISSES_BEFORE_LISTING`]).
+    misses: [AtomicU32; 3],
     flights: SingleFlight<IdKind, Result<Arc<Listing>, FsError>>,
     /// Set when the mount is going away: listings under way end with `EIO`
     /// before their next page instead of running on.
@@ -59,6 +69,7 @@ impl Listings {
             freshness,
             held: Held::default(),
             writes_queued: Arc::default(),
+            misses: Default::default(),
             flights: SingleFlight::default(),
             stopping: AtomicBool::new(false),
         }
@@ -89,6 +100,25 @@ impl Listings {
             .is_some_and(|l| l.place_of(key).is_some())
     }
 
+    /// If a fresh listing shows the user of `key` without a face: for how
+    /// much longer that listing is trusted.
+    pub fn absence(&self, key: &FaceKey) -> Option<Duration> {
+        let listing = self.fresh(key.kind)?;
+        listing
+            .shows_without_face(&key.id)
+            .then(|| self.freshness.remaining(listing.fetched_at))
+    }
+
+    /// A lookup in `kind` the API answered "does not exist" and no fresh
+    /// listing could; whether it is the one after which the listing should
+    /// be fetched (once).
+    pub fn missed(&self, kind: IdKind) -> bool {
+        if self.fresh(kind).is_some() {
+            return false;
+        }
+        self.misses[slot(kind)].fetch_add(1, Ordering::Relaxed) + 1 == MISSES_BEFORE_LISTING
+    }
+
     /// The fresh listing of `kind`: from memory, the store or the API.
     pub fn get(&self, kind: IdKind, fetch: Fetch) -> Step<Arc<Listing>> {
         if let Some(listing) = self.fresh(kind) {
@@ -110,6 +140,7 @@ impl Listings {
             if let Some(listing) = stored.filter(|l| self.freshness.fresh(l.fetched_at)) {
                 let listing = Arc::new(listing);
                 self.held.lock().insert(kind, listing.clone());
+                self.misses[slot(kind)].store(0, Ordering::Relaxed);
                 return Ok(listing);
             }
             let listing = Arc::new(listing::fetch(
@@ -119,6 +150,7 @@ impl Listings {
                 &self.stopping,
             )?);
             self.held.lock().insert(kind, listing.clone());
+            self.misses[slot(kind)].store(0, Ordering::Relaxed);
             self.store_held(kind);
             Ok(listing)
         });

@@ -22,6 +22,7 @@ pub mod error;
 pub mod face;
 pub mod faces;
 pub mod freshness;
+pub mod id_set;
 pub mod inodes;
 pub mod kernel;
 pub mod layout;
@@ -204,10 +205,25 @@ impl FaceFs {
         let (id, cropped) = layout::parse_face_name(name)
             .ok_or_else(|| err!(libc::ENOENT, "a name outside the layout"))?;
         let key = FaceKey::new(kind, id, cropped);
+        // The API's own listing says this user has no face: as trusted as
+        // the names it shows, and the kernel may keep the absence as long.
+        if let Some(remaining) = self.listings.absence(&key) {
+            let ttl = remaining.min(self.faces.negative_ttl());
+            let why = err!(
+                libc::ENOENT,
+                "the {kind} listing shows this user without a face"
+            );
+            return Err(why.cached_for(ttl).into());
+        }
         if fetch == Fetch::Allowed {
             // Before the download, so the next faces come in parallel with it.
             self.read_ahead_after(&key);
-            return self.stat_face(&key, fetch);
+            let answer = self.stat_face(&key, fetch);
+            let not_found = matches!(&answer, Err(Stop::Failed(e)) if e.errno() == libc::ENOENT);
+            if not_found && self.listings.missed(kind) {
+                self.list_in_background(kind);
+            }
+            return answer;
         }
         let answer = self.stat_face(&key, fetch);
         if !matches!(answer, Err(Stop::WouldBlock)) {
@@ -225,6 +241,24 @@ impl FaceFs {
             Some(FaceKey::new(kind, id, cropped))
         });
         key.map_or(Priority::Listed, |key| self.priority(&key))
+    }
+
+    /// Fetches the listing of `kind` on a thread of its own (lookups go on
+    /// meanwhile, asking the API as before, until it is in).
+    fn list_in_background(&self, kind: IdKind) {
+        let me = self.me.clone();
+        let spawned = std::thread::Builder::new()
+            .name("facefs-list".into())
+            .spawn(move || {
+                if let Some(fs) = me.upgrade() {
+                    if let Err(Stop::Failed(e)) = fs.listings.get(kind, Fetch::Allowed) {
+                        log::debug!("listing {kind} for its lookups: {e}");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            log::debug!("cannot start a listing thread: {e}");
+        }
     }
 
     /// Notes a lookup of `key`; if the lookups are walking the listing in
@@ -341,19 +375,28 @@ impl FaceFs {
         let mut forget = Vec::new();
         for (kind, id) in ids {
             self.writing.user_changed(*kind, id);
+            // The kernel may hold "does not exist" for the user's names
+            // only if the listing showed the user without a face.
+            let held_absent = face_uploaded == Some(true)
+                && self
+                    .listings
+                    .absence(&FaceKey::new(*kind, *id, false))
+                    .is_some();
             for cropped in [false, true] {
                 let key = FaceKey::new(*kind, *id, cropped);
                 self.faces.changed(&key);
                 let ino = self.nodes.expire(&key);
                 // A name the kernel holds is one it looked up and has not
-                // forgotten (it keeps no "does not exist"): only those are
-                // told, since each notice takes the directory's lock.
-                if let Some(ino) = ino {
-                    self.open.unpin(ino);
+                // forgotten, or one it was told does not exist: only those
+                // are told, since each notice takes the directory's lock.
+                if ino.is_some() || held_absent {
                     forget.push(Invalidation::Entry {
                         parent: dir_ino(*kind),
                         name: key.file_name(),
                     });
+                }
+                if let Some(ino) = ino {
+                    self.open.unpin(ino);
                     forget.push(Invalidation::Inode(ino));
                 }
             }

@@ -5,7 +5,7 @@ use crate::api::Endpoint;
 use crate::fs::clock::TestClock;
 use crate::fs::faces::OUTAGE_BACKOFF;
 use crate::fs::writing::OpenMode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 type TestApi = FailureApi<MemoryApi>;
 
@@ -1280,4 +1280,99 @@ fn while_the_event_connection_is_up_faces_are_trusted_longer_and_only_then() {
     clock.advance(Duration::from_secs(3600));
     look();
     assert_eq!(api.requests(Endpoint::Face), 4);
+}
+
+/// A user a fresh listing shows without a face is `ENOENT` from the
+/// listing — on the kernel's thread, without the API — and the kernel may
+/// keep the absence for `--negative-ttl` or the listing's remaining trust,
+/// whichever is shorter. A name the listing does not know still asks the
+/// API; a listing past its TTL answers nothing; an event giving the user a
+/// face makes the kernel forget the absence.
+#[test]
+fn a_fresh_listing_answers_for_users_without_a_face() {
+    let api = tenant();
+    let clock = TestClock::default();
+    let fs = fs_with_ttl(&api, Duration::from_secs(60), &clock);
+    let dir = dir_ino(IdKind::OpenId);
+    names(&fs, dir);
+    let faces = api.requests(Endpoint::Face);
+    let absent = |file: &str| match fs.lookup(dir, name(file), Fetch::Never) {
+        Answer::Done(Err(e)) if e.errno() == libc::ENOENT => e.kernel_ttl(),
+        other => panic!("{file}: {other:?}"),
+    };
+    // --negative-ttl (30 s) is the shorter, then the listing's 10 s left.
+    assert_eq!(absent("ou_c.jpg"), Some(Duration::from_secs(30)));
+    assert_eq!(absent("ou_c.cropped.jpg"), Some(Duration::from_secs(30)));
+    clock.advance(Duration::from_secs(50));
+    assert_eq!(absent("ou_c.jpg"), Some(Duration::from_secs(10)));
+    assert_eq!(api.requests(Endpoint::Face), faces, "the API was not asked");
+    assert!(matches!(
+        fs.lookup(dir, name("ou_unknown.jpg"), Fetch::Never),
+        Answer::WouldBlock
+    ));
+    // An event gives ou_c a face: the kernel forgets the absence, and the
+    // listing shows the face.
+    let forget = fs.user_changed(&[(IdKind::OpenId, "ou_c")], Some(true));
+    assert!(forget.contains(&Invalidation::Entry {
+        parent: dir,
+        name: "ou_c.jpg".into()
+    }));
+    assert!(matches!(
+        fs.lookup(dir, name("ou_c.jpg"), Fetch::Never),
+        Answer::WouldBlock
+    ));
+    // It loses it again; then the listing goes stale and answers nothing.
+    fs.user_changed(&[(IdKind::OpenId, "ou_c")], Some(false));
+    assert_eq!(absent("ou_c.jpg"), Some(Duration::from_secs(10)));
+    clock.advance(Duration::from_secs(11));
+    assert!(matches!(
+        fs.lookup(dir, name("ou_c.jpg"), Fetch::Never),
+        Answer::WouldBlock
+    ));
+}
+
+/// After the API said "does not exist" 8 times in a directory with no
+/// fresh listing, the directory is listed in the background, and then
+/// answers for its users without a face; reads of faces that exist list
+/// nothing.
+#[test]
+fn repeated_absences_list_the_directory_in_the_background() {
+    use crate::fs::listings::MISSES_BEFORE_LISTING;
+    let api = tenant();
+    let fs = fs(&api);
+    let dir = dir_ino(IdKind::OpenId);
+    for file in ["ou_a.jpg", "ou_b.jpg", "ou_a.cropped.jpg"] {
+        fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
+    }
+    assert_eq!(
+        api.requests(Endpoint::List),
+        0,
+        "faces that exist list nothing"
+    );
+    for i in 0..MISSES_BEFORE_LISTING - 1 {
+        let file = format!("ou_gone{i}.jpg");
+        assert_eq!(
+            fs.lookup(dir, name(&file), Fetch::Allowed).errno().err(),
+            Some(libc::ENOENT)
+        );
+    }
+    assert_eq!(api.requests(Endpoint::List), 0);
+    assert_eq!(
+        fs.lookup(dir, name("ou_c.jpg"), Fetch::Allowed)
+            .errno()
+            .err(),
+        Some(libc::ENOENT)
+    );
+    let listed = Instant::now() + Duration::from_secs(10);
+    while !matches!(
+        fs.lookup(dir, name("ou_c.cropped.jpg"), Fetch::Never),
+        Answer::Done(Err(_))
+    ) {
+        assert!(Instant::now() < listed, "not listed in the background");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // One listing, whatever its pages: as many as a listing by readdir.
+    let pages = api.requests(Endpoint::List);
+    names(&fs_with(&api, FsConfig::default()), dir);
+    assert_eq!(api.requests(Endpoint::List), 2 * pages);
 }

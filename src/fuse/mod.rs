@@ -26,7 +26,7 @@ mod reply;
 
 use self::dispatch::Dispatcher;
 use self::metrics::{FuseMetrics, FuseOp};
-use self::reply::{empty, errno, file_attr, file_type};
+use self::reply::{absent_attr, empty, errno, file_attr, file_type};
 
 pub struct FuseAdapter {
     dispatch: Dispatcher,
@@ -81,7 +81,13 @@ impl Filesystem for FuseAdapter {
             move |result| match result {
                 // The kernel may keep the answer as long as the core trusts it.
                 Ok(attr) => reply.entry(&attr.valid_for, &file_attr(&attr), Generation(0)),
-                Err(e) => reply.error(errno(&e)),
+                // An absence the core trusts: a negative entry, kept as long.
+                Err(e) => match e.kernel_ttl() {
+                    Some(ttl) if e.errno() == libc::ENOENT => {
+                        reply.entry(&ttl, &absent_attr(), Generation(0))
+                    }
+                    _ => reply.error(errno(&e)),
+                },
             },
         );
     }

@@ -12,7 +12,8 @@
 //! moved to another face or paired with another version's header.
 //!
 //! A listing file: the magic, then the sealed listing (when it was fetched,
-//! the packed ids, see [`Listing`]), sealed to its id kind.
+//! the packed ids with a face in the API's order, see [`Listing`], and the
+//! users listed without one), sealed to its id kind.
 //!
 //! Integers are little-endian; times are milliseconds since the Unix epoch.
 
@@ -20,6 +21,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use crate::api::IdKind;
+use crate::fs::id_set::IdSet;
 use crate::fs::layout::FaceKey;
 use crate::fs::listing::Listing;
 use crate::seal::{Sealer, SEALING};
@@ -27,7 +29,7 @@ use crate::seal::{Sealer, SEALING};
 /// "facefs", F for face or L for listing, and the format version. A file of
 /// any other version is discarded, never converted.
 pub const FACE_MAGIC: [u8; 8] = *b"facefsF2";
-pub const LISTING_MAGIC: [u8; 8] = *b"facefsL2";
+pub const LISTING_MAGIC: [u8; 8] = *b"facefsL3";
 
 /// What the sealed header holds: size, digest, fetched at.
 const HEADER_FIELDS: usize = 8 + 8 + 8;
@@ -173,22 +175,56 @@ pub fn open_face(
 }
 
 fn listing_place(kind: IdKind) -> Vec<u8> {
-    let mut place = b"facefs store listing v2\0".to_vec();
+    let mut place = b"facefs store listing v3\0".to_vec();
     place.push(kind.index() as u8);
     place
 }
 
-/// A listing as one file.
-pub fn encode_listing(sealer: &Sealer, kind: IdKind, listing: &Listing) -> Vec<u8> {
-    let (text, ends) = listing.parts();
-    let mut plain = Vec::with_capacity(16 + text.len() + 4 * ends.len());
-    plain.extend_from_slice(&millis(listing.fetched_at).to_le_bytes());
-    // A listing holds at most 2,000,000 ids of at most 255 bytes: inside u32.
+/// Packed ids as a section: their count, where each ends, the text.
+fn encode_ids(plain: &mut Vec<u8>, (text, ends): (&str, &[u32])) {
+    // At most 2,000,000 ids of at most 255 bytes: inside u32.
     plain.extend_from_slice(&(ends.len() as u32).to_le_bytes());
     for end in ends {
         plain.extend_from_slice(&end.to_le_bytes());
     }
     plain.extend_from_slice(text.as_bytes());
+}
+
+/// The section at `at`: its text and ends, and where the next begins.
+fn decode_ids(plain: &[u8], at: usize) -> Result<(String, Vec<u32>, usize), Damage> {
+    let count = plain
+        .get(at..at + 4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")) as usize)
+        .ok_or(Damage::Inconsistent)?;
+    // Checked before anything is allocated from the count.
+    let text_start = count
+        .checked_mul(4)
+        .and_then(|n| n.checked_add(at + 4))
+        .filter(|n| *n <= plain.len())
+        .ok_or(Damage::Inconsistent)?;
+    let ends: Vec<u32> = plain[at + 4..text_start]
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
+        .collect();
+    let text_end = text_start
+        .checked_add(ends.last().map_or(0, |e| *e as usize))
+        .filter(|n| *n <= plain.len())
+        .ok_or(Damage::Inconsistent)?;
+    let text = String::from_utf8(plain[text_start..text_end].to_vec())
+        .map_err(|_| Damage::Inconsistent)?;
+    Ok((text, ends, text_end))
+}
+
+/// A listing as one file: when it was fetched, the ids with a face in the
+/// API's order, and the users listed without one.
+pub fn encode_listing(sealer: &Sealer, kind: IdKind, listing: &Listing) -> Vec<u8> {
+    let (text, ends) = listing.parts();
+    let (other, other_ends) = listing.users_without_face().parts();
+    let mut plain =
+        Vec::with_capacity(16 + text.len() + 4 * ends.len() + other.len() + 4 * other_ends.len());
+    plain.extend_from_slice(&millis(listing.fetched_at).to_le_bytes());
+    encode_ids(&mut plain, (text, ends));
+    encode_ids(&mut plain, (other, other_ends));
     let mut file = LISTING_MAGIC.to_vec();
     file.extend(sealer.seal(&listing_place(kind), &plain));
     file
@@ -202,24 +238,20 @@ pub fn decode_listing(sealer: &Sealer, kind: IdKind, mut file: Vec<u8>) -> Resul
     let plain = sealer
         .open_owned(&listing_place(kind), file)
         .map_err(|_| Damage::NotOpened)?;
-    if plain.len() < 12 {
+    if plain.len() < 8 {
         return Err(Damage::Inconsistent);
     }
     let fetched_at = from_millis(u64_at(&plain, 0));
-    let count = u32::from_le_bytes(plain[8..12].try_into().expect("four bytes")) as usize;
-    // Checked before anything is allocated from the count.
-    let text_start = count
-        .checked_mul(4)
-        .and_then(|n| n.checked_add(12))
-        .filter(|n| *n <= plain.len())
-        .ok_or(Damage::Inconsistent)?;
-    let ends = plain[12..text_start]
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes(b.try_into().expect("four bytes")))
-        .collect();
-    let text = String::from_utf8(plain[text_start..].to_vec()).map_err(|_| Damage::Inconsistent)?;
+    let (text, ends, next) = decode_ids(&plain, 8)?;
+    let (other, other_ends, end) = decode_ids(&plain, next)?;
+    if end != plain.len() {
+        return Err(Damage::Inconsistent);
+    }
     drop(plain);
-    Listing::from_parts(text, ends, fetched_at).ok_or(Damage::Inconsistent)
+    let without_face = IdSet::from_parts(other, other_ends).ok_or(Damage::Inconsistent)?;
+    Listing::from_parts(text, ends, fetched_at)
+        .and_then(|listing| listing.with_set_without_face(without_face))
+        .ok_or(Damage::Inconsistent)
 }
 
 #[cfg(test)]
@@ -318,11 +350,14 @@ mod tests {
     #[test]
     fn a_listing_file_reads_back_as_written_and_damage_is_caught() {
         let ids = vec!["ou_b".to_owned(), "ou_a".to_owned(), "ou_ccc".to_owned()];
-        let listing = Listing::new(ids, at(1_700_000_000_000));
+        let listing = Listing::new(ids, at(1_700_000_000_000))
+            .with_users_without_face(vec!["ou_nf1".into(), "ou_nf0".into()]);
         let file = encode_listing(&sealer(), IdKind::OpenId, &listing);
         assert!(!file.windows(4).any(|w| w == b"ou_a"));
         let back = decode_listing(&sealer(), IdKind::OpenId, file.clone()).unwrap();
         assert_eq!(back.parts(), listing.parts());
+        assert_eq!(back.users_without_face(), listing.users_without_face());
+        assert!(back.shows_without_face("ou_nf0"));
         assert_eq!(back.fetched_at, listing.fetched_at);
         assert!(back.place_of(&FaceKey::new(IdKind::OpenId, "ou_ccc", true)) == Some(5));
         assert_eq!(
