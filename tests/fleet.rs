@@ -922,3 +922,110 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     files
 }
+
+/// `rediss://` to a Redis with TLS whose certificate a private CA signed:
+/// with `--redis-ca-file` the fleet speaks TLS to it (checked with
+/// redis-cli over TLS); without it the certificate is refused and the
+/// mount goes on alone; a file that is not PEM is refused at mount.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis)),
+    ignore = "needs FUSE, redis-server (scripts/test.sh runs it)"
+)]
+fn rediss_with_a_private_ca_is_trusted_only_through_redis_ca_file() {
+    let certs = TempDir::new("tls");
+    let dir = certs.path().to_str().unwrap().to_owned();
+    let made = run(
+        "sh",
+        &[
+            &"-c",
+            &format!(
+                "cd {dir} && openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 2 -subj '/CN=facefs test CA' \
+                 && openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj '/CN=localhost' \
+                 && printf 'subjectAltName=DNS:localhost\\n' > ext \
+                 && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile ext"
+            ),
+        ],
+    );
+    assert!(made.status.success(), "{}", stderr(&made));
+    let port = free_port();
+    // Its plain port (loopback) is the harness's; facefs uses the TLS one.
+    let redis = RedisServer::start(&[
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &format!("{dir}/server.crt"),
+        "--tls-key-file",
+        &format!("{dir}/server.key"),
+        "--tls-ca-cert-file",
+        &format!("{dir}/ca.crt"),
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--tls", "--cacert", "ca.crt", "-p"];
+        let port = port.to_string();
+        all.push(&port);
+        all.extend_from_slice(args);
+        let out = std::process::Command::new("redis-cli")
+            .current_dir(certs.path())
+            .args(&all)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_until(Duration::from_secs(10), "Redis answers over TLS", || {
+        cli(&["PING"]).trim() == "PONG"
+    });
+    let emu = emulator(small_tenant(6));
+    let url = format!("rediss://localhost:{port}/0");
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let ca = format!("{dir}/ca.crt");
+    let trusted = Mount::start(
+        &emu,
+        &[
+            "--redis",
+            &url,
+            "--redis-ca-file",
+            &ca,
+            "--rate-limit",
+            "100",
+        ],
+    );
+    read_face(&emu, &trusted, &ids[0], false);
+    let keys = cli(&["--scan", "--pattern", "facefs:*"]);
+    assert!(
+        keys.contains(":rate:next"),
+        "no fleet keys over TLS: {keys:?}\n{}",
+        trusted.log_text()
+    );
+    assert!(
+        !trusted.log_text().contains("failed ("),
+        "{}",
+        trusted.log_text()
+    );
+
+    // The public roots do not know this CA: refused, the mount goes on alone.
+    let alone = Mount::start(&emu, &["--redis", &url, "--rate-limit", "100"]);
+    read_face(&emu, &alone, &ids[1], false);
+    let log = alone.log_text();
+    assert!(
+        log.contains("failed (") && log.to_lowercase().contains("certificate"),
+        "{log}"
+    );
+
+    let mountpoint = TempDir::new("bad-ca");
+    let out = facefs_command(&emu, mountpoint.path())
+        .args([
+            "--redis",
+            &url,
+            "--redis-ca-file",
+            &format!("{dir}/ext"),
+            "-f",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--redis-ca-file"), "{}", stderr(&out));
+    drop(redis);
+}

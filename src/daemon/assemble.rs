@@ -161,6 +161,7 @@ pub fn client(
     let fleet = Arc::new(
         Fleet::new(FleetConfig {
             url: redis.url.clone(),
+            ca_file: redis.ca_file.clone(),
             prefix: redis.prefix.clone(),
             tenant: origin.tenant(),
             timeout: redis.timeout,

@@ -168,6 +168,11 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with = "redis")]
     pub redis_url_file: Option<PathBuf>,
 
+    /// For rediss:// to a Redis whose certificate a private CA signed: the
+    /// CA's certificates (PEM), trusted instead of the public roots.
+    #[arg(long, value_name = "PATH")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Keeps this deployment's keys apart from others on the same Redis.
     #[arg(long, value_name = "PREFIX")]
     pub redis_prefix: Option<String>,
@@ -291,6 +296,8 @@ pub enum Access {
 /// `--redis` and the options that go with it.
 pub struct RedisSettings {
     pub url: Secret,
+    /// `--redis-ca-file`: the CAs trusted for rediss:// instead of the public roots.
+    pub ca_file: Option<PathBuf>,
     pub prefix: Option<String>,
     pub timeout: Duration,
     pub monthly_budget: Option<u64>,
@@ -374,6 +381,7 @@ impl Cli {
             redis: match redis_url(self.redis, self.redis_url_file.as_deref())? {
                 Some(url) => Some(RedisSettings {
                     url,
+                    ca_file: self.redis_ca_file,
                     prefix: self.redis_prefix,
                     timeout: self.redis_timeout,
                     monthly_budget: self.monthly_budget,

@@ -35,6 +35,9 @@ pub(super) const RETRY_AFTER: Duration = Duration::from_secs(2);
 pub struct FleetConfig {
     /// `redis://` or `rediss://`; may hold a password, so it is a secret.
     pub url: Secret,
+    /// PEM certificates of the CAs trusted for `rediss://` instead of the
+    /// public roots (`--redis-ca-file`).
+    pub ca_file: Option<std::path::PathBuf>,
     /// `--redis-prefix`, to keep deployments on one Redis apart.
     pub prefix: Option<String>,
     /// The API origin and app id: whose budget and faces these are.
@@ -77,6 +80,8 @@ pub enum RedisUrlError {
     Unreadable(#[source] AddressError),
     #[error("refusing plaintext redis:// to {0}: faces and the password would cross the network in clear; use rediss:// (Redis with TLS)")]
     Plaintext(String),
+    #[error("cannot use --redis-ca-file {path}: {why}; give a file of PEM certificates (-----BEGIN CERTIFICATE-----)")]
+    CaFile { path: String, why: String },
 }
 
 /// Checks a Redis URL: `rediss://` anywhere, plaintext `redis://` only to
@@ -111,7 +116,10 @@ impl Fleet {
         let address = parse_url(config.url.expose())?;
         let prefix = config.prefix.map(|p| format!("{p}:")).unwrap_or_default();
         Ok(Fleet {
-            tls: address.tls.then(client::tls_config),
+            tls: match address.tls {
+                true => Some(client::tls_config(config.ca_file.as_deref())?),
+                false => None,
+            },
             server: address.to_string(),
             address,
             // One hash tag for every key: a Redis Cluster keeps them in one
@@ -280,6 +288,7 @@ mod tests {
         let fleet = |tenant: &str, prefix: Option<&str>| {
             Fleet::new(FleetConfig {
                 url: Secret::new("redis://127.0.0.1:1"),
+                ca_file: None,
                 prefix: prefix.map(str::to_owned),
                 tenant: tenant.into(),
                 timeout: Duration::from_millis(100),
@@ -303,6 +312,7 @@ mod tests {
         // Nothing listens on port 1: refused at once; then not asked for RETRY_AFTER.
         let fleet = Fleet::new(FleetConfig {
             url: Secret::new("redis://127.0.0.1:1"),
+            ca_file: None,
             prefix: None,
             tenant: "t".into(),
             timeout: Duration::from_millis(200),

@@ -13,6 +13,7 @@ use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use super::address::{Address, Place};
+use crate::fleet::RedisUrlError;
 
 /// A socket whose every read and write ends by `deadline`.
 pub struct Socket {
@@ -146,14 +147,36 @@ impl Write for Transport {
     }
 }
 
-/// TLS as the HTTP client has it: rustls on ring, the Mozilla roots.
-pub fn tls_config() -> Arc<ClientConfig> {
-    let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+/// TLS on rustls and ring: the Mozilla roots, as the HTTP client has them,
+/// or the CAs of `ca_file` (PEM) instead, for a Redis a private CA signed.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<Arc<ClientConfig>, RedisUrlError> {
+    let roots = match ca_file {
+        None => rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            use rustls::pki_types::pem::PemObject;
+            let failed = |why: String| RedisUrlError::CaFile {
+                path: path.display().to_string(),
+                why,
+            };
+            let certificates: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| failed(e.to_string()))?
+                .collect::<Result<_, _>>()
+                .map_err(|e| failed(e.to_string()))?;
+            if certificates.is_empty() {
+                return Err(failed("it holds no certificate".into()));
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in certificates {
+                roots.add(certificate).map_err(|e| failed(e.to_string()))?;
+            }
+            roots
+        }
+    };
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("ring offers the default TLS versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
-    Arc::new(config)
+    Ok(Arc::new(config))
 }
