@@ -232,6 +232,7 @@ mod tests {
             "facefs_event_connection_failed",
             "facefs_redis_up",
             "facefs_redis_failures_total",
+            "facefs_fleet_members",
             "facefs_fleet_requests_this_month",
             "facefs_fleet_hits_total",
             "facefs_fleet_events_total",

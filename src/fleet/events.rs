@@ -262,15 +262,16 @@ impl FleetEvents {
         // Logged once per outage; the request path tells the rest.
         let mut broken = false;
         loop {
-            let failure = match self.fleet.dedicated() {
+            let connected = std::time::Instant::now();
+            let (failure, lived) = match self.fleet.dedicated() {
                 Ok(mut connection) => {
                     match self.read_connection(&mut connection, &mut position, &mut broken, target)
                     {
-                        Err(e) => e,
+                        Err(e) => (e, connected.elapsed()),
                         Ok(never) => match never {},
                     }
                 }
-                Err(e) => e,
+                Err(e) => (e, Duration::ZERO),
             };
             if !std::mem::replace(&mut broken, true) {
                 log::warn!(
@@ -280,9 +281,12 @@ impl FleetEvents {
             } else {
                 log::debug!("reading the fleet's event stream: {failure}");
             }
-            // Also after a connection that broke: a Redis that answers
-            // nonsense is not asked again at once.
-            std::thread::sleep(super::RETRY_AFTER);
+            // A connection that worked a while is made again at once (a
+            // restarted Redis); one that failed at once, or could not be
+            // made, waits: a Redis answering nonsense is not asked in a loop.
+            if lived < super::RETRY_AFTER {
+                std::thread::sleep(super::RETRY_AFTER);
+            }
         }
     }
 

@@ -16,6 +16,8 @@ pub struct FleetMetrics {
     pub events: Counter,
     pub requests_this_month: Gauge,
     pub rejected: Counter,
+    /// Mounts of the fleet alive, as last counted in Redis.
+    pub members: Gauge,
 }
 
 impl FleetMetrics {
@@ -25,6 +27,11 @@ impl FleetMetrics {
             "facefs_redis_up",
             "1 when Redis (--redis) answered the last time it was asked",
             self.redis_up.clone(),
+        );
+        registry.register(
+            "facefs_fleet_members",
+            "Mounts of the fleet alive, as last counted in Redis; while Redis fails, each paces at --rate-limit divided by this",
+            self.members.clone(),
         );
         registry.register(
             "facefs_fleet_requests_this_month",

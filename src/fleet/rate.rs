@@ -5,7 +5,12 @@
 //! back, and the turns taken are counted per month.
 //!
 //! This process's own limiter still paces it too (and orders its callers by
-//! priority); when Redis fails, it is all that paces it.
+//! priority). Each mount also keeps its name in a membership set in Redis
+//! (refreshed every [`MEMBERSHIP_REFRESH`], expiring after
+//! [`MEMBERSHIP_TTL`]) and reads how many mounts are alive; while Redis
+//! fails, a mount paces at its share of `--rate-limit` from the last count
+//! it saw, so that the fleet alone stays under the tenant's limit. Shares
+//! of mounts that died come back within the membership's expiry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -66,6 +71,23 @@ return 1
 /// wait): the API's throttling answers ask for seconds, not minutes.
 const FURTHEST_AHEAD: Duration = Duration::from_secs(60);
 
+/// Keeps this mount in the set of mounts alive and counts them.
+/// KEYS: the set. ARGV: this mount, the expiry (ms). Returns the count.
+const MEMBERSHIP: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// How often a mount says it is alive, and how long that lasts.
+pub const MEMBERSHIP_REFRESH: Duration = Duration::from_secs(2);
+pub const MEMBERSHIP_TTL: Duration = Duration::from_secs(6);
+/// A count past this is not a fleet but a forgery: shares stop shrinking.
+const MAX_MEMBERS: u64 = 1000;
+
 pub struct FleetPacer {
     local: Arc<RateLimiter>,
     fleet: Arc<Fleet>,
@@ -73,6 +95,9 @@ pub struct FleetPacer {
     monthly_budget: Option<u64>,
     take_turn: Script,
     pause: Script,
+    per_second: f64,
+    /// While Redis fails: this mount's share, for the last count seen.
+    alone: parking_lot::Mutex<(u64, Arc<RateLimiter>)>,
 }
 
 /// The counter's key part for the month of `now` (UTC), e.g. `2026-12`.
@@ -97,14 +122,74 @@ impl FleetPacer {
         per_second: f64,
         monthly_budget: Option<u64>,
     ) -> FleetPacer {
-        FleetPacer {
+        let pacer = FleetPacer {
+            alone: parking_lot::Mutex::new((1, local.clone())),
             local,
             fleet,
             interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
             monthly_budget,
             take_turn: Script::new(TAKE_TURN),
             pause: Script::new(PAUSE),
+            per_second,
+        };
+        pacer.start_membership();
+        pacer
+    }
+
+    /// Says every [`MEMBERSHIP_REFRESH`] that this mount is alive, and
+    /// notes how many are (a thread for the life of the process).
+    fn start_membership(&self) {
+        let fleet = self.fleet.clone();
+        let me = format!(
+            "{:x}-{:x}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        );
+        let spawned = std::thread::Builder::new()
+            .name("facefs-fleet-members".into())
+            .spawn(move || {
+                let script = Script::new(MEMBERSHIP);
+                let key = fleet.key("members");
+                loop {
+                    let call = script
+                        .call(&[&key])
+                        .arg(&me)
+                        .arg(MEMBERSHIP_TTL.as_millis() as u64);
+                    if let Some(count) = fleet.run(|c| c.invoke(&call)?.int()) {
+                        let count = u64::try_from(count).unwrap_or(1).clamp(1, MAX_MEMBERS);
+                        fleet.metrics.members.set(count as i64);
+                    }
+                    std::thread::sleep(MEMBERSHIP_REFRESH);
+                }
+            });
+        if let Err(e) = spawned {
+            log::warn!("cannot start the fleet's membership thread ({e}): while Redis fails, this mount paces at its own --rate-limit");
         }
+    }
+
+    /// This mount's limiter while Redis fails: its share of the fleet's
+    /// rate for the last count of mounts seen.
+    fn alone(&self) -> Arc<RateLimiter> {
+        let members = self.fleet.metrics.members.get().max(1) as u64;
+        let mut alone = self.alone.lock();
+        if alone.0 != members {
+            let share = self.per_second / members as f64;
+            let limiter = Arc::new(RateLimiter::new(share));
+            // A random phase, so that the mounts left alone at once do not
+            // all send their first request in the same instant.
+            let mut seed = u64::from(std::process::id())
+                ^ SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos() as u64;
+            let phase = crate::hash::unit_float(crate::hash::xorshift(&mut seed));
+            limiter.pause_for(Duration::from_secs_f64(phase / share.max(0.001)));
+            *alone = (members, limiter);
+        }
+        alone.1.clone()
     }
 
     /// Takes a fleet turn, waiting for it; `None`: Redis failed, go alone.
@@ -152,12 +237,16 @@ impl FleetPacer {
 impl Pacer for FleetPacer {
     fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn> {
         Pacer::acquire(&*self.local, deadline, priority)?;
-        // Redis failing: this mount's own limiter alone paces it.
-        self.fleet_turn(deadline).unwrap_or(Ok(()))
+        // Redis failing: this mount's share of the fleet's rate paces it.
+        match self.fleet_turn(deadline) {
+            Some(turn) => turn,
+            None => Pacer::acquire(&*self.alone(), deadline, priority),
+        }
     }
 
     fn pause_for(&self, length: Duration) {
         self.local.pause_for(length);
+        self.alone().pause_for(length);
         let key = self.fleet.key("rate:pause");
         let call = self.pause.call(&[&key]).arg(length.as_micros() as u64);
         let _ = self.fleet.run(|c| c.invoke(&call));
