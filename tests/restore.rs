@@ -30,6 +30,14 @@ fn backup(mnt: &Mount, dest: &Path) {
     assert!(out.status.success(), "{}", stderr(&out));
 }
 
+/// A backup of the open_id faces, made through a read-only mount.
+fn backed_up(emu: &Emulator) -> TempDir {
+    let saved = TempDir::new("backup");
+    let mnt = Mount::start(emu, &[]);
+    backup(&mnt, saved.path());
+    saved
+}
+
 /// The restore the README gives: the backup turned around, crops left to the service.
 fn restore(backup: &Path, mnt: &Mount) -> Output {
     let src = format!("{}/", backup.display());
@@ -72,11 +80,7 @@ fn assert_served_equals(emu: &Emulator, backup: &Path) {
 )]
 fn an_rsync_restore_puts_back_what_was_backed_up() {
     let emu = emulator(small_tenant(30));
-    let saved = TempDir::new("backup");
-    {
-        let mnt = Mount::start(&emu, &[]);
-        backup(&mnt, saved.path());
-    }
+    let saved = backed_up(&emu);
     // A device reset wiped two faces; three were re-enrolled by mistake.
     let ids = emu.ids_with_faces(IdKind::OpenId);
     for id in &ids[..2] {
@@ -149,11 +153,7 @@ fn an_rsync_restore_puts_back_what_was_backed_up() {
 )]
 fn a_restore_of_wiped_faces_sends_only_uploads_and_the_listing() {
     let emu = emulator(small_tenant(30));
-    let saved = TempDir::new("backup");
-    {
-        let mnt = Mount::start(&emu, &[]);
-        backup(&mnt, saved.path());
-    }
+    let saved = backed_up(&emu);
     let wiped = emu.ids_with_faces(IdKind::OpenId);
     for id in &wiped {
         emu.set_has_face(id, false);
