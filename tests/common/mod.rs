@@ -8,6 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use facefs::api::IdKind;
 use facefs::emulator::tenant::TenantSpec;
 use facefs::emulator::{Emulator, EmulatorConfig};
 
@@ -482,4 +483,19 @@ pub fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
         assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Whether `bytes` hold the start of a JPEG as the emulator serves them
+/// (its first 12 bytes: the SOI and the JFIF header). Three bytes
+/// (`FF D8 FF`) would not do: sealed bytes hold them by chance about once
+/// in 16 MB, so a store of faces would now and then seem to hold one.
+pub fn holds_a_jpeg(emu: &Emulator, bytes: &[u8]) -> bool {
+    let id = &emu.ids_with_faces(IdKind::OpenId)[0];
+    let face = emu.face(IdKind::OpenId, id, false).unwrap();
+    assert!(
+        face.starts_with(b"\xff\xd8\xff"),
+        "the emulator's faces are JPEGs"
+    );
+    let start = &face[..12];
+    bytes.windows(start.len()).any(|w| w == start)
 }
