@@ -32,6 +32,26 @@ pub fn unit_float(x: u64) -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// A random duration in `[0, limit)`, for jitter: seeded by the clock, the
+/// process and a counter, so that mounts (and calls) started together differ.
+pub fn random_up_to(limit: std::time::Duration) -> std::time::Duration {
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64;
+    let calls = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut state = digest(
+        &[
+            nanos.to_le_bytes(),
+            u64::from(std::process::id()).to_le_bytes(),
+            calls.to_le_bytes(),
+        ]
+        .concat(),
+    ) | 1;
+    limit.mul_f64(unit_float(xorshift(&mut state)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,6 +26,14 @@ pub fn shown_whole(text: &str) -> Shown<'_> {
     }
 }
 
+/// Characters that make text print as something else: control characters
+/// (a newline splits `ls | while read`, an escape drives the terminal) and
+/// bidirectional marks and overrides (which reorder what a terminal shows).
+pub fn misleading(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
 /// Characters shown of a text before it is cut.
 pub const SHOWN_CHARS: usize = 80;
 
@@ -50,9 +58,7 @@ impl fmt::Display for Shown<'_> {
                     }
                 }
                 // Reordering marks make a terminal show text in another order.
-                '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
-                    write!(f, "\\u{{{:x}}}", c as u32)?
-                }
+                c if misleading(c) => write!(f, "\\u{{{:x}}}", c as u32)?,
                 c => fmt::Write::write_char(f, c)?,
             }
         }

@@ -250,26 +250,14 @@ impl Shared {
             .chunks(size)
             .enumerate()
             .map(|(seq, part)| {
-                let header = |key: &str, value: String| Header {
-                    key: key.into(),
-                    value,
-                };
-                Frame {
-                    seq_id: n,
-                    log_id: n,
-                    service: SERVICE_ID,
-                    method: frame::DATA,
-                    headers: vec![
-                        header(frame::TYPE, "event".into()),
-                        header(frame::MESSAGE_ID, message_id.clone()),
-                        header(frame::SUM, payload.len().div_ceil(size).to_string()),
-                        header(frame::SEQ, seq.to_string()),
-                        header("trace_id", format!("trace-{n}")),
-                    ],
-                    payload: Some(part.to_vec()),
-                    ..Frame::default()
-                }
-                .to_bytes()
+                let mut frame = event_frame(&message_id, part.to_vec());
+                (frame.seq_id, frame.log_id) = (n, n);
+                frame.headers.extend([
+                    header(frame::SUM, payload.len().div_ceil(size).to_string()),
+                    header(frame::SEQ, seq.to_string()),
+                    header("trace_id", format!("trace-{n}")),
+                ]);
+                frame.to_bytes()
             })
             .collect();
         if reversed {
@@ -438,24 +426,32 @@ fn misbehave(
             (0..count).all(|_| socket.send(Message::Binary(vec![0xff; 8].into())).is_ok())
         }
         Misbehaviour::BadEvents(count) => (0..count).all(|n| {
-            let header = |key: &str, value: String| Header {
-                key: key.into(),
-                value,
-            };
-            let event = Frame {
-                service: SERVICE_ID,
-                method: frame::DATA,
-                headers: vec![
-                    header(frame::TYPE, "event".into()),
-                    header(frame::MESSAGE_ID, format!("bad-{n}")),
-                ],
-                payload: Some(b"{not json".to_vec()),
-                ..Frame::default()
-            };
+            let event = event_frame(&format!("bad-{n}"), b"{not json".to_vec());
             socket
                 .send(Message::Binary(event.to_bytes().into()))
                 .is_ok()
         }),
+    }
+}
+
+fn header(key: &str, value: String) -> Header {
+    Header {
+        key: key.into(),
+        value,
+    }
+}
+
+/// A data frame of type "event" carrying `payload` as message `message_id`.
+fn event_frame(message_id: &str, payload: Vec<u8>) -> Frame {
+    Frame {
+        service: SERVICE_ID,
+        method: frame::DATA,
+        headers: vec![
+            header(frame::TYPE, "event".into()),
+            header(frame::MESSAGE_ID, message_id.into()),
+        ],
+        payload: Some(payload),
+        ..Frame::default()
     }
 }
 

@@ -32,6 +32,7 @@ use super::message::{self, Event, Fragments, SeenEvents, UserChange};
 use super::metrics::EventMetrics;
 use super::socket::{connect, error_kind, Pace, Socket};
 use crate::api::secret::Secret;
+use crate::hash::random_up_to;
 use crate::repeated_warning::RepeatedWarning;
 use crate::text::shown;
 
@@ -146,14 +147,6 @@ fn pause(length: Duration, stop: &AtomicBool) -> bool {
     !stop.load(Ordering::SeqCst)
 }
 
-fn jitter(up_to: Duration) -> Duration {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64);
-    let span = up_to.as_millis() as u64;
-    Duration::from_millis(if span == 0 { 0 } else { nanos % span })
-}
-
 /// How long to wait before the next try, after `failures` in a row (each
 /// a connection that never worked): the server's schedule,
 /// but from the second failure on at least a back-off doubling from
@@ -161,14 +154,14 @@ fn jitter(up_to: Duration) -> Duration {
 fn next_wait(failures: u32, schedule: &Schedule) -> Duration {
     if failures <= 1 {
         // A random first delay, so that many mounts do not come back at once.
-        return jitter(schedule.reconnect_nonce);
+        return random_up_to(schedule.reconnect_nonce);
     }
     let backoff = MIN_BACKOFF
         .saturating_mul(1 << (failures - 2).min(16))
         .min(MAX_BACKOFF);
     schedule
         .reconnect_interval
-        .max(backoff / 2 + jitter(backoff / 2))
+        .max(backoff / 2 + random_up_to(backoff / 2))
 }
 
 /// How far a connection got before it ended.

@@ -173,14 +173,7 @@ fn stream_info(reply: Reply) -> Result<StreamInfo, ClientError> {
 
 impl FleetEvents {
     pub fn new(fleet: Arc<Fleet>) -> Arc<FleetEvents> {
-        let origin = format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
+        let origin = fleet.instance().to_owned();
         Arc::new(FleetEvents { fleet, origin })
     }
 

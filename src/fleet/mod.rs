@@ -60,6 +60,8 @@ pub struct Fleet {
     /// Which connection a caller that finds none free waits for.
     next: std::sync::atomic::AtomicUsize,
     health: Mutex<Health>,
+    /// This mount's name in the fleet (its stream entries, its membership).
+    instance: String,
     pub metrics: FleetMetrics,
     pub(crate) sealer: Arc<Sealer>,
 }
@@ -131,6 +133,14 @@ impl Fleet {
             timeout: config.timeout,
             connections: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
+            instance: format!(
+                "{:x}-{:x}",
+                std::process::id(),
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_nanos()
+            ),
             health: Mutex::new(Health {
                 down_since: None,
                 next_try: Instant::now(),
@@ -143,6 +153,11 @@ impl Fleet {
     /// The fleet's key for `name`.
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.keys)
+    }
+
+    /// This mount's name in the fleet.
+    pub fn instance(&self) -> &str {
+        &self.instance
     }
 
     pub fn timeout(&self) -> Duration {

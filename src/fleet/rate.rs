@@ -140,14 +140,7 @@ impl FleetPacer {
     /// notes how many are (a thread for the life of the process).
     fn start_membership(&self) {
         let fleet = self.fleet.clone();
-        let me = format!(
-            "{:x}-{:x}",
-            std::process::id(),
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos()
-        );
+        let me = fleet.instance().to_owned();
         let spawned = std::thread::Builder::new()
             .name("facefs-fleet-members".into())
             .spawn(move || {
@@ -180,13 +173,8 @@ impl FleetPacer {
             let limiter = Arc::new(RateLimiter::new(share));
             // A random phase, so that the mounts left alone at once do not
             // all send their first request in the same instant.
-            let mut seed = u64::from(std::process::id())
-                ^ SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos() as u64;
-            let phase = crate::hash::unit_float(crate::hash::xorshift(&mut seed));
-            limiter.pause_for(Duration::from_secs_f64(phase / share.max(0.001)));
+            let interval = Duration::from_secs_f64(1.0 / share.max(0.001));
+            limiter.pause_for(crate::hash::random_up_to(interval));
             *alone = (members, limiter);
         }
         alone.1.clone()

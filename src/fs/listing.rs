@@ -9,6 +9,7 @@ use super::error::{err, FsError};
 use super::id_set::IdSet;
 use super::layout::{self, FaceKey};
 use crate::api::{ApiError, FaceApi, IdKind};
+use crate::text::misleading;
 
 /// Restarts of a listing whose page token the API stopped accepting.
 const LISTING_RESTARTS: u32 = 3;
@@ -223,13 +224,6 @@ impl Listing {
             + 4 * (self.ends.capacity() + self.by_id.capacity())
             + self.without_face.heap_bytes()
     }
-}
-
-/// Characters that make a file name print as something else: control
-/// characters (a newline splits `ls | while read`) and bidirectional
-/// overrides (which reorder what a terminal shows).
-fn misleading(c: char) -> bool {
-    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 /// All pages of the user list of `kind`. Any page failing fails the whole
