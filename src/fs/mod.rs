@@ -418,29 +418,50 @@ impl FaceFs {
             return Ok(opened?);
         }
         let (key, version) = self.nodes.face_version(ino)?;
-        let face = self.version_bytes(&key, version.digest, fetch)?;
+        // A new open reached a version the service no longer serves through
+        // a name whose notice (an event, an upload of ours) is still on its
+        // way to the kernel: ESTALE makes the kernel look the name up again
+        // and open the current version (the VFS retries an open once with
+        // LOOKUP_REVAL), where EIO would fail `cp new MNT/x && cat MNT/x`.
+        let face = self.bytes_of_version(&key, version.digest, fetch)?.ok_or_else(|| {
+            err!(
+                libc::ESTALE,
+                "this {} face changed since the kernel looked it up; it looks it up again",
+                key.kind
+            )
+            .at_level(log::Level::Debug)
+        })?;
         Ok(self.open.open(face))
     }
 
-    /// The bytes of the version `digest` of `key`: from the cache whatever its
-    /// age (a version's bytes never change), else downloaded if the API
-    /// still serves that version; a face changed since is `EIO`, never
+    /// The bytes of the version `digest` of `key`: see
+    /// [`Self::bytes_of_version`]; a face changed since is `EIO`, never
     /// other bytes under the old inode.
     fn version_bytes(&self, key: &FaceKey, digest: u64, fetch: Fetch) -> Step<Arc<Face>> {
-        if let Some(face) = self.faces.in_memory(key).filter(|f| f.digest == digest) {
-            self.metrics().cache(true);
-            return Ok(face);
-        }
-        let face = self.faces.load(key, fetch, self)?;
-        if face.digest != digest {
-            return Err(err!(
+        Ok(self.bytes_of_version(key, digest, fetch)?.ok_or_else(|| {
+            err!(
                 libc::EIO,
                 "this {} face changed while the file was open; open it again for the new one",
                 key.kind
             )
-            .into());
+        })?)
+    }
+
+    /// The bytes of the version `digest` of `key`: from the cache whatever its
+    /// age (a version's bytes never change), else downloaded if the API
+    /// still serves that version; `None` if it serves another.
+    fn bytes_of_version(
+        &self,
+        key: &FaceKey,
+        digest: u64,
+        fetch: Fetch,
+    ) -> Step<Option<Arc<Face>>> {
+        if let Some(face) = self.faces.in_memory(key).filter(|f| f.digest == digest) {
+            self.metrics().cache(true);
+            return Ok(Some(face));
         }
-        Ok(face)
+        let face = self.faces.load(key, fetch, self)?;
+        Ok((face.digest == digest).then_some(face))
     }
 
     /// Reads inode `ino` without an open handle (the kernel opens files

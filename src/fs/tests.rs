@@ -765,6 +765,12 @@ fn an_inode_is_one_version_and_reads_its_own_bytes_or_eio() {
     assert_eq!(read(new.ino, Fetch::Never), Ok(vec![5; 120]));
     // ...and the old inode, its bytes gone, fails rather than mixing.
     assert_eq!(read(old.ino, Fetch::Allowed), Err(libc::EIO));
+    // A new open of it came through a name the kernel has not forgotten
+    // yet: ESTALE, so that the kernel looks the name up again.
+    assert_eq!(
+        fs.open(old.ino, OpenMode::Read, Fetch::Allowed).errno(),
+        Err(libc::ESTALE)
+    );
     // An open handle of the old path keeps what it opened.
     let opened = fs.open(new.ino, OpenMode::Read, Fetch::Never).unwrap();
     api.inner().set_faces("ou_a", Some(vec![6; 80]), None);

@@ -106,7 +106,7 @@ impl FuseOp {
 const BUCKETS: [f64; 7] = [0.0001, 0.001, 0.01, 0.1, 1.0, 10.0, 60.0];
 
 /// The errnos named in the `errno` label; any other is "other".
-const ERRNOS: [(i32, &str); 14] = [
+const ERRNOS: [(i32, &str); 15] = [
     (libc::ENOENT, "ENOENT"),
     (libc::EIO, "EIO"),
     (libc::EACCES, "EACCES"),
@@ -120,6 +120,7 @@ const ERRNOS: [(i32, &str); 14] = [
     (libc::ENOTTY, "ENOTTY"),
     (libc::EOPNOTSUPP, "EOPNOTSUPP"),
     (libc::EISDIR, "EISDIR"),
+    (libc::ESTALE, "ESTALE"),
     (0, "other"),
 ];
 
