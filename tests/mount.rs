@@ -61,6 +61,67 @@ fn ls_shows_every_user_with_a_face_and_downloads_none() {
 
 #[test]
 #[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
+fn listings_with_attributes_hide_no_name_and_the_kernel_gives_every_lookup_back() {
+    // 400 users: faces for about 600 names, several READDIRPLUS answers of
+    // 32 KiB each, none of whose faces facefs knows yet.
+    let emu = emulator(small_tenant(400));
+    let port = free_port();
+    let mnt = Mount::start(
+        &emu,
+        &["--rate-limit", "1000", "--metrics-listen", &port.to_string()],
+    );
+    let dir = mnt.join("open_id");
+    let expected = expected_names(&emu, IdKind::OpenId);
+    let scrape = || scrape_metrics(port);
+    let ops = |metrics: &str, op: &str| {
+        metric(metrics, &format!("facefs_fuse_op_seconds_count{{op=\"{op}\"}}"))
+    };
+    // Names only, and names with attributes: every one, none hidden (an
+    // entry numbered 0 would be).
+    assert_eq!(ls(&dir), expected);
+    // What readdir itself gives (Python's scandir reads d_ino, no stat).
+    let scan = "import os,sys\nfor e in os.scandir(sys.argv[1]): print(e.inode(), e.name)";
+    let out = run("python3", &[&"-c", &scan, &dir]);
+    let text = stdout(&out);
+    let numbered: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(' ')).collect();
+    assert_eq!(numbered.len(), expected.len(), "{}", stderr(&out));
+    assert!(numbered.iter().all(|(ino, _)| *ino != "0"), "no entry numbered 0");
+    let metrics = scrape();
+    assert!(ops(&metrics, "readdirplus") >= 1.0, "{metrics}");
+    let before = ops(&metrics, "lookup");
+    assert_eq!(emu.count(Route::Face), 0, "listing downloads no face");
+    // A stat of each face the listing could not describe (backwards, so
+    // read-ahead does not learn any first): each is looked up once (the
+    // listed inode is the one the lookup finds), as without READDIRPLUS.
+    let walk = "import os,sys\nfor n in reversed([e.name for e in os.scandir(sys.argv[1])]): os.stat(os.path.join(sys.argv[1], n))";
+    let out = run("python3", &[&"-c", &walk, &dir]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let metrics = scrape();
+    assert_eq!(ops(&metrics, "lookup") - before, expected.len() as f64);
+    assert_eq!(
+        metric(&metrics, "facefs_kernel_faces"),
+        expected.len() as f64
+    );
+    for id in emu.ids_with_faces(IdKind::OpenId).iter().take(3) {
+        let path = dir.join(face_file_name(id, false));
+        let size = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(Some(size as usize), emu.face(IdKind::OpenId, id, false).map(|f| f.len()));
+    }
+    // Another walk, now with every face known: no LOOKUP at all.
+    let before = ops(&scrape(), "lookup");
+    assert_eq!(run("ls", &[&"-lA", &dir]).status.code(), Some(0));
+    assert_eq!(ops(&scrape(), "lookup"), before);
+    // When the kernel lets go of its inodes, it forgets every lookup it
+    // was handed, listed or looked up: none is left over, none missing.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    wait_until(Duration::from_secs(10), "every face inode forgotten", || {
+        metric(&scrape(), "facefs_kernel_faces") == 0.0
+    });
+    assert_eq!(ls(&dir), expected, "and listed again whole");
+}
+
+#[test]
+#[cfg_attr(not(facefs_mount), ignore = "needs FUSE (scripts/test.sh runs it)")]
 fn cat_gives_the_api_bytes_in_every_directory() {
     let emu = emulator(small_tenant(12));
     let mnt = Mount::start(&emu, &["--rate-limit", "200"]);

@@ -115,6 +115,13 @@ fn a_remount_over_a_warm_store_downloads_nothing_and_rsync_copies_nothing() {
 
     let port = free_port();
     let mnt = mount_with_store(&emu, cache.path(), &["--metrics-listen", &port.to_string()]);
+    let ops = |op: &str| {
+        let metrics = scrape_metrics(port);
+        metric(&metrics, &format!("facefs_fuse_op_seconds_count{{op=\"{op}\"}}"))
+    };
+    // The root's attributes, which the kernel does not know at first.
+    std::fs::metadata(mnt.path()).unwrap();
+    assert_eq!(ops("getattr"), 1.0);
     let src = format!("{}/", mnt.join("open_id").display());
     let second = rsync(&src, backup.path(), &[]);
     assert!(second.status.success(), "{}", stderr(&second));
@@ -125,6 +132,13 @@ fn a_remount_over_a_warm_store_downloads_nothing_and_rsync_copies_nothing() {
     );
     assert_eq!(emu.count(Route::Face), files, "no face downloaded again");
     assert_eq!(emu.count(Route::ListUsers), lists, "nor the listing");
+    // The listing carried what the store's headers say (READDIRPLUS):
+    // rsync's lstat of each face asked facefs nothing.
+    assert_eq!(ops("lookup"), 1.0, "open_id/ itself, and no stored face");
+    assert_eq!(ops("getattr"), 1.0, "the root's, before the walk");
+    assert!(ops("readdirplus") >= 1.0);
+    let metrics = scrape_metrics(port);
+    assert_eq!(metric(&metrics, "facefs_kernel_faces"), files as f64);
     read_and_check_all(&emu, &mnt, IdKind::OpenId);
     assert_eq!(emu.count(Route::Face), files);
     let metrics = scrape_metrics(port);

@@ -48,11 +48,12 @@ pub struct Layers<'a> {
 pub fn registry(layers: &Layers) -> Registry {
     let mut registry = Registry::default();
     layers.api.register(&mut registry);
-    let core = layers.core.clone();
-    layers
-        .core
-        .metrics()
-        .register(&mut registry, Arc::new(move || core.cache_usage()));
+    let (core, held) = (layers.core.clone(), layers.core.clone());
+    layers.core.metrics().register(
+        &mut registry,
+        Arc::new(move || core.cache_usage()),
+        move || held.kernel_faces() as u64,
+    );
     StoreMetrics::register(layers.store, &mut registry);
     let idle_events = EventMetrics::default();
     layers
@@ -213,6 +214,7 @@ mod tests {
             "facefs_downloads_in_flight",
             "facefs_stale_served_total",
             "facefs_kernel_invalidations_total",
+            "facefs_kernel_faces",
             "facefs_uploads_total",
             "facefs_uploaded_bytes_total",
             "facefs_store_hits_total",

@@ -41,7 +41,12 @@ impl LoadContext for FaceFs {
 
 impl WriteContext for FaceFs {
     fn face_version(&self, ino: u64) -> Result<(FaceKey, FaceMeta), FsError> {
-        self.nodes.face_version(ino)
+        match self.nodes.face_version(ino)? {
+            (key, Some(meta)) => Ok((key, meta)),
+            // The kernel revalidates a listed name before opening it; if
+            // it did not, ESTALE makes it.
+            (key, None) => Err(super::unversioned(&key)),
+        }
     }
 
     fn version_bytes(&self, key: &FaceKey, digest: u64, fetch: Fetch) -> Step<Arc<Face>> {

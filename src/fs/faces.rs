@@ -155,6 +155,30 @@ impl Faces {
         Ok(stored.filter(|m| self.freshness.fresh_face(m.digest, m.fetched_at)))
     }
 
+    /// [`Self::stored_meta`] of each of `keys` (a page of a directory
+    /// listing), waiting for the disk at most the store's bound for all.
+    pub fn stored_metas(&self, keys: &[FaceKey], fetch: Fetch) -> Step<Vec<Option<FaceMeta>>> {
+        let (Some(store), Some(first)) = (&self.store, keys.first()) else {
+            return Ok(vec![None; keys.len()]);
+        };
+        let stored = match fetch {
+            Fetch::Never => keys
+                .iter()
+                .map(|key| store.store().meta_now(key))
+                .collect::<Step<Vec<_>>>()?,
+            Fetch::Allowed => {
+                let owned = keys.to_vec();
+                store
+                    .read(lane_of(first), move |s| {
+                        owned.iter().map(|key| s.listed_meta(key)).collect()
+                    })
+                    .unwrap_or_else(|| vec![None; keys.len()])
+            }
+        };
+        let fresh = |m: &FaceMeta| self.freshness.fresh_face(m.digest, m.fetched_at);
+        Ok(stored.into_iter().map(|m| m.filter(fresh)).collect())
+    }
+
     /// The store's header of `key`, waiting for the disk at most its bound.
     fn stored_header(&self, key: &FaceKey) -> Option<FaceMeta> {
         let store = self.store.as_ref()?;

@@ -49,8 +49,11 @@ fn number(key: &FaceKey, salt: &[u8]) -> u64 {
 pub struct FaceNode {
     pub key: FaceKey,
     /// The version this inode is: its size, digest, and when it was last
-    /// confirmed (the digest never changes for one inode).
-    pub meta: FaceMeta,
+    /// confirmed (the digest never changes for one inode). `None` for a
+    /// name a directory listing handed the kernel before facefs knew its
+    /// bytes: the first lookup or `stat` that learns them makes it that
+    /// version.
+    pub meta: Option<FaceMeta>,
     /// Lookups answered and not yet forgotten by the kernel.
     lookups: u64,
 }
@@ -69,16 +72,33 @@ impl InodeTable {
             if let Some(node) = self
                 .nodes
                 .get_mut(&ino)
-                .filter(|n| n.meta.digest == meta.digest)
+                .filter(|n| n.meta.is_none_or(|m| m.digest == meta.digest))
             {
-                node.meta = meta;
+                node.meta = Some(meta);
                 node.lookups += 1;
                 return ino;
             }
         }
+        self.numbered(key, Some(meta))
+    }
+
+    /// Notes that a directory listing handed `key` to the kernel: one more
+    /// lookup of the inode its name shows now, numbered without a version
+    /// if the kernel holds none. Returns it and the version it is, if known.
+    pub fn listed(&mut self, key: &FaceKey) -> (u64, Option<FaceMeta>) {
+        if let Some(node) = self.by_key.get(key).and_then(|i| self.nodes.get_mut(i)) {
+            node.lookups += 1;
+            return (self.by_key[key], node.meta);
+        }
+        (self.numbered(key, None), None)
+    }
+
+    /// A new inode for `key`, the current one of its name, looked up once:
+    /// the name's own number if free, else the version's.
+    fn numbered(&mut self, key: &FaceKey, meta: Option<FaceMeta>) -> u64 {
         let mut ino = face_ino(key);
         if self.nodes.contains_key(&ino) {
-            ino = version_ino(key, meta.digest);
+            ino = version_ino(key, meta.map_or(0, |m| m.digest));
         }
         while self.nodes.contains_key(&ino) || ino < FIRST_FACE_INO {
             ino = ino.wrapping_add(1);
@@ -121,7 +141,8 @@ impl InodeTable {
     }
 
     /// Marks the current version of `key` confirmed by `meta`, if `meta`
-    /// is that version (same digest); a different version changes nothing.
+    /// is that version (same digest) or the inode has none yet; a
+    /// different version changes nothing.
     pub fn confirm(&mut self, key: &FaceKey, meta: FaceMeta) {
         let Some(&ino) = self.by_key.get(key) else {
             return;
@@ -129,9 +150,9 @@ impl InodeTable {
         if let Some(node) = self
             .nodes
             .get_mut(&ino)
-            .filter(|n| n.meta.digest == meta.digest)
+            .filter(|n| n.meta.is_none_or(|m| m.digest == meta.digest))
         {
-            node.meta = meta;
+            node.meta = Some(meta);
         }
     }
 
@@ -140,7 +161,9 @@ impl InodeTable {
     /// next `stat` asks again (the face changed, says an event).
     pub fn expire(&mut self, key: &FaceKey) {
         if let Some(node) = self.by_key.get(key).and_then(|ino| self.nodes.get_mut(ino)) {
-            node.meta.fetched_at = std::time::SystemTime::UNIX_EPOCH;
+            if let Some(meta) = &mut node.meta {
+                meta.fetched_at = std::time::SystemTime::UNIX_EPOCH;
+            }
         }
     }
 
@@ -151,7 +174,8 @@ impl InodeTable {
             .filter(|(_, ino)| {
                 self.nodes
                     .get(ino)
-                    .is_some_and(|n| digests.contains(&n.meta.digest))
+                    .and_then(|n| n.meta)
+                    .is_some_and(|m| digests.contains(&m.digest))
             })
             .map(|(key, ino)| (*ino, key.clone()))
             .collect()
@@ -214,8 +238,8 @@ mod tests {
         assert_eq!(table.existing(&a), Some(new));
         assert!(table.is_current(new) && !table.is_current(old));
         assert_eq!(
-            table.node(old).unwrap().meta.digest,
-            1,
+            table.node(old).unwrap().meta.map(|m| m.digest),
+            Some(1),
             "the old inode keeps its version"
         );
         table.forget(old, 1);
@@ -226,5 +250,27 @@ mod tests {
         );
         table.forget(new, 1);
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn a_listed_name_without_a_version_becomes_the_first_version_found() {
+        let mut table = InodeTable::default();
+        let a = FaceKey::new(IdKind::OpenId, "ou_a", false);
+        let (ino, version) = table.listed(&a);
+        assert_eq!(ino, face_ino(&a));
+        assert!(version.is_none());
+        // The lookup that learns its bytes keeps the number the kernel has.
+        assert_eq!(table.looked_up(&a, meta(7)), ino);
+        assert_eq!(table.node(ino).unwrap().meta.map(|m| m.digest), Some(7));
+        // Listed again: the same inode, with its version, one more lookup.
+        assert_eq!(table.listed(&a).1.map(|m| m.digest), Some(7));
+        table.forget(ino, 2);
+        assert_eq!(table.existing(&a), Some(ino), "one lookup left");
+        table.forget(ino, 1);
+        assert_eq!(table.len(), 0);
+        // A `stat` that learns the bytes confirms a listed inode too.
+        let (ino, _) = table.listed(&a);
+        table.confirm(&a, meta(8));
+        assert_eq!(table.node(ino).unwrap().meta.map(|m| m.digest), Some(8));
     }
 }

@@ -10,7 +10,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::cache::CacheUsage;
-use crate::metrics::{register_counters, register_readings, Kind};
+use crate::metrics::{register_counters, register_readings, Kind, Scraped};
 
 #[derive(Debug, Default)]
 pub struct FsMetrics {
@@ -51,12 +51,21 @@ impl FsMetrics {
         self.uploaded_bytes.inc_by(bytes as u64);
     }
 
-    /// Registers the counters, and the memory cache's size as `usage` reads it.
+    /// Registers the counters, the memory cache's size as `usage` reads
+    /// it, and the faces the kernel holds as `kernel_faces` counts them.
     pub fn register(
         &self,
         registry: &mut Registry,
         usage: Arc<dyn Fn() -> CacheUsage + Send + Sync>,
+        kernel_faces: impl Fn() -> u64 + Send + Sync + 'static,
     ) {
+        Scraped::register(
+            registry,
+            "facefs_kernel_faces",
+            "Face inodes the kernel holds: looked up or listed, and not yet forgotten",
+            Kind::Gauge,
+            kernel_faces,
+        );
         register_counters(
             registry,
             &[

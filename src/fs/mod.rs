@@ -33,7 +33,9 @@ pub mod nodes;
 pub mod open_files;
 pub mod pending;
 pub mod readahead;
+pub mod readdirplus;
 pub mod store;
+mod user_changes;
 pub mod writing;
 
 use std::ffi::OsStr;
@@ -157,6 +159,11 @@ impl FaceFs {
 
     pub fn cache_usage(&self) -> CacheUsage {
         self.faces.memory_usage()
+    }
+
+    /// Face inodes the kernel holds (looked up or listed, not forgotten).
+    pub fn kernel_faces(&self) -> usize {
+        self.nodes.len()
     }
 
     pub fn metrics(&self) -> &FsMetrics {
@@ -311,9 +318,26 @@ impl FaceFs {
                     true => Some(self.face_meta(&key, fetch)?),
                     false => None,
                 };
+                // An inode listed without a version is the current one,
+                // and becomes the version found now.
+                let version = version.or(current).ok_or_else(|| unversioned(&key))?;
                 Ok(self.nodes.version_attr(ino, &key, version, current))
             });
         step.into()
+    }
+
+    /// The face and version inode `ino` is; one a listing handed the
+    /// kernel before facefs knew its bytes becomes the version found now.
+    fn face_version(&self, ino: u64, fetch: Fetch) -> Step<(FaceKey, FaceMeta)> {
+        let (key, version) = self.nodes.face_version(ino)?;
+        if let Some(meta) = version {
+            return Ok((key, meta));
+        }
+        let meta = self.face_meta(&key, fetch)?;
+        self.nodes.confirm(&key, meta);
+        // A lookup meanwhile may have made it a version first: that one stands.
+        let (key, version) = self.nodes.face_version(ino)?;
+        Ok((key, version.unwrap_or(meta)))
     }
 
     /// The kernel forgets `lookups` lookups of `ino`.
@@ -355,58 +379,6 @@ impl FaceFs {
             .unwrap_or_else(|| self.nodes.face_attr(ino, meta)))
     }
 
-    /// A user's faces changed (an event said so, here or in the fleet):
-    /// both faces under each id given are dropped from memory and the
-    /// store, what `stat` knew of them expires, the listings gain or lose
-    /// the user as `face_uploaded` says, and the kernel is told to forget
-    /// the names it holds. Ids the event does not name (`user_id` without
-    /// its field scope) stay until their TTL.
-    pub fn apply_user_change(&self, ids: &[(IdKind, &str)], face_uploaded: Option<bool>) {
-        let forget = self.user_changed(ids, face_uploaded);
-        self.kernel.tell(forget);
-    }
-
-    /// [`Self::apply_user_change`] without telling the kernel: what it must forget.
-    fn user_changed(
-        &self,
-        ids: &[(IdKind, &str)],
-        face_uploaded: Option<bool>,
-    ) -> Vec<Invalidation> {
-        let mut forget = Vec::new();
-        for (kind, id) in ids {
-            self.writing.user_changed(*kind, id);
-            // The kernel may hold "does not exist" for the user's names
-            // only if the listing showed the user without a face.
-            let held_absent = face_uploaded == Some(true)
-                && self
-                    .listings
-                    .absence(&FaceKey::new(*kind, *id, false))
-                    .is_some();
-            for cropped in [false, true] {
-                let key = FaceKey::new(*kind, *id, cropped);
-                self.faces.changed(&key);
-                let ino = self.nodes.expire(&key);
-                // A name the kernel holds is one it looked up and has not
-                // forgotten, or one it was told does not exist: only those
-                // are told, since each notice takes the directory's lock.
-                if ino.is_some() || held_absent {
-                    forget.push(Invalidation::Entry {
-                        parent: dir_ino(*kind),
-                        name: key.file_name(),
-                    });
-                }
-                if let Some(ino) = ino {
-                    self.open.unpin(ino);
-                    forget.push(Invalidation::Inode(ino));
-                }
-            }
-            if let Some(listed) = face_uploaded {
-                self.listings.user_changed(*kind, id, listed);
-            }
-        }
-        forget
-    }
-
     /// Opens a face for reading and returns the handle, which holds the bytes
     /// of the inode's version for every read of this open file.
     pub fn open(&self, ino: u64, mode: OpenMode, fetch: Fetch) -> Answer<u64> {
@@ -417,7 +389,7 @@ impl FaceFs {
         if let Some(opened) = self.writing.open_written(self, ino, mode) {
             return Ok(opened?);
         }
-        let (key, version) = self.nodes.face_version(ino)?;
+        let (key, version) = self.face_version(ino, fetch)?;
         // A new open reached a version the service no longer serves through
         // a name whose notice (an event, an upload of ours) is still on its
         // way to the kernel: ESTALE makes the kernel look the name up again
@@ -468,9 +440,7 @@ impl FaceFs {
     /// itself once facefs answers `open` with ENOSYS): see [`Self::version_bytes`].
     pub fn read_inode(&self, ino: u64, offset: u64, size: u32, fetch: Fetch) -> Answer<ReadSlice> {
         let step = self
-            .nodes
-            .face_version(ino)
-            .map_err(Stop::from)
+            .face_version(ino, fetch)
             .and_then(|(key, version)| {
                 // The end of the file needs no bytes (and must not wait for a
                 // download: the reader may hold memory others wait for).
@@ -603,6 +573,17 @@ impl FaceFs {
     pub fn pending_room(&self) -> u64 {
         self.writing.pending_room()
     }
+}
+
+/// An inode a listing handed the kernel without a version, reached where
+/// facefs cannot learn one: ESTALE makes the kernel look its name up.
+fn unversioned(key: &FaceKey) -> FsError {
+    err!(
+        libc::ESTALE,
+        "this {} face was listed but not looked up yet; the kernel looks it up",
+        key.kind
+    )
+    .at_level(log::Level::Debug)
 }
 
 #[cfg(test)]

@@ -44,9 +44,23 @@ impl Nodes {
             .face(ino, meta, self.freshness.remaining(meta.fetched_at))
     }
 
+    /// The attributes of an entry a listing hands the kernel without a
+    /// fresh version: valid for no time, so the kernel looks the name up
+    /// before any use; those of the version the inode is, if it is one (a
+    /// size of 0 would make the kernel drop its cached pages).
+    pub fn unconfirmed_attr(&self, ino: u64, version: Option<FaceMeta>) -> Attr {
+        let meta = version.unwrap_or(FaceMeta {
+            size: 0,
+            digest: 0,
+            fetched_at: std::time::UNIX_EPOCH,
+        });
+        self.owner.face(ino, meta, Duration::ZERO)
+    }
+
     /// The face and version inode `ino` is; directories and unknown inodes
-    /// are errors.
-    pub fn face_version(&self, ino: u64) -> Result<(FaceKey, FaceMeta), FsError> {
+    /// are errors. The version is `None` for a name a listing handed the
+    /// kernel before facefs knew its bytes.
+    pub fn face_version(&self, ino: u64) -> Result<(FaceKey, Option<FaceMeta>), FsError> {
         if ino == ROOT_INO || dir_kind(ino).is_some() {
             return Err(err!(libc::EISDIR, "inode {ino} is a directory"));
         }
@@ -68,10 +82,16 @@ impl Nodes {
     /// What the kernel's inode of `key` says of its bytes, while fresh.
     pub fn fresh_meta(&self, key: &FaceKey) -> Option<FaceMeta> {
         let table = self.table.lock();
-        let meta = table.node(table.existing(key)?)?.meta;
+        let meta = table.node(table.existing(key)?)?.meta?;
         self.freshness
             .fresh_face(meta.digest, meta.fetched_at)
             .then_some(meta)
+    }
+
+    /// Notes that a directory listing handed `key` to the kernel (one
+    /// lookup): its inode, and the version it is if known.
+    pub fn listed(&self, key: &FaceKey) -> (u64, Option<FaceMeta>) {
+        self.table.lock().listed(key)
     }
 
     /// Notes a lookup of `key`, whose bytes are `meta`, answered to the
@@ -131,7 +151,8 @@ impl Nodes {
         table
             .existing(key)
             .and_then(|ino| table.node(ino))
-            .map(|n| n.meta.digest)
+            .and_then(|n| n.meta)
+            .map(|m| m.digest)
     }
 
     /// What the kernel must forget of faces of `digests` under names other

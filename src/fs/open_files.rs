@@ -15,6 +15,7 @@ use super::attr::{DirEntry, NodeKind};
 use super::error::err;
 use super::face::Face;
 use super::inodes::{dir_ino, face_ino, ROOT_INO};
+use super::layout::FaceKey;
 use super::listing::Listing;
 use crate::api::IdKind;
 
@@ -55,19 +56,32 @@ pub struct DirPage {
 impl DirPage {
     /// Each entry with the offset of the one after it.
     pub fn entries(&self) -> impl Iterator<Item = (u64, DirEntry)> + '_ {
+        self.entries_with_keys().map(|(next, entry, _)| (next, entry))
+    }
+
+    /// [`Self::entries`], each face's with its key.
+    pub fn entries_with_keys(
+        &self,
+    ) -> impl Iterator<Item = (u64, DirEntry, Option<FaceKey>)> + '_ {
         let total = match &self.dir {
             DirSnapshot::Root => 2 + IdKind::ALL.len(),
             DirSnapshot::Faces(_, listing) => 2 + listing.files(),
         };
         let start = usize::try_from(self.start).unwrap_or(usize::MAX);
-        (start..total).filter_map(move |i| Some((i as u64 + 1, self.entry(i)?)))
+        (start..total).filter_map(move |i| {
+            let (entry, key) = self.entry(i)?;
+            Some((i as u64 + 1, entry, key))
+        })
     }
 
-    fn entry(&self, i: usize) -> Option<DirEntry> {
-        let dir = |name: &str, ino| DirEntry {
-            ino,
-            kind: NodeKind::Directory,
-            name: name.to_owned(),
+    fn entry(&self, i: usize) -> Option<(DirEntry, Option<FaceKey>)> {
+        let dir = |name: &str, ino| {
+            let entry = DirEntry {
+                ino,
+                kind: NodeKind::Directory,
+                name: name.to_owned(),
+            };
+            (entry, None)
         };
         match (i, &self.dir) {
             (0, _) => Some(dir(".", self.ino)),
@@ -75,11 +89,12 @@ impl DirPage {
             (i, DirSnapshot::Root) => IdKind::ALL.get(i - 2).map(|k| dir(k.as_str(), dir_ino(*k))),
             (i, DirSnapshot::Faces(kind, listing)) => {
                 let key = listing.file_at(*kind, i - 2)?;
-                Some(DirEntry {
+                let entry = DirEntry {
                     ino: face_ino(&key),
                     kind: NodeKind::File,
                     name: key.file_name(),
-                })
+                };
+                Some((entry, Some(key)))
             }
         }
     }

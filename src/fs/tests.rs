@@ -1382,3 +1382,65 @@ fn repeated_absences_list_the_directory_in_the_background() {
     names(&fs_with(&api, FsConfig::default()), dir);
     assert_eq!(api.requests(Endpoint::List), 2 * pages);
 }
+
+#[test]
+fn readdirplus_hands_over_what_is_known_and_counts_each_entry_once() {
+    let api = tenant();
+    let fs = fs(&api);
+    let dir = dir_ino(IdKind::OpenId);
+    // ou_a looked up before: its version is known; ou_b's is not.
+    let a = fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap();
+    let fh = fs.opendir(dir).unwrap();
+    let entries = fs.readdirplus(dir, fh, 0, Fetch::Allowed).unwrap();
+    let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [".", "..", "ou_a.jpg", "ou_a.cropped.jpg", "ou_b.jpg", "ou_b.cropped.jpg"]
+    );
+    let entry = |n: &str| entries.iter().find(|e| e.name == n).unwrap();
+    assert!(!entry(".").counted && !entry("..").counted, "never linked");
+    assert_eq!(entry(".").attr.ino, dir);
+    let known = entry("ou_a.jpg");
+    assert!(known.counted);
+    assert_eq!((known.attr.ino, known.attr.size), (a.ino, 100));
+    assert!(known.attr.valid_for > Duration::ZERO, "the kernel keeps it");
+    let unknown = entry("ou_b.jpg");
+    assert!(unknown.counted && unknown.attr.ino != 0);
+    assert_eq!(unknown.attr.valid_for, Duration::ZERO, "looked up before use");
+    assert_eq!(api.requests(Endpoint::Face), 1, "listing downloads nothing");
+    assert_eq!(fs.kernel_faces(), 4);
+
+    // The lookup of a listed name finds the inode the kernel was given.
+    let b = fs.lookup(dir, name("ou_b.jpg"), Fetch::Allowed).unwrap();
+    assert_eq!((b.ino, b.size), (unknown.attr.ino, 60));
+    // A stat of a listed inode learns its version too.
+    let crop = entry("ou_b.cropped.jpg").attr.ino;
+    assert_eq!(fs.getattr(crop, Fetch::Allowed).unwrap().size, 30);
+    assert_eq!(read_all(&fs, crop), vec![4; 30]);
+
+    // Each entry was one lookup: forgetting them all (and ou_a's and
+    // ou_b's own lookups) leaves nothing.
+    for e in entries.iter().filter(|e| e.counted) {
+        fs.forget(e.attr.ino, 1);
+    }
+    assert_eq!(fs.kernel_faces(), 2, "ou_a and ou_b still looked up once");
+    fs.forget(a.ino, 1);
+    fs.forget(b.ino, 1);
+    assert_eq!(fs.kernel_faces(), 0);
+    fs.releasedir(fh);
+}
+
+#[test]
+fn a_listed_face_not_yet_looked_up_opens_after_the_kernel_looks_it_up() {
+    let api = tenant();
+    let fs = fs(&api);
+    let dir = dir_ino(IdKind::OpenId);
+    let fh = fs.opendir(dir).unwrap();
+    let entries = fs.readdirplus(dir, fh, 0, Fetch::Allowed).unwrap();
+    let listed = entries.iter().find(|e| e.name == "ou_a.jpg").unwrap();
+    // Opened by inode without a lookup (the kernel always looks a name
+    // with no valid time up first, but an open must not trust that).
+    let fh_face = fs.open(listed.attr.ino, OpenMode::Read, Fetch::Allowed).unwrap();
+    assert_eq!(fs.read(fh_face, 0, 4096, Fetch::Never).unwrap().bytes(), &[1; 100][..]);
+    assert_eq!(api.requests(Endpoint::Face), 1);
+}

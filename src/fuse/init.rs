@@ -22,6 +22,14 @@ pub fn configure(config: &mut KernelConfig, parallel: usize, writable: bool) -> 
     if config.set_max_background(background).is_ok() {
         let _ = config.set_congestion_threshold(background / 4 * 3);
     }
+    // Listings carry the attributes facefs knows, so a walk after a
+    // remount needs no LOOKUP for them; AUTO keeps a names-only listing
+    // (`ls -f`) on READDIR past its first page.
+    if let Err(missing) = config
+        .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
+    {
+        log::warn!("the kernel lacks {missing:?}: every walk looks each name up");
+    }
     if writable {
         // O_TRUNC comes with the open, not as a setattr before it
         // (which a face would refuse: it cannot be truncated alone).

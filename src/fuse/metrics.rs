@@ -18,6 +18,7 @@ pub enum FuseOp {
     Release,
     Opendir,
     Readdir,
+    Readdirplus,
     Releasedir,
     Statfs,
     Create,
@@ -40,7 +41,7 @@ pub enum FuseOp {
 }
 
 impl FuseOp {
-    pub const ALL: [FuseOp; 26] = [
+    pub const ALL: [FuseOp; 27] = [
         FuseOp::Lookup,
         FuseOp::Getattr,
         FuseOp::Open,
@@ -48,6 +49,7 @@ impl FuseOp {
         FuseOp::Release,
         FuseOp::Opendir,
         FuseOp::Readdir,
+        FuseOp::Readdirplus,
         FuseOp::Releasedir,
         FuseOp::Statfs,
         FuseOp::Create,
@@ -79,6 +81,7 @@ impl FuseOp {
             FuseOp::Release => "release",
             FuseOp::Opendir => "opendir",
             FuseOp::Readdir => "readdir",
+            FuseOp::Readdirplus => "readdirplus",
             FuseOp::Releasedir => "releasedir",
             FuseOp::Statfs => "statfs",
             FuseOp::Create => "create",

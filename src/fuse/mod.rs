@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use fuser::{
     FileHandle, Filesystem, FopenFlags, Generation, INodeNo, IoctlFlags, KernelConfig, LockOwner,
     OpenAccMode, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyDirectoryPlus,
     ReplyEmpty, ReplyEntry, ReplyIoctl, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
     TimeOrNow, WriteFlags,
 };
@@ -19,6 +20,7 @@ use crate::fs::writing::{AttrChange, OpenMode};
 use crate::fs::FaceFs;
 use crate::sync::worker_pool::Lane;
 
+mod dirs;
 mod dispatch;
 mod init;
 pub mod metrics;
@@ -26,7 +28,7 @@ mod reply;
 
 use self::dispatch::Dispatcher;
 use self::metrics::{FuseMetrics, FuseOp};
-use self::reply::{absent_attr, empty, errno, file_attr, file_type};
+use self::reply::{absent_attr, empty, errno, file_attr};
 
 pub struct FuseAdapter {
     dispatch: Dispatcher,
@@ -260,23 +262,20 @@ impl Filesystem for FuseAdapter {
         ino: INodeNo,
         fh: FileHandle,
         offset: u64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
-        self.dispatch.answer(
-            FuseOp::Readdir,
-            move |core, fetch| core.readdir(ino.0, fh.0, offset, fetch),
-            move |result| match result {
-                Ok(page) => {
-                    for (next, entry) in page.entries() {
-                        if reply.add(INodeNo(entry.ino), next, file_type(entry.kind), &entry.name) {
-                            break;
-                        }
-                    }
-                    reply.ok();
-                }
-                Err(e) => reply.error(errno(&e)),
-            },
-        );
+        self.answer_readdir(ino, fh, offset, reply);
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        self.answer_readdirplus(ino, fh, offset, reply);
     }
 
     fn releasedir(

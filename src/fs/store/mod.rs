@@ -116,7 +116,13 @@ static CANNOT_WRITE: RepeatedWarning = RepeatedWarning::new();
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum HeaderRead {
+    /// Waiting for the disk, and reading the whole file in behind (a read
+    /// usually follows a `stat`).
     Wait,
+    /// Waiting for the disk, the header alone (a directory listing: few of
+    /// its faces are read).
+    Listed,
+    /// From the page cache or not at all.
     Now,
 }
 
@@ -345,13 +351,19 @@ impl FaceStore {
         self.header(key, HeaderRead::Now)
     }
 
+    /// [`Self::meta`] for a directory listing: the header alone, no
+    /// read-ahead of the bytes.
+    pub fn listed_meta(&self, key: &FaceKey) -> Option<FaceMeta> {
+        self.header(key, HeaderRead::Listed).ok().flatten()
+    }
+
     fn header(&self, key: &FaceKey, how: HeaderRead) -> Step<Option<FaceMeta>> {
         let name = face_name(&self.sealer, key);
         // What cannot be known here: a call that may wait finds out, and
         // only that one may delete.
         let unknown = match how {
             HeaderRead::Now => Err(Stop::WouldBlock),
-            HeaderRead::Wait => Ok(None),
+            HeaderRead::Wait | HeaderRead::Listed => Ok(None),
         };
         let file = match open_face_file(&self.faces_dir, name) {
             Ok(file) => file,
@@ -368,7 +380,7 @@ impl FaceStore {
         let mut start = [0u8; entry::FACE_HEADER_MAX];
         let read = match how {
             HeaderRead::Now => read_cached(&file, meta.len(), &mut start),
-            HeaderRead::Wait => read_prefix(&file, &mut start),
+            HeaderRead::Wait | HeaderRead::Listed => read_prefix(&file, &mut start),
         };
         let Some(read) = read else { return unknown };
         match entry::verify_face_header(&self.sealer, key, &start[..read], meta.len()) {
