@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite, every tier, installing first what the tests use:
 # fuse3 (fusermount3, mount.fuse3), rsync, ImageMagick (identify), setpriv,
-# redis-server (started by the fleet tests on free loopback ports, also with
-# TLS), openssl (their test CA),
+# redis-server and redis-sentinel (started by the fleet tests on free
+# loopback ports, also with TLS and as a Sentinel failover), openssl (their
+# test CA),
 # and the official Python SDK (lark-oapi) that checks the emulator. The
 # real-mount tests need root and /dev/fuse, as on the project's machines.
 # Last, the Debian package is built, installed, mounted through fstab and
@@ -10,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/need.sh fusermount3:fuse3 rsync:rsync identify:imagemagick setpriv:util-linux redis-server:redis-server openssl:openssl
+scripts/need.sh fusermount3:fuse3 rsync:rsync identify:imagemagick setpriv:util-linux redis-server:redis-server redis-sentinel:redis-sentinel openssl:openssl
 [ -e /dev/fuse ] || { echo "no /dev/fuse: the real-mount tests need the fuse kernel module (modprobe fuse)" >&2; exit 1; }
 scripts/need-sdk.sh
 

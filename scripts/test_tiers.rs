@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 /// (cfg, what it needs, how to get it)
-const TIERS: [(&str, &str, &str); 8] = [
+const TIERS: [(&str, &str, &str); 9] = [
     (
         "facefs_mount",
         "FUSE (/dev/fuse open for reading and writing by this user, and root or fusermount3)",
@@ -36,6 +36,11 @@ const TIERS: [(&str, &str, &str); 8] = [
         "facefs_redis",
         "redis-server, for the fleet tests",
         "apt-get install redis-server",
+    ),
+    (
+        "facefs_sentinel",
+        "redis-sentinel, for the failover tests",
+        "apt-get install redis-sentinel",
     ),
 ];
 
@@ -79,6 +84,7 @@ fn main() {
         found("setpriv"),
         Path::new(SDK_PYTHON).is_file(),
         found("redis-server"),
+        found("redis-sentinel"),
     ];
     if any_missing {
         // Installing a missing program adds it to one of these.

@@ -1079,3 +1079,108 @@ fn without_redis_each_mount_keeps_its_share_of_the_tenants_limit() {
     // then (3 of 24 here). Each at its own 5 a second: 12.
     assert!(got <= 6, "{got} throttled answers without Redis");
 }
+
+/// Mounts of a Redis that Sentinel watches: the master is killed, the
+/// sentinels promote its replica, and the mounts find the new master on
+/// their own. Reads go on throughout without a failure or a wrong byte,
+/// and an event heard by one mount after the failover reaches the other
+/// through the new master's stream.
+#[test]
+#[cfg_attr(
+    not(all(facefs_mount, facefs_redis, facefs_sentinel)),
+    ignore = "needs FUSE, redis-server, redis-sentinel (scripts/test.sh runs it)"
+)]
+fn a_sentinel_failover_is_followed_and_reads_go_on() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let emu = emulator(small_tenant(40));
+    let mut set = SentinelSet::start();
+    let url = set.url();
+    let fleet: Vec<(Mount, u16)> = (0..2)
+        .map(|_| {
+            let args = ["--events", "--ttl", "1h", "--rate-limit", "100"];
+            let redis = ["--redis", &url, "--redis-timeout", "250ms"];
+            mount_with_metrics(&emu, &[&args[..], &redis[..]].concat())
+        })
+        .collect();
+    let server = emu.long_connection();
+    wait_until(Duration::from_secs(10), "two event connections", || {
+        server.clients() == 2
+    });
+    let gauge = |port: u16, name: &str| metric(&scrape_metrics(port), name);
+    let on_redis = |fleet: &[(Mount, u16)]| {
+        fleet.iter().all(|(_, port)| {
+            gauge(*port, "facefs_redis_up") == 1.0 && gauge(*port, "facefs_fleet_members") == 2.0
+        })
+    };
+    wait_until(Duration::from_secs(10), "both mounts on the master", || on_redis(&fleet));
+    assert!(!set.master.keys("facefs:*").is_empty());
+    assert!(fleet[0].0.log_text().contains(&format!("127.0.0.1:{} as the master", set.master.port)));
+
+    // A reader through both mounts, a face every 50 ms, across the failover:
+    // faces one mount fetched reach the other through Redis while it lives.
+    let ids = emu.ids_with_faces(IdKind::OpenId);
+    let stop = AtomicBool::new(false);
+    let (promoted, failures) = std::thread::scope(|scope| {
+        let reader = scope.spawn(|| {
+            let mut failures = Vec::new();
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let id = &ids[n / 2 % ids.len()];
+                let mnt = &fleet[n % 2].0;
+                let path = mnt.join("open_id").join(face_file_name(id, n / 2 / ids.len() % 2 == 1));
+                match std::fs::read(&path) {
+                    Ok(bytes) if Some(&bytes) == emu.face(IdKind::OpenId, id, n / 2 / ids.len() % 2 == 1).as_ref() => {}
+                    Ok(_) => failures.push(format!("{}: wrong bytes", path.display())),
+                    Err(e) => failures.push(format!("{}: {e}", path.display())),
+                }
+                n += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            failures
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let killed = Instant::now();
+        set.kill_master();
+        wait_until(Duration::from_secs(60), "the sentinels promote the replica", || {
+            set.master_port() == Some(set.replica.port)
+        });
+        let promoted = killed.elapsed();
+        wait_until(Duration::from_secs(10), "both mounts on the new master", || on_redis(&fleet));
+        eprintln!(
+            "promoted {promoted:?} after the kill; both mounts back {:?} after the promotion",
+            killed.elapsed() - promoted
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, Ordering::Relaxed);
+        (promoted, reader.join().unwrap())
+    });
+    assert!(failures.is_empty(), "{failures:?}\n{}", fleet[1].0.log_text());
+    assert!(promoted > Duration::ZERO);
+    let new_master = format!("127.0.0.1:{} as the master", set.replica.port);
+    for (mnt, _) in &fleet {
+        assert!(mnt.log_text().contains(&new_master), "{}", mnt.log_text());
+    }
+    assert!(!set.replica.keys("facefs:*").is_empty(), "the fleet's keys on the new master");
+
+    // An event after the failover: one mount hears it, the other reads it
+    // from the new master's stream.
+    let (who, other) = (&ids[0], &ids[1]);
+    let new = emu.face(IdKind::OpenId, other, false).unwrap();
+    let heard_before: usize = fleet
+        .iter()
+        .map(|(m, _)| m.log_text().matches("from the fleet").count())
+        .sum();
+    let message = emu.replace_face(IdKind::OpenId, who, false, new.clone()).unwrap();
+    assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
+    for (mnt, _) in &fleet {
+        let file = mnt.join("open_id").join(face_file_name(who, false));
+        wait_until(Duration::from_secs(5), "the new face in both mounts", || {
+            std::fs::read(&file).ok() == Some(new.clone())
+        });
+    }
+    let heard_after: usize = fleet
+        .iter()
+        .map(|(m, _)| m.log_text().matches("from the fleet").count())
+        .sum();
+    assert_eq!(heard_after - heard_before, 1, "one mount read it from the stream");
+}

@@ -66,7 +66,7 @@ fn listings_with_attributes_hide_no_name_and_the_kernel_gives_every_lookup_back(
     // 32 KiB each, none of whose faces facefs knows yet.
     let emu = emulator(small_tenant(400));
     let port = free_port();
-    let mnt = Mount::start(
+    let mut mnt = Mount::start(
         &emu,
         &["--rate-limit", "1000", "--metrics-listen", &port.to_string()],
     );
@@ -118,6 +118,11 @@ fn listings_with_attributes_hide_no_name_and_the_kernel_gives_every_lookup_back(
         metric(&scrape(), "facefs_kernel_faces") == 0.0
     });
     assert_eq!(ls(&dir), expected, "and listed again whole");
+    // Unmounted with the metrics server up: a clean end (its thread once
+    // panicked, dropping the core's HTTP client inside its async runtime).
+    let status = mnt.unmount_and_wait();
+    let log = mnt.log_text();
+    assert!(status.success() && !log.contains("panicked"), "{status}\n{log}");
 }
 
 #[test]

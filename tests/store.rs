@@ -114,7 +114,7 @@ fn a_remount_over_a_warm_store_downloads_nothing_and_rsync_copies_nothing() {
     let lists = emu.count(Route::ListUsers);
 
     let port = free_port();
-    let mnt = mount_with_store(&emu, cache.path(), &["--metrics-listen", &port.to_string()]);
+    let mut mnt = mount_with_store(&emu, cache.path(), &["--metrics-listen", &port.to_string()]);
     let ops = |op: &str| {
         let metrics = scrape_metrics(port);
         metric(&metrics, &format!("facefs_fuse_op_seconds_count{{op=\"{op}\"}}"))
@@ -150,6 +150,11 @@ fn a_remount_over_a_warm_store_downloads_nothing_and_rsync_copies_nothing() {
     assert_eq!(metric(&metrics, "facefs_store_writes_total"), 0.0);
     assert_eq!(metric(&metrics, "facefs_store_faces"), files as f64);
     assert!(metric(&metrics, "facefs_store_bytes") > 0.0);
+    // Unmounted with the metrics server up: a clean end (its thread once
+    // panicked, dropping the core's HTTP client inside its async runtime).
+    let status = mnt.unmount_and_wait();
+    let log = mnt.log_text();
+    assert!(status.success() && !log.contains("panicked"), "{status}\n{log}");
 }
 
 #[test]

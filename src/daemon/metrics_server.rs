@@ -85,12 +85,18 @@ impl MetricsServer {
         std::thread::Builder::new()
             .name("facefs-metrics".into())
             .spawn(move || {
+                // The registry may hold the last reference to the core,
+                // whose blocking HTTP client panics if dropped inside an
+                // async context: the last of it goes after the runtime.
+                let kept = registry.clone();
                 runtime.block_on(async {
                     tokio::select! {
                         _ = accept(listener, registry) => {}
                         _ = stopped => {}
                     }
                 });
+                drop(runtime);
+                drop(kept);
             })?;
         Ok(MetricsServer {
             addr,

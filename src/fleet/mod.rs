@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use self::client::{Address, AddressError, ClientError, Connection, Place};
+use self::client::target::Target;
+use self::client::{sentinel, Address, AddressError, ClientError, Connection, Place};
 use self::metrics::FleetMetrics;
 use crate::api::secret::Secret;
 use crate::seal::{NotOpened, Sealer};
@@ -49,7 +50,10 @@ pub struct FleetConfig {
 }
 
 pub struct Fleet {
-    address: Address,
+    target: Target,
+    /// For a Sentinel target: the master found last, and which sentinel
+    /// named it (asked first next time). A leaf lock, never held across I/O.
+    master: Mutex<(Option<Address>, usize)>,
     /// For `rediss://`.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Where Redis is, for logs (never the URL: it may hold the password).
@@ -80,7 +84,7 @@ pub enum RedisUrlError {
         "the Redis URL cannot be read ({0}): write it as redis://host:port/db or rediss://..."
     )]
     Unreadable(#[source] AddressError),
-    #[error("refusing plaintext redis:// to {0}: faces and the password would cross the network in clear; use rediss:// (Redis with TLS)")]
+    #[error("refusing plaintext redis:// to {0}: faces and the password would cross the network in clear; use rediss:// (Redis with TLS), or rediss+sentinel://")]
     Plaintext(String),
     #[error("cannot use --redis-ca-file {path}: {why}; give a file of PEM certificates (-----BEGIN CERTIFICATE-----)")]
     CaFile { path: String, why: String },
@@ -89,13 +93,20 @@ pub enum RedisUrlError {
 /// Checks a Redis URL: `rediss://` anywhere, plaintext `redis://` only to
 /// loopback (the fleet will carry face bytes; a password would cross in
 /// clear). Errors name the fix, never the password.
-pub fn parse_url(url: &str) -> Result<Address, RedisUrlError> {
-    let address = Address::parse(url).map_err(RedisUrlError::Unreadable)?;
+pub fn parse_url(url: &str) -> Result<Target, RedisUrlError> {
+    let target = Target::parse(url).map_err(RedisUrlError::Unreadable)?;
+    for address in target.addresses() {
+        plaintext_only_to_loopback(address)?;
+    }
+    Ok(target)
+}
+
+fn plaintext_only_to_loopback(address: &Address) -> Result<(), RedisUrlError> {
     match &address.place {
         Place::Tcp { host, .. } if !address.tls && !is_loopback(host) => {
             Err(RedisUrlError::Plaintext(host.clone()))
         }
-        _ => Ok(address),
+        _ => Ok(()),
     }
 }
 
@@ -109,21 +120,22 @@ fn is_loopback(host: &str) -> bool {
 
 /// Whether a Redis URL carries a password (it must then not come from argv).
 pub fn has_password(url: &str) -> bool {
-    Address::parse(url).is_ok_and(|a| a.password.is_some())
+    Target::parse(url).is_ok_and(|t| t.has_password())
 }
 
 impl Fleet {
     /// Prepares the fleet's client; Redis need not be up (the mount goes on alone until it is).
     pub fn new(config: FleetConfig) -> Result<Fleet, RedisUrlError> {
-        let address = parse_url(config.url.expose())?;
+        let target = parse_url(config.url.expose())?;
         let prefix = config.prefix.map(|p| format!("{p}:")).unwrap_or_default();
         Ok(Fleet {
-            tls: match address.tls {
+            tls: match target.tls() {
                 true => Some(client::tls_config(config.ca_file.as_deref())?),
                 false => None,
             },
-            server: address.to_string(),
-            address,
+            server: target.to_string(),
+            target,
+            master: Mutex::new((None, 0)),
             // One hash tag for every key: a Redis Cluster keeps them in one
             // slot, as the scripts and transactions need.
             keys: format!(
@@ -200,7 +212,7 @@ impl Fleet {
                 connection.set_deadline(deadline);
                 command(connection)
             }
-            None => match Connection::open(&self.address, self.tls.as_ref(), deadline) {
+            None => match self.open(deadline) {
                 Ok(connection) => command(slot.insert(connection)),
                 Err(e) => Err(e),
             },
@@ -212,9 +224,11 @@ impl Fleet {
             }
             Err(e) => {
                 // A refusal of the command itself (a script error, OOM)
-                // leaves the connection usable; anything else drops it.
+                // leaves the connection usable; anything else drops it,
+                // and the sentinels are asked where the master is now.
                 if e.breaks_connection() {
                     *slot = None;
+                    self.master.lock().0 = None;
                 }
                 drop(slot);
                 self.failed(&e);
@@ -228,11 +242,34 @@ impl Fleet {
     /// are its user's to handle: they say nothing about whether readers
     /// should go on alone (the next request finds that out).
     pub fn dedicated(&self) -> Result<Connection, ClientError> {
-        Connection::open(
-            &self.address,
-            self.tls.as_ref(),
-            Instant::now() + self.timeout,
-        )
+        self.open(Instant::now() + self.timeout)
+    }
+
+    /// A new connection: to the server, or to the master the sentinels
+    /// name (the one found last while it still says it is the master).
+    fn open(&self, deadline: Instant) -> Result<Connection, ClientError> {
+        let tls = self.tls.as_ref();
+        let set = match &self.target {
+            Target::Server(address) => return Connection::open(address, tls, deadline),
+            Target::Sentinel(set) => set,
+        };
+        let (known, first) = self.master.lock().clone();
+        if let Some(master) = known {
+            match sentinel::open_master(&master, tls, deadline) {
+                Ok(connection) => return Ok(connection),
+                Err(e) => log::debug!("fleet: the master at {master}: {e}; asking the sentinels"),
+            }
+        }
+        let (connection, master, which) = sentinel::connect_to_master(set, first, tls, deadline)?;
+        // A sentinel's answer may not send faces in clear off this machine.
+        plaintext_only_to_loopback(&master)
+            .map_err(|_| ClientError::Unexpected("the sentinels name a master off this machine: use rediss+sentinel://"))?;
+        let mut held = self.master.lock();
+        if held.0.as_ref().map(ToString::to_string) != Some(master.to_string()) {
+            log::info!("Redis: the sentinels name {master} as the master of {}", self.server);
+        }
+        *held = (Some(master), which);
+        Ok(connection)
     }
 
     /// A value read from Redis did not open: counted, and logged at the
@@ -293,6 +330,12 @@ mod tests {
         );
         let err = parse_url("http://x").unwrap_err().to_string();
         assert!(!err.is_empty());
+        assert!(parse_url("redis+sentinel://127.0.0.1,localhost:26380/m").is_ok());
+        assert!(parse_url("rediss+sentinel://10.0.0.1,10.0.0.2/m").is_ok());
+        let err = parse_url("redis+sentinel://127.0.0.1,10.0.0.2/m").unwrap_err();
+        assert!(err.to_string().contains("10.0.0.2"), "{err}");
+        assert!(has_password("redis+sentinel://:pw@127.0.0.1/m"));
+        assert!(has_password("redis+sentinel://127.0.0.1/m?sentinel_password=x"));
         assert!(has_password("redis://:hunter2@127.0.0.1"));
         assert!(has_password("rediss://user:pw@h"));
         assert!(!has_password("redis://127.0.0.1:6379/2"));

@@ -164,6 +164,13 @@ impl Mount {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Unmounts with `umount`, as an admin would, and returns how facefs exited.
+    pub fn unmount_and_wait(&mut self) -> std::process::ExitStatus {
+        let out = Command::new("umount").arg(self.path()).output().unwrap();
+        assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+        wait_with_timeout(self.child.as_mut().unwrap(), Duration::from_secs(20))
+    }
+
     /// Sends `signal` and returns how facefs exited.
     pub fn signal_and_wait(&mut self, signal: i32) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
@@ -294,6 +301,9 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
     extra: Vec<String>,
+    /// Its working directory: a replica writes the master's data there
+    /// (`dump.rdb`), and a server started elsewhere must not load it.
+    dir: TempDir,
 }
 
 impl RedisServer {
@@ -302,6 +312,7 @@ impl RedisServer {
             port: free_port(),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            dir: TempDir::new("redis"),
         };
         server.restart();
         server
@@ -325,6 +336,8 @@ impl RedisServer {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -414,6 +427,130 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A master, its replica and three sentinels (quorum 2) watching them as
+/// `facefs`: real `redis-server` and `redis-sentinel` processes on free
+/// loopback ports, stopped on drop.
+pub struct SentinelSet {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    pub sentinel_ports: Vec<u16>,
+    sentinels: Vec<Child>,
+    /// The killed master's port, held: a Redis another test starts there
+    /// would be taken for the old master come back, and made a replica.
+    held_port: Option<std::net::TcpListener>,
+    _dir: TempDir,
+}
+
+impl SentinelSet {
+    pub const MASTER: &'static str = "facefs";
+
+    /// Starts them and waits until each sentinel knows the replica and
+    /// the other two, so that a failover can be agreed on.
+    pub fn start() -> SentinelSet {
+        let master = RedisServer::start(&[]);
+        let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let dir = TempDir::new("sentinels");
+        let (mut sentinel_ports, mut sentinels) = (Vec::new(), Vec::new());
+        for n in 0..3 {
+            let port = free_port();
+            // Sentinel rewrites its configuration file: one each.
+            let conf = dir.path().join(format!("sentinel-{n}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "port {port}\nbind 127.0.0.1\ndaemonize no\ndir {}\n\
+                     sentinel monitor {name} 127.0.0.1 {master} 2\n\
+                     sentinel down-after-milliseconds {name} 1000\n\
+                     sentinel failover-timeout {name} 10000\n\
+                     sentinel parallel-syncs {name} 1\n",
+                    dir.path().display(),
+                    name = Self::MASTER,
+                    master = master.port,
+                ),
+            )
+            .unwrap();
+            let child = Command::new("redis-sentinel")
+                .arg(&conf)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-sentinel (the README's test command installs it)");
+            sentinels.push(child);
+            sentinel_ports.push(port);
+        }
+        let set = SentinelSet {
+            master,
+            replica,
+            sentinel_ports,
+            sentinels,
+            held_port: None,
+            _dir: dir,
+        };
+        wait_until(Duration::from_secs(30), "the sentinels know each other and the replica", || {
+            set.sentinel_ports.iter().all(|&port| {
+                let count = |what: &str| match sentinel_query(port, &["SENTINEL", what, Self::MASTER]) {
+                    Some(redis::Value::Array(items)) => items.len(),
+                    _ => 0,
+                };
+                count("replicas") == 1 && count("sentinels") == 2
+            })
+        });
+        set
+    }
+
+    /// The URL facefs is given.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .sentinel_ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+sentinel://{}/{}", hosts.join(","), Self::MASTER)
+    }
+
+    /// SIGKILL of the master, whose port stays taken while the sentinels live.
+    pub fn kill_master(&mut self) {
+        self.master.kill();
+        self.held_port = std::net::TcpListener::bind(("127.0.0.1", self.master.port)).ok();
+    }
+
+    /// The master's port, as the first sentinel that answers says.
+    pub fn master_port(&self) -> Option<u16> {
+        self.sentinel_ports.iter().find_map(|&port| {
+            match sentinel_query(port, &["SENTINEL", "get-master-addr-by-name", Self::MASTER])? {
+                redis::Value::Array(items) => match items.get(1)? {
+                    redis::Value::BulkString(b) => String::from_utf8_lossy(b).parse().ok(),
+                    _ => None,
+                },
+                _ => None,
+            }
+        })
+    }
+}
+
+impl Drop for SentinelSet {
+    fn drop(&mut self) {
+        for child in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One command to the sentinel on `port`; `None` if it did not answer.
+fn sentinel_query(port: u16, args: &[&str]) -> Option<redis::Value> {
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    let mut connection = client
+        .get_connection_with_timeout(Duration::from_millis(500))
+        .ok()?;
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query(&mut connection).ok()
 }
 
 /// A Redis that misbehaves, on a free loopback port, for as long as it lives.

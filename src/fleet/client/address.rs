@@ -28,10 +28,14 @@ pub struct Address {
 pub enum AddressError {
     #[error("not a URL")]
     NotUrl,
-    #[error("the scheme must be redis://, rediss://, unix:// or redis+unix://")]
+    #[error("the scheme must be redis://, rediss://, unix://, redis+unix:// or redis+sentinel://")]
     Scheme,
     #[error("no host")]
     NoHost,
+    #[error("a port must be a number")]
+    Port,
+    #[error("no master name: write redis+sentinel://host:port,host:port/MASTER")]
+    MasterName,
     #[error("the database must be a number, as in /0")]
     Database,
     #[error("the user name or password is not valid percent-encoded UTF-8")]
@@ -41,12 +45,6 @@ pub enum AddressError {
 impl Address {
     pub fn parse(text: &str) -> Result<Address, AddressError> {
         let url = url::Url::parse(text).map_err(|_| AddressError::NotUrl)?;
-        let decoded = |s: &str| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8()
-                .map(|s| s.into_owned())
-                .map_err(|_| AddressError::Credentials)
-        };
         let query = |name: &str| {
             url.query_pairs()
                 .find(|(k, _)| k == name)
@@ -93,6 +91,14 @@ impl Address {
             db,
         })
     }
+}
+
+/// `text` percent-decoded, as user names and passwords in URLs are.
+pub(super) fn decoded(text: &str) -> Result<String, AddressError> {
+    percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| AddressError::Credentials)
 }
 
 /// Where Redis is, for logs: the host and port or the socket, never the

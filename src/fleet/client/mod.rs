@@ -8,6 +8,8 @@
 pub mod address;
 pub mod command;
 pub mod reply;
+pub mod sentinel;
+pub mod target;
 mod transport;
 
 use std::io::{self, Write};
@@ -54,11 +56,14 @@ impl ClientError {
 
     /// Whether the connection is out of step or gone: a refusal, or an
     /// answer read whole but not of the expected kind, leaves it usable.
+    /// `READONLY` is a replica's refusal: the server is no longer the
+    /// master (a failover demoted it), so the connection is of no use.
     pub fn breaks_connection(&self) -> bool {
-        !matches!(
-            self,
-            ClientError::Unexpected(_) | ClientError::Oversized(_) | ClientError::Refused(_)
-        )
+        match self {
+            ClientError::Refused(r) => r.code() == "READONLY",
+            ClientError::Unexpected(_) | ClientError::Oversized(_) => false,
+            _ => true,
+        }
     }
 }
 
