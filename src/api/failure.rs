@@ -67,6 +67,8 @@ pub struct FailureApi<A> {
     scripts: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
     /// Calls per endpoint (in the order of `Endpoint::ALL`), faulted ones included.
     calls: [AtomicUsize; Endpoint::ALL.len()],
+    /// Says its rate limit's queue is long (see [`FaceApi::is_backed_up`]).
+    backed_up: std::sync::atomic::AtomicBool,
 }
 
 impl<A: FaceApi> FailureApi<A> {
@@ -75,7 +77,13 @@ impl<A: FaceApi> FailureApi<A> {
             inner,
             scripts: Mutex::new(HashMap::new()),
             calls: Default::default(),
+            backed_up: Default::default(),
         }
+    }
+
+    /// From now on says its rate limit's queue is long, or not.
+    pub fn back_up(&self, on: bool) {
+        self.backed_up.store(on, Ordering::SeqCst);
     }
 
     pub fn inner(&self) -> &A {
@@ -118,6 +126,10 @@ impl<A: FaceApi> FailureApi<A> {
 }
 
 impl<A: FaceApi> FaceApi for FailureApi<A> {
+    fn is_backed_up(&self) -> bool {
+        self.backed_up.load(Ordering::SeqCst) || self.inner.is_backed_up()
+    }
+
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
         self.next_fault(Endpoint::List)?;
         self.inner.list_users(kind, page_token)

@@ -100,6 +100,13 @@ pub trait FaceApi: Send + Sync {
         image: &[u8],
         image_type: ImageType,
     ) -> Result<(), ApiError>;
+
+    /// Whether requests already wait so long for a turn of the rate limit
+    /// that one asked for only in case (read-ahead) would push the readers
+    /// queued behind it toward their retry budget.
+    fn is_backed_up(&self) -> bool {
+        false
+    }
 }
 
 /// A face's bytes as downloaded, holding their share of the memory budget

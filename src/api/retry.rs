@@ -172,6 +172,11 @@ impl<A: FaceApi> RetryingApi<A> {
 }
 
 impl<A: FaceApi> FaceApi for RetryingApi<A> {
+    /// A quarter of `--retry-budget` already queued: the rest is the readers'.
+    fn is_backed_up(&self) -> bool {
+        (self.limiter.as_ref()).is_some_and(|l| l.backlog() > self.policy.budget / 4)
+    }
+
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
         self.run(
             Endpoint::List,
@@ -239,6 +244,20 @@ mod tests {
             Some(b"crop".to_vec()),
         );
         FailureApi::new(api)
+    }
+
+    #[test]
+    fn read_ahead_waits_once_a_quarter_of_the_budget_is_queued() {
+        let limiter = Arc::new(RateLimiter::new(0.5));
+        let api = RetryingApi::new(api(), quick()).with_rate_limit(limiter.clone());
+        assert!(!api.is_backed_up());
+        // A turn every 2 s, a budget of 5 s: the turn taken now puts the
+        // next one past a quarter of it (1.25 s).
+        let far = Instant::now() + Duration::from_secs(60);
+        limiter.acquire(far, Priority::Listed).unwrap();
+        assert!(api.is_backed_up());
+        let unpaced = RetryingApi::new(super::tests::api(), quick());
+        assert!(!unpaced.is_backed_up());
     }
 
     #[test]

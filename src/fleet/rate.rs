@@ -100,6 +100,23 @@ pub struct FleetPacer {
     alone: parking_lot::Mutex<(u64, Arc<RateLimiter>)>,
 }
 
+/// The requests a second each of `members` mounts sends while Redis fails.
+/// The server counts in fixed one-second windows, and a mount evenly paced
+/// at a fraction of a request a second more than a whole number puts one
+/// more into some windows (at 1.25 a second, one window in four or five):
+/// four mounts at 5/4 would overrun a limit of 5 in about one window in
+/// six. At a whole number a second, each mount puts at most that many into
+/// any window, so the fleet stays within the limit in every one — at the
+/// cost of the fraction (4 mounts at a limit of 5: 4 a second, not 5).
+/// Below one a second each, the plain fraction, at a random phase.
+fn share_of(per_second: f64, members: u64) -> f64 {
+    let fraction = per_second / members as f64;
+    match fraction.floor() {
+        whole if whole >= 1.0 => whole,
+        _ => fraction,
+    }
+}
+
 /// The counter's key part for the month of `now` (UTC), e.g. `2026-12`.
 fn month_of(now: SystemTime) -> String {
     let days = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() / 86_400;
@@ -169,7 +186,7 @@ impl FleetPacer {
         let members = self.fleet.metrics.members.get().max(1) as u64;
         let mut alone = self.alone.lock();
         if alone.0 != members {
-            let share = self.per_second / members as f64;
+            let share = share_of(self.per_second, members);
             let limiter = Arc::new(RateLimiter::new(share));
             // A random phase, so that the mounts left alone at once do not
             // all send their first request in the same instant.
@@ -232,6 +249,15 @@ impl Pacer for FleetPacer {
         }
     }
 
+    /// This mount's own queue, and while Redis fails its share's.
+    fn backlog(&self) -> Duration {
+        let alone = match self.fleet.is_down() {
+            true => self.alone().backlog(),
+            false => Duration::ZERO,
+        };
+        self.local.backlog().max(alone)
+    }
+
     fn pause_for(&self, length: Duration) {
         self.local.pause_for(length);
         self.alone().pause_for(length);
@@ -243,6 +269,15 @@ impl Pacer for FleetPacer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn alone_each_mount_sends_a_whole_number_a_second_where_it_can() {
+        use super::share_of;
+        assert_eq!(share_of(5.0, 4), 1.0, "not 1.25: no window gets 6");
+        assert_eq!(share_of(5.0, 1), 5.0);
+        assert_eq!(share_of(50.0, 4), 12.0);
+        assert_eq!(share_of(3.0, 5), 0.6, "under one a second: the fraction");
+    }
+
     use super::*;
 
     #[test]

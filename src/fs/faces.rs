@@ -120,6 +120,11 @@ impl Faces {
             .collect()
     }
 
+    /// Whether the API's rate limit has no turn to spare for read-ahead.
+    pub fn api_backed_up(&self) -> bool {
+        self.api.is_backed_up()
+    }
+
     /// `--negative-ttl`: how long "does not exist" is trusted.
     pub fn negative_ttl(&self) -> Duration {
         self.absent.ttl()

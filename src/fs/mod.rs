@@ -285,6 +285,10 @@ impl FaceFs {
             if self.faces.is_absent(&next) || self.faces.fresh_in_memory(&next).is_some() {
                 continue;
             }
+            // Readers first: the walk's reader fetches it when it gets there.
+            if self.faces.api_backed_up() {
+                break;
+            }
             let me = self.me.clone();
             self.readahead.spawn(move || {
                 if let Some(fs) = me.upgrade() {

@@ -715,6 +715,26 @@ fn a_sequential_walk_is_read_ahead_with_one_request_per_file() {
 }
 
 #[test]
+fn read_ahead_stays_out_of_a_long_rate_limit_queue() {
+    let api = big_tenant(40);
+    let fs = fs_reading_ahead(&api);
+    let dir = dir_ino(IdKind::OpenId);
+    let entries = names(&fs, dir);
+    api.back_up(true);
+    for file in entries.iter().skip(2).take(6) {
+        fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
+    }
+    assert_eq!(fs.readahead.started(), 0, "the readers' turns come first");
+    assert_eq!(api.requests(Endpoint::Face), 6);
+    // Once the queue is short again, the walk is read ahead.
+    api.back_up(false);
+    for file in entries.iter().skip(8).take(2) {
+        fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
+    }
+    assert!(fs.readahead.started() > 0);
+}
+
+#[test]
 fn read_ahead_needs_lookups_in_listing_order() {
     let api = big_tenant(40);
     let fs = fs_reading_ahead(&api);

@@ -365,15 +365,7 @@ impl RedisServer {
 
     /// One command; `None` if Redis did not answer.
     pub fn query(&self, args: &[&str]) -> Option<redis::Value> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut connection = client
-            .get_connection_with_timeout(Duration::from_millis(500))
-            .ok()?;
-        let mut cmd = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            cmd.arg(*arg);
-        }
-        cmd.query(&mut connection).ok()
+        query_at(&self.url(), args)
     }
 
     /// A connection of its own, for commands on binary values.
@@ -542,7 +534,12 @@ impl Drop for SentinelSet {
 
 /// One command to the sentinel on `port`; `None` if it did not answer.
 fn sentinel_query(port: u16, args: &[&str]) -> Option<redis::Value> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).ok()?;
+    query_at(&format!("redis://127.0.0.1:{port}"), args)
+}
+
+/// One command to the server at `url`; `None` if it did not answer.
+fn query_at(url: &str, args: &[&str]) -> Option<redis::Value> {
+    let client = redis::Client::open(url).ok()?;
     let mut connection = client
         .get_connection_with_timeout(Duration::from_millis(500))
         .ok()?;
