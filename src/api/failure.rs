@@ -31,6 +31,8 @@ pub enum Fault {
     UserNotFound,
     /// An uploaded image without a usable face (1490108).
     ImageRefused,
+    /// Not sent: no turn soon enough for a read-ahead.
+    Deferred,
     /// Wait at the gate, then call the wrapped client: a request that hangs
     /// until the test lets it go.
     Hold(Arc<Gate>),
@@ -58,6 +60,7 @@ impl Fault {
                 code: Some(super::codes::FACE_UNUSABLE),
                 ..failure()
             }),
+            Fault::Deferred => ApiError::Deferred,
         })
     }
 }
@@ -67,8 +70,6 @@ pub struct FailureApi<A> {
     scripts: Mutex<HashMap<Endpoint, VecDeque<Fault>>>,
     /// Calls per endpoint (in the order of `Endpoint::ALL`), faulted ones included.
     calls: [AtomicUsize; Endpoint::ALL.len()],
-    /// Says its rate limit's queue is long (see [`FaceApi::is_backed_up`]).
-    backed_up: std::sync::atomic::AtomicBool,
 }
 
 impl<A: FaceApi> FailureApi<A> {
@@ -77,13 +78,7 @@ impl<A: FaceApi> FailureApi<A> {
             inner,
             scripts: Mutex::new(HashMap::new()),
             calls: Default::default(),
-            backed_up: Default::default(),
         }
-    }
-
-    /// From now on says its rate limit's queue is long, or not.
-    pub fn back_up(&self, on: bool) {
-        self.backed_up.store(on, Ordering::SeqCst);
     }
 
     pub fn inner(&self) -> &A {
@@ -126,10 +121,6 @@ impl<A: FaceApi> FailureApi<A> {
 }
 
 impl<A: FaceApi> FaceApi for FailureApi<A> {
-    fn is_backed_up(&self) -> bool {
-        self.backed_up.load(Ordering::SeqCst) || self.inner.is_backed_up()
-    }
-
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
         self.next_fault(Endpoint::List)?;
         self.inner.list_users(kind, page_token)

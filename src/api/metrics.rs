@@ -36,7 +36,8 @@ impl Outcome {
             Ok(_) => Outcome::Ok,
             Err(UserNotFound | FaceNotFound) => Outcome::Absent,
             Err(Throttled { .. }) => Outcome::Throttled,
-            Err(Transient(_)) => Outcome::Transient,
+            // A deferred read-ahead was never sent, so never counted here.
+            Err(Transient(_) | Deferred) => Outcome::Transient,
             Err(PermissionDenied(_)) => Outcome::Denied,
             Err(InvalidPageToken | BadCredentials(_) | ImageRefused(_) | Failed(_)) => {
                 Outcome::Failed

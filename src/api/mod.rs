@@ -100,13 +100,6 @@ pub trait FaceApi: Send + Sync {
         image: &[u8],
         image_type: ImageType,
     ) -> Result<(), ApiError>;
-
-    /// Whether requests already wait so long for a turn of the rate limit
-    /// that one asked for only in case (read-ahead) would push the readers
-    /// queued behind it toward their retry budget.
-    fn is_backed_up(&self) -> bool {
-        false
-    }
 }
 
 /// A face's bytes as downloaded, holding their share of the memory budget
@@ -175,6 +168,10 @@ pub enum ApiError {
     /// A definite refusal that retrying will not change.
     #[error("the API refused the request: {0}")]
     Failed(ApiFailure),
+    /// Not sent: a read-ahead found no turn of the rate limit soon enough
+    /// ([`Priority::Ahead`]). Says nothing of the face.
+    #[error("not sent: no turn of --rate-limit soon enough for a read-ahead")]
+    Deferred,
 }
 
 impl ApiError {

@@ -114,9 +114,17 @@ impl<A: FaceApi> RetryingApi<A> {
         let mut attempt = 1;
         loop {
             if let Some(limiter) = &self.limiter {
-                // Waiting for a turn counts against the budget like any wait.
-                match limiter.acquire(start + self.policy.budget, priority) {
+                // Waiting for a turn counts against the budget like any wait;
+                // a read-ahead takes only a turn within a quarter of it.
+                let budget = match priority {
+                    Priority::Ahead => self.policy.budget / 4,
+                    _ => self.policy.budget,
+                };
+                match limiter.acquire(start + budget, priority) {
                     Ok(()) => {}
+                    Err(NoTurn::TooLate) if priority == Priority::Ahead => {
+                        return Err(ApiError::Deferred)
+                    }
                     Err(NoTurn::TooLate) => {
                         return Err(ApiError::Transient(ApiFailure::message(format!(
                             "{} did not get a turn of --rate-limit within --retry-budget ({:?})",
@@ -172,11 +180,6 @@ impl<A: FaceApi> RetryingApi<A> {
 }
 
 impl<A: FaceApi> FaceApi for RetryingApi<A> {
-    /// A quarter of `--retry-budget` already queued: the rest is the readers'.
-    fn is_backed_up(&self) -> bool {
-        (self.limiter.as_ref()).is_some_and(|l| l.backlog() > self.policy.budget / 4)
-    }
-
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
         self.run(
             Endpoint::List,
@@ -247,17 +250,17 @@ mod tests {
     }
 
     #[test]
-    fn read_ahead_waits_once_a_quarter_of_the_budget_is_queued() {
+    fn a_read_ahead_takes_only_a_turn_that_comes_soon() {
         let limiter = Arc::new(RateLimiter::new(0.5));
         let api = RetryingApi::new(api(), quick()).with_rate_limit(limiter.clone());
-        assert!(!api.is_backed_up());
-        // A turn every 2 s, a budget of 5 s: the turn taken now puts the
-        // next one past a quarter of it (1.25 s).
-        let far = Instant::now() + Duration::from_secs(60);
-        limiter.acquire(far, Priority::Listed).unwrap();
-        assert!(api.is_backed_up());
-        let unpaced = RetryingApi::new(super::tests::api(), quick());
-        assert!(!unpaced.is_backed_up());
+        // Nothing queued: sent at once.
+        let got = api.get_face(IdKind::OpenId, "ou_a", false, Priority::Ahead);
+        assert_eq!(got.unwrap().bytes, b"full");
+        // A turn every 2 s, a budget of 5 s: the next turn is past a
+        // quarter of it (1.25 s), so a read-ahead is not sent at all.
+        let got = api.get_face(IdKind::OpenId, "ou_a", false, Priority::Ahead);
+        assert!(matches!(got, Err(ApiError::Deferred)), "{got:?}");
+        assert_eq!(api.inner().requests(Endpoint::Face), 1);
     }
 
     #[test]

@@ -28,8 +28,6 @@ pub trait Pacer: Send + Sync {
     fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn>;
     /// Holds every caller back for `length`, as the API asked.
     fn pause_for(&self, length: Duration);
-    /// How long a listed caller asking now would wait for its turn.
-    fn backlog(&self) -> Duration;
 }
 
 impl Pacer for RateLimiter {
@@ -39,13 +37,6 @@ impl Pacer for RateLimiter {
 
     fn pause_for(&self, length: Duration) {
         RateLimiter::pause_for(self, length);
-    }
-
-    fn backlog(&self) -> Duration {
-        let s = self.state.lock();
-        s.next_free
-            .max(s.paused_until)
-            .saturating_duration_since(Instant::now())
     }
 }
 
@@ -57,6 +48,11 @@ pub enum Priority {
     /// A name no fresh listing shows: likely a probe of one that does not
     /// exist. Takes only turns no listed request is waiting for.
     Probe,
+    /// Fetched in case a reader comes for it (read-ahead): queued as a
+    /// listed request, but only if its turn comes within a quarter of
+    /// `--retry-budget`, so that it never pushes the readers queued behind
+    /// it toward their budget; else not sent at all.
+    Ahead,
 }
 
 pub struct RateLimiter {
@@ -108,7 +104,7 @@ impl RateLimiter {
     /// it is due and no listed caller is waiting, so they never queue ahead.
     pub fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), QueueTooLong> {
         match priority {
-            Priority::Listed => self.acquire_listed(deadline),
+            Priority::Listed | Priority::Ahead => self.acquire_listed(deadline),
             Priority::Probe => self.acquire_probe(deadline),
         }
     }
@@ -169,22 +165,6 @@ impl RateLimiter {
 mod tests {
     use super::*;
     use std::sync::Arc;
-
-    #[test]
-    fn the_backlog_is_the_wait_of_a_caller_asking_now() {
-        let limiter = RateLimiter::new(2.0);
-        assert_eq!(Pacer::backlog(&limiter), Duration::ZERO);
-        let now = Instant::now();
-        for _ in 0..3 {
-            limiter.reserve(now);
-        }
-        // Three turns taken at 2/s (paced 5% under): the next is 3 intervals on.
-        let interval = Duration::from_secs_f64(1.0 / (2.0 * PACE));
-        let backlog = Pacer::backlog(&limiter);
-        assert!(backlog <= interval * 3 && backlog > interval * 3 - Duration::from_millis(100));
-        limiter.pause_for(Duration::from_secs(60));
-        assert!(Pacer::backlog(&limiter) > Duration::from_secs(59));
-    }
 
     /// The send times handed out, not when threads woke: those are exact.
     #[test]

@@ -176,10 +176,6 @@ impl Fleet {
         self.timeout
     }
 
-    /// Whether Redis failed its last command (the mount goes on alone).
-    pub fn is_down(&self) -> bool {
-        self.health.lock().down_since.is_some()
-    }
 
     /// Runs `command` on a connection, all of it (waiting for a free
     /// connection, connecting, the command) within the timeout; `None` if

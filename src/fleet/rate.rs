@@ -249,15 +249,6 @@ impl Pacer for FleetPacer {
         }
     }
 
-    /// This mount's own queue, and while Redis fails its share's.
-    fn backlog(&self) -> Duration {
-        let alone = match self.fleet.is_down() {
-            true => self.alone().backlog(),
-            false => Duration::ZERO,
-        };
-        self.local.backlog().max(alone)
-    }
-
     fn pause_for(&self, length: Duration) {
         self.local.pause_for(length);
         self.alone().pause_for(length);

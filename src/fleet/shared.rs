@@ -267,10 +267,6 @@ pub(super) fn listing_generation(fleet: &Fleet, kind: IdKind) -> String {
 }
 
 impl<A: FaceApi> FaceApi for SharedApi<A> {
-    fn is_backed_up(&self) -> bool {
-        self.inner.is_backed_up()
-    }
-
     fn list_users(&self, kind: IdKind, page_token: Option<&str>) -> Result<UserPage, ApiError> {
         let generation: i64 = self
             .fleet

@@ -41,6 +41,23 @@ pub trait LoadContext {
     fn user_absent(&self, key: &FaceKey);
 }
 
+/// The context of a read-ahead: the reader's, at [`Priority::Ahead`].
+struct Ahead<'a>(&'a dyn LoadContext);
+
+impl LoadContext for Ahead<'_> {
+    fn priority(&self, _key: &FaceKey) -> Priority {
+        Priority::Ahead
+    }
+
+    fn kept(&self, key: &FaceKey, meta: FaceMeta) {
+        self.0.kept(key, meta);
+    }
+
+    fn user_absent(&self, key: &FaceKey) {
+        self.0.user_absent(key);
+    }
+}
+
 pub struct Faces {
     api: Arc<dyn FaceApi>,
     memory: ByteLru<FaceKey, Face>,
@@ -118,11 +135,6 @@ impl Faces {
             .into_iter()
             .chain(stored.map(|m| m.digest))
             .collect()
-    }
-
-    /// Whether the API's rate limit has no turn to spare for read-ahead.
-    pub fn api_backed_up(&self) -> bool {
-        self.api.is_backed_up()
     }
 
     /// `--negative-ttl`: how long "does not exist" is trusted.
@@ -218,13 +230,30 @@ impl Faces {
             }
             return Err(Stop::WouldBlock);
         }
-        let result = self.downloads.run(key, || {
-            if let Some(face) = self.fresh_in_memory(key) {
-                return Ok(face);
-            }
-            self.refresh(key, context)
-        });
+        let flight = || {
+            self.downloads.run(key, || {
+                if let Some(face) = self.fresh_in_memory(key) {
+                    return Ok(face);
+                }
+                self.refresh(key, context)
+            })
+        };
+        let mut result = flight();
+        // A read-ahead this caller joined found no turn soon enough and was
+        // not sent: a reader asks for itself.
+        let deferred = |r: &Result<_, FsError>| {
+            matches!(r, Err(e) if matches!(e.api_error(), Some(ApiError::Deferred)))
+        };
+        if deferred(&result) && context.priority(key) != Priority::Ahead {
+            result = flight();
+        }
         Ok(result?)
+    }
+
+    /// [`Self::load`] for read-ahead: its download takes a turn of the rate
+    /// limit only if one comes soon ([`Priority::Ahead`]).
+    pub fn load_ahead(&self, key: &FaceKey, context: &dyn LoadContext) -> Step<Arc<Face>> {
+        self.load(key, Fetch::Allowed, &Ahead(context))
     }
 
     /// A face not fresh in memory: the stored one while it is fresh, else a

@@ -285,10 +285,6 @@ impl FaceFs {
             if self.faces.is_absent(&next) || self.faces.fresh_in_memory(&next).is_some() {
                 continue;
             }
-            // Readers first: the walk's reader fetches it when it gets there.
-            if self.faces.api_backed_up() {
-                break;
-            }
             let me = self.me.clone();
             self.readahead.spawn(move || {
                 if let Some(fs) = me.upgrade() {
@@ -298,7 +294,7 @@ impl FaceFs {
                         return;
                     }
                     // Failures are the reader's to see (and log) when it gets there.
-                    if let Err(Stop::Failed(e)) = fs.faces.load(&next, Fetch::Allowed, &*fs) {
+                    if let Err(Stop::Failed(e)) = fs.faces.load_ahead(&next, &*fs) {
                         log::debug!("read-ahead: {e}");
                     }
                 }

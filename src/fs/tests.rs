@@ -715,23 +715,20 @@ fn a_sequential_walk_is_read_ahead_with_one_request_per_file() {
 }
 
 #[test]
-fn read_ahead_stays_out_of_a_long_rate_limit_queue() {
-    let api = big_tenant(40);
-    let fs = fs_reading_ahead(&api);
+fn a_reader_that_joined_a_deferred_read_ahead_asks_for_itself() {
+    let api = tenant();
+    let fs = fs(&api);
+    let key = FaceKey::new(IdKind::OpenId, "ou_a", false);
+    // A read-ahead that gets no turn soon enough gives up, and says so.
+    api.fail_next(Endpoint::Face, [Fault::Deferred]);
+    assert!(matches!(fs.faces.load_ahead(&key, &*fs), Err(Stop::Failed(_))));
+    assert_eq!(api.requests(Endpoint::Face), 1);
+    // A reader handed that answer (it joined the read-ahead's download)
+    // does not fail with it: it asks for itself.
+    api.fail_next(Endpoint::Face, [Fault::Deferred]);
     let dir = dir_ino(IdKind::OpenId);
-    let entries = names(&fs, dir);
-    api.back_up(true);
-    for file in entries.iter().skip(2).take(6) {
-        fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
-    }
-    assert_eq!(fs.readahead.started(), 0, "the readers' turns come first");
-    assert_eq!(api.requests(Endpoint::Face), 6);
-    // Once the queue is short again, the walk is read ahead.
-    api.back_up(false);
-    for file in entries.iter().skip(8).take(2) {
-        fs.lookup(dir, name(file), Fetch::Allowed).unwrap();
-    }
-    assert!(fs.readahead.started() > 0);
+    assert_eq!(fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap().size, 100);
+    assert_eq!(api.requests(Endpoint::Face), 3);
 }
 
 #[test]

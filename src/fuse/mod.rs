@@ -72,7 +72,7 @@ impl Filesystem for FuseAdapter {
         let name = name.to_owned();
         // A name no fresh listing shows waits behind everything else.
         let lane = |core: &FaceFs| match core.lookup_priority(parent.0, &name) {
-            Priority::Listed => Lane::First,
+            Priority::Listed | Priority::Ahead => Lane::First,
             Priority::Probe => Lane::Second,
         };
         let name = name.clone();
