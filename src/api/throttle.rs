@@ -43,9 +43,9 @@ impl Pacer for RateLimiter {
 /// Which requests go first when both wait for a turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Priority {
-    /// A name a fresh listing shows, a listing page, a token.
+    /// A name a listing shows (fresh or not), a listing page, a token.
     Listed,
-    /// A name no fresh listing shows: likely a probe of one that does not
+    /// A name no listing shows: likely a probe of one that does not
     /// exist. Takes only turns no listed request is waiting for.
     Probe,
     /// Fetched in case a reader comes for it (read-ahead): queued as a

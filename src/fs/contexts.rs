@@ -21,8 +21,8 @@ use crate::api::{ApiError, Priority};
 
 impl LoadContext for FaceFs {
     fn priority(&self, key: &FaceKey) -> Priority {
-        // A name no fresh listing shows waits behind those one does: probes
-        // of names that do not exist must not hold up the faces that do.
+        // A name no listing shows waits behind those one does: probes of
+        // names that do not exist must not hold up the faces that do.
         if self.listings.shows(key) {
             Priority::Listed
         } else {

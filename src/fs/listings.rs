@@ -94,9 +94,12 @@ impl Listings {
             .filter(|l| self.freshness.fresh(l.fetched_at))
     }
 
-    /// Whether a fresh listing shows `key`.
+    /// Whether the listing held shows `key`, fresh or not. It only orders
+    /// requests (a name a listing showed is no probe): a walk that outlasts
+    /// `--ttl` must not turn every reader into a probe, which wait
+    /// unordered behind each other. What is trusted needs a fresh one.
     pub fn shows(&self, key: &FaceKey) -> bool {
-        self.fresh(key.kind)
+        self.held(key.kind)
             .is_some_and(|l| l.place_of(key).is_some())
     }
 

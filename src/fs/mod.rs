@@ -239,7 +239,7 @@ impl FaceFs {
         answer
     }
 
-    /// How a lookup of `name` ranks: probes of names no fresh listing shows
+    /// How a lookup of `name` ranks: probes of names no listing shows
     /// wait behind everything else (at the rate limit and in the adapter's
     /// queue). Names outside the layout are answered without waiting.
     pub fn lookup_priority(&self, parent: u64, name: &OsStr) -> Priority {

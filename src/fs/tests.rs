@@ -1461,3 +1461,18 @@ fn a_listed_face_not_yet_looked_up_opens_after_the_kernel_looks_it_up() {
     assert_eq!(fs.read(fh_face, 0, 4096, Fetch::Never).unwrap().bytes(), &[1; 100][..]);
     assert_eq!(api.requests(Endpoint::Face), 1);
 }
+
+#[test]
+fn a_name_a_listing_showed_is_no_probe_after_the_listings_ttl() {
+    let api = tenant();
+    let clock = TestClock::default();
+    let fs = fs_with_ttl(&api, Duration::from_secs(30), &clock);
+    let dir = dir_ino(IdKind::OpenId);
+    assert_eq!(fs.lookup_priority(dir, name("ou_a.jpg")), Priority::Probe);
+    names(&fs, dir);
+    assert_eq!(fs.lookup_priority(dir, name("ou_a.jpg")), Priority::Listed);
+    // A walk that outlasts --ttl keeps its readers' place in the queue.
+    clock.advance(Duration::from_secs(60));
+    assert_eq!(fs.lookup_priority(dir, name("ou_a.jpg")), Priority::Listed);
+    assert_eq!(fs.lookup_priority(dir, name("ou_zz.jpg")), Priority::Probe);
+}

@@ -70,7 +70,7 @@ impl Filesystem for FuseAdapter {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let name = name.to_owned();
-        // A name no fresh listing shows waits behind everything else.
+        // A name no listing shows waits behind everything else.
         let lane = |core: &FaceFs| match core.lookup_priority(parent.0, &name) {
             Priority::Listed | Priority::Ahead => Lane::First,
             Priority::Probe => Lane::Second,
