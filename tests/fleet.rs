@@ -172,6 +172,16 @@ fn a_mount_goes_on_alone_while_redis_is_down_and_rejoins() {
     let read = |i: usize| read_face(&emu, &mnt, &ids[i], false);
     read(0);
     assert_eq!(month_count(&redis), 1);
+    // Readers at once: the mount opens several connections to Redis.
+    let in_parallel = |dir: &str, cropped: bool| {
+        std::thread::scope(|scope| {
+            for id in emu.ids_with_faces(IdKind::parse(dir).unwrap()) {
+                let path = mnt.join(dir).join(face_file_name(&id, cropped));
+                scope.spawn(move || std::fs::read(path).unwrap());
+            }
+        })
+    };
+    in_parallel("union_id", false);
 
     redis.kill();
     for i in 1..5 {
@@ -202,6 +212,13 @@ fn a_mount_goes_on_alone_while_redis_is_down_and_rejoins() {
     assert!(std::fs::read(&cropped).ok() == emu.face(IdKind::OpenId, &ids[0], true));
     assert!(month_count(&redis) >= 1, "counted again after the restart");
     assert_eq!(metric(&scrape_metrics(port), "facefs_redis_up"), 1.0);
+    // Readers at once, using every connection of the mount: none of those
+    // opened before the restart is used again (each would fail, and send
+    // the mount alone for 2 s once more).
+    in_parallel("user_id", false);
+    let log = mnt.log_text();
+    assert_eq!(log.matches("failed (").count(), 1, "one outage:\n{log}");
+    assert_eq!(log.matches("answers again").count(), 1, "{log}");
 }
 
 #[test]

@@ -60,7 +60,13 @@ pub struct Fleet {
     server: String,
     keys: String,
     timeout: Duration,
-    connections: Vec<Mutex<Option<Connection>>>,
+    /// Each with the generation it was opened in (see `generation`).
+    connections: Vec<Mutex<Option<(u64, Connection)>>>,
+    /// Bumped when a connection breaks: the server likely died or
+    /// restarted (or a failover moved the master), so every connection
+    /// opened before is dropped at its next use instead of failing then —
+    /// one by one, each failure would send the mount alone for 2 s again.
+    generation: std::sync::atomic::AtomicU64,
     /// Which connection a caller that finds none free waits for.
     next: std::sync::atomic::AtomicUsize,
     health: Mutex<Health>,
@@ -144,6 +150,7 @@ impl Fleet {
             ),
             timeout: config.timeout,
             connections: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
+            generation: std::sync::atomic::AtomicU64::new(0),
             next: std::sync::atomic::AtomicUsize::new(0),
             instance: format!(
                 "{:x}-{:x}",
@@ -208,13 +215,18 @@ impl Fleet {
                 slot
             }
         };
+        use std::sync::atomic::Ordering::Relaxed;
+        let generation = self.generation.load(Relaxed);
+        if slot.as_ref().is_some_and(|(opened, _)| *opened != generation) {
+            *slot = None;
+        }
         let result = match slot.as_mut() {
-            Some(connection) => {
+            Some((_, connection)) => {
                 connection.set_deadline(deadline);
                 command(connection)
             }
             None => match self.open(deadline) {
-                Ok(connection) => command(slot.insert(connection)),
+                Ok(connection) => command(&mut slot.insert((generation, connection)).1),
                 Err(e) => Err(e),
             },
         };
@@ -229,6 +241,7 @@ impl Fleet {
                 // and the sentinels are asked where the master is now.
                 if e.breaks_connection() {
                     *slot = None;
+                    self.generation.fetch_add(1, Relaxed);
                     self.master.lock().0 = None;
                 }
                 drop(slot);
