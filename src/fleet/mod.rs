@@ -60,20 +60,25 @@ pub struct Fleet {
     server: String,
     keys: String,
     timeout: Duration,
-    /// Each with the generation it was opened in (see `generation`).
-    connections: Vec<Mutex<Option<(u64, Connection)>>>,
-    /// Bumped when a connection breaks: the server likely died or
-    /// restarted (or a failover moved the master), so every connection
-    /// opened before is dropped at its next use instead of failing then —
-    /// one by one, each failure would send the mount alone for 2 s again.
-    generation: std::sync::atomic::AtomicU64,
-    /// Which connection a caller that finds none free waits for.
-    next: std::sync::atomic::AtomicUsize,
+    pool: Pool,
     health: Mutex<Health>,
     /// This mount's name in the fleet (its stream entries, its membership).
     instance: String,
     pub metrics: FleetMetrics,
     pub(crate) sealer: Arc<Sealer>,
+}
+
+/// This mount's connections to Redis.
+struct Pool {
+    /// Each with the generation it was opened in.
+    slots: Vec<Mutex<Option<(u64, Connection)>>>,
+    /// Which connection a caller that finds none free waits for.
+    next: std::sync::atomic::AtomicUsize,
+    /// Bumped when a connection breaks: the server likely died or
+    /// restarted (or a failover moved the master), so every connection
+    /// opened before is dropped at its next use instead of failing then —
+    /// one by one, each failure would send the mount alone for 2 s again.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 struct Health {
@@ -149,9 +154,11 @@ impl Fleet {
                 crate::hash::digest(config.tenant.as_bytes())
             ),
             timeout: config.timeout,
-            connections: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
-            generation: std::sync::atomic::AtomicU64::new(0),
-            next: std::sync::atomic::AtomicUsize::new(0),
+            pool: Pool {
+                slots: (0..CONNECTIONS).map(|_| Mutex::new(None)).collect(),
+                next: std::sync::atomic::AtomicUsize::new(0),
+                generation: std::sync::atomic::AtomicU64::new(0),
+            },
             instance: format!(
                 "{:x}-{:x}",
                 std::process::id(),
@@ -200,11 +207,11 @@ impl Fleet {
         }
         // A free connection, else one freed within the timeout: callers
         // queueing for longer mean Redis is slow, and do not wait on.
-        let mut slot = match self.connections.iter().find_map(|c| c.try_lock()) {
+        let mut slot = match self.pool.slots.iter().find_map(|c| c.try_lock()) {
             Some(slot) => slot,
             None => {
-                let turn = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(slot) = self.connections[turn % CONNECTIONS].try_lock_until(deadline)
+                let turn = self.pool.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(slot) = self.pool.slots[turn % CONNECTIONS].try_lock_until(deadline)
                 else {
                     log::debug!(
                         "fleet: every connection to Redis busy for {:?}",
@@ -216,7 +223,7 @@ impl Fleet {
             }
         };
         use std::sync::atomic::Ordering::Relaxed;
-        let generation = self.generation.load(Relaxed);
+        let generation = self.pool.generation.load(Relaxed);
         if slot.as_ref().is_some_and(|(opened, _)| *opened != generation) {
             *slot = None;
         }
@@ -241,7 +248,7 @@ impl Fleet {
                 // and the sentinels are asked where the master is now.
                 if e.breaks_connection() {
                     *slot = None;
-                    self.generation.fetch_add(1, Relaxed);
+                    self.pool.generation.fetch_add(1, Relaxed);
                     self.master.lock().0 = None;
                 }
                 drop(slot);
