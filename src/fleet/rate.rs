@@ -98,6 +98,10 @@ pub struct FleetPacer {
     per_second: f64,
     /// While Redis fails: this mount's share, for the last count seen.
     alone: parking_lot::Mutex<(u64, Arc<RateLimiter>)>,
+    /// The latest send time the fleet granted this mount. Turns granted
+    /// before Redis failed are still sent at their times, at the fleet's
+    /// whole rate: alone, this mount starts its share only after them.
+    granted_until: parking_lot::Mutex<Instant>,
 }
 
 /// The requests a second each of `members` mounts sends while Redis fails.
@@ -141,6 +145,7 @@ impl FleetPacer {
     ) -> FleetPacer {
         let pacer = FleetPacer {
             alone: parking_lot::Mutex::new((1, local.clone())),
+            granted_until: parking_lot::Mutex::new(Instant::now()),
             local,
             fleet,
             interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
@@ -231,7 +236,11 @@ impl FleetPacer {
                 self.fleet.metrics.requests_this_month.set(used.max(0));
                 // Never past the caller's deadline, whatever Redis answers.
                 if wait > 0 {
-                    std::thread::sleep(Duration::from_micros(wait as u64).min(longest));
+                    let wait = Duration::from_micros(wait as u64).min(longest);
+                    let mut granted = self.granted_until.lock();
+                    *granted = (*granted).max(Instant::now() + wait);
+                    drop(granted);
+                    std::thread::sleep(wait);
                 }
                 Ok(())
             }
@@ -242,10 +251,18 @@ impl FleetPacer {
 impl Pacer for FleetPacer {
     fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn> {
         Pacer::acquire(&*self.local, deadline, priority)?;
-        // Redis failing: this mount's share of the fleet's rate paces it.
+        // Redis failing: this mount's share of the fleet's rate paces it,
+        // after the turns the fleet granted it before.
         match self.fleet_turn(deadline) {
             Some(turn) => turn,
-            None => Pacer::acquire(&*self.alone(), deadline, priority),
+            None => {
+                let alone = self.alone();
+                let granted = *self.granted_until.lock();
+                if let Some(left) = granted.checked_duration_since(Instant::now()) {
+                    alone.pause_for(left);
+                }
+                Pacer::acquire(&*alone, deadline, priority)
+            }
         }
     }
 
