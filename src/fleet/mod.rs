@@ -244,12 +244,13 @@ impl Fleet {
             }
             Err(e) => {
                 // A refusal of the command itself (a script error, OOM)
-                // leaves the connection usable; anything else drops it,
-                // and the sentinels are asked where the master is now.
+                // leaves the connection usable; anything else drops it
+                // (and, for Sentinel, the next connection checks with ROLE
+                // that the master found last still is one, else asks the
+                // sentinels).
                 if e.breaks_connection() {
                     *slot = None;
                     self.pool.generation.fetch_add(1, Relaxed);
-                    self.master.lock().0 = None;
                 }
                 drop(slot);
                 self.failed(&e);
@@ -281,12 +282,19 @@ impl Fleet {
                 Err(e) => log::debug!("fleet: the master at {master}: {e}; asking the sentinels"),
             }
         }
-        let (connection, master, which) = sentinel::connect_to_master(set, first, tls, deadline)?;
-        // A sentinel's answer may not send faces in clear off this machine.
-        plaintext_only_to_loopback(&master)
-            .map_err(|_| ClientError::Unexpected("the sentinels name a master off this machine: use rediss+sentinel://"))?;
+        // A sentinel's answer may not send the password or faces in clear
+        // off this machine: refused before connecting.
+        let in_clear = |master: &Address| {
+            plaintext_only_to_loopback(master).map_err(|_| {
+                ClientError::Unexpected(
+                    "the sentinels name a master off this machine: use rediss+sentinel://",
+                )
+            })
+        };
+        let (connection, master, which) =
+            sentinel::connect_to_master(set, first, tls, deadline, &in_clear)?;
         let mut held = self.master.lock();
-        if held.0.as_ref().map(ToString::to_string) != Some(master.to_string()) {
+        if held.0.as_ref().map(|known| &known.place) != Some(&master.place) {
             log::info!("Redis: the sentinels name {master} as the master of {}", self.server);
         }
         *held = (Some(master), which);

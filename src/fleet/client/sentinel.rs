@@ -12,19 +12,24 @@ use super::address::{Address, Place};
 use super::target::Sentinels;
 use super::{ClientError, Cmd, Connection};
 
+/// What a caller refuses to connect to (a master a sentinel names).
+pub type Check<'a> = &'a dyn Fn(&Address) -> Result<(), ClientError>;
+
 /// A connection to the master and where it is, all by `deadline`; the
-/// sentinels are asked from `first` on (the one that answered last).
-/// The error is the last sentinel's or master's.
+/// sentinels are asked from `first` on (the one that answered last), and
+/// a master `check` refuses is not connected to. The error is the last
+/// sentinel's or master's.
 pub fn connect_to_master(
     set: &Sentinels,
     first: usize,
     tls: Option<&Arc<ClientConfig>>,
     deadline: Instant,
+    check: Check<'_>,
 ) -> Result<(Connection, Address, usize), ClientError> {
     let mut last = ClientError::Unexpected("no sentinel given");
     for turn in 0..set.sentinels.len() {
         let which = (first + turn) % set.sentinels.len();
-        match master_by(set, &set.sentinels[which], tls, deadline) {
+        match master_by(set, &set.sentinels[which], tls, deadline, check) {
             Ok((connection, master)) => return Ok((connection, master, which)),
             Err(e) => {
                 log::debug!("fleet: sentinel {}: {e}", set.sentinels[which]);
@@ -43,6 +48,7 @@ fn master_by(
     sentinel: &Address,
     tls: Option<&Arc<ClientConfig>>,
     deadline: Instant,
+    check: Check<'_>,
 ) -> Result<(Connection, Address), ClientError> {
     let mut asked = Connection::open(sentinel, tls, deadline)?;
     let answer = asked.query(
@@ -55,6 +61,7 @@ fn master_by(
         place,
         ..set.login.clone()
     };
+    check(&master)?;
     Ok((open_master(&master, tls, deadline)?, master))
 }
 
@@ -125,6 +132,45 @@ mod tests {
 
     fn bulk(s: &str) -> Reply {
         Reply::Bulk(s.as_bytes().to_vec())
+    }
+
+    /// A sentinel on loopback that names `master` once; the test's check
+    /// refuses it: it is never connected to.
+    #[test]
+    fn a_master_the_check_refuses_is_never_connected_to() {
+        use std::io::{Read, Write};
+        use std::net::TcpListener;
+        let master = TcpListener::bind("127.0.0.1:0").unwrap();
+        let master_port = master.local_addr().unwrap().port();
+        master.set_nonblocking(true).unwrap();
+        let sentinel = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sentinel_port = sentinel.local_addr().unwrap().port();
+        let answering = std::thread::spawn(move || {
+            let (mut socket, _) = sentinel.accept().unwrap();
+            let mut asked = [0u8; 256];
+            let _ = socket.read(&mut asked).unwrap();
+            let port = master_port.to_string();
+            let answer = format!("*2\r\n$9\r\n127.0.0.1\r\n${}\r\n{port}\r\n", port.len());
+            socket.write_all(answer.as_bytes()).unwrap();
+        });
+        let target = super::super::target::Target::parse(&format!(
+            "redis+sentinel://127.0.0.1:{sentinel_port}/m"
+        ))
+        .unwrap();
+        let super::super::target::Target::Sentinel(set) = target else {
+            panic!("a sentinel target")
+        };
+        let checked = std::cell::Cell::new(None);
+        let check = |a: &Address| {
+            checked.set(Some(a.to_string()));
+            Err(ClientError::Unexpected("refused by the check"))
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(2);
+        let err = connect_to_master(&set, 0, None, deadline, &check).err().unwrap();
+        answering.join().unwrap();
+        assert!(err.to_string().contains("refused by the check"), "{err}");
+        assert_eq!(checked.take(), Some(format!("127.0.0.1:{master_port}")));
+        assert!(master.accept().is_err(), "no connection to the refused master");
     }
 
     #[test]
