@@ -1130,9 +1130,14 @@ fn a_sentinel_failover_is_followed_and_reads_go_on() {
             gauge(*port, "facefs_redis_up") == 1.0 && gauge(*port, "facefs_fleet_members") == 2.0
         })
     };
-    wait_until(Duration::from_secs(10), "both mounts on the master", || on_redis(&fleet));
+    wait_until(Duration::from_secs(10), "both mounts on the master", || {
+        on_redis(&fleet)
+    });
     assert!(!set.master.keys("facefs:*").is_empty());
-    assert!(fleet[0].0.log_text().contains(&format!("127.0.0.1:{} as the master", set.master.port)));
+    assert!(fleet[0]
+        .0
+        .log_text()
+        .contains(&format!("127.0.0.1:{} as the master", set.master.port)));
 
     // A reader through both mounts, a face every 50 ms, across the failover:
     // faces one mount fetched reach the other through Redis while it lives.
@@ -1145,9 +1150,15 @@ fn a_sentinel_failover_is_followed_and_reads_go_on() {
             while !stop.load(Ordering::Relaxed) {
                 let id = &ids[n / 2 % ids.len()];
                 let mnt = &fleet[n % 2].0;
-                let path = mnt.join("open_id").join(face_file_name(id, n / 2 / ids.len() % 2 == 1));
+                let path = mnt
+                    .join("open_id")
+                    .join(face_file_name(id, n / 2 / ids.len() % 2 == 1));
                 match std::fs::read(&path) {
-                    Ok(bytes) if Some(&bytes) == emu.face(IdKind::OpenId, id, n / 2 / ids.len() % 2 == 1).as_ref() => {}
+                    Ok(bytes)
+                        if Some(&bytes)
+                            == emu
+                                .face(IdKind::OpenId, id, n / 2 / ids.len() % 2 == 1)
+                                .as_ref() => {}
                     Ok(_) => failures.push(format!("{}: wrong bytes", path.display())),
                     Err(e) => failures.push(format!("{}: {e}", path.display())),
                 }
@@ -1159,11 +1170,17 @@ fn a_sentinel_failover_is_followed_and_reads_go_on() {
         std::thread::sleep(Duration::from_secs(1));
         let killed = Instant::now();
         set.kill_master();
-        wait_until(Duration::from_secs(60), "the sentinels promote the replica", || {
-            set.master_port() == Some(set.replica.port)
-        });
+        wait_until(
+            Duration::from_secs(60),
+            "the sentinels promote the replica",
+            || set.master_port() == Some(set.replica.port),
+        );
         let promoted = killed.elapsed();
-        wait_until(Duration::from_secs(10), "both mounts on the new master", || on_redis(&fleet));
+        wait_until(
+            Duration::from_secs(10),
+            "both mounts on the new master",
+            || on_redis(&fleet),
+        );
         eprintln!(
             "promoted {promoted:?} after the kill; both mounts back {:?} after the promotion",
             killed.elapsed() - promoted
@@ -1172,13 +1189,20 @@ fn a_sentinel_failover_is_followed_and_reads_go_on() {
         stop.store(true, Ordering::Relaxed);
         (promoted, reader.join().unwrap())
     });
-    assert!(failures.is_empty(), "{failures:?}\n{}", fleet[1].0.log_text());
+    assert!(
+        failures.is_empty(),
+        "{failures:?}\n{}",
+        fleet[1].0.log_text()
+    );
     assert!(promoted > Duration::ZERO);
     let new_master = format!("127.0.0.1:{} as the master", set.replica.port);
     for (mnt, _) in &fleet {
         assert!(mnt.log_text().contains(&new_master), "{}", mnt.log_text());
     }
-    assert!(!set.replica.keys("facefs:*").is_empty(), "the fleet's keys on the new master");
+    assert!(
+        !set.replica.keys("facefs:*").is_empty(),
+        "the fleet's keys on the new master"
+    );
 
     // An event after the failover: one mount hears it, the other reads it
     // from the new master's stream.
@@ -1188,17 +1212,25 @@ fn a_sentinel_failover_is_followed_and_reads_go_on() {
         .iter()
         .map(|(m, _)| m.log_text().matches("from the fleet").count())
         .sum();
-    let message = emu.replace_face(IdKind::OpenId, who, false, new.clone()).unwrap();
+    let message = emu
+        .replace_face(IdKind::OpenId, who, false, new.clone())
+        .unwrap();
     assert!(server.wait_for_ack(&message, Duration::from_secs(3)));
     for (mnt, _) in &fleet {
         let file = mnt.join("open_id").join(face_file_name(who, false));
-        wait_until(Duration::from_secs(5), "the new face in both mounts", || {
-            std::fs::read(&file).ok() == Some(new.clone())
-        });
+        wait_until(
+            Duration::from_secs(5),
+            "the new face in both mounts",
+            || std::fs::read(&file).ok() == Some(new.clone()),
+        );
     }
     let heard_after: usize = fleet
         .iter()
         .map(|(m, _)| m.log_text().matches("from the fleet").count())
         .sum();
-    assert_eq!(heard_after - heard_before, 1, "one mount read it from the stream");
+    assert_eq!(
+        heard_after - heard_before,
+        1,
+        "one mount read it from the stream"
+    );
 }

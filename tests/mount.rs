@@ -68,13 +68,21 @@ fn listings_with_attributes_hide_no_name_and_the_kernel_gives_every_lookup_back(
     let port = free_port();
     let mut mnt = Mount::start(
         &emu,
-        &["--rate-limit", "1000", "--metrics-listen", &port.to_string()],
+        &[
+            "--rate-limit",
+            "1000",
+            "--metrics-listen",
+            &port.to_string(),
+        ],
     );
     let dir = mnt.join("open_id");
     let expected = expected_names(&emu, IdKind::OpenId);
     let scrape = || scrape_metrics(port);
     let ops = |metrics: &str, op: &str| {
-        metric(metrics, &format!("facefs_fuse_op_seconds_count{{op=\"{op}\"}}"))
+        metric(
+            metrics,
+            &format!("facefs_fuse_op_seconds_count{{op=\"{op}\"}}"),
+        )
     };
     // Names only, and names with attributes: every one, none hidden (an
     // entry numbered 0 would be).
@@ -85,7 +93,10 @@ fn listings_with_attributes_hide_no_name_and_the_kernel_gives_every_lookup_back(
     let text = stdout(&out);
     let numbered: Vec<(&str, &str)> = text.lines().filter_map(|l| l.split_once(' ')).collect();
     assert_eq!(numbered.len(), expected.len(), "{}", stderr(&out));
-    assert!(numbered.iter().all(|(ino, _)| *ino != "0"), "no entry numbered 0");
+    assert!(
+        numbered.iter().all(|(ino, _)| *ino != "0"),
+        "no entry numbered 0"
+    );
     let metrics = scrape();
     assert!(ops(&metrics, "readdirplus") >= 1.0, "{metrics}");
     let before = ops(&metrics, "lookup");
@@ -105,7 +116,10 @@ fn listings_with_attributes_hide_no_name_and_the_kernel_gives_every_lookup_back(
     for id in emu.ids_with_faces(IdKind::OpenId).iter().take(3) {
         let path = dir.join(face_file_name(id, false));
         let size = std::fs::metadata(&path).unwrap().len();
-        assert_eq!(Some(size as usize), emu.face(IdKind::OpenId, id, false).map(|f| f.len()));
+        assert_eq!(
+            Some(size as usize),
+            emu.face(IdKind::OpenId, id, false).map(|f| f.len())
+        );
     }
     // Another walk, now with every face known: no LOOKUP at all.
     let before = ops(&scrape(), "lookup");
@@ -114,15 +128,20 @@ fn listings_with_attributes_hide_no_name_and_the_kernel_gives_every_lookup_back(
     // When the kernel lets go of its inodes, it forgets every lookup it
     // was handed, listed or looked up: none is left over, none missing.
     std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
-    wait_until(Duration::from_secs(10), "every face inode forgotten", || {
-        metric(&scrape(), "facefs_kernel_faces") == 0.0
-    });
+    wait_until(
+        Duration::from_secs(10),
+        "every face inode forgotten",
+        || metric(&scrape(), "facefs_kernel_faces") == 0.0,
+    );
     assert_eq!(ls(&dir), expected, "and listed again whole");
     // Unmounted with the metrics server up: a clean end (its thread once
     // panicked, dropping the core's HTTP client inside its async runtime).
     let status = mnt.unmount_and_wait();
     let log = mnt.log_text();
-    assert!(status.success() && !log.contains("panicked"), "{status}\n{log}");
+    assert!(
+        status.success() && !log.contains("panicked"),
+        "{status}\n{log}"
+    );
 }
 
 #[test]

@@ -117,7 +117,10 @@ fn a_remount_over_a_warm_store_downloads_nothing_and_rsync_copies_nothing() {
     let mut mnt = mount_with_store(&emu, cache.path(), &["--metrics-listen", &port.to_string()]);
     let ops = |op: &str| {
         let metrics = scrape_metrics(port);
-        metric(&metrics, &format!("facefs_fuse_op_seconds_count{{op=\"{op}\"}}"))
+        metric(
+            &metrics,
+            &format!("facefs_fuse_op_seconds_count{{op=\"{op}\"}}"),
+        )
     };
     // The root's attributes, which the kernel does not know at first.
     std::fs::metadata(mnt.path()).unwrap();
@@ -154,7 +157,10 @@ fn a_remount_over_a_warm_store_downloads_nothing_and_rsync_copies_nothing() {
     // panicked, dropping the core's HTTP client inside its async runtime).
     let status = mnt.unmount_and_wait();
     let log = mnt.log_text();
-    assert!(status.success() && !log.contains("panicked"), "{status}\n{log}");
+    assert!(
+        status.success() && !log.contains("panicked"),
+        "{status}\n{log}"
+    );
 }
 
 #[test]

@@ -190,7 +190,6 @@ impl Fleet {
         self.timeout
     }
 
-
     /// Runs `command` on a connection, all of it (waiting for a free
     /// connection, connecting, the command) within the timeout; `None` if
     /// Redis failed (or failed a moment ago), and the caller goes on alone.
@@ -210,7 +209,10 @@ impl Fleet {
         let mut slot = match self.pool.slots.iter().find_map(|c| c.try_lock()) {
             Some(slot) => slot,
             None => {
-                let turn = self.pool.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let turn = self
+                    .pool
+                    .next
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(slot) = self.pool.slots[turn % CONNECTIONS].try_lock_until(deadline)
                 else {
                     log::debug!(
@@ -224,7 +226,10 @@ impl Fleet {
         };
         use std::sync::atomic::Ordering::Relaxed;
         let generation = self.pool.generation.load(Relaxed);
-        if slot.as_ref().is_some_and(|(opened, _)| *opened != generation) {
+        if slot
+            .as_ref()
+            .is_some_and(|(opened, _)| *opened != generation)
+        {
             *slot = None;
         }
         let result = match slot.as_mut() {
@@ -295,7 +300,10 @@ impl Fleet {
             sentinel::connect_to_master(set, first, tls, deadline, &in_clear)?;
         let mut held = self.master.lock();
         if held.0.as_ref().map(|known| &known.place) != Some(&master.place) {
-            log::info!("Redis: the sentinels name {master} as the master of {}", self.server);
+            log::info!(
+                "Redis: the sentinels name {master} as the master of {}",
+                self.server
+            );
         }
         *held = (Some(master), which);
         Ok(connection)
@@ -364,7 +372,9 @@ mod tests {
         let err = parse_url("redis+sentinel://127.0.0.1,10.0.0.2/m").unwrap_err();
         assert!(err.to_string().contains("10.0.0.2"), "{err}");
         assert!(has_password("redis+sentinel://:pw@127.0.0.1/m"));
-        assert!(has_password("redis+sentinel://127.0.0.1/m?sentinel_password=x"));
+        assert!(has_password(
+            "redis+sentinel://127.0.0.1/m?sentinel_password=x"
+        ));
         assert!(has_password("redis://:hunter2@127.0.0.1"));
         assert!(has_password("rediss://user:pw@h"));
         assert!(!has_password("redis://127.0.0.1:6379/2"));

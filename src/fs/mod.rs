@@ -395,14 +395,16 @@ impl FaceFs {
         // way to the kernel: ESTALE makes the kernel look the name up again
         // and open the current version (the VFS retries an open once with
         // LOOKUP_REVAL), where EIO would fail `cp new MNT/x && cat MNT/x`.
-        let face = self.bytes_of_version(&key, version.digest, fetch)?.ok_or_else(|| {
-            err!(
-                libc::ESTALE,
-                "this {} face changed since the kernel looked it up; it looks it up again",
-                key.kind
-            )
-            .at_level(log::Level::Debug)
-        })?;
+        let face = self
+            .bytes_of_version(&key, version.digest, fetch)?
+            .ok_or_else(|| {
+                err!(
+                    libc::ESTALE,
+                    "this {} face changed since the kernel looked it up; it looks it up again",
+                    key.kind
+                )
+                .at_level(log::Level::Debug)
+            })?;
         Ok(self.open.open(face))
     }
 
@@ -439,30 +441,28 @@ impl FaceFs {
     /// Reads inode `ino` without an open handle (the kernel opens files
     /// itself once facefs answers `open` with ENOSYS): see [`Self::version_bytes`].
     pub fn read_inode(&self, ino: u64, offset: u64, size: u32, fetch: Fetch) -> Answer<ReadSlice> {
-        let step = self
-            .face_version(ino, fetch)
-            .and_then(|(key, version)| {
-                // The end of the file needs no bytes (and must not wait for a
-                // download: the reader may hold memory others wait for).
-                if offset >= version.size {
-                    return Ok(ReadSlice::EMPTY);
+        let step = self.face_version(ino, fetch).and_then(|(key, version)| {
+            // The end of the file needs no bytes (and must not wait for a
+            // download: the reader may hold memory others wait for).
+            if offset >= version.size {
+                return Ok(ReadSlice::EMPTY);
+            }
+            let face = match self.open.pinned(ino) {
+                Some(face) => face,
+                None => {
+                    // Abandoned reads give their memory back before this
+                    // one may wait for memory.
+                    self.open.sweep_pins(self.freshness.now());
+                    let face = self.version_bytes(&key, version.digest, fetch)?;
+                    self.open.pin(ino, face.clone(), self.freshness.now());
+                    face
                 }
-                let face = match self.open.pinned(ino) {
-                    Some(face) => face,
-                    None => {
-                        // Abandoned reads give their memory back before this
-                        // one may wait for memory.
-                        self.open.sweep_pins(self.freshness.now());
-                        let face = self.version_bytes(&key, version.digest, fetch)?;
-                        self.open.pin(ino, face.clone(), self.freshness.now());
-                        face
-                    }
-                };
-                let slice = ReadSlice::of(face, offset, size);
-                self.open
-                    .served(ino, slice.bytes().len().max(1), self.freshness.now());
-                Ok(slice)
-            });
+            };
+            let slice = ReadSlice::of(face, offset, size);
+            self.open
+                .served(ino, slice.bytes().len().max(1), self.freshness.now());
+            Ok(slice)
+        });
         step.into()
     }
 

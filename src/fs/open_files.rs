@@ -56,13 +56,12 @@ pub struct DirPage {
 impl DirPage {
     /// Each entry with the offset of the one after it.
     pub fn entries(&self) -> impl Iterator<Item = (u64, DirEntry)> + '_ {
-        self.entries_with_keys().map(|(next, entry, _)| (next, entry))
+        self.entries_with_keys()
+            .map(|(next, entry, _)| (next, entry))
     }
 
     /// [`Self::entries`], each face's with its key.
-    pub fn entries_with_keys(
-        &self,
-    ) -> impl Iterator<Item = (u64, DirEntry, Option<FaceKey>)> + '_ {
+    pub fn entries_with_keys(&self) -> impl Iterator<Item = (u64, DirEntry, Option<FaceKey>)> + '_ {
         let total = match &self.dir {
             DirSnapshot::Root => 2 + IdKind::ALL.len(),
             DirSnapshot::Faces(_, listing) => 2 + listing.files(),

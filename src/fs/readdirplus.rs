@@ -46,11 +46,23 @@ const PREPARED_BYTES: usize = 32 * 1024;
 impl FaceFs {
     /// The entries of directory `ino` from `offset` on, as many as one
     /// answer holds, each counted as a lookup of what it names.
-    pub fn readdirplus(&self, ino: u64, fh: u64, offset: u64, fetch: Fetch) -> Answer<Vec<PlusEntry>> {
+    pub fn readdirplus(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        fetch: Fetch,
+    ) -> Answer<Vec<PlusEntry>> {
         self.readdirplus_step(ino, fh, offset, fetch).into()
     }
 
-    fn readdirplus_step(&self, ino: u64, fh: u64, offset: u64, fetch: Fetch) -> Step<Vec<PlusEntry>> {
+    fn readdirplus_step(
+        &self,
+        ino: u64,
+        fh: u64,
+        offset: u64,
+        fetch: Fetch,
+    ) -> Step<Vec<PlusEntry>> {
         let page = self.readdir_step(ino, fh, offset, fetch)?;
         let mut room = PREPARED_BYTES;
         let entries: Vec<(u64, DirEntry, Option<FaceKey>)> = page
@@ -63,7 +75,10 @@ impl FaceFs {
             .collect();
         // What is known of each face, before anything is counted: a read
         // that must wait starts over on a worker with nothing to undo.
-        let keys: Vec<FaceKey> = entries.iter().filter_map(|(_, _, key)| key.clone()).collect();
+        let keys: Vec<FaceKey> = entries
+            .iter()
+            .filter_map(|(_, _, key)| key.clone())
+            .collect();
         let mut known = self.known_metas(&keys, fetch)?.into_iter();
         Ok(entries
             .into_iter()
@@ -116,7 +131,10 @@ impl FaceFs {
     /// the version facefs knows while fresh, else its name's inode for the
     /// kernel to look up before use.
     fn hand_over(&self, key: &FaceKey, entry: &DirEntry, known: Option<FaceMeta>) -> Attr {
-        if let Some(attr) = self.writing.written_lookup(key.kind, OsStr::new(&entry.name)) {
+        if let Some(attr) = self
+            .writing
+            .written_lookup(key.kind, OsStr::new(&entry.name))
+        {
             return attr;
         }
         match known {

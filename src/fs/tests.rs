@@ -721,13 +721,21 @@ fn a_reader_that_joined_a_deferred_read_ahead_asks_for_itself() {
     let key = FaceKey::new(IdKind::OpenId, "ou_a", false);
     // A read-ahead that gets no turn soon enough gives up, and says so.
     api.fail_next(Endpoint::Face, [Fault::Deferred]);
-    assert!(matches!(fs.faces.load_ahead(&key, &*fs), Err(Stop::Failed(_))));
+    assert!(matches!(
+        fs.faces.load_ahead(&key, &*fs),
+        Err(Stop::Failed(_))
+    ));
     assert_eq!(api.requests(Endpoint::Face), 1);
     // A reader handed that answer (it joined the read-ahead's download)
     // does not fail with it: it asks for itself.
     api.fail_next(Endpoint::Face, [Fault::Deferred]);
     let dir = dir_ino(IdKind::OpenId);
-    assert_eq!(fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed).unwrap().size, 100);
+    assert_eq!(
+        fs.lookup(dir, name("ou_a.jpg"), Fetch::Allowed)
+            .unwrap()
+            .size,
+        100
+    );
     assert_eq!(api.requests(Endpoint::Face), 3);
 }
 
@@ -1412,7 +1420,14 @@ fn readdirplus_hands_over_what_is_known_and_counts_each_entry_once() {
     let names: Vec<&str> = entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(
         names,
-        [".", "..", "ou_a.jpg", "ou_a.cropped.jpg", "ou_b.jpg", "ou_b.cropped.jpg"]
+        [
+            ".",
+            "..",
+            "ou_a.jpg",
+            "ou_a.cropped.jpg",
+            "ou_b.jpg",
+            "ou_b.cropped.jpg"
+        ]
     );
     let entry = |n: &str| entries.iter().find(|e| e.name == n).unwrap();
     assert!(!entry(".").counted && !entry("..").counted, "never linked");
@@ -1423,7 +1438,11 @@ fn readdirplus_hands_over_what_is_known_and_counts_each_entry_once() {
     assert!(known.attr.valid_for > Duration::ZERO, "the kernel keeps it");
     let unknown = entry("ou_b.jpg");
     assert!(unknown.counted && unknown.attr.ino != 0);
-    assert_eq!(unknown.attr.valid_for, Duration::ZERO, "looked up before use");
+    assert_eq!(
+        unknown.attr.valid_for,
+        Duration::ZERO,
+        "looked up before use"
+    );
     assert_eq!(api.requests(Endpoint::Face), 1, "listing downloads nothing");
     assert_eq!(fs.kernel_faces(), 4);
 
@@ -1457,8 +1476,13 @@ fn a_listed_face_not_yet_looked_up_opens_after_the_kernel_looks_it_up() {
     let listed = entries.iter().find(|e| e.name == "ou_a.jpg").unwrap();
     // Opened by inode without a lookup (the kernel always looks a name
     // with no valid time up first, but an open must not trust that).
-    let fh_face = fs.open(listed.attr.ino, OpenMode::Read, Fetch::Allowed).unwrap();
-    assert_eq!(fs.read(fh_face, 0, 4096, Fetch::Never).unwrap().bytes(), &[1; 100][..]);
+    let fh_face = fs
+        .open(listed.attr.ino, OpenMode::Read, Fetch::Allowed)
+        .unwrap();
+    assert_eq!(
+        fs.read(fh_face, 0, 4096, Fetch::Never).unwrap().bytes(),
+        &[1; 100][..]
+    );
     assert_eq!(api.requests(Endpoint::Face), 1);
 }
 

@@ -8,7 +8,13 @@ use super::reply::{errno, file_attr, file_type};
 use super::FuseAdapter;
 
 impl FuseAdapter {
-    pub(super) fn answer_readdir(&self, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    pub(super) fn answer_readdir(
+        &self,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         self.dispatch.answer(
             FuseOp::Readdir,
             move |core, fetch| core.readdir(ino.0, fh.0, offset, fetch),

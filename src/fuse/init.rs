@@ -25,8 +25,8 @@ pub fn configure(config: &mut KernelConfig, parallel: usize, writable: bool) -> 
     // Listings carry the attributes facefs knows, so a walk after a
     // remount needs no LOOKUP for them; AUTO keeps a names-only listing
     // (`ls -f`) on READDIR past its first page.
-    if let Err(missing) = config
-        .add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
+    if let Err(missing) =
+        config.add_capabilities(InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO)
     {
         log::warn!("the kernel lacks {missing:?}: every walk looks each name up");
     }

@@ -167,7 +167,11 @@ impl Mount {
     /// Unmounts with `umount`, as an admin would, and returns how facefs exited.
     pub fn unmount_and_wait(&mut self) -> std::process::ExitStatus {
         let out = Command::new("umount").arg(self.path()).output().unwrap();
-        assert!(out.status.success(), "umount: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "umount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         wait_with_timeout(self.child.as_mut().unwrap(), Duration::from_secs(20))
     }
 
@@ -481,15 +485,22 @@ impl SentinelSet {
             held_port: None,
             _dir: dir,
         };
-        wait_until(Duration::from_secs(30), "the sentinels know each other and the replica", || {
-            set.sentinel_ports.iter().all(|&port| {
-                let count = |what: &str| match sentinel_query(port, &["SENTINEL", what, Self::MASTER]) {
-                    Some(redis::Value::Array(items)) => items.len(),
-                    _ => 0,
-                };
-                count("replicas") == 1 && count("sentinels") == 2
-            })
-        });
+        wait_until(
+            Duration::from_secs(30),
+            "the sentinels know each other and the replica",
+            || {
+                set.sentinel_ports.iter().all(|&port| {
+                    let count = |what: &str| match sentinel_query(
+                        port,
+                        &["SENTINEL", what, Self::MASTER],
+                    ) {
+                        Some(redis::Value::Array(items)) => items.len(),
+                        _ => 0,
+                    };
+                    count("replicas") == 1 && count("sentinels") == 2
+                })
+            },
+        );
         set
     }
 

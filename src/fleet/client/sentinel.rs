@@ -166,11 +166,16 @@ mod tests {
             Err(ClientError::Unexpected("refused by the check"))
         };
         let deadline = Instant::now() + std::time::Duration::from_secs(2);
-        let err = connect_to_master(&set, 0, None, deadline, &check).err().unwrap();
+        let err = connect_to_master(&set, 0, None, deadline, &check)
+            .err()
+            .unwrap();
         answering.join().unwrap();
         assert!(err.to_string().contains("refused by the check"), "{err}");
         assert_eq!(checked.take(), Some(format!("127.0.0.1:{master_port}")));
-        assert!(master.accept().is_err(), "no connection to the refused master");
+        assert!(
+            master.accept().is_err(),
+            "no connection to the refused master"
+        );
     }
 
     #[test]

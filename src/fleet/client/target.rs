@@ -85,7 +85,12 @@ impl Target {
             .split(',')
             .map(|host| {
                 let place = host_and_port(host)?;
-                Ok(login(place, sentinel_user.clone(), sentinel_password.clone(), 0))
+                Ok(login(
+                    place,
+                    sentinel_user.clone(),
+                    sentinel_password.clone(),
+                    0,
+                ))
             })
             .collect::<Result<Vec<_>, AddressError>>()?;
         let first = sentinels[0].place.clone();
@@ -179,17 +184,25 @@ mod tests {
         assert_eq!(s.login.db, 2);
         assert_eq!(s.login.password.as_ref().map(Secret::expose), Some("p@ss"));
         assert!(!s.login.tls);
-        assert!(s.sentinels.iter().all(|a| a.password.is_none() && a.db == 0));
+        assert!(s
+            .sentinels
+            .iter()
+            .all(|a| a.password.is_none() && a.db == 0));
 
         let s = sentinels("rediss+sentinel://app:pw@h/m?sentinel_password=sp&sentinel_user=su");
         assert!(s.login.tls && s.sentinels[0].tls);
         assert_eq!(s.login.user.as_deref(), Some("app"));
         assert_eq!(s.sentinels[0].user.as_deref(), Some("su"));
-        assert_eq!(s.sentinels[0].password.as_ref().map(Secret::expose), Some("sp"));
+        assert_eq!(
+            s.sentinels[0].password.as_ref().map(Secret::expose),
+            Some("sp")
+        );
         let target = Target::parse("rediss+sentinel://app:pw@h/m").unwrap();
         assert!(target.has_password() && target.tls());
         assert_eq!(target.to_string(), "the master m of the sentinels h:26379");
-        assert!(!Target::parse("redis+sentinel://h/m").unwrap().has_password());
+        assert!(!Target::parse("redis+sentinel://h/m")
+            .unwrap()
+            .has_password());
 
         // The other forms are one server.
         assert!(matches!(

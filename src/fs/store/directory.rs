@@ -110,7 +110,11 @@ pub fn open_private_at(dir: &File, relative: &str) -> std::io::Result<File> {
     // Without an access-time update: a read would otherwise dirty the
     // inode (a journal write per header a listing reads), and the store
     // orders its faces by modification time. Only an owner may ask.
-    match open_at(dir, relative, libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME) {
+    match open_at(
+        dir,
+        relative,
+        libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
+    ) {
         Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
             open_at(dir, relative, libc::O_RDONLY | libc::O_NOFOLLOW)
         }
