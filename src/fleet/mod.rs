@@ -249,13 +249,13 @@ impl Fleet {
             }
             Err(e) => {
                 // A refusal of the command itself (a script error, OOM)
-                // leaves the connection usable; anything else drops it
-                // (and, for Sentinel, the next connection checks with ROLE
-                // that the master found last still is one, else asks the
-                // sentinels).
+                // leaves the connection usable; anything else drops it,
+                // and the sentinels are asked where the master is now (a
+                // hung old master would spend every deadline on its ROLE).
                 if e.breaks_connection() {
                     *slot = None;
                     self.pool.generation.fetch_add(1, Relaxed);
+                    self.master.lock().0 = None;
                 }
                 drop(slot);
                 self.failed(&e);
