@@ -55,6 +55,11 @@ class Emulator:
         with urllib.request.urlopen(f"{self.url}/_emulator/stats") as r:
             return json.load(r)
 
+    def timeline(self):
+        """[[Unix second, answered, throttled], ...] of the API requests."""
+        with urllib.request.urlopen(f"{self.url}/_emulator/timeline") as r:
+            return json.load(r)
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -725,10 +730,12 @@ def fleet(args, work, tenant):
         label = {"up": "Redis up throughout", "killed": "Redis killed at half-time",
                  "failover": "Sentinel failover at half-time (master killed)"}[run]
         say(f"4 mounts each reading {files} faces, server at {limit}/s, {label} (floor {floor:.0f} s)")
+        killed_at = []
         if kill_redis:
             def killer():
                 time.sleep(floor / 2)
                 say("  killing the Redis master")
+                killed_at.append(time.time())
                 redis.stop_master()
             import threading
             threading.Thread(target=killer, daemon=True).start()
@@ -751,6 +758,14 @@ def fleet(args, work, tenant):
         other = sum(r["other"] for r, _ in outcomes)
         say(f"  {took:.0f} s; {stats.get('Face', 0)} downloads, {stats.get('Throttled', 0)} throttled, "
             f"{ok} reads ok, {eio} EIO, {other} other errors, {wrong} differing")
+        if killed_at:
+            # When the throttling came, in seconds after the kill.
+            throttled = [(second - int(killed_at[0]), n) for second, _, n in emu.timeline() if n]
+            say(f"  throttled answers by second after the kill: {throttled}")
+            if os.environ.get("BENCH_TIMELINE"):
+                around = [(second - int(killed_at[0]), a, n) for second, a, n in emu.timeline()
+                          if -5 <= second - int(killed_at[0]) <= 30]
+                say(f"  (second after the kill, answered, throttled): {around}")
         # Without Redis each mount downloads what it reads itself: the
         # floor of the downloads it needed is theirs at the server's rate.
         rows.append((f"4 mounts x {files} faces, server at {limit}/s, {label}: {stats.get('Face', 0)} downloads "

@@ -8,9 +8,15 @@ use std::time::{Duration, Instant};
 
 const PACE: f64 = 0.95;
 
-/// The caller's turn would come after its deadline.
+/// Why a [`RateLimiter`] gives a caller no turn.
 #[derive(Debug, PartialEq, Eq)]
-pub struct QueueTooLong;
+pub enum NoSlot {
+    /// The caller's turn would come after its deadline.
+    TooLate,
+    /// The limiter was retired while the caller waited (or before): its
+    /// turns are no longer the ones to take (see [`RateLimiter::retire`]).
+    Retired,
+}
 
 /// Why a caller gets no turn to send a request.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,9 +36,10 @@ pub trait Pacer: Send + Sync {
     fn pause_for(&self, length: Duration);
 }
 
+/// As a pacer of its own, a limiter is never retired.
 impl Pacer for RateLimiter {
     fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn> {
-        RateLimiter::acquire(self, deadline, priority).map_err(|QueueTooLong| NoTurn::TooLate)
+        RateLimiter::acquire(self, deadline, priority).map_err(|_| NoTurn::TooLate)
     }
 
     fn pause_for(&self, length: Duration) {
@@ -60,6 +67,8 @@ pub struct RateLimiter {
     state: Mutex<Slots>,
     /// Woken whenever a turn may have come free for probes.
     turn: Condvar,
+    /// Woken when a time to retire is set: listed callers wait on it.
+    retiring: Condvar,
 }
 
 struct Slots {
@@ -69,6 +78,8 @@ struct Slots {
     paused_until: Instant,
     /// Listed requests holding a turn not yet come: probes wait for them.
     listed_ahead: usize,
+    /// From when no turn is given any more ([`RateLimiter::retire_at`]).
+    retired_at: Option<Instant>,
 }
 
 impl RateLimiter {
@@ -84,8 +95,10 @@ impl RateLimiter {
                 next_free: now,
                 paused_until: now,
                 listed_ahead: 0,
+                retired_at: None,
             }),
             turn: Condvar::new(),
+            retiring: Condvar::new(),
         }
     }
 
@@ -102,53 +115,65 @@ impl RateLimiter {
     /// that would come later is not taken, and the caller is told at once.
     /// Listed callers queue for turns in order; probes take a turn only when
     /// it is due and no listed caller is waiting, so they never queue ahead.
-    pub fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), QueueTooLong> {
+    pub fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoSlot> {
         match priority {
             Priority::Listed | Priority::Ahead => self.acquire_listed(deadline),
             Priority::Probe => self.acquire_probe(deadline),
         }
     }
 
-    fn acquire_listed(&self, deadline: Instant) -> Result<(), QueueTooLong> {
+    fn acquire_listed(&self, deadline: Instant) -> Result<(), NoSlot> {
+        let mut s = self.state.lock();
         loop {
-            let now = Instant::now();
-            let slot = {
-                let mut s = self.state.lock();
-                let slot = now.max(s.next_free).max(s.paused_until);
-                if slot > deadline {
-                    return Err(QueueTooLong);
-                }
-                s.next_free = slot + self.interval;
-                s.listed_ahead += 1;
-                slot
-            };
-            if slot > now {
-                std::thread::sleep(slot - now);
+            if s.retired(Instant::now()) {
+                return Err(NoSlot::Retired);
             }
-            let mut s = self.state.lock();
+            let now = Instant::now();
+            let slot = now.max(s.next_free).max(s.paused_until);
+            if slot > deadline {
+                return Err(NoSlot::TooLate);
+            }
+            s.next_free = slot + self.interval;
+            s.listed_ahead += 1;
+            // Until the turn, or until the limiter retires (the lock is
+            // let go while waiting).
+            loop {
+                let now = Instant::now();
+                if now >= slot || s.retired(now) {
+                    break;
+                }
+                let wake = s.retired_at.map_or(slot, |at| at.min(slot));
+                self.retiring.wait_until(&mut s, wake);
+            }
             s.listed_ahead -= 1;
             self.turn.notify_all();
-            // A pause announced while this caller slept applies to it too.
-            if s.paused_until <= Instant::now() {
+            // A pause announced while this caller waited applies to it too.
+            let now = Instant::now();
+            if !s.retired(now) && s.paused_until <= now {
                 return Ok(());
             }
         }
     }
 
-    fn acquire_probe(&self, deadline: Instant) -> Result<(), QueueTooLong> {
+    fn acquire_probe(&self, deadline: Instant) -> Result<(), NoSlot> {
         let mut s = self.state.lock();
         loop {
             let now = Instant::now();
+            if s.retired(now) {
+                return Err(NoSlot::Retired);
+            }
             let due = s.next_free.max(s.paused_until);
             if s.listed_ahead == 0 && due <= now {
                 s.next_free = now + self.interval;
                 return Ok(());
             }
             if now >= deadline || due > deadline {
-                return Err(QueueTooLong);
+                return Err(NoSlot::TooLate);
             }
-            // Until the turn is due, or until listed callers let it go.
+            // Until the turn is due, or until listed callers let it go
+            // (or the limiter retires).
             let wake = if s.listed_ahead == 0 { due } else { deadline };
+            let wake = s.retired_at.map_or(wake, |at| at.min(wake));
             self.turn.wait_until(&mut s, wake.min(deadline));
         }
     }
@@ -158,6 +183,34 @@ impl RateLimiter {
         let mut s = self.state.lock();
         s.paused_until = s.paused_until.max(Instant::now() + length);
         self.turn.notify_all();
+    }
+
+    /// From `at` on, tells every caller waiting for a turn, and every
+    /// later one, that this limiter's turns are not the ones to take any
+    /// more ([`NoSlot::Retired`]): e.g. a mount's share of the fleet's
+    /// rate, kept while Redis was down, once the other mounts know Redis
+    /// is back. An earlier time replaces a later one, never the reverse.
+    pub fn retire_at(&self, at: Instant) {
+        let mut s = self.state.lock();
+        s.retired_at = Some(s.retired_at.map_or(at, |old| old.min(at)));
+        self.turn.notify_all();
+        self.retiring.notify_all();
+    }
+
+    /// Whether a time to retire is set (reached or not).
+    pub fn retiring(&self) -> bool {
+        self.state.lock().retired_at.is_some()
+    }
+
+    /// Whether it has retired by `now`.
+    pub fn retired(&self, now: Instant) -> bool {
+        self.state.lock().retired(now)
+    }
+}
+
+impl Slots {
+    fn retired(&self, now: Instant) -> bool {
+        self.retired_at.is_some_and(|at| now >= at)
     }
 }
 
@@ -214,13 +267,45 @@ mod tests {
             let start = Instant::now();
             assert_eq!(
                 limiter.acquire(start + Duration::from_millis(100), priority),
-                Err(QueueTooLong)
+                Err(NoSlot::TooLate)
             );
             assert!(start.elapsed() < Duration::from_millis(50), "{priority:?}");
             // The refused caller did not push later callers back.
             let next = limiter.reserve(Instant::now());
             assert!(next - now < Duration::from_millis(1100), "{:?}", next - now);
         }
+    }
+
+    /// Callers waiting seconds for a turn are let go when the limiter
+    /// retires, and no later caller gets a turn from it.
+    #[test]
+    fn retiring_lets_every_waiting_caller_go_when_it_is_time() {
+        let limiter = Arc::new(RateLimiter::new(1.0));
+        let far = Instant::now() + Duration::from_secs(30);
+        limiter.acquire(far, Priority::Listed).unwrap();
+        let waiting: Vec<_> = [Priority::Listed, Priority::Listed, Priority::Probe]
+            .into_iter()
+            .map(|priority| {
+                let limiter = limiter.clone();
+                std::thread::spawn(move || limiter.acquire(far, priority))
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(200));
+        // Set to retire in 300 ms: the waiting callers go then, not before.
+        let start = Instant::now();
+        limiter.retire_at(start + Duration::from_millis(300));
+        limiter.retire_at(start + Duration::from_secs(10)); // not later
+        assert!(limiter.retiring());
+        for caller in waiting {
+            assert_eq!(caller.join().unwrap(), Err(NoSlot::Retired));
+        }
+        // Their turns were one, two and three seconds away.
+        let waited = start.elapsed();
+        assert!(
+            waited >= Duration::from_millis(290) && waited < Duration::from_millis(800),
+            "{waited:?}"
+        );
+        assert_eq!(limiter.acquire(far, Priority::Listed), Err(NoSlot::Retired));
     }
 
     /// 20 probes waiting at 10 requests a second, then one listed request:

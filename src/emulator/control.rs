@@ -79,6 +79,32 @@ pub(super) fn control(state: &State, req: &Request) -> Response {
             }
             Response::json(200, &json!(counts))
         }
+        // The API requests of each second (wall clock, Unix seconds) that
+        // had any: `[[second, answered, throttled], ...]`, for scripts that
+        // look for when throttling happened, not only how often.
+        ("GET", "/_emulator/timeline") => {
+            let mut seconds: std::collections::BTreeMap<u64, (usize, usize)> = Default::default();
+            for r in state
+                .lock_log()
+                .iter()
+                .filter(|r| r.route.counts_against_limit())
+            {
+                let second =
+                    r.at.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs();
+                let entry = seconds.entry(second).or_default();
+                match r.throttled {
+                    true => entry.1 += 1,
+                    false => entry.0 += 1,
+                }
+            }
+            let rows: Vec<_> = seconds
+                .into_iter()
+                .map(|(s, (a, t))| json!([s, a, t]))
+                .collect();
+            Response::json(200, &json!(rows))
+        }
         _ => error(404, codes::NO_SUCH_PATH, "no such control route"),
     }
 }

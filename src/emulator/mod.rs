@@ -66,6 +66,16 @@ pub enum Route {
     Unknown,
 }
 
+impl Route {
+    /// The ACS requests, which the emulated rate limit counts.
+    pub fn counts_against_limit(self) -> bool {
+        matches!(
+            self,
+            Route::ListUsers | Route::GetUser | Route::Face | Route::Upload
+        )
+    }
+}
+
 /// A way for the emulator to fail a request on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WireFault {

@@ -113,10 +113,7 @@ impl State {
     }
     /// How this request is to misbehave, as the tests set it up.
     pub(super) fn misbehave(&self, route: Route) -> Misbehaviour {
-        let acs = matches!(
-            route,
-            Route::ListUsers | Route::GetUser | Route::Face | Route::Upload
-        );
+        let acs = route.counts_against_limit();
         let mut behaviour = self.behave();
         let fault = behaviour
             .faults

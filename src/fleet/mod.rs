@@ -2,12 +2,14 @@
 //!
 //! Redis is an aid, never a dependency: every call is bounded by
 //! `--redis-timeout`, and when Redis is down, slow, full or restarted, each
-//! mount goes on alone (its own rate limit and caches) and rejoins when
-//! Redis answers again. Both changes are logged once and counted.
+//! mount goes on alone (its share of the rate limit, its own caches) and
+//! rejoins when Redis answers again. Both changes are logged once and
+//! counted.
 //!
 //! Keys live under `facefs:{<prefix>:<tenant>}:` (the tenant is a hash of
 //! the API origin and the app id), so tenants and deployments never mix.
 
+mod alone;
 pub mod client;
 pub mod events;
 pub mod metrics;
@@ -61,12 +63,20 @@ pub struct Fleet {
     keys: String,
     timeout: Duration,
     pool: Pool,
+    /// Lock order: a pool slot, then `health`, then `master`; `changes`
+    /// alone. None is held across I/O but a slot's (its connection's).
     health: Mutex<Health>,
+    /// Called (outside every other lock) each time Redis fails after
+    /// answering (`false`) or answers after failing (`true`).
+    changes: Mutex<Vec<ChangeHook>>,
     /// This mount's name in the fleet (its stream entries, its membership).
     instance: String,
     pub metrics: FleetMetrics,
     pub(crate) sealer: Arc<Sealer>,
 }
+
+/// Told whether Redis answers (`true`) or fails (`false`), at each change.
+type ChangeHook = Box<dyn Fn(bool) + Send + Sync>;
 
 /// This mount's connections to Redis.
 struct Pool {
@@ -171,6 +181,7 @@ impl Fleet {
                 down_since: None,
                 next_try: Instant::now(),
             }),
+            changes: Mutex::new(Vec::new()),
             metrics: FleetMetrics::default(),
             sealer: config.sealer,
         })
@@ -188,6 +199,11 @@ impl Fleet {
 
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Whether the last call to Redis failed.
+    pub fn is_down(&self) -> bool {
+        self.health.lock().down_since.is_some()
     }
 
     /// Runs `command` on a connection, all of it (waiting for a free
@@ -322,16 +338,31 @@ impl Fleet {
         }
     }
 
+    /// Has `hook` called each time Redis fails after answering (`false`)
+    /// or answers after failing (`true`).
+    pub fn when_changed(&self, hook: impl Fn(bool) + Send + Sync + 'static) {
+        self.changes.lock().push(Box::new(hook));
+    }
+
+    fn tell(&self, up: bool) {
+        for hook in self.changes.lock().iter() {
+            hook(up);
+        }
+    }
+
     fn succeeded(&self) {
         let mut health = self.health.lock();
-        if let Some(since) = health.down_since.take() {
-            log::info!(
-                "Redis at {} answers again after {:?}: the fleet shares its budget again",
-                self.server,
-                since.elapsed()
-            );
-        }
         self.metrics.redis_up.set(1);
+        let Some(since) = health.down_since.take() else {
+            return;
+        };
+        drop(health);
+        log::info!(
+            "Redis at {} answers again after {:?}: the fleet shares its budget again",
+            self.server,
+            since.elapsed()
+        );
+        self.tell(true);
     }
 
     fn failed(&self, e: &ClientError) {
@@ -341,10 +372,12 @@ impl Fleet {
         self.metrics.redis_up.set(0);
         if health.down_since.is_none() {
             health.down_since = Some(Instant::now());
+            drop(health);
             log::warn!(
-                "Redis at {} failed ({e}): this mount goes on alone (its own --rate-limit and caches) and asks Redis again every {RETRY_AFTER:?}",
+                "Redis at {} failed ({e}): this mount goes on alone (its share of --rate-limit, its own caches) and asks Redis again every {RETRY_AFTER:?}",
                 self.server,
             );
+            self.tell(false);
         }
     }
 }

@@ -9,15 +9,17 @@
 //! (refreshed every [`MEMBERSHIP_REFRESH`], expiring after
 //! [`MEMBERSHIP_TTL`]) and reads how many mounts are alive; while Redis
 //! fails, a mount paces at its share of `--rate-limit` from the last count
-//! it saw, so that the fleet alone stays under the tenant's limit. Shares
-//! of mounts that died come back within the membership's expiry.
+//! it saw, so that the fleet alone stays under the tenant's limit (how it
+//! goes alone and comes back: [`super::alone`]). Shares of mounts that died
+//! come back within the membership's expiry.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use super::alone::Outages;
 use super::client::{ClientError, Script};
-use super::Fleet;
-use crate::api::throttle::{NoTurn, Pacer, Priority, RateLimiter};
+use super::{Fleet, RETRY_AFTER};
+use crate::api::throttle::{NoSlot, NoTurn, Pacer, Priority, RateLimiter};
 
 /// KEYS: the arrival time, the pause, this month's counter.
 /// ARGV: the interval and the longest wait (µs), the monthly budget (0:
@@ -72,14 +74,19 @@ return 1
 const FURTHEST_AHEAD: Duration = Duration::from_secs(60);
 
 /// Keeps this mount in the set of mounts alive and counts them.
-/// KEYS: the set. ARGV: this mount, the expiry (ms). Returns the count.
+/// KEYS: the set, the arrival time of [`TAKE_TURN`]. ARGV: this mount, the
+/// expiry (ms). Returns {the count, 1 if turns are granted ahead (the
+/// fleet is sending at its limit) else 0}.
 const MEMBERSHIP: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
-return redis.call('ZCARD', KEYS[1])
+local tat = tonumber(redis.call('GET', KEYS[2]) or '0') or 0
+local queued = 0
+if tat > tonumber(t[1]) * 1000000 + tonumber(t[2]) then queued = 1 end
+return {redis.call('ZCARD', KEYS[1]), queued}
 ";
 
 /// How often a mount says it is alive, and how long that lasts.
@@ -95,30 +102,8 @@ pub struct FleetPacer {
     monthly_budget: Option<u64>,
     take_turn: Script,
     pause: Script,
-    per_second: f64,
-    /// While Redis fails: this mount's share, for the last count seen.
-    alone: parking_lot::Mutex<(u64, Arc<RateLimiter>)>,
-    /// The latest send time the fleet granted this mount. Turns granted
-    /// before Redis failed are still sent at their times, at the fleet's
-    /// whole rate: alone, this mount starts its share only after them.
-    granted_until: parking_lot::Mutex<Instant>,
-}
-
-/// The requests a second each of `members` mounts sends while Redis fails.
-/// The server counts in fixed one-second windows, and a mount evenly paced
-/// at a fraction of a request a second more than a whole number puts one
-/// more into some windows (at 1.25 a second, one window in four or five):
-/// four mounts at 5/4 would overrun a limit of 5 in about one window in
-/// six. At a whole number a second, each mount puts at most that many into
-/// any window, so the fleet stays within the limit in every one — at the
-/// cost of the fraction (4 mounts at a limit of 5: 4 a second, not 5).
-/// Below one a second each, the plain fraction, at a random phase.
-fn share_of(per_second: f64, members: u64) -> f64 {
-    let fraction = per_second / members as f64;
-    match fraction.floor() {
-        whole if whole >= 1.0 => whole,
-        _ => fraction,
-    }
+    /// This mount's pace while Redis fails, and around its changes.
+    outages: Arc<Outages>,
 }
 
 /// The counter's key part for the month of `now` (UTC), e.g. `2026-12`.
@@ -143,16 +128,21 @@ impl FleetPacer {
         per_second: f64,
         monthly_budget: Option<u64>,
     ) -> FleetPacer {
+        let outages = Arc::new(Outages::new(
+            per_second,
+            MEMBERSHIP_REFRESH + fleet.timeout(),
+            RETRY_AFTER + fleet.timeout(),
+        ));
+        let told = outages.clone();
+        fleet.when_changed(move |up| told.changed(up));
         let pacer = FleetPacer {
-            alone: parking_lot::Mutex::new((1, local.clone())),
-            granted_until: parking_lot::Mutex::new(Instant::now()),
+            outages,
             local,
             fleet,
             interval: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
             monthly_budget,
             take_turn: Script::new(TAKE_TURN),
             pause: Script::new(PAUSE),
-            per_second,
         };
         pacer.start_membership();
         pacer
@@ -162,20 +152,31 @@ impl FleetPacer {
     /// notes how many are (a thread for the life of the process).
     fn start_membership(&self) {
         let fleet = self.fleet.clone();
+        let outages = self.outages.clone();
         let me = fleet.instance().to_owned();
         let spawned = std::thread::Builder::new()
             .name("facefs-fleet-members".into())
             .spawn(move || {
                 let script = Script::new(MEMBERSHIP);
-                let key = fleet.key("members");
+                let keys = [fleet.key("members"), fleet.key("rate:next")];
                 loop {
                     let call = script
-                        .call(&[&key])
+                        .call(&[&keys[0], &keys[1]])
                         .arg(&me)
                         .arg(MEMBERSHIP_TTL.as_millis() as u64);
-                    if let Some(count) = fleet.run(|c| c.invoke(&call)?.int()) {
+                    let answer = fleet.run(|c| {
+                        let mut answer = c.invoke(&call)?.array()?.into_iter();
+                        match (answer.next(), answer.next(), answer.next()) {
+                            (Some(count), Some(queued), None) => Ok((count.int()?, queued.int()?)),
+                            _ => Err(ClientError::Unexpected("a membership is two numbers")),
+                        }
+                    });
+                    if let Some((count, queued)) = answer {
                         let count = u64::try_from(count).unwrap_or(1).clamp(1, MAX_MEMBERS);
                         fleet.metrics.members.set(count as i64);
+                        if queued == 1 {
+                            outages.queued();
+                        }
                     }
                     std::thread::sleep(MEMBERSHIP_REFRESH);
                 }
@@ -185,25 +186,10 @@ impl FleetPacer {
         }
     }
 
-    /// This mount's limiter while Redis fails: its share of the fleet's
-    /// rate for the last count of mounts seen.
-    fn alone(&self) -> Arc<RateLimiter> {
-        let members = self.fleet.metrics.members.get().max(1) as u64;
-        let mut alone = self.alone.lock();
-        if alone.0 != members {
-            let share = share_of(self.per_second, members);
-            let limiter = Arc::new(RateLimiter::new(share));
-            // A random phase, so that the mounts left alone at once do not
-            // all send their first request in the same instant.
-            let interval = Duration::from_secs_f64(1.0 / share.max(0.001));
-            limiter.pause_for(crate::hash::random_up_to(interval));
-            *alone = (members, limiter);
-        }
-        alone.1.clone()
-    }
-
-    /// Takes a fleet turn, waiting for it; `None`: Redis failed, go alone.
+    /// Takes a fleet turn, waiting for it; `None`: Redis failed (before
+    /// or while waiting), go alone.
     fn fleet_turn(&self, deadline: Instant) -> Option<Result<(), NoTurn>> {
+        let outage = self.outages.current();
         let longest = deadline.saturating_duration_since(Instant::now());
         let month = month_of(SystemTime::now());
         let keys = [
@@ -235,12 +221,12 @@ impl FleetPacer {
             used => {
                 self.fleet.metrics.requests_this_month.set(used.max(0));
                 // Never past the caller's deadline, whatever Redis answers.
-                if wait > 0 {
-                    let wait = Duration::from_micros(wait as u64).min(longest);
-                    let mut granted = self.granted_until.lock();
-                    *granted = (*granted).max(Instant::now() + wait);
-                    drop(granted);
-                    std::thread::sleep(wait);
+                let wait = Duration::from_micros(wait.max(0) as u64).min(longest);
+                if !wait.is_zero() {
+                    self.outages.queued();
+                }
+                if !self.outages.wait_for_turn(Instant::now() + wait, outage) {
+                    return None;
                 }
                 Ok(())
             }
@@ -251,24 +237,39 @@ impl FleetPacer {
 impl Pacer for FleetPacer {
     fn acquire(&self, deadline: Instant, priority: Priority) -> Result<(), NoTurn> {
         Pacer::acquire(&*self.local, deadline, priority)?;
-        // Redis failing: this mount's share of the fleet's rate paces it,
-        // after the turns the fleet granted it before.
-        match self.fleet_turn(deadline) {
-            Some(turn) => turn,
-            None => {
-                let alone = self.alone();
-                let granted = *self.granted_until.lock();
-                if let Some(left) = granted.checked_duration_since(Instant::now()) {
-                    alone.pause_for(left);
+        // Redis failing (or in the grace after it answers again): this
+        // mount's share of the fleet's rate paces it; in the grace, the
+        // fleet's turn is taken as well.
+        // `failed`: the fleet turn just asked for failed (Redis down, or
+        // every connection busy).
+        let (mut failed, mut paced) = (false, false);
+        loop {
+            if !paced {
+                let members = self.fleet.metrics.members.get().max(1) as u64;
+                let alone = failed || self.fleet.is_down();
+                if let Some(share) = self.outages.share(alone, members) {
+                    match share.acquire(deadline, priority) {
+                        Ok(()) => paced = true,
+                        Err(NoSlot::TooLate) => return Err(NoTurn::TooLate),
+                        // The grace ended, or the share changed: ask again.
+                        Err(NoSlot::Retired) => {
+                            failed = false;
+                            continue;
+                        }
+                    }
                 }
-                Pacer::acquire(&*alone, deadline, priority)
+            }
+            match self.fleet_turn(deadline) {
+                Some(turn) => return turn,
+                None if paced => return Ok(()),
+                None => failed = true,
             }
         }
     }
 
     fn pause_for(&self, length: Duration) {
         self.local.pause_for(length);
-        self.alone().pause_for(length);
+        self.outages.pause_for(length);
         let key = self.fleet.key("rate:pause");
         let call = self.pause.call(&[&key]).arg(length.as_micros() as u64);
         let _ = self.fleet.run(|c| c.invoke(&call));
@@ -277,15 +278,6 @@ impl Pacer for FleetPacer {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn alone_each_mount_sends_a_whole_number_a_second_where_it_can() {
-        use super::share_of;
-        assert_eq!(share_of(5.0, 4), 1.0, "not 1.25: no window gets 6");
-        assert_eq!(share_of(5.0, 1), 5.0);
-        assert_eq!(share_of(50.0, 4), 12.0);
-        assert_eq!(share_of(3.0, 5), 0.6, "under one a second: the fraction");
-    }
-
     use super::*;
 
     #[test]
