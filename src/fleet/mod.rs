@@ -56,6 +56,10 @@ pub struct Fleet {
     /// For a Sentinel target: the master found last, and which sentinel
     /// named it (asked first next time). A leaf lock, never held across I/O.
     master: Mutex<(Option<Address>, usize)>,
+    /// The master last logged: the cached one is forgotten when a
+    /// connection breaks, but the log says only when the master changes.
+    /// A leaf lock.
+    logged_master: Mutex<Option<Place>>,
     /// For `rediss://`.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Where Redis is, for logs (never the URL: it may hold the password).
@@ -63,8 +67,9 @@ pub struct Fleet {
     keys: String,
     timeout: Duration,
     pool: Pool,
-    /// Lock order: a pool slot, then `health`, then `master`; `changes`
-    /// alone. None is held across I/O but a slot's (its connection's).
+    /// Lock order: a pool slot, then `health`, then `master`;
+    /// `logged_master` and `changes` alone. None is held across I/O but a
+    /// slot's (its connection's).
     health: Mutex<Health>,
     /// Called (outside every other lock) each time Redis fails after
     /// answering (`false`) or answers after failing (`true`).
@@ -157,6 +162,7 @@ impl Fleet {
             server: target.to_string(),
             target,
             master: Mutex::new((None, 0)),
+            logged_master: Mutex::new(None),
             // One hash tag for every key: a Redis Cluster keeps them in one
             // slot, as the scripts and transactions need.
             keys: format!(
@@ -314,14 +320,16 @@ impl Fleet {
         };
         let (connection, master, which) =
             sentinel::connect_to_master(set, first, tls, deadline, &in_clear)?;
-        let mut held = self.master.lock();
-        if held.0.as_ref().map(|known| &known.place) != Some(&master.place) {
+        let mut logged = self.logged_master.lock();
+        if logged.as_ref() != Some(&master.place) {
             log::info!(
                 "Redis: the sentinels name {master} as the master of {}",
                 self.server
             );
+            *logged = Some(master.place.clone());
         }
-        *held = (Some(master), which);
+        drop(logged);
+        *self.master.lock() = (Some(master), which);
         Ok(connection)
     }
 

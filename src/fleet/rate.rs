@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::alone::Outages;
-use super::client::{ClientError, Script};
+use super::client::Script;
 use super::{Fleet, RETRY_AFTER};
 use crate::api::throttle::{NoSlot, NoTurn, Pacer, Priority, RateLimiter};
 
@@ -164,14 +164,7 @@ impl FleetPacer {
                         .call(&[&keys[0], &keys[1]])
                         .arg(&me)
                         .arg(MEMBERSHIP_TTL.as_millis() as u64);
-                    let answer = fleet.run(|c| {
-                        let mut answer = c.invoke(&call)?.array()?.into_iter();
-                        match (answer.next(), answer.next(), answer.next()) {
-                            (Some(count), Some(queued), None) => Ok((count.int()?, queued.int()?)),
-                            _ => Err(ClientError::Unexpected("a membership is two numbers")),
-                        }
-                    });
-                    if let Some((count, queued)) = answer {
+                    if let Some((count, queued)) = fleet.run(|c| c.invoke(&call)?.two_ints()) {
                         let count = u64::try_from(count).unwrap_or(1).clamp(1, MAX_MEMBERS);
                         fleet.metrics.members.set(count as i64);
                         if queued == 1 {
@@ -205,13 +198,7 @@ impl FleetPacer {
             .arg(self.monthly_budget.unwrap_or(0))
             .arg(40u64 * 86_400)
             .arg(FURTHEST_AHEAD.max(longest * 2).as_micros() as u64);
-        let (wait, used) = self.fleet.run(|c| {
-            let mut answer = c.invoke(&call)?.array()?.into_iter();
-            match (answer.next(), answer.next(), answer.next()) {
-                (Some(wait), Some(used), None) => Ok((wait.int()?, used.int()?)),
-                _ => Err(ClientError::Unexpected("a turn is two numbers")),
-            }
-        })?;
+        let (wait, used) = self.fleet.run(|c| c.invoke(&call)?.two_ints())?;
         Some(match used {
             -1 => Err(NoTurn::TooLate),
             -2 => Err(NoTurn::MonthlyBudget {

@@ -273,6 +273,15 @@ impl Reply {
         }
     }
 
+    /// An array of exactly two integers (what facefs's scripts answer).
+    pub fn two_ints(self) -> Result<(i64, i64), ClientError> {
+        let mut items = self.array()?.into_iter();
+        match (items.next(), items.next(), items.next()) {
+            (Some(a), Some(b), None) => Ok((a.int()?, b.int()?)),
+            _ => Err(ClientError::Unexpected("not two numbers")),
+        }
+    }
+
     /// A short text (a stream id, a field name); `None` if it is not one.
     pub fn text(&self) -> Option<&str> {
         match self {
