@@ -164,6 +164,9 @@ def main():
     ap.add_argument("--fleet-runs", default="up,killed,failover",
                     help="which fleet runs: up (Redis up throughout), killed (Redis killed at half-time), "
                          "failover (a Sentinel failover at half-time)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="fleet runs that kill Redis: print the server's answered and throttled requests "
+                         "of each second from 5 s before the kill to 30 s after")
     ap.add_argument("--restore-faces", type=int, default=2000, help="faces the restore run puts back")
     ap.add_argument("--stored", type=int, default=100_000, help="entries in the store whose mount time is measured")
     ap.add_argument("--absent", type=int, default=1_000_000, help="stats of absent names in the abuse run")
@@ -762,7 +765,7 @@ def fleet(args, work, tenant):
             # When the throttling came, in seconds after the kill.
             throttled = [(second - int(killed_at[0]), n) for second, _, n in emu.timeline() if n]
             say(f"  throttled answers by second after the kill: {throttled}")
-            if os.environ.get("BENCH_TIMELINE"):
+            if args.timeline:
                 around = [(second - int(killed_at[0]), a, n) for second, a, n in emu.timeline()
                           if -5 <= second - int(killed_at[0]) <= 30]
                 say(f"  (second after the kill, answered, throttled): {around}")
