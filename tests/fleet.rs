@@ -63,6 +63,27 @@ fn mount_with_metrics(emu: &Emulator, extra: &[&str]) -> (Mount, u16) {
     (Mount::start(emu, &args), port)
 }
 
+/// Whether every mount has Redis up and counts `members` mounts.
+fn all_on_redis(mounts: &[(Mount, u16)], members: f64) -> bool {
+    mounts.iter().all(|(_, port)| {
+        let metrics = scrape_metrics(*port);
+        metric(&metrics, "facefs_fleet_members") == members
+            && metric(&metrics, "facefs_redis_up") == 1.0
+    })
+}
+
+/// Three mounts at `--rate-limit 5` on the Redis at `url`, once each
+/// counts three.
+fn three_at_five(emu: &Emulator, url: &str) -> Vec<(Mount, u16)> {
+    let mounts: Vec<(Mount, u16)> = (0..3)
+        .map(|_| mount_with_metrics(emu, &["--redis", url, "--rate-limit", "5"]))
+        .collect();
+    wait_until(Duration::from_secs(10), "each mount counts three", || {
+        all_on_redis(&mounts, 3.0)
+    });
+    mounts
+}
+
 fn throttled(emu: &Emulator) -> usize {
     emu.requests().iter().filter(|r| r.throttled).count()
 }
@@ -523,7 +544,7 @@ fn a_restarted_mount_catches_up_on_the_events_it_missed() {
                 .flatten()
                 .any(|tenant| tenant.path().join("fleet-events.note").exists())
         };
-        wait_until(Duration::from_secs(5), "a position in the stream", noted);
+        wait_until(Duration::from_secs(15), "a position in the stream", noted);
     }
     // While it is down, another mount hears a replacement.
     let hearer = Mount::start(&emu, &["--events", "--rate-limit", "100", "--redis", &url]);
@@ -540,7 +561,7 @@ fn a_restarted_mount_catches_up_on_the_events_it_missed() {
     drop(hearer);
     let downloads = emu.count(Route::Face);
     let a = Mount::start(&emu, &args);
-    wait_until(Duration::from_secs(5), "the missed event applied", || {
+    wait_until(Duration::from_secs(15), "the missed event applied", || {
         std::fs::read(path(&a)).ok() == Some(new.clone())
     });
     assert_eq!(
@@ -556,7 +577,7 @@ fn a_restarted_mount_catches_up_on_the_events_it_missed() {
     let downloads = emu.count(Route::Face);
     let a = Mount::start(&emu, &args);
     let other_face = a.join("open_id").join(face_file_name(other, false));
-    wait_until(Duration::from_secs(5), "the loss noticed", || {
+    wait_until(Duration::from_secs(15), "the loss noticed", || {
         a.log_text().contains("no longer holds every event")
     });
     assert!(std::fs::read(&other_face).ok() == emu.face(IdKind::OpenId, other, false));
@@ -1069,15 +1090,7 @@ fn rediss_with_a_private_ca_is_trusted_only_through_redis_ca_file() {
 fn without_redis_each_mount_keeps_its_share_of_the_tenants_limit() {
     let emu = limited_tenant(40, 5);
     let mut redis = RedisServer::start(&[]);
-    let url = redis.url();
-    let mounts: Vec<(Mount, u16)> = (0..3)
-        .map(|_| mount_with_metrics(&emu, &["--redis", &url, "--rate-limit", "5"]))
-        .collect();
-    wait_until(Duration::from_secs(10), "each mount counts three", || {
-        mounts
-            .iter()
-            .all(|(_, port)| metric(&scrape_metrics(*port), "facefs_fleet_members") == 3.0)
-    });
+    let mounts = three_at_five(&emu, &redis.url());
     redis.kill();
     let before = throttled(&emu);
     let downloads = emu.count(Route::Face);
@@ -1120,20 +1133,7 @@ fn a_fleet_reading_through_an_outage_of_redis_stays_under_the_limit() {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let emu = limited_tenant(400, 5);
     let mut redis = RedisServer::start(&[]);
-    let url = redis.url();
-    let mounts: Vec<(Mount, u16)> = (0..3)
-        .map(|_| mount_with_metrics(&emu, &["--redis", &url, "--rate-limit", "5"]))
-        .collect();
-    let on_redis = |count: f64| {
-        mounts.iter().all(|(_, port)| {
-            let metrics = scrape_metrics(*port);
-            metric(&metrics, "facefs_fleet_members") == count
-                && metric(&metrics, "facefs_redis_up") == 1.0
-        })
-    };
-    wait_until(Duration::from_secs(10), "each mount counts three", || {
-        on_redis(3.0)
-    });
+    let mounts = three_at_five(&emu, &redis.url());
     let ids = emu.ids_with_faces(IdKind::OpenId);
     let (next, stop, failures) = (
         AtomicUsize::new(0),
@@ -1165,7 +1165,7 @@ fn a_fleet_reading_through_an_outage_of_redis_stays_under_the_limit() {
         std::thread::sleep(Duration::from_secs(6));
         redis.restart();
         wait_until(Duration::from_secs(10), "all three back on Redis", || {
-            on_redis(3.0)
+            all_on_redis(&mounts, 3.0)
         });
         // Past the grace, the queues at the shares drained into the fleet's turns.
         std::thread::sleep(Duration::from_secs(6));
@@ -1204,14 +1204,8 @@ fn a_sentinel_failover_is_followed_and_reads_go_on() {
     wait_until(Duration::from_secs(10), "two event connections", || {
         server.clients() == 2
     });
-    let gauge = |port: u16, name: &str| metric(&scrape_metrics(port), name);
-    let on_redis = |fleet: &[(Mount, u16)]| {
-        fleet.iter().all(|(_, port)| {
-            gauge(*port, "facefs_redis_up") == 1.0 && gauge(*port, "facefs_fleet_members") == 2.0
-        })
-    };
     wait_until(Duration::from_secs(10), "both mounts on the master", || {
-        on_redis(&fleet)
+        all_on_redis(&fleet, 2.0)
     });
     assert!(!set.master.keys("facefs:*").is_empty());
     assert!(fleet[0]
@@ -1259,7 +1253,7 @@ fn a_sentinel_failover_is_followed_and_reads_go_on() {
         wait_until(
             Duration::from_secs(10),
             "both mounts on the new master",
-            || on_redis(&fleet),
+            || all_on_redis(&fleet, 2.0),
         );
         eprintln!(
             "promoted {promoted:?} after the kill; both mounts back {:?} after the promotion",

@@ -53,13 +53,8 @@ pub struct FleetConfig {
 
 pub struct Fleet {
     target: Target,
-    /// For a Sentinel target: the master found last, and which sentinel
-    /// named it (asked first next time). A leaf lock, never held across I/O.
-    master: Mutex<(Option<Address>, usize)>,
-    /// The master last logged: the cached one is forgotten when a
-    /// connection breaks, but the log says only when the master changes.
-    /// A leaf lock.
-    logged_master: Mutex<Option<Place>>,
+    /// For a Sentinel target: what is known of the master.
+    master: Mutex<Master>,
     /// For `rediss://`.
     tls: Option<Arc<rustls::ClientConfig>>,
     /// Where Redis is, for logs (never the URL: it may hold the password).
@@ -67,9 +62,8 @@ pub struct Fleet {
     keys: String,
     timeout: Duration,
     pool: Pool,
-    /// Lock order: a pool slot, then `health`, then `master`;
-    /// `logged_master` and `changes` alone. None is held across I/O but a
-    /// slot's (its connection's).
+    /// Lock order: a pool slot, then `health`, then `master`; `changes`
+    /// alone. None is held across I/O but a slot's (its connection's).
     health: Mutex<Health>,
     /// Called (outside every other lock) each time Redis fails after
     /// answering (`false`) or answers after failing (`true`).
@@ -94,6 +88,18 @@ struct Pool {
     /// opened before is dropped at its next use instead of failing then —
     /// one by one, each failure would send the mount alone for 2 s again.
     generation: std::sync::atomic::AtomicU64,
+}
+
+/// A Sentinel target's master, as this mount last knew it.
+#[derive(Default)]
+struct Master {
+    /// Found last; forgotten when a connection breaks (the sentinels are
+    /// asked again rather than a hung old master's ROLE).
+    found: Option<Address>,
+    /// Which sentinel named it (asked first next time).
+    named_by: usize,
+    /// Logged last: the log says only when the master changes.
+    logged: Option<Place>,
 }
 
 struct Health {
@@ -161,8 +167,7 @@ impl Fleet {
             },
             server: target.to_string(),
             target,
-            master: Mutex::new((None, 0)),
-            logged_master: Mutex::new(None),
+            master: Mutex::new(Master::default()),
             // One hash tag for every key: a Redis Cluster keeps them in one
             // slot, as the scripts and transactions need.
             keys: format!(
@@ -277,7 +282,7 @@ impl Fleet {
                 if e.breaks_connection() {
                     *slot = None;
                     self.pool.generation.fetch_add(1, Relaxed);
-                    self.master.lock().0 = None;
+                    self.master.lock().found = None;
                 }
                 drop(slot);
                 self.failed(&e);
@@ -302,7 +307,10 @@ impl Fleet {
             Target::Server(address) => return Connection::open(address, tls, deadline),
             Target::Sentinel(set) => set,
         };
-        let (known, first) = self.master.lock().clone();
+        let (known, first) = {
+            let master = self.master.lock();
+            (master.found.clone(), master.named_by)
+        };
         if let Some(master) = known {
             match sentinel::open_master(&master, tls, deadline) {
                 Ok(connection) => return Ok(connection),
@@ -320,16 +328,18 @@ impl Fleet {
         };
         let (connection, master, which) =
             sentinel::connect_to_master(set, first, tls, deadline, &in_clear)?;
-        let mut logged = self.logged_master.lock();
-        if logged.as_ref() != Some(&master.place) {
+        let mut held = self.master.lock();
+        let changed = held.logged.as_ref() != Some(&master.place);
+        held.logged = Some(master.place.clone());
+        held.found = Some(master.clone());
+        held.named_by = which;
+        drop(held);
+        if changed {
             log::info!(
                 "Redis: the sentinels name {master} as the master of {}",
                 self.server
             );
-            *logged = Some(master.place.clone());
         }
-        drop(logged);
-        *self.master.lock() = (Some(master), which);
         Ok(connection)
     }
 
