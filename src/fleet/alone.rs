@@ -49,7 +49,7 @@ pub(super) struct Outages {
     silence: Duration,
     /// How long they may take to notice that it answers again.
     grace: Duration,
-    /// A leaf lock.
+    /// Taken before a share's own lock (its limiter's), never after it.
     state: Mutex<State>,
     /// Notified when Redis fails: callers waiting for a fleet turn drop it.
     failed: Condvar,
