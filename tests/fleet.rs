@@ -1079,9 +1079,9 @@ fn rediss_with_a_private_ca_is_trusted_only_through_redis_ca_file() {
 
 /// While Redis is gone, each mount paces at its share of the tenant's
 /// limit from the last count of mounts it saw: three mounts at
-/// `--rate-limit 5` against a tenant limited to 5 a second get a few
-/// throttled answers at most — each at its own 5 a second, two answers in
-/// three were 429.
+/// `--rate-limit 5` against a tenant limited to 5 a second get no
+/// throttled answer — each at its own 5 a second, two answers in three
+/// were 429.
 #[test]
 #[cfg_attr(
     not(all(facefs_mount, facefs_redis)),
