@@ -95,6 +95,12 @@ impl FsError {
         self.source.as_deref()?.downcast_ref()
     }
 
+    /// A read-ahead that was not sent ([`ApiError::Deferred`]): says
+    /// nothing of the face.
+    pub fn is_deferred(&self) -> bool {
+        matches!(self.api_error(), Some(ApiError::Deferred))
+    }
+
     /// Maps the API's answer to an operation on `kind` ids. Only "does not
     /// exist" becomes `ENOENT`: to `rsync --delete` a false `ENOENT` deletes
     /// a backup, so everything transient or unknown is `EIO`.

@@ -241,8 +241,8 @@ impl Faces {
         let mut result = flight();
         // A read-ahead this caller joined found no turn soon enough and was
         // not sent: a reader asks for itself.
-        let deferred = |r: &Result<_, FsError>| matches!(r, Err(e) if matches!(e.api_error(), Some(ApiError::Deferred)));
-        if deferred(&result) && context.priority(key) != Priority::Ahead {
+        let deferred = matches!(&result, Err(e) if e.is_deferred());
+        if deferred && context.priority(key) != Priority::Ahead {
             result = flight();
         }
         Ok(result?)
